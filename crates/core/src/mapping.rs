@@ -1,0 +1,466 @@
+//! Mapping rules 1 to 5 of PRODUCT.md: which source objects become console entries, with
+//! which address, aliases, type and billable flag.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::{DomainName, EmailAddress};
+use crate::model::{DirectoryUser, EmailMethod, MailboxType, UserStatus};
+use crate::snapshot::{SourceGroup, SourceUser};
+
+/// The name of the group every customer has and every unrouted user goes to.
+pub const MAIN_GROUP: &str = "Main";
+
+/// What a mapping needs to know about the source and the customer it feeds.
+#[derive(Debug, Clone)]
+pub struct MappingContext {
+    pub source_id: i64,
+    /// The customer's console domains: only addresses in these are synced (rule 1).
+    pub domains: BTreeSet<DomainName>,
+    pub email_method: EmailMethod,
+    /// The console group that users go to (rule 6 routes them elsewhere later).
+    pub default_group: String,
+}
+
+/// Why a source object is not imported; every skip in a plan carries one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The email method found no address at all.
+    NoAddress { method: EmailMethod },
+    /// The chosen address is not a valid e-mail address.
+    InvalidAddress { text: String },
+    /// Addresses in `*.onmicrosoft.com` are never synced (rule 1).
+    OnlyOnMicrosoft { address: EmailAddress },
+    /// The address is in a domain the customer does not have in the console (rule 1).
+    NotInSyncedDomain { address: EmailAddress },
+    /// Another object of the same source maps to the same address.
+    DuplicateAddress {
+        address: EmailAddress,
+        other_object_id: String,
+    },
+    /// The address belongs to a console user managed by another source (rule 8).
+    ManagedByOtherSource {
+        address: EmailAddress,
+        source_id: i64,
+    },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::NoAddress { method } => {
+                write!(f, "no address found with email method {method}")
+            }
+            SkipReason::InvalidAddress { text } => write!(f, "'{text}' is not a valid address"),
+            SkipReason::OnlyOnMicrosoft { address } => write!(
+                f,
+                "{address} is in *.onmicrosoft.com, which is never synced"
+            ),
+            SkipReason::NotInSyncedDomain { address } => write!(
+                f,
+                "{address} is not in a synced domain (add the domain {} to the customer to sync it)",
+                address.domain()
+            ),
+            SkipReason::DuplicateAddress {
+                address,
+                other_object_id,
+            } => write!(
+                f,
+                "{address} is also the address of source object {other_object_id}"
+            ),
+            SkipReason::ManagedByOtherSource { address, source_id } => write!(
+                f,
+                "conflict: {address} is managed by another source (#{source_id}) and is left alone"
+            ),
+        }
+    }
+}
+
+impl SkipReason {
+    /// A short, stable name for scripts and counts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SkipReason::NoAddress { .. } => "no_address",
+            SkipReason::InvalidAddress { .. } => "invalid_address",
+            SkipReason::OnlyOnMicrosoft { .. } => "only_onmicrosoft",
+            SkipReason::NotInSyncedDomain { .. } => "not_in_synced_domain",
+            SkipReason::DuplicateAddress { .. } => "duplicate_address",
+            SkipReason::ManagedByOtherSource { .. } => "managed_by_other_source",
+        }
+    }
+}
+
+/// The entry a source user should have in the console (rules 1 to 5), or why it has none.
+pub fn map_user(user: &SourceUser, ctx: &MappingContext) -> Result<DirectoryUser, SkipReason> {
+    let address = primary_address(user, ctx)?;
+    let aliases = aliases(&user.proxy_addresses, &address, ctx);
+    let mailbox_type = user_type(user);
+    Ok(DirectoryUser {
+        id: None,
+        display_name: display_name(user.display_name.as_deref(), &address),
+        given_name: non_empty(user.given_name.as_deref()),
+        surname: non_empty(user.surname.as_deref()),
+        billable: is_billable(mailbox_type, user),
+        mailbox_type,
+        aliases,
+        group: ctx.default_group.clone(),
+        source_id: Some(ctx.source_id),
+        source_object_id: Some(user.id.clone()),
+        status: UserStatus::Active,
+        address,
+    })
+}
+
+/// The entry a mail-enabled group should have; `None` for groups without mail (rule 4).
+pub fn map_group(
+    group: &SourceGroup,
+    ctx: &MappingContext,
+) -> Option<Result<DirectoryUser, SkipReason>> {
+    if !group.mail_enabled {
+        return None;
+    }
+    let chosen = smtp_primary(&group.proxy_addresses).or_else(|| non_empty(group.mail.as_deref()));
+    let Some(text) = chosen else {
+        return Some(Err(SkipReason::NoAddress {
+            method: EmailMethod::PrimarySmtp,
+        }));
+    };
+    let address = match checked_address(&text, ctx) {
+        Ok(a) => a,
+        Err(e) => return Some(Err(e)),
+    };
+    let mailbox_type = group_type(group);
+    Some(Ok(DirectoryUser {
+        id: None,
+        display_name: display_name(group.display_name.as_deref(), &address),
+        given_name: None,
+        surname: None,
+        mailbox_type,
+        billable: false,
+        aliases: aliases(&group.proxy_addresses, &address, ctx),
+        group: ctx.default_group.clone(),
+        source_id: Some(ctx.source_id),
+        source_object_id: Some(group.id.clone()),
+        status: UserStatus::Active,
+        address,
+    }))
+}
+
+/// Rule 4 for groups: Microsoft 365 groups, mail-enabled security groups, distribution lists.
+pub fn group_type(group: &SourceGroup) -> MailboxType {
+    if group.is_microsoft365() {
+        MailboxType::Group
+    } else if group.security_enabled {
+        MailboxType::SecurityGroup
+    } else {
+        MailboxType::DistributionList
+    }
+}
+
+/// Rule 4 for users: `userPurpose` when known, otherwise a disabled, unlicensed account is
+/// a shared mailbox (that is how Exchange creates them).
+pub fn user_type(user: &SourceUser) -> MailboxType {
+    let purpose = user.user_purpose.as_deref().map(str::to_ascii_lowercase);
+    match purpose.as_deref() {
+        Some("shared") => MailboxType::Shared,
+        Some("room") => MailboxType::Room,
+        Some("equipment") => MailboxType::Equipment,
+        Some("user") | Some("linked") if !user.is_licensed() => MailboxType::Unlicensed,
+        Some("user") | Some("linked") => MailboxType::User,
+        _ if !user.is_licensed() && !user.is_enabled() => MailboxType::Shared,
+        _ if !user.is_licensed() => MailboxType::Unlicensed,
+        _ => MailboxType::User,
+    }
+}
+
+/// Rule 5: only licensed, enabled, regular user mailboxes are billable.
+pub fn is_billable(mailbox_type: MailboxType, user: &SourceUser) -> bool {
+    mailbox_type == MailboxType::User && user.is_licensed() && user.is_enabled()
+}
+
+/// Rule 2: the primary address by the source's email method, checked against rule 1.
+fn primary_address(user: &SourceUser, ctx: &MappingContext) -> Result<EmailAddress, SkipReason> {
+    let mail = || non_empty(user.mail.as_deref());
+    let upn = || non_empty(user.user_principal_name.as_deref());
+    let chosen = match ctx.email_method {
+        EmailMethod::PrimarySmtp => smtp_primary(&user.proxy_addresses)
+            .or_else(mail)
+            .or_else(upn),
+        EmailMethod::Mail => mail(),
+        EmailMethod::Upn => upn(),
+    };
+    let text = chosen.ok_or(SkipReason::NoAddress {
+        method: ctx.email_method,
+    })?;
+    checked_address(&text, ctx)
+}
+
+fn checked_address(text: &str, ctx: &MappingContext) -> Result<EmailAddress, SkipReason> {
+    let address = EmailAddress::parse(text).map_err(|_| SkipReason::InvalidAddress {
+        text: text.to_string(),
+    })?;
+    if address.is_onmicrosoft() {
+        return Err(SkipReason::OnlyOnMicrosoft { address });
+    }
+    if !ctx.domains.iter().any(|d| address.is_in(d)) {
+        return Err(SkipReason::NotInSyncedDomain { address });
+    }
+    Ok(address)
+}
+
+/// The `SMTP:` (upper-case prefix) entry of proxyAddresses: Exchange's primary address.
+fn smtp_primary(proxy_addresses: &[String]) -> Option<String> {
+    proxy_addresses
+        .iter()
+        .find_map(|p| p.strip_prefix("SMTP:"))
+        .and_then(|a| non_empty(Some(a)))
+}
+
+/// Rule 3: the other SMTP entries in a synced domain, sorted; SIP, X500, SPO and others ignored.
+fn aliases(
+    proxy_addresses: &[String],
+    primary: &EmailAddress,
+    ctx: &MappingContext,
+) -> Vec<EmailAddress> {
+    let set: BTreeSet<EmailAddress> = proxy_addresses
+        .iter()
+        .filter_map(|p| {
+            let (prefix, rest) = p.split_once(':')?;
+            prefix.eq_ignore_ascii_case("smtp").then_some(rest)
+        })
+        .filter_map(|a| EmailAddress::parse(a).ok())
+        .filter(|a| a != primary && !a.is_onmicrosoft() && ctx.domains.iter().any(|d| a.is_in(d)))
+        .collect();
+    set.into_iter().collect()
+}
+
+fn display_name(name: Option<&str>, address: &EmailAddress) -> String {
+    non_empty(name).unwrap_or_else(|| address.to_string())
+}
+
+fn non_empty(text: Option<&str>) -> Option<String> {
+    text.map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(method: EmailMethod) -> MappingContext {
+        MappingContext {
+            source_id: 7,
+            domains: ["contoso.com", "fabrikam.com"]
+                .iter()
+                .map(|d| DomainName::parse(d).unwrap())
+                .collect(),
+            email_method: method,
+            default_group: MAIN_GROUP.into(),
+        }
+    }
+
+    fn anne() -> SourceUser {
+        SourceUser {
+            id: "u-1".into(),
+            user_principal_name: Some("anne@contoso.onmicrosoft.com".into()),
+            mail: Some("Anne.Smith@fabrikam.com".into()),
+            proxy_addresses: vec![
+                "SMTP:Anne.Smith@Contoso.com".into(),
+                "smtp:anne@fabrikam.com".into(),
+                "smtp:a.smith@contoso.com".into(),
+                "smtp:anne@contoso.onmicrosoft.com".into(),
+                "smtp:anne@elsewhere.org".into(),
+                "SIP:anne@contoso.com".into(),
+                "X500:/o=ExchangeLabs/ou=Exchange/cn=Recipients/cn=anne".into(),
+                "SPO:SPO_1234@SPO_5678".into(),
+            ],
+            display_name: Some("Anne Smith".into()),
+            given_name: Some("Anne".into()),
+            surname: Some("Smith".into()),
+            account_enabled: Some(true),
+            assigned_licenses: vec!["sku-e3".into()],
+            user_type: Some("Member".into()),
+            ..SourceUser::default()
+        }
+    }
+
+    fn addr(a: &str) -> EmailAddress {
+        EmailAddress::parse(a).unwrap()
+    }
+
+    #[test]
+    fn rule1_addresses_outside_the_customers_domains_are_skipped() {
+        let mut u = anne();
+        u.proxy_addresses = vec!["SMTP:anne@elsewhere.org".into()];
+        assert_eq!(
+            map_user(&u, &ctx(EmailMethod::PrimarySmtp)),
+            Err(SkipReason::NotInSyncedDomain {
+                address: addr("anne@elsewhere.org")
+            })
+        );
+    }
+
+    #[test]
+    fn rule1_onmicrosoft_addresses_are_never_synced() {
+        let mut c = ctx(EmailMethod::Upn);
+        c.domains
+            .insert(DomainName::parse("contoso.onmicrosoft.com").unwrap());
+        let skip = map_user(&anne(), &c).unwrap_err();
+        assert_eq!(skip.code(), "only_onmicrosoft");
+        // ...and an onmicrosoft alias never becomes an alias either.
+        let user = map_user(&anne(), &ctx(EmailMethod::PrimarySmtp)).unwrap();
+        assert!(user.aliases.iter().all(|a| !a.is_onmicrosoft()));
+    }
+
+    #[test]
+    fn rule2_primary_smtp_takes_the_upper_case_smtp_entry_lower_cased() {
+        let user = map_user(&anne(), &ctx(EmailMethod::PrimarySmtp)).unwrap();
+        assert_eq!(user.address, addr("anne.smith@contoso.com"));
+    }
+
+    #[test]
+    fn rule2_primary_smtp_falls_back_to_mail_then_upn() {
+        let mut u = anne();
+        u.proxy_addresses.retain(|p| !p.starts_with("SMTP:"));
+        let c = ctx(EmailMethod::PrimarySmtp);
+        assert_eq!(
+            map_user(&u, &c).unwrap().address,
+            addr("anne.smith@fabrikam.com")
+        );
+        u.mail = None;
+        u.user_principal_name = Some("anne@fabrikam.com".into());
+        assert_eq!(map_user(&u, &c).unwrap().address, addr("anne@fabrikam.com"));
+        u.user_principal_name = None;
+        assert_eq!(
+            map_user(&u, &c),
+            Err(SkipReason::NoAddress {
+                method: EmailMethod::PrimarySmtp
+            })
+        );
+    }
+
+    #[test]
+    fn rule2_mail_and_upn_methods_use_only_their_property() {
+        let u = anne();
+        assert_eq!(
+            map_user(&u, &ctx(EmailMethod::Mail)).unwrap().address,
+            addr("anne.smith@fabrikam.com")
+        );
+        let mut u2 = anne();
+        u2.user_principal_name = Some("ASmith@Contoso.com".into());
+        assert_eq!(
+            map_user(&u2, &ctx(EmailMethod::Upn)).unwrap().address,
+            addr("asmith@contoso.com")
+        );
+        u2.mail = None;
+        assert_eq!(
+            map_user(&u2, &ctx(EmailMethod::Mail)).unwrap_err().code(),
+            "no_address"
+        );
+    }
+
+    #[test]
+    fn rule3_aliases_are_the_other_smtp_entries_in_synced_domains_sorted() {
+        let user = map_user(&anne(), &ctx(EmailMethod::PrimarySmtp)).unwrap();
+        assert_eq!(
+            user.aliases,
+            vec![addr("a.smith@contoso.com"), addr("anne@fabrikam.com")]
+        );
+    }
+
+    #[test]
+    fn rule3_with_another_email_method_the_smtp_primary_becomes_an_alias() {
+        let user = map_user(&anne(), &ctx(EmailMethod::Mail)).unwrap();
+        assert_eq!(user.address, addr("anne.smith@fabrikam.com"));
+        assert!(user.aliases.contains(&addr("anne.smith@contoso.com")));
+        assert!(!user.aliases.contains(&user.address));
+    }
+
+    #[test]
+    fn rule4_user_purpose_decides_the_type_when_known() {
+        let mut u = anne();
+        for (purpose, t) in [
+            ("shared", MailboxType::Shared),
+            ("room", MailboxType::Room),
+            ("equipment", MailboxType::Equipment),
+            ("user", MailboxType::User),
+        ] {
+            u.user_purpose = Some(purpose.into());
+            assert_eq!(user_type(&u), t, "{purpose}");
+        }
+    }
+
+    #[test]
+    fn rule4_without_purpose_a_disabled_unlicensed_account_is_shared() {
+        let mut u = anne();
+        u.assigned_licenses.clear();
+        u.account_enabled = Some(false);
+        assert_eq!(user_type(&u), MailboxType::Shared);
+        u.account_enabled = Some(true);
+        assert_eq!(user_type(&u), MailboxType::Unlicensed);
+        u.assigned_licenses.push("sku".into());
+        u.account_enabled = Some(false);
+        assert_eq!(user_type(&u), MailboxType::User);
+    }
+
+    #[test]
+    fn rule4_mail_enabled_groups_get_their_group_type() {
+        let c = ctx(EmailMethod::PrimarySmtp);
+        let mut g = SourceGroup {
+            id: "g-1".into(),
+            display_name: Some("Sales".into()),
+            mail: Some("sales@contoso.com".into()),
+            mail_enabled: true,
+            security_enabled: false,
+            group_types: vec!["Unified".into()],
+            proxy_addresses: vec![
+                "SMTP:sales@contoso.com".into(),
+                "smtp:sales@fabrikam.com".into(),
+            ],
+            member_ids: vec![],
+        };
+        let entry = map_group(&g, &c).unwrap().unwrap();
+        assert_eq!(entry.mailbox_type, MailboxType::Group);
+        assert_eq!(entry.aliases, vec![addr("sales@fabrikam.com")]);
+        assert!(!entry.billable);
+        g.group_types.clear();
+        assert_eq!(group_type(&g), MailboxType::DistributionList);
+        g.security_enabled = true;
+        assert_eq!(group_type(&g), MailboxType::SecurityGroup);
+        g.mail_enabled = false;
+        assert!(map_group(&g, &c).is_none());
+    }
+
+    #[test]
+    fn rule5_only_licensed_enabled_user_mailboxes_are_billable() {
+        let c = ctx(EmailMethod::PrimarySmtp);
+        assert!(map_user(&anne(), &c).unwrap().billable);
+        let mut disabled = anne();
+        disabled.account_enabled = Some(false);
+        assert!(!map_user(&disabled, &c).unwrap().billable);
+        let mut shared = anne();
+        shared.user_purpose = Some("shared".into());
+        assert!(!map_user(&shared, &c).unwrap().billable);
+        let mut unlicensed = anne();
+        unlicensed.assigned_licenses.clear();
+        let entry = map_user(&unlicensed, &c).unwrap();
+        assert_eq!(entry.mailbox_type, MailboxType::Unlicensed);
+        assert!(!entry.billable);
+    }
+
+    #[test]
+    fn names_are_kept_and_a_missing_display_name_falls_back_to_the_address() {
+        let mut u = anne();
+        u.display_name = Some("  ".into());
+        u.given_name = None;
+        let entry = map_user(&u, &ctx(EmailMethod::PrimarySmtp)).unwrap();
+        assert_eq!(entry.display_name, "anne.smith@contoso.com");
+        assert_eq!(entry.given_name, None);
+        assert_eq!(entry.surname.as_deref(), Some("Smith"));
+        assert_eq!(entry.source_object_id.as_deref(), Some("u-1"));
+    }
+}

@@ -1,0 +1,89 @@
+//! What a source read: plain records with the Graph property names, source-neutral enough
+//! that an LDAP source can fill them too.
+
+use serde::{Deserialize, Serialize};
+
+/// One user object of the source, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceUser {
+    /// The source's immutable object id (Graph `id`).
+    pub id: String,
+    pub user_principal_name: Option<String>,
+    pub mail: Option<String>,
+    /// Graph `proxyAddresses`: `SMTP:primary`, `smtp:alias`, `SIP:...`, `X500:...`.
+    pub proxy_addresses: Vec<String>,
+    pub display_name: Option<String>,
+    pub given_name: Option<String>,
+    pub surname: Option<String>,
+    pub account_enabled: Option<bool>,
+    /// SKU ids of the assigned licences.
+    pub assigned_licenses: Vec<String>,
+    /// `Member` or `Guest`.
+    pub user_type: Option<String>,
+    pub company_name: Option<String>,
+    pub job_title: Option<String>,
+    pub department: Option<String>,
+    pub mail_enabled: Option<bool>,
+    /// `mailboxSettings.userPurpose` (`user`, `shared`, `room`, `equipment`, ...) when it was read.
+    pub user_purpose: Option<String>,
+    /// Object id of the user's manager, when managers were read.
+    pub manager_id: Option<String>,
+}
+
+impl SourceUser {
+    pub fn is_guest(&self) -> bool {
+        self.user_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("guest"))
+    }
+
+    pub fn is_licensed(&self) -> bool {
+        !self.assigned_licenses.is_empty()
+    }
+
+    /// A missing `accountEnabled` counts as enabled: Graph omits it only when not selected.
+    pub fn is_enabled(&self) -> bool {
+        self.account_enabled.unwrap_or(true)
+    }
+}
+
+/// One group object of the source, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceGroup {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub mail: Option<String>,
+    pub mail_enabled: bool,
+    pub security_enabled: bool,
+    /// Graph `groupTypes`: contains `Unified` for a Microsoft 365 group.
+    pub group_types: Vec<String>,
+    pub proxy_addresses: Vec<String>,
+    /// Object ids of the direct members, when members were read.
+    pub member_ids: Vec<String>,
+}
+
+impl SourceGroup {
+    pub fn is_microsoft365(&self) -> bool {
+        self.group_types
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("unified"))
+    }
+}
+
+/// One domain of the source's tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDomain {
+    pub name: String,
+    pub is_verified: bool,
+    pub is_initial: bool,
+    /// Graph `supportedServices`, e.g. `Email`, `OfficeCommunicationsOnline`.
+    pub supported_services: Vec<String>,
+}
+
+/// Everything one full read of a source returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSnapshot {
+    pub users: Vec<SourceUser>,
+    pub groups: Vec<SourceGroup>,
+    pub domains: Vec<SourceDomain>,
+}

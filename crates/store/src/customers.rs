@@ -1,0 +1,211 @@
+//! Customers, their domains and their console groups.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use usersync_core::DomainName;
+use usersync_core::mapping::MAIN_GROUP;
+
+use crate::{Store, StoreError, now};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Customer {
+    pub id: i64,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// How a domain came to the customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainOrigin {
+    /// Added by an operator.
+    Manual,
+    /// Imported from a source's tenant.
+    Source,
+}
+
+impl DomainOrigin {
+    fn as_str(self) -> &'static str {
+        match self {
+            DomainOrigin::Manual => "manual",
+            DomainOrigin::Source => "source",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Domain {
+    pub id: i64,
+    pub customer_id: i64,
+    pub name: DomainName,
+    pub origin: DomainOrigin,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub id: i64,
+    pub customer_id: i64,
+    pub name: String,
+}
+
+fn customer_from(row: &AnyRow) -> Result<Customer, StoreError> {
+    Ok(Customer {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Creates a customer together with its group "Main".
+    pub async fn add_customer(&self, name: &str) -> Result<Customer, StoreError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(StoreError::Invalid(
+                "a customer needs a name, such as \"Contoso Ltd\"".into(),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        let created_at = now();
+        let row = sqlx::query(
+            "INSERT INTO customers (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
+        )
+        .bind(name)
+        .bind(&created_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::Conflict(format!("a customer named '{name}' already exists"))
+            } else {
+                e.into()
+            }
+        })?;
+        let customer = customer_from(&row)?;
+        sqlx::query(
+            "INSERT INTO console_groups (customer_id, name, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(customer.id)
+        .bind(MAIN_GROUP)
+        .bind(&created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(customer)
+    }
+
+    pub async fn customer_by_name(&self, name: &str) -> Result<Customer, StoreError> {
+        let row = sqlx::query("SELECT id, name, created_at FROM customers WHERE name = $1")
+            .bind(name.trim())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| {
+                StoreError::not_found(
+                    "customer",
+                    name,
+                    "add it with `usersync customer add NAME`; `usersync customer list` shows them",
+                )
+            })?;
+        customer_from(&row)
+    }
+
+    pub async fn customer(&self, id: i64) -> Result<Customer, StoreError> {
+        let row = sqlx::query("SELECT id, name, created_at FROM customers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("customer", id, ""))?;
+        customer_from(&row)
+    }
+
+    pub async fn list_customers(&self) -> Result<Vec<Customer>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM customers ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(customer_from).collect()
+    }
+
+    /// Adds a mail domain to a customer; a domain belongs to one customer only.
+    pub async fn add_domain(
+        &self,
+        customer_id: i64,
+        name: &DomainName,
+        origin: DomainOrigin,
+    ) -> Result<Domain, StoreError> {
+        if let Some(row) =
+            sqlx::query("SELECT c.name FROM domains d JOIN customers c ON c.id = d.customer_id WHERE d.name = $1")
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+        {
+            let owner: String = row.try_get("name")?;
+            return Err(StoreError::Conflict(format!(
+                "the domain {name} already belongs to the customer '{owner}'"
+            )));
+        }
+        let created_at = now();
+        let row = sqlx::query(
+            "INSERT INTO domains (customer_id, name, origin, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(customer_id)
+        .bind(name.as_str())
+        .bind(origin.as_str())
+        .bind(&created_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Domain {
+            id: row.try_get("id")?,
+            customer_id,
+            name: name.clone(),
+            origin,
+            created_at,
+        })
+    }
+
+    pub async fn list_domains(&self, customer_id: i64) -> Result<Vec<Domain>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, customer_id, name, origin, created_at FROM domains WHERE customer_id = $1 ORDER BY name",
+        )
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("name")?;
+                let origin: String = row.try_get("origin")?;
+                Ok(Domain {
+                    id: row.try_get("id")?,
+                    customer_id: row.try_get("customer_id")?,
+                    name: DomainName::parse(&name)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    origin: if origin == "source" {
+                        DomainOrigin::Source
+                    } else {
+                        DomainOrigin::Manual
+                    },
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn list_groups(&self, customer_id: i64) -> Result<Vec<Group>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, customer_id, name FROM console_groups WHERE customer_id = $1 ORDER BY name",
+        )
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Group {
+                    id: row.try_get("id")?,
+                    customer_id: row.try_get("customer_id")?,
+                    name: row.try_get("name")?,
+                })
+            })
+            .collect()
+    }
+}

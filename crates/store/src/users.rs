@@ -1,0 +1,287 @@
+//! The console directory: reading a customer's users and applying a plan to them.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
+
+use crate::runs::{RunStats, RunStatus, finish};
+use crate::{Store, StoreError, now, parse_enum, query_dyn};
+
+/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's parameter limits.
+const CHUNK: usize = 400;
+
+/// What applying a plan changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyCounts {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+}
+
+/// `($1, $2, ...), (...)` for `rows` rows of `columns` parameters.
+fn values_clause(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(r * columns + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, StoreError> {
+    let address: String = row.try_get("address")?;
+    let mailbox_type: String = row.try_get("mailbox_type")?;
+    let status: String = row.try_get("status")?;
+    let billable: i64 = row.try_get("billable")?;
+    Ok(DirectoryUser {
+        id: Some(row.try_get("id")?),
+        address: EmailAddress::parse(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        display_name: row.try_get("display_name")?,
+        given_name: row.try_get("given_name")?,
+        surname: row.try_get("surname")?,
+        mailbox_type: parse_enum(&mailbox_type, "users.mailbox_type")?,
+        billable: billable != 0,
+        aliases,
+        group: row.try_get("group_name")?,
+        source_id: row.try_get("source_id")?,
+        source_object_id: row.try_get("source_object_id")?,
+        status: parse_enum(&status, "users.status")?,
+    })
+}
+
+impl Store {
+    /// Every entry of a customer, removed ones too, ordered by address.
+    pub async fn directory(&self, customer_id: i64) -> Result<Vec<DirectoryUser>, StoreError> {
+        self.users(customer_id, true).await
+    }
+
+    /// A customer's users ordered by address; removed ones only when asked.
+    pub async fn users(
+        &self,
+        customer_id: i64,
+        include_removed: bool,
+    ) -> Result<Vec<DirectoryUser>, StoreError> {
+        let status_filter = if include_removed {
+            ""
+        } else {
+            " AND u.status = 'active'"
+        };
+        let alias_rows = query_dyn(&format!(
+            "SELECT a.user_id, a.address FROM user_aliases a JOIN users u ON u.id = a.user_id \
+             WHERE u.customer_id = $1{status_filter} ORDER BY a.user_id, a.address"
+        ))
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut aliases: HashMap<i64, Vec<EmailAddress>> = HashMap::new();
+        for row in &alias_rows {
+            let address: String = row.try_get("address")?;
+            aliases.entry(row.try_get("user_id")?).or_default().push(
+                EmailAddress::parse(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        let rows = query_dyn(&format!(
+            "SELECT u.id, u.address, u.display_name, u.given_name, u.surname, u.mailbox_type, \
+             u.billable, g.name AS group_name, u.source_id, u.source_object_id, u.status \
+             FROM users u JOIN console_groups g ON g.id = u.group_id \
+             WHERE u.customer_id = $1{status_filter} ORDER BY u.address"
+        ))
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                user_from(row, aliases.remove(&id).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Applies a plan and marks its run succeeded, in one transaction: all of it or none.
+    pub async fn apply_plan(
+        &self,
+        run_id: i64,
+        customer_id: i64,
+        plan: &Plan,
+        stats: &RunStats,
+    ) -> Result<ApplyCounts, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let stamp = now();
+
+        // Group names the plan uses, created when missing (filters name their destination).
+        let mut groups: HashMap<String, i64> = HashMap::new();
+        for row in sqlx::query("SELECT id, name FROM console_groups WHERE customer_id = $1")
+            .bind(customer_id)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            groups.insert(row.try_get("name")?, row.try_get("id")?);
+        }
+        let wanted = plan.add.iter().map(|u| &u.group).chain(
+            plan.update
+                .iter()
+                .filter_map(|u| u.after.as_ref().map(|a| &a.group)),
+        );
+        for name in wanted {
+            if !groups.contains_key(name) {
+                let row = sqlx::query(
+                    "INSERT INTO console_groups (customer_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .bind(customer_id)
+                .bind(name)
+                .bind(&stamp)
+                .fetch_one(&mut *tx)
+                .await?;
+                groups.insert(name.clone(), row.try_get("id")?);
+            }
+        }
+        let group_id = |name: &str| groups.get(name).copied().unwrap_or_default();
+
+        // Adds, many rows per statement: a first sync of 100,000 users is the common case.
+        let mut new_aliases: Vec<(i64, &EmailAddress)> = Vec::new();
+        for chunk in plan.add.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO users (customer_id, address, display_name, given_name, surname, \
+                 mailbox_type, billable, group_id, source_id, source_object_id, status, \
+                 created_at, updated_at) VALUES {} RETURNING id, address",
+                values_clause(chunk.len(), 13)
+            );
+            let mut query = query_dyn(&sql);
+            for u in chunk {
+                query = query
+                    .bind(customer_id)
+                    .bind(u.address.as_str())
+                    .bind(&u.display_name)
+                    .bind(u.given_name.as_deref())
+                    .bind(u.surname.as_deref())
+                    .bind(u.mailbox_type.as_str())
+                    .bind(i64::from(u.billable))
+                    .bind(group_id(&u.group))
+                    .bind(u.source_id)
+                    .bind(u.source_object_id.as_deref())
+                    .bind(UserStatus::Active.as_str())
+                    .bind(&stamp)
+                    .bind(&stamp);
+            }
+            let rows = query.fetch_all(&mut *tx).await.map_err(|e| {
+                if StoreError::is_unique_violation(&e) {
+                    StoreError::Conflict(
+                        "an address of the plan was taken while the sync ran; run it again".into(),
+                    )
+                } else {
+                    e.into()
+                }
+            })?;
+            let ids: HashMap<String, i64> = rows
+                .iter()
+                .map(|r| Ok((r.try_get("address")?, r.try_get("id")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            for u in chunk {
+                let id = ids.get(u.address.as_str()).copied().ok_or_else(|| {
+                    StoreError::Corrupt(format!("no id came back for {}", u.address))
+                })?;
+                new_aliases.extend(u.aliases.iter().map(|a| (id, a)));
+            }
+        }
+
+        // Updates are few after the first sync: one statement each.
+        for update in &plan.update {
+            let Some(after) = &update.after else { continue };
+            let removed_at = (after.status == UserStatus::Removed).then_some(stamp.as_str());
+            sqlx::query(
+                "UPDATE users SET address = $1, display_name = $2, given_name = $3, surname = $4, \
+                 mailbox_type = $5, billable = $6, group_id = $7, source_id = $8, \
+                 source_object_id = $9, status = $10, removed_at = $11, updated_at = $12 WHERE id = $13",
+            )
+            .bind(after.address.as_str())
+            .bind(&after.display_name)
+            .bind(after.given_name.as_deref())
+            .bind(after.surname.as_deref())
+            .bind(after.mailbox_type.as_str())
+            .bind(i64::from(after.billable))
+            .bind(group_id(&after.group))
+            .bind(after.source_id)
+            .bind(after.source_object_id.as_deref())
+            .bind(after.status.as_str())
+            .bind(removed_at)
+            .bind(&stamp)
+            .bind(update.id)
+            .execute(&mut *tx)
+            .await?;
+            if update.changes.contains_key("aliases") {
+                sqlx::query("DELETE FROM user_aliases WHERE user_id = $1")
+                    .bind(update.id)
+                    .execute(&mut *tx)
+                    .await?;
+                new_aliases.extend(after.aliases.iter().map(|a| (update.id, a)));
+            }
+        }
+        for chunk in new_aliases.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO user_aliases (user_id, address) VALUES {}",
+                values_clause(chunk.len(), 2)
+            );
+            let mut query = query_dyn(&sql);
+            for (id, address) in chunk {
+                query = query.bind(*id).bind(address.as_str());
+            }
+            query.execute(&mut *tx).await?;
+        }
+
+        // Rule 9: removal is a soft delete; the entry stays, restorable.
+        for chunk in plan.remove.chunks(CHUNK) {
+            let ids: Vec<i64> = chunk.iter().filter_map(|u| u.id).collect();
+            let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE users SET status = $1, removed_at = $2, updated_at = $2 WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = query_dyn(&sql)
+                .bind(UserStatus::Removed.as_str())
+                .bind(&stamp);
+            for id in ids {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+
+        finish(
+            &mut *tx,
+            run_id,
+            RunStatus::Succeeded,
+            Some(plan),
+            stats,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ApplyCounts {
+            added: plan.add.len(),
+            updated: plan.update.len(),
+            removed: plan.remove.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_clause_numbers_parameters_row_by_row() {
+        assert_eq!(values_clause(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}
