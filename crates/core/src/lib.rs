@@ -12,6 +12,8 @@ pub mod snapshot;
 
 pub use address::{AddressError, DomainName, EmailAddress};
 pub use mapping::{MappingContext, SkipReason};
-pub use model::{DirectoryUser, EmailMethod, MailboxType, SourceKind, UnknownValue, UserStatus};
+pub use model::{
+    DirectoryUser, EmailMethod, MailboxType, SourceKind, SourceOptions, UnknownValue, UserStatus,
+};
 pub use plan::{Change, Plan, PlannedUpdate, Skip, plan_sync};
 pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser};

@@ -1,0 +1,273 @@
+//! `usersync bench`: full syncs of simulated tenants into each database, with figures.
+//!
+//! Each case runs in a child process of its own (so its peak memory is its own), and the
+//! simulator in another, so the figures are the sync's, not the simulator's.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use usersync_core::DomainName;
+use usersync_engine::{
+    Engine, EngineOptions, NewOffice365Source, NoProgress, Office365Settings, connect_office365,
+};
+use usersync_store::{DomainOrigin, KeySource, RunStatus, SecretString, Store, StoreOptions};
+
+use crate::Cli;
+use crate::output::print_json;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Tenant sizes to sync, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    users: Vec<usize>,
+    /// Databases to sync into, comma-separated: sqlite, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// The PostgreSQL server for the postgres cases; a fresh database is made on it.
+    #[arg(
+        long,
+        env = "USERSYNC_BENCH_POSTGRES",
+        default_value = "postgres://root@127.0.0.1:5432"
+    )]
+    postgres: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Run one case in this process (used by the bench itself).
+    #[arg(long, hide = true)]
+    one: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Figures {
+    users: usize,
+    backend: String,
+    status: String,
+    /// The whole sync: token, every page, planning and the commit.
+    wall_s: f64,
+    requests: u64,
+    peak_rss_mb: f64,
+    added: usize,
+    skipped: usize,
+    /// A second sync of the unchanged tenant (read and plan, nothing to apply).
+    resync_s: f64,
+}
+
+pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.one {
+        let users = *args.users.first().unwrap_or(&10_000);
+        let backend = args
+            .backends
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "sqlite".into());
+        let figures = one_case(users, &backend, &args.postgres).await?;
+        println!("{}", serde_json::to_string(&figures)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe()?;
+    let mut all = Vec::new();
+    for &users in &args.users {
+        for backend in &args.backends {
+            if !args.json {
+                eprintln!("bench: {users} users into {backend}...");
+            }
+            let output = Command::new(&exe)
+                .args([
+                    "bench",
+                    "--one",
+                    "--users",
+                    &users.to_string(),
+                    "--backends",
+                    backend,
+                    "--postgres",
+                    &args.postgres,
+                ])
+                .stderr(Stdio::inherit())
+                .output()?;
+            let line = String::from_utf8_lossy(&output.stdout);
+            let figures: Figures = serde_json::from_str(line.trim()).map_err(|e| {
+                anyhow::anyhow!("the {users}-user {backend} case did not finish ({e}): {line}")
+            })?;
+            all.push(figures);
+        }
+    }
+    if args.json {
+        print_json(&all)?;
+    } else {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_HORIZONTAL_ONLY)
+            .set_header(vec![
+                "users",
+                "database",
+                "status",
+                "full sync (s)",
+                "requests",
+                "peak memory (MB)",
+                "added",
+                "skipped",
+                "re-sync (s)",
+            ]);
+        for f in &all {
+            t.add_row(vec![
+                f.users.to_string(),
+                f.backend.clone(),
+                f.status.clone(),
+                format!("{:.2}", f.wall_s),
+                f.requests.to_string(),
+                format!("{:.0}", f.peak_rss_mb),
+                f.added.to_string(),
+                f.skipped.to_string(),
+                format!("{:.2}", f.resync_s),
+            ]);
+        }
+        println!("{t}");
+        println!(
+            "Goal: 100,000 users in 10 s or less with 300 MB or less peak memory ({} cores).",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON line `usersync sim` prints on start.
+#[derive(Debug, Deserialize)]
+struct SimInfoLine {
+    authority_url: String,
+    graph_url: String,
+    tenant_id: String,
+    client_id: String,
+    client_secret: String,
+    mail_domains: Vec<String>,
+}
+
+/// The simulator in a child process; killed when dropped.
+struct SimProcess(std::process::Child);
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result<Figures> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["sim", "--users", &users.to_string(), "--seed", "42"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no simulator output"))?;
+    let sim = SimProcess(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let info: SimInfoLine = serde_json::from_str(&line)
+        .map_err(|e| anyhow::anyhow!("the simulator did not start: {e}: {line}"))?;
+
+    let suffix = format!("{}_{}", std::process::id(), users);
+    let (url, cleanup): (String, Box<dyn FnOnce()>) = match backend {
+        "sqlite" => {
+            let dir = std::env::temp_dir().join(format!("usersync-bench-{suffix}"));
+            std::fs::create_dir_all(&dir)?;
+            let url = format!("sqlite://{}", dir.join("bench.db").display());
+            (
+                url,
+                Box::new(move || {
+                    let _ = std::fs::remove_dir_all(dir);
+                }),
+            )
+        }
+        "postgres" => (
+            format!("{postgres}/usersync_bench_{suffix}"),
+            Box::new(|| {}),
+        ),
+        other => anyhow::bail!("unknown backend '{other}': use sqlite or postgres"),
+    };
+    let mut options = StoreOptions::new(&url);
+    options.key = KeySource::Base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+    let store = Store::open(options).await?;
+    let customer = store.add_customer("Bench").await?;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                customer.id,
+                &DomainName::parse(domain)?,
+                DomainOrigin::Manual,
+            )
+            .await?;
+    }
+    let source = connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: customer.id,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings {
+                client_id: info.client_id.clone(),
+                authority_url: info.authority_url.clone(),
+                graph_url: info.graph_url.clone(),
+                ca_file: None,
+                options: Default::default(),
+            },
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await?;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let started = Instant::now();
+    let outcome = engine.sync(source.id, &NoProgress).await?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let peak_rss_mb = peak_rss_mb();
+    let started = Instant::now();
+    let again = engine.sync(source.id, &NoProgress).await?;
+    let resync_s = started.elapsed().as_secs_f64();
+    store.close().await;
+    drop(sim);
+    if backend == "postgres" {
+        usersync_store::testing::discard(&url).await;
+    }
+    cleanup();
+    let status = if outcome.status == RunStatus::Succeeded
+        && again.status == RunStatus::Succeeded
+        && again.plan.is_empty()
+    {
+        "ok".to_string()
+    } else {
+        format!(
+            "failed: {}",
+            outcome
+                .error
+                .or(again.error)
+                .unwrap_or_else(|| "re-sync was not empty".into())
+        )
+    };
+    Ok(Figures {
+        users,
+        backend: backend.to_string(),
+        status,
+        wall_s,
+        requests: outcome.stats.requests,
+        peak_rss_mb,
+        added: outcome.plan.add.len(),
+        skipped: outcome.plan.skip.len(),
+        resync_s,
+    })
+}
+
+/// The process's peak resident memory (VmHWM), in MB; 0 where /proc is not there.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

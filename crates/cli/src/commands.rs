@@ -1,0 +1,234 @@
+//! One function per command: call the store or the engine, then print.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+use usersync_core::DomainName;
+use usersync_engine::{
+    Engine, EngineOptions, NewOffice365Source, Office365Settings, RunOutcome, connect_office365,
+};
+use usersync_graph::{GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL};
+use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
+
+use crate::output::{self, print_json};
+use crate::progress::TerminalProgress;
+use crate::{
+    Cli, Command, CustomerCommand, DomainCommand, Office365Args, RunsCommand, SourceAdd,
+    SourceCommand, UsersCommand,
+};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Sim(args) => return crate::sim::run(args).await,
+        Command::Demo(args) => return crate::demo::run(&cli, args).await,
+        Command::Bench(args) => return crate::bench::run(&cli, args).await,
+        _ => {}
+    }
+    let store = cli.open_store().await?;
+    let code = dispatch(&cli.command, &store).await;
+    store.close().await;
+    code
+}
+
+async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Customer(CustomerCommand::Add { name, json }) => {
+            let customer = store.add_customer(name).await?;
+            if json.json {
+                print_json(&customer)?;
+            } else {
+                println!(
+                    "Added customer '{}' (id {}) with its group Main.",
+                    customer.name, customer.id
+                );
+            }
+        }
+        Command::Customer(CustomerCommand::List { json }) => {
+            let customers = store.list_customers().await?;
+            if json.json {
+                print_json(&customers)?;
+            } else {
+                output::customers_table(&customers);
+            }
+        }
+        Command::Domain(DomainCommand::Add {
+            domain,
+            customer,
+            json,
+        }) => {
+            let customer = store.customer_by_name(customer).await?;
+            let name = DomainName::parse(domain).context("the domain")?;
+            let domain = store
+                .add_domain(customer.id, &name, DomainOrigin::Manual)
+                .await?;
+            if json.json {
+                print_json(&domain)?;
+            } else {
+                println!("Added the domain {} to '{}'.", domain.name, customer.name);
+            }
+        }
+        Command::Domain(DomainCommand::List { customer, json }) => {
+            let customer = store.customer_by_name(customer).await?;
+            let domains = store.list_domains(customer.id).await?;
+            if json.json {
+                print_json(&domains)?;
+            } else {
+                output::domains_table(&domains);
+            }
+        }
+        Command::Source(SourceCommand::Add(SourceAdd::Office365(args))) => {
+            add_office365(store, args).await?;
+        }
+        Command::Source(SourceCommand::List { customer, json }) => {
+            let customer_id = match customer {
+                Some(name) => Some(store.customer_by_name(name).await?.id),
+                None => None,
+            };
+            let sources = store.list_sources(customer_id).await?;
+            if json.json {
+                print_json(&sources)?;
+            } else {
+                output::sources_table(&sources);
+            }
+        }
+        Command::Source(SourceCommand::Show { source_id, json }) => {
+            let source = store.source(*source_id).await?;
+            if json.json {
+                print_json(&source)?;
+            } else {
+                output::source_details(&source);
+            }
+        }
+        Command::Preview { source_id, json } => {
+            let engine = Engine::new(store.clone(), EngineOptions::default());
+            let progress = TerminalProgress::new(!json.json);
+            let outcome = engine.preview(*source_id, &progress).await?;
+            progress.finish();
+            if outcome.status == RunStatus::Failed {
+                return report_failure(&outcome, json.json);
+            }
+            if json.json {
+                let mut value = serde_json::to_value(&outcome.plan)?;
+                value["run_id"] = json!(outcome.run_id);
+                print_json(&value)?;
+            } else {
+                output::plan_report(&outcome.plan, outcome.run_id, &outcome.stats);
+            }
+        }
+        Command::Sync { source_id, json } => {
+            let engine = Engine::new(store.clone(), EngineOptions::default());
+            let progress = TerminalProgress::new(!json.json);
+            let outcome = engine.sync(*source_id, &progress).await?;
+            progress.finish();
+            if json.json {
+                print_json(&sync_json(&outcome))?;
+            } else {
+                output::sync_report(&outcome);
+            }
+            if outcome.status == RunStatus::Failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Users(UsersCommand::List {
+            customer,
+            include_removed,
+            json,
+        }) => {
+            let customer = store.customer_by_name(customer).await?;
+            let users = store.users(customer.id, *include_removed).await?;
+            if json.json {
+                print_json(&users)?;
+            } else {
+                output::users_table(&users);
+            }
+        }
+        Command::Runs(RunsCommand::List {
+            source,
+            limit,
+            json,
+        }) => {
+            let runs = store.list_runs(*source, *limit).await?;
+            if json.json {
+                print_json(&runs)?;
+            } else {
+                output::runs_table(&runs);
+            }
+        }
+        Command::Runs(RunsCommand::Show { run_id, json }) => {
+            let run = store.run(*run_id).await?;
+            if json.json {
+                print_json(&run)?;
+            } else {
+                output::run_details(&run);
+            }
+        }
+        Command::Sim(_) | Command::Demo(_) | Command::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `sync --json` shape that scripts rely on.
+pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
+    json!({
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "added": outcome.plan.add.len(),
+        "updated": outcome.plan.update.len(),
+        "removed": outcome.plan.remove.len(),
+        "skipped": outcome.plan.skip.len(),
+        "linked": outcome.plan.linked(),
+        "duration_ms": outcome.stats.duration_ms,
+        "requests": outcome.stats.requests,
+        "error": outcome.error,
+    })
+}
+
+fn report_failure(outcome: &RunOutcome, as_json: bool) -> anyhow::Result<ExitCode> {
+    let error = outcome.error.as_deref().unwrap_or("unknown error");
+    if as_json {
+        print_json(&json!({"run_id": outcome.run_id, "status": outcome.status, "error": error}))?;
+    } else {
+        eprintln!("error: run {} failed: {error}", outcome.run_id);
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+async fn add_office365(store: &Store, args: &Office365Args) -> anyhow::Result<()> {
+    let customer = store.customer_by_name(&args.customer).await?;
+    let secret = std::env::var("USERSYNC_M365_CLIENT_SECRET").unwrap_or_default();
+    let settings = Office365Settings {
+        client_id: args.client_id.clone().unwrap_or_default(),
+        authority_url: args
+            .authority_url
+            .clone()
+            .unwrap_or_else(|| GLOBAL_AUTHORITY_URL.to_string()),
+        graph_url: args
+            .graph_url
+            .clone()
+            .unwrap_or_else(|| GLOBAL_GRAPH_URL.to_string()),
+        ca_file: args.ca_file.clone(),
+        options: usersync_core::SourceOptions {
+            email_method: args.email_method,
+        },
+    };
+    let source = connect_office365(
+        store,
+        NewOffice365Source {
+            customer_id: customer.id,
+            tenant_id: args.tenant.clone(),
+            settings,
+            client_secret: SecretString::new(secret),
+        },
+    )
+    .await?;
+    if args.json.json {
+        print_json(&json!({"id": source.id}))?;
+    } else {
+        println!(
+            "Added source #{} (office365, tenant {}) to '{}'. Next: `usersync preview {}`.",
+            source.id, source.tenant_id, customer.name, source.id
+        );
+    }
+    Ok(())
+}

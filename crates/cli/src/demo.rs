@@ -1,0 +1,193 @@
+//! `usersync demo`: the whole product on a simulated tenant, with nothing to set up.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use usersync_core::DomainName;
+use usersync_engine::{
+    Engine, EngineOptions, NewOffice365Source, Office365Settings, RunOutcome, connect_office365,
+};
+use usersync_sim::{SimConfig, Simulator};
+use usersync_store::{DomainOrigin, RunStatus, SecretString};
+
+use crate::Cli;
+use crate::progress::TerminalProgress;
+
+/// The demo's own database, made anew on each run, unless --database names another.
+const DEMO_DATABASE: &str = "usersync-demo.db";
+const CUSTOMER: &str = "Contoso (demo)";
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Users in the simulated tenant.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Seed of the simulated tenant.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut options = cli.store_options();
+    let own_database = cli.database == usersync_store::DEFAULT_DATABASE_URL;
+    if own_database {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{DEMO_DATABASE}{suffix}"));
+        }
+        options.url = format!("sqlite://{DEMO_DATABASE}");
+    }
+    let database = options.url.clone();
+    let store = usersync_store::Store::open(options).await?;
+
+    println!(
+        "1. Starting the bundled Microsoft 365 simulator with {} users...",
+        args.users
+    );
+    let sim = Simulator::start(SimConfig {
+        users: args.users,
+        seed: args.seed,
+        ..SimConfig::default()
+    })
+    .await?;
+    let info = sim.info().clone();
+    println!("   tenant {} at {}", info.tenant_id, info.graph_url);
+
+    println!("2. Creating the customer '{CUSTOMER}' with the tenant's mail domains...");
+    let customer = store.add_customer(CUSTOMER).await?;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                customer.id,
+                &DomainName::parse(domain)?,
+                DomainOrigin::Manual,
+            )
+            .await?;
+        println!("   + {domain}");
+    }
+
+    println!("3. Connecting the tenant as an office365 source...");
+    let source = connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: customer.id,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings {
+                client_id: info.client_id.clone(),
+                authority_url: info.authority_url.clone(),
+                graph_url: info.graph_url.clone(),
+                ca_file: None,
+                options: Default::default(),
+            },
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await?;
+    println!("   source #{} (client secret stored encrypted)", source.id);
+
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    println!("4. Preview (changes nothing):");
+    let preview = step(
+        engine
+            .preview(source.id, &TerminalProgress::new(true))
+            .await?,
+    )?;
+    summary(&preview);
+    let mut reasons = std::collections::BTreeMap::<&str, usize>::new();
+    for skip in &preview.plan.skip {
+        *reasons.entry(skip.code.as_str()).or_default() += 1;
+    }
+    for (code, n) in reasons {
+        println!("     skipped {n:>4} x {code}");
+    }
+
+    println!("5. Sync & Save:");
+    let first = step(engine.sync(source.id, &TerminalProgress::new(true)).await?)?;
+    summary(&first);
+
+    println!("6. Changing the tenant: one user deleted, one added, one given a new alias...");
+    let tenant = sim.tenant();
+    let synced: Vec<_> = tenant
+        .users()
+        .into_iter()
+        .filter(|u| {
+            first
+                .plan
+                .add
+                .iter()
+                .any(|a| a.source_object_id.as_deref() == Some(u.id.as_str()))
+        })
+        .collect();
+    if let [gone, changed, ..] = synced.as_slice() {
+        tenant.delete_user(&gone.id)?;
+        println!("   - deleted {}", gone.display_name);
+        let domain = info.mail_domains.first().cloned().unwrap_or_default();
+        let alias = format!(
+            "{}.alias@{domain}",
+            changed.id.split('-').next().unwrap_or("x")
+        );
+        tenant.update_user(&changed.id, |u| {
+            u.proxy_addresses.push(format!("smtp:{alias}"))
+        })?;
+        println!("   ~ {} gets the alias {alias}", changed.display_name);
+    }
+    let newcomer = tenant.new_member("Demo Newcomer");
+    tenant.add_user(newcomer)?;
+    println!("   + added Demo Newcomer");
+
+    println!("7. Sync & Save again:");
+    let second = step(engine.sync(source.id, &TerminalProgress::new(true)).await?)?;
+    summary(&second);
+    for u in &second.plan.remove {
+        println!("     removed {} (kept as removed, restorable)", u.address);
+    }
+    for u in &second.plan.update {
+        println!(
+            "     updated {}: {}",
+            u.address,
+            u.changes.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+
+    sim.shutdown().await;
+    store.close().await;
+    let db = if own_database {
+        format!(" --database sqlite://{DEMO_DATABASE}")
+    } else {
+        String::new()
+    };
+    println!("\nDone. The directory is in {database}. Look at it with:");
+    println!("  usersync{db} users list --customer '{CUSTOMER}'");
+    println!("  usersync{db} users list --customer '{CUSTOMER}' --include-removed --json");
+    println!("  usersync{db} runs list");
+    println!("  usersync{db} runs show {}", second.run_id);
+    println!(
+        "Run a simulator of your own with `usersync sim --users 1000` and connect it as in README.md."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn step(outcome: RunOutcome) -> anyhow::Result<RunOutcome> {
+    if outcome.status == RunStatus::Failed {
+        anyhow::bail!(
+            "run {} failed: {}",
+            outcome.run_id,
+            outcome.error.unwrap_or_default()
+        );
+    }
+    Ok(outcome)
+}
+
+fn summary(o: &RunOutcome) {
+    println!(
+        "   run {}: {} to add, {} to update, {} to remove, {} skipped ({} users and {} groups read with {} requests in {} ms)",
+        o.run_id,
+        o.plan.add.len(),
+        o.plan.update.len(),
+        o.plan.remove.len(),
+        o.plan.skip.len(),
+        o.stats.read_users,
+        o.stats.read_groups,
+        o.stats.requests,
+        o.stats.duration_ms
+    );
+}

@@ -1,0 +1,253 @@
+//! The `usersync` command: parses arguments, opens the store, calls the engine, prints.
+//! Nothing else lives here: no sync logic, no SQL, no Graph.
+
+mod bench;
+mod commands;
+mod demo;
+mod output;
+mod progress;
+mod sim;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use usersync_core::EmailMethod;
+use usersync_store::{DEFAULT_DATABASE_URL, KeySource, Store, StoreOptions};
+
+/// Keeps an email-security console's users in step with Microsoft 365 tenants.
+#[derive(Debug, Parser)]
+#[command(name = "usersync", version, about, max_term_width = 100)]
+struct Cli {
+    /// The database: sqlite://PATH (created on first use) or postgres://USER@HOST:PORT/DB.
+    #[arg(long, global = true, env = "USERSYNC_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    database: String,
+    /// The key that encrypts secrets at rest, 32 bytes in base64 [default: a key file beside
+    /// the SQLite database, generated on first use].
+    #[arg(
+        long,
+        global = true,
+        env = "USERSYNC_SECRET_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    secret_key: Option<String>,
+    /// A file holding the key that encrypts secrets at rest (generated if missing).
+    #[arg(long, global = true, env = "USERSYNC_SECRET_KEY_FILE")]
+    secret_key_file: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Customers: the organisations whose mail is protected.
+    #[command(subcommand)]
+    Customer(CustomerCommand),
+    /// Mail domains of a customer; only addresses in them are synced.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// User sources: connections that feed users into a customer.
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Show what a sync would add, update, remove and skip, changing nothing.
+    Preview {
+        /// The source's id (`usersync source list`).
+        source_id: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Sync & Save: read the source and apply the plan, all of it or nothing.
+    Sync {
+        source_id: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// The console directory's users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Sync runs: every preview and sync, with its plan and outcome.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Run the Microsoft 365 simulator (identity platform + Graph v1.0) until Ctrl-C.
+    Sim(sim::SimArgs),
+    /// A tour on a simulated tenant: connect, preview, sync, change the tenant, sync again.
+    Demo(demo::DemoArgs),
+    /// Measure full syncs of simulated tenants (10,000 and 100,000 users by default).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CustomerCommand {
+    /// Add a customer (with its group "Main").
+    Add {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List the customers.
+    List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DomainCommand {
+    /// Add a mail domain to a customer.
+    Add {
+        domain: String,
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List a customer's domains.
+    List {
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SourceCommand {
+    /// Add a source to a customer.
+    #[command(subcommand)]
+    Add(SourceAdd),
+    /// List the sources, of one customer or of all.
+    List {
+        #[arg(long)]
+        customer: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show one source and its settings (secrets are never shown).
+    Show {
+        source_id: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SourceAdd {
+    /// Connect a Microsoft 365 tenant through the app registered in Microsoft Entra ID.
+    /// The client secret is read from USERSYNC_M365_CLIENT_SECRET and stored encrypted.
+    Office365(Office365Args),
+}
+
+#[derive(Debug, Args)]
+struct Office365Args {
+    #[arg(long)]
+    customer: String,
+    /// The tenant (directory) id of the customer's Microsoft 365.
+    #[arg(long)]
+    tenant: String,
+    /// The application (client) id.
+    #[arg(long, env = "USERSYNC_M365_CLIENT_ID")]
+    client_id: Option<String>,
+    /// The identity platform [default: https://login.microsoftonline.com].
+    #[arg(long, env = "USERSYNC_M365_AUTHORITY_URL")]
+    authority_url: Option<String>,
+    /// Microsoft Graph [default: https://graph.microsoft.com].
+    #[arg(long, env = "USERSYNC_M365_GRAPH_URL")]
+    graph_url: Option<String>,
+    /// How the primary address is chosen.
+    #[arg(long, value_parser = parse_email_method, default_value = "primary_smtp")]
+    email_method: EmailMethod,
+    /// A PEM file of extra root certificates to trust (the simulator's with --tls).
+    #[arg(long, env = "USERSYNC_M365_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+fn parse_email_method(text: &str) -> Result<EmailMethod, String> {
+    text.parse()
+        .map_err(|e: usersync_core::UnknownValue| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// List a customer's users (active ones; removed ones too with --include-removed).
+    List {
+        #[arg(long)]
+        customer: String,
+        #[arg(long)]
+        include_removed: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        #[arg(long)]
+        source: Option<i64>,
+        /// How many runs at most.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show one run with its plan.
+    Show {
+        run_id: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+impl Cli {
+    fn store_options(&self) -> StoreOptions {
+        let mut options = StoreOptions::new(&self.database);
+        options.key = match (&self.secret_key, &self.secret_key_file) {
+            (Some(key), _) => KeySource::Base64(key.clone()),
+            (None, Some(path)) => KeySource::File(path.clone()),
+            (None, None) => KeySource::Default,
+        };
+        options
+    }
+
+    async fn open_store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(self.store_options()).await?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("USERSYNC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

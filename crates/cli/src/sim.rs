@@ -1,0 +1,87 @@
+//! `usersync sim`: the Microsoft 365 simulator as a long-running process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use usersync_sim::{SimConfig, Simulator, Throttle};
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on; port 0 picks a free port (the printed URLs show it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Users in the generated tenant.
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// Seed of the generated tenant: the same users and seed give the same tenant.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Largest page served, whatever $top asks for.
+    #[arg(long)]
+    page_size_cap: Option<usize>,
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Answer every Nth Graph request with 429 Too Many Requests.
+    #[arg(long)]
+    throttle_every: Option<u64>,
+    /// Answer requests beyond this many per second with 429.
+    #[arg(long)]
+    throttle_per_second: Option<u32>,
+    /// The Retry-After (seconds) of throttled answers.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+    /// Serve HTTPS with a self-signed certificate.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls, write the certificate (PEM) here for clients to trust (--ca-file).
+    #[arg(long)]
+    tls_cert_out: Option<PathBuf>,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime: u64,
+    /// Act as a tenant that has not consented to the app (token requests fail).
+    #[arg(long)]
+    no_consent: bool,
+    /// Remove an application permission from the app (repeatable), e.g. MailboxSettings.Read.
+    #[arg(long = "deny-permission")]
+    deny_permissions: Vec<String>,
+}
+
+pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
+    let config = SimConfig {
+        listen: args.listen,
+        users: args.users,
+        seed: args.seed,
+        page_size_cap: args.page_size_cap,
+        latency: Duration::from_millis(args.latency_ms),
+        throttle: Throttle {
+            every_nth: args.throttle_every,
+            per_second: args.throttle_per_second,
+            retry_after_secs: args.retry_after,
+        },
+        tls: args.tls,
+        tls_cert_out: args.tls_cert_out.clone(),
+        token_lifetime: Duration::from_secs(args.token_lifetime),
+        consented: !args.no_consent,
+        denied_permissions: args.deny_permissions.clone(),
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start(config).await?;
+    println!("{}", serde_json::to_string(sim.info())?);
+    eprintln!(
+        "Simulator running with {} users; Ctrl-C stops it.",
+        args.users
+    );
+    tokio::signal::ctrl_c().await?;
+    let stats = sim.stats();
+    sim.shutdown().await;
+    eprintln!(
+        "Stopped after {} requests ({} throttled).",
+        stats.http_requests, stats.throttled
+    );
+    Ok(ExitCode::SUCCESS)
+}

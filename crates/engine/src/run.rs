@@ -1,0 +1,263 @@
+//! The one operation behind preview and Sync & Save: read, plan, then record or apply.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::Instrument;
+use usersync_core::mapping::MAIN_GROUP;
+use usersync_core::{MappingContext, Plan, SourceKind, plan_sync};
+use usersync_graph::RetryPolicy;
+use usersync_store::{NewRun, RunKind, RunStats, RunStatus, SourceRecord, Store};
+
+use crate::EngineError;
+use crate::office365::{Office365Settings, Office365Source};
+use crate::source::{Progress, Source};
+
+/// How the engine talks to sources.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Requests in flight at once per tenant.
+    pub max_in_flight: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_in_flight: 4,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// How a run ended; a failed run is an outcome too, recorded with its reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub run_id: i64,
+    pub kind: RunKind,
+    pub status: RunStatus,
+    /// The plan; empty when the read failed.
+    #[serde(skip)]
+    pub plan: Plan,
+    pub stats: RunStats,
+    pub error: Option<String>,
+}
+
+/// The sync engine: every surface calls these operations.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Store,
+    options: EngineOptions,
+}
+
+impl Engine {
+    pub fn new(store: Store, options: EngineOptions) -> Self {
+        Engine { store, options }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads the source and records what a sync would do, changing nothing in the directory.
+    pub async fn preview(
+        &self,
+        source_id: i64,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        self.run(source_id, RunKind::Preview, progress).await
+    }
+
+    /// Sync & Save: reads the source and applies the plan in one transaction, or nothing.
+    pub async fn sync(
+        &self,
+        source_id: i64,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        self.run(source_id, RunKind::Sync, progress).await
+    }
+
+    async fn run(
+        &self,
+        source_id: i64,
+        kind: RunKind,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        let record = self.store.source(source_id).await?;
+        let (source, ctx) = self.prepare(&record).await?;
+        let run_id = self
+            .store
+            .start_run(&NewRun {
+                source_id,
+                customer_id: record.customer_id,
+                kind,
+                reason: "manual".into(),
+            })
+            .await?;
+        let span = tracing::info_span!("run", run = run_id, kind = kind.as_str(), customer = %record.customer, source = source_id);
+        self.execute(
+            run_id,
+            kind,
+            record.customer_id,
+            source.as_ref(),
+            &ctx,
+            progress,
+        )
+        .instrument(span)
+        .await
+    }
+
+    async fn execute(
+        &self,
+        run_id: i64,
+        kind: RunKind,
+        customer_id: i64,
+        source: &dyn Source,
+        ctx: &MappingContext,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        let started = Instant::now();
+        tracing::info!("run started");
+        let read = match source.read(progress).await {
+            Ok(read) => read,
+            Err(error) => {
+                let stats = RunStats {
+                    duration_ms: elapsed_ms(started),
+                    ..RunStats::default()
+                };
+                return self
+                    .failed(run_id, kind, None, stats, error.to_string())
+                    .await;
+            }
+        };
+        progress.phase("planning");
+        let directory = self.store.directory(customer_id).await?;
+        let plan = plan_sync(&read.snapshot, &directory, ctx);
+        let mut stats = RunStats {
+            read_users: read.snapshot.users.len() as u64,
+            read_groups: read.snapshot.groups.len() as u64,
+            requests: read.requests,
+            throttled: read.throttled,
+            duration_ms: 0,
+            notes: read.notes,
+        };
+        drop(read.snapshot);
+        match kind {
+            RunKind::Preview => {
+                stats.duration_ms = elapsed_ms(started);
+                self.store
+                    .finish_run(run_id, RunStatus::Succeeded, Some(&plan), &stats, None)
+                    .await?;
+            }
+            RunKind::Sync => {
+                progress.phase("saving");
+                // The duration recorded with an applied plan covers everything but the commit.
+                stats.duration_ms = elapsed_ms(started);
+                if let Err(error) = self
+                    .store
+                    .apply_plan(run_id, customer_id, &plan, &stats)
+                    .await
+                {
+                    let message = format!("nothing was applied: {error}");
+                    return self.failed(run_id, kind, Some(plan), stats, message).await;
+                }
+            }
+        }
+        tracing::info!(
+            added = plan.add.len(),
+            updated = plan.update.len(),
+            removed = plan.remove.len(),
+            skipped = plan.skip.len(),
+            ms = stats.duration_ms,
+            "run succeeded"
+        );
+        Ok(RunOutcome {
+            run_id,
+            kind,
+            status: RunStatus::Succeeded,
+            plan,
+            stats,
+            error: None,
+        })
+    }
+
+    async fn failed(
+        &self,
+        run_id: i64,
+        kind: RunKind,
+        plan: Option<Plan>,
+        stats: RunStats,
+        error: String,
+    ) -> Result<RunOutcome, EngineError> {
+        tracing::warn!(%error, "run failed");
+        // A failed run records why, but not a plan: nothing of it was applied.
+        self.store
+            .finish_run(run_id, RunStatus::Failed, None, &stats, Some(&error))
+            .await?;
+        Ok(RunOutcome {
+            run_id,
+            kind,
+            status: RunStatus::Failed,
+            plan: plan.unwrap_or_default(),
+            stats,
+            error: Some(error),
+        })
+    }
+
+    /// The source's reader and the mapping context of its customer.
+    async fn prepare(
+        &self,
+        record: &SourceRecord,
+    ) -> Result<(Box<dyn Source>, MappingContext), EngineError> {
+        let domains: BTreeSet<_> = self
+            .store
+            .list_domains(record.customer_id)
+            .await?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        if domains.is_empty() {
+            // Every user would be out of domain, and every synced user removed.
+            return Err(EngineError::config(
+                "domains",
+                format!(
+                    "the customer '{}' has no domains, so no address could be synced; add one with `usersync domain add DOMAIN --customer '{}'`",
+                    record.customer, record.customer
+                ),
+            ));
+        }
+        match record.kind {
+            SourceKind::Office365 => {
+                let settings: Office365Settings = serde_json::from_value(record.settings.clone())
+                    .map_err(|e| {
+                    EngineError::config(
+                        "source settings",
+                        format!("source #{} has unreadable settings: {e}", record.id),
+                    )
+                })?;
+                let secret = self.store.source_secret(record.id).await?.ok_or_else(|| {
+                    EngineError::config("client secret", format!("source #{} has no client secret; add the source again with USERSYNC_M365_CLIENT_SECRET set", record.id))
+                })?;
+                let source = Office365Source::new(
+                    record,
+                    &settings,
+                    secret,
+                    self.options.max_in_flight,
+                    self.options.retry.clone(),
+                )?;
+                let ctx = MappingContext {
+                    source_id: record.id,
+                    domains,
+                    email_method: settings.options.email_method,
+                    default_group: MAIN_GROUP.to_string(),
+                };
+                Ok((Box::new(source), ctx))
+            }
+        }
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}

@@ -1,0 +1,458 @@
+//! The Microsoft identity platform side: the v2.0 token endpoint for the
+//! client credentials grant (with Entra ID's error shapes and AADSTS codes),
+//! OpenID metadata, and bearer-token validation for Graph requests.
+
+use crate::server::Shared;
+use crate::util::{aad_time, b64url, iso_time, new_guid, parse_query, unix_now};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+
+pub(crate) struct AuthState {
+    tokens: Mutex<HashMap<String, Instant>>,
+    configured: Vec<String>,
+    granted: RwLock<Vec<String>>,
+    consented: AtomicBool,
+    lifetime: Mutex<Duration>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a bearer token was refused.
+pub(crate) enum TokenProblem {
+    Empty,
+    Malformed,
+    Unknown,
+    Expired,
+}
+
+impl TokenProblem {
+    pub(crate) fn message(&self) -> &'static str {
+        match self {
+            TokenProblem::Empty => "Access token is empty.",
+            TokenProblem::Malformed => {
+                "IDX14100: JWT is not well formed, there are no dots (.).\nThe token needs to be in JWS or JWE Compact Serialization Format. (JWS): 'EncodedHeader.EncodedPayload.EncodedSignature'. (JWE): 'EncodedProtectedHeader.EncodedEncryptedKey.EncodedInitializationVector.EncodedCiphertext.EncodedAuthenticationTag'."
+            }
+            TokenProblem::Unknown => "Access token validation failure. Invalid audience.",
+            TokenProblem::Expired => "Lifetime validation failed, the token is expired.",
+        }
+    }
+}
+
+impl AuthState {
+    pub(crate) fn new(granted: Vec<String>, consented: bool, lifetime: Duration) -> AuthState {
+        AuthState {
+            tokens: Mutex::new(HashMap::new()),
+            configured: granted.clone(),
+            granted: RwLock::new(granted),
+            consented: AtomicBool::new(consented),
+            lifetime: Mutex::new(lifetime),
+        }
+    }
+
+    pub(crate) fn granted(&self) -> Vec<String> {
+        self.granted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn has_any(&self, perms: &[&str]) -> bool {
+        let g = self.granted.read().unwrap_or_else(|e| e.into_inner());
+        perms
+            .iter()
+            .any(|p| g.iter().any(|x| x.eq_ignore_ascii_case(p)))
+    }
+
+    pub(crate) fn set_denied(&self, denied: &[&str]) {
+        let mut g = self.granted.write().unwrap_or_else(|e| e.into_inner());
+        *g = self
+            .configured
+            .iter()
+            .filter(|p| !denied.iter().any(|d| d.eq_ignore_ascii_case(p)))
+            .cloned()
+            .collect();
+    }
+
+    pub(crate) fn set_consented(&self, c: bool) {
+        self.consented.store(c, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_lifetime(&self, d: Duration) {
+        *lock(&self.lifetime) = d;
+    }
+
+    pub(crate) fn expire_all(&self) {
+        let now = Instant::now();
+        for v in lock(&self.tokens).values_mut() {
+            *v = now;
+        }
+    }
+
+    /// Checks an `Authorization` header value.
+    pub(crate) fn check(&self, authorization: Option<&str>) -> Result<(), TokenProblem> {
+        let value = authorization.unwrap_or("").trim();
+        let token = match value.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => "",
+        };
+        if token.is_empty() {
+            return Err(TokenProblem::Empty);
+        }
+        match lock(&self.tokens).get(token) {
+            Some(exp) if Instant::now() < *exp => Ok(()),
+            Some(_) => Err(TokenProblem::Expired),
+            None if !token.contains('.') => Err(TokenProblem::Malformed),
+            None => Err(TokenProblem::Unknown),
+        }
+    }
+
+    fn issue(&self, tenant_id: &str, client_id: &str) -> (String, u64) {
+        let lifetime = *lock(&self.lifetime);
+        let now = unix_now();
+        let secs = lifetime.as_secs().max(1);
+        let header = json!({"typ": "JWT", "alg": "RS256", "kid": "usersync-sim"});
+        let payload = json!({
+            "aud": "https://graph.microsoft.com",
+            "iss": format!("https://sts.windows.net/{tenant_id}/"),
+            "iat": now, "nbf": now, "exp": now + secs,
+            "app_displayname": "usersync",
+            "appid": client_id,
+            "appidacr": "1",
+            "idtyp": "app",
+            "roles": self.granted(),
+            "tid": tenant_id,
+            "uti": new_guid(),
+            "ver": "1.0",
+        });
+        let sig: [u8; 32] = rand::random();
+        let token = format!(
+            "{}.{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(payload.to_string().as_bytes()),
+            b64url(&sig)
+        );
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() > 10_000 {
+            let now = Instant::now();
+            tokens.retain(|_, exp| *exp > now);
+        }
+        tokens.insert(token.clone(), Instant::now() + lifetime);
+        (token, lifetime.as_secs())
+    }
+}
+
+/// An identity platform error response.
+fn aad_error(
+    status: StatusCode,
+    error: &str,
+    code: u32,
+    message: &str,
+    correlation: &str,
+) -> Response {
+    let trace = new_guid();
+    let ts = aad_time(unix_now());
+    let body = json!({
+        "error": error,
+        "error_description": format!(
+            "AADSTS{code}: {message} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {ts}"
+        ),
+        "error_codes": [code],
+        "timestamp": ts,
+        "trace_id": trace,
+        "correlation_id": correlation,
+        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+    });
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store, no-cache"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn tenant_known(shared: &Shared, tenant: &str) -> bool {
+    if tenant.eq_ignore_ascii_case(&shared.tenant_id) {
+        return true;
+    }
+    shared
+        .dir()
+        .bp
+        .domains
+        .iter()
+        .any(|d| d.is_verified && d.id.eq_ignore_ascii_case(tenant))
+}
+
+fn tenant_not_found(tenant: &str, corr: &str) -> Response {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        90002,
+        &format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+        ),
+        corr,
+    )
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`.
+pub(crate) async fn token_endpoint(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared.knobs.record(|s| {
+        s.http_requests += 1;
+        s.token_requests += 1;
+        *s.by_endpoint.entry("token".into()).or_default() += 1;
+    });
+    let latency = shared.knobs.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let path = format!("/{tenant}/oauth2/v2.0/token");
+    let resp = match shared.knobs.fault(&path, "") {
+        Some(crate::knobs::FaultAction::Status { status, .. }) => aad_error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "temporarily_unavailable",
+            50_196,
+            "The server is temporarily unavailable.",
+            &new_guid(),
+        ),
+        Some(crate::knobs::FaultAction::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            token_response(&shared, &tenant, &method, &headers, &body)
+        }
+        None => token_response(&shared, &tenant, &method, &headers, &body),
+    };
+    if resp.status().as_u16() >= 400 {
+        shared.knobs.record(|s| s.errors += 1);
+    }
+    resp
+}
+
+fn token_response(
+    shared: &Shared,
+    tenant: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let corr = headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(new_guid);
+    if method != Method::POST {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900_561,
+            "The endpoint only accepts POST requests. Received a GET request.",
+            &corr,
+        );
+    }
+    if !tenant_known(shared, tenant) {
+        return tenant_not_found(tenant, &corr);
+    }
+    let form: HashMap<String, String> = parse_query(&String::from_utf8_lossy(body))
+        .into_iter()
+        .collect();
+    let param = |k: &str| form.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let missing = |name: &str| {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900_144,
+            &format!("The request body must contain the following parameter: '{name}'."),
+            &corr,
+        )
+    };
+    // client_secret_basic is accepted as well as client_secret_post.
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .and_then(|b| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            s.split_once(':')
+                .map(|(a, b)| (crate::util::url_decode(a), crate::util::url_decode(b)))
+        });
+    let Some(grant) = param("grant_type") else {
+        return missing("grant_type");
+    };
+    if grant != "client_credentials" {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70_003,
+            &format!("The app requested an unsupported grant type '{grant}'."),
+            &corr,
+        );
+    }
+    let client_id = param("client_id")
+        .map(str::to_string)
+        .or_else(|| basic.as_ref().map(|(a, _)| a.clone()));
+    let Some(client_id) = client_id else {
+        return missing("client_id");
+    };
+    let Some(scope) = param("scope") else {
+        return missing("scope");
+    };
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.len() != 1 || !scopes[0].to_ascii_lowercase().ends_with("/.default") {
+        let code = if scopes.len() == 1 { 1_002_012 } else { 70_011 };
+        let msg = if code == 1_002_012 {
+            format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            )
+        } else {
+            format!(
+                "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+            )
+        };
+        return aad_error(StatusCode::BAD_REQUEST, "invalid_scope", code, &msg, &corr);
+    }
+    let resource = scopes[0][..scopes[0].len() - "/.default".len()].trim_end_matches('/');
+    // The simulator is the Graph resource at its own URL too: a client that derives the
+    // scope from its configured Graph URL (as for national clouds) asks for that.
+    if !resource.eq_ignore_ascii_case("https://graph.microsoft.com")
+        && !resource.eq_ignore_ascii_case(GRAPH_APP_ID)
+        && !resource.eq_ignore_ascii_case(shared.base_url.trim_end_matches('/'))
+    {
+        let name = shared.dir().bp.org_name.clone();
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            500_011,
+            &format!(
+                "The resource principal named {resource} was not found in the tenant named {name}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."
+            ),
+            &corr,
+        );
+    }
+    if !client_id.eq_ignore_ascii_case(&shared.client_id)
+        || !shared.auth.consented.load(Ordering::Relaxed)
+    {
+        let name = shared.dir().bp.org_name.clone();
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700_016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{name}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+            &corr,
+        );
+    }
+    let secret = param("client_secret")
+        .map(str::to_string)
+        .or_else(|| basic.map(|(_, b)| b));
+    let Some(secret) = secret else {
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            &corr,
+        );
+    };
+    if secret != shared.client_secret {
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_215,
+            &format!(
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
+                shared.client_id
+            ),
+            &corr,
+        );
+    }
+    let (token, expires_in) = shared.auth.issue(&shared.tenant_id, &shared.client_id);
+    let body = json!({
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": token,
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store, no-cache"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration`, which MSAL-style
+/// clients read before asking for a token.
+pub(crate) async fn openid_configuration(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.knobs.record(|s| {
+        s.http_requests += 1;
+        *s.by_endpoint
+            .entry("openid-configuration".into())
+            .or_default() += 1;
+    });
+    if !tenant_known(&shared, &tenant) {
+        return tenant_not_found(&tenant, &new_guid());
+    }
+    let base = shared.base_for(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    let tid = &shared.tenant_id;
+    let body = json!({
+        "token_endpoint": format!("{base}/{tid}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{base}/{tid}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": format!("{base}/{tid}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "authorization_endpoint": format!("{base}/{tid}/oauth2/v2.0/authorize"),
+        "tenant_region_scope": "EU",
+        "cloud_instance_name": "microsoftonline.com",
+        "msgraph_host": "graph.microsoft.com",
+        "rbac_url": "https://pas.windows.net",
+        "issued_at": iso_time(unix_now(), "Z"),
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,135 @@
+//! A faithful Microsoft 365 simulator: the Microsoft identity platform token
+//! endpoint (client credentials) and the parts of Microsoft Graph v1.0 a
+//! directory sync reads, over a deterministic generated tenant of any size.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), usersync_sim::SimError> {
+//! use usersync_sim::{SimConfig, Simulator};
+//! let sim = Simulator::start(SimConfig { users: 1000, seed: 7, ..SimConfig::default() }).await?;
+//! println!("{}", serde_json::to_string(sim.info()).unwrap());
+//! let tenant = sim.tenant();
+//! let anne = tenant.new_member("Anne Smith");
+//! tenant.add_user(anne)?;
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: `generate` (tenant generation), `directory` (state, change
+//! tracking, [`TenantHandle`]), `auth` (token endpoint, bearer checks),
+//! `graph` (Graph routes), `batch` (`$batch`), `knobs` (throttling, faults,
+//! stats), `tls` (self-signed certificates), `server` (listener).
+
+mod auth;
+mod batch;
+mod directory;
+mod generate;
+mod graph;
+mod knobs;
+mod model;
+mod server;
+mod tls;
+mod util;
+
+pub use directory::TenantHandle;
+pub use knobs::{Fault, FaultAction, FaultWhen, SimStats, Throttle};
+pub use model::{
+    GroupKind, SKU_SPE_E3, SimDomain, SimGroup, SimSku, SimUser, UserPurpose, UserType,
+};
+pub use server::Simulator;
+
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Application permissions granted to the simulated app by default.
+pub const DEFAULT_PERMISSIONS: &[&str] = &[
+    "User.Read.All",
+    "Group.Read.All",
+    "Domain.Read.All",
+    "Organization.Read.All",
+    "MailboxSettings.Read",
+    "Directory.Read.All",
+];
+
+/// Start-up configuration. Everything but the tenant itself can also be
+/// changed at run time through [`Simulator`] methods.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Where to listen; default 127.0.0.1:0 (an ephemeral port).
+    pub listen: SocketAddr,
+    /// Number of generated users (default 50).
+    pub users: usize,
+    /// Generation seed (default 1). Same (users, seed) → same tenant.
+    pub seed: u64,
+    /// Server-side maximum page size, applied even when `$top` asks for more.
+    pub page_size_cap: Option<usize>,
+    /// Added to every HTTP request (token, Graph, `$batch` envelope).
+    pub latency: Duration,
+    pub throttle: Throttle,
+    /// Serve HTTPS with a freshly generated CA and server certificate.
+    pub tls: bool,
+    /// With `tls`, also write the CA certificate PEM to this file.
+    pub tls_cert_out: Option<PathBuf>,
+    /// Lifetime of issued access tokens (default one hour).
+    pub token_lifetime: Duration,
+    /// Whether the tenant has consented to the app; if not, the token
+    /// endpoint answers unauthorized_client (AADSTS700016).
+    pub consented: bool,
+    /// Permissions removed from [`DEFAULT_PERMISSIONS`] (or from `permissions`).
+    pub denied_permissions: Vec<String>,
+    /// Replaces the default granted permissions when set.
+    pub permissions: Option<Vec<String>>,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            users: 50,
+            seed: 1,
+            page_size_cap: None,
+            latency: Duration::ZERO,
+            throttle: Throttle::default(),
+            tls: false,
+            tls_cert_out: None,
+            token_lifetime: Duration::from_secs(3600),
+            consented: true,
+            denied_permissions: Vec::new(),
+            permissions: None,
+        }
+    }
+}
+
+/// What a client needs to connect; printed by the CLI as one JSON line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SimInfo {
+    /// Root of the server: clients call `{authority_url}/{tenant}/oauth2/v2.0/token`.
+    pub authority_url: String,
+    /// Root of the server: clients call `{graph_url}/v1.0/users`.
+    pub graph_url: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Every domain name of the tenant, including unverified ones and the
+    /// initial `<name>.onmicrosoft.com`.
+    pub domains: Vec<String>,
+    /// Verified custom domains that support Email, default first.
+    pub mail_domains: Vec<String>,
+    /// The initial `<name>.onmicrosoft.com` domain.
+    pub initial_domain: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
