@@ -130,6 +130,36 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Users(UsersCommand::Add {
+            address,
+            customer,
+            name,
+            mailbox_type,
+            json,
+        }) => {
+            let customer = store.customer_by_name(customer).await?;
+            let address = usersync_core::EmailAddress::parse(address).context("the address")?;
+            let user = usersync_core::DirectoryUser {
+                id: None,
+                display_name: name.clone().unwrap_or_else(|| address.to_string()),
+                given_name: None,
+                surname: None,
+                mailbox_type: *mailbox_type,
+                billable: *mailbox_type == usersync_core::MailboxType::User,
+                aliases: vec![],
+                group: usersync_core::mapping::MAIN_GROUP.into(),
+                source_id: None,
+                source_object_id: None,
+                status: usersync_core::UserStatus::Active,
+                address,
+            };
+            let user = store.add_manual_user(customer.id, &user).await?;
+            if json.json {
+                print_json(&user)?;
+            } else {
+                println!("Added {} to '{}' by hand.", user.address, customer.name);
+            }
+        }
         Command::Users(UsersCommand::List {
             customer,
             include_removed,

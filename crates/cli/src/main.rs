@@ -170,6 +170,11 @@ struct Office365Args {
     json: JsonFlag,
 }
 
+fn parse_mailbox_type(text: &str) -> Result<usersync_core::MailboxType, String> {
+    text.parse()
+        .map_err(|e: usersync_core::UnknownValue| e.to_string())
+}
+
 fn parse_email_method(text: &str) -> Result<EmailMethod, String> {
     text.parse()
         .map_err(|e: usersync_core::UnknownValue| e.to_string())
@@ -177,6 +182,21 @@ fn parse_email_method(text: &str) -> Result<EmailMethod, String> {
 
 #[derive(Debug, Subcommand)]
 enum UsersCommand {
+    /// Add a user by hand; no sync changes or removes it, but a source may adopt
+    /// ("link") it when it finds the same address.
+    Add {
+        address: String,
+        #[arg(long)]
+        customer: String,
+        /// Display name [default: the address].
+        #[arg(long)]
+        name: Option<String>,
+        /// Mailbox type.
+        #[arg(long = "type", default_value = "user", value_parser = parse_mailbox_type)]
+        mailbox_type: usersync_core::MailboxType,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// List a customer's users (active ones; removed ones too with --include-removed).
     List {
         #[arg(long)]

@@ -131,16 +131,20 @@ impl Engine {
                     .await;
             }
         };
+        let read_ms = elapsed_ms(started);
         progress.phase("planning");
         let directory = self.store.directory(customer_id).await?;
         let plan = plan_sync(&read.snapshot, &directory, ctx);
+        drop(directory);
         let mut stats = RunStats {
             read_users: read.snapshot.users.len() as u64,
             read_groups: read.snapshot.groups.len() as u64,
             requests: read.requests,
             throttled: read.throttled,
-            duration_ms: 0,
+            read_ms,
+            plan_ms: elapsed_ms(started) - read_ms,
             notes: read.notes,
+            ..RunStats::default()
         };
         drop(read.snapshot);
         match kind {
@@ -152,7 +156,7 @@ impl Engine {
             }
             RunKind::Sync => {
                 progress.phase("saving");
-                // The duration recorded with an applied plan covers everything but the commit.
+                // The figures recorded with an applied plan cover everything but the commit.
                 stats.duration_ms = elapsed_ms(started);
                 if let Err(error) = self
                     .store
@@ -162,6 +166,10 @@ impl Engine {
                     let message = format!("nothing was applied: {error}");
                     return self.failed(run_id, kind, Some(plan), stats, message).await;
                 }
+                // The caller sees the whole run, commit included.
+                let before_apply = stats.duration_ms;
+                stats.duration_ms = elapsed_ms(started);
+                stats.apply_ms = stats.duration_ms - before_apply;
             }
         }
         tracing::info!(

@@ -3,7 +3,7 @@
 //! OpenID metadata, and bearer-token validation for Graph requests.
 
 use crate::server::Shared;
-use crate::util::{aad_time, b64url, iso_time, new_guid, parse_query, unix_now};
+use crate::util::{aad_time, b64url, new_guid, parse_query, unix_now};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -447,7 +447,6 @@ pub(crate) async fn openid_configuration(
         "cloud_instance_name": "microsoftonline.com",
         "msgraph_host": "graph.microsoft.com",
         "rbac_url": "https://pas.windows.net",
-        "issued_at": iso_time(unix_now(), "Z"),
     });
     (
         StatusCode::OK,

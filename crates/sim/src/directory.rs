@@ -199,9 +199,11 @@ impl Directory {
         after: u64,
     ) -> impl Iterator<Item = (u64, Change<'_, SimUser>)> + '_ {
         let lo = since.max(after) + 1;
-        let range = if lo <= until { lo..=until } else { 1..=0 };
-        self.user_changes
-            .range(range)
+        // BTreeMap::range panics on a reversed range; an empty window is normal.
+        (lo <= until)
+            .then(|| self.user_changes.range(lo..=until))
+            .into_iter()
+            .flatten()
             .filter_map(move |(seq, ord)| match self.users.get(ord)? {
                 UserSlot::Live(r) if r.created_seq > since => {
                     Some((*seq, Change::New(Cow::Borrowed(&r.user))))
@@ -461,9 +463,10 @@ impl Directory {
         after: u64,
     ) -> impl Iterator<Item = (u64, u64, Change<'_, SimGroup>)> + '_ {
         let lo = since.max(after) + 1;
-        let range = if lo <= until { lo..=until } else { 1..=0 };
-        self.group_changes
-            .range(range)
+        (lo <= until)
+            .then(|| self.group_changes.range(lo..=until))
+            .into_iter()
+            .flatten()
             .filter_map(move |(seq, ord)| match self.groups.get(ord)? {
                 GroupSlot::Live(r) if r.created_seq > since => {
                     Some((*seq, *ord, Change::New(Cow::Borrowed(&r.group))))

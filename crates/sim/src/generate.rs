@@ -335,6 +335,18 @@ const S_DETAIL: u64 = 3;
 const S_GROUPS: u64 = 4;
 const S_GROUP_DEF: u64 = 5;
 const S_ID: u64 = 6;
+const S_ADDR: u64 = 7;
+
+struct PersonAddr {
+    first: &'static str,
+    last: &'static str,
+    sfx: String,
+    local: String,
+    joined: String,
+    pd: usize,
+    mail: String,
+    upn: String,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -659,40 +671,17 @@ impl Blueprint {
         let onms = &self.initial_domain;
         match kind {
             Kind::Shared | Kind::Room | Kind::Equipment => {
-                let (local, display, purpose) = match kind {
-                    Kind::Shared => {
-                        let w = r.pick(SHARED_WORDS);
-                        let mut d = w.to_string();
-                        d[..1].make_ascii_uppercase();
-                        (
-                            format!("{w}{i}"),
-                            format!("{d} Mailbox {i}"),
-                            UserPurpose::Shared,
-                        )
-                    }
-                    Kind::Room => {
-                        let w = r.pick(ROOM_WORDS);
-                        let mut d = w.to_string();
-                        d[..1].make_ascii_uppercase();
-                        (
-                            format!("room-{w}-{i}"),
-                            format!("Room {d} {}.{:02}", 1 + r.below(5), i % 100),
-                            UserPurpose::Room,
-                        )
-                    }
-                    _ => {
-                        let w = r.pick(EQUIPMENT_WORDS);
-                        let mut d = w.replace('-', " ");
-                        d[..1].make_ascii_uppercase();
-                        (
-                            format!("equip-{w}-{i}"),
-                            format!("{d} {i}"),
-                            UserPurpose::Equipment,
-                        )
-                    }
+                let (w, local, mail) = self.resource_addr(i, kind);
+                let mut d = w.replace('-', " ");
+                d[..1].make_ascii_uppercase();
+                let (display, purpose) = match kind {
+                    Kind::Shared => (format!("{d} Mailbox {i}"), UserPurpose::Shared),
+                    Kind::Room => (
+                        format!("Room {d} {}.{:02}", 1 + r.below(5), i % 100),
+                        UserPurpose::Room,
+                    ),
+                    _ => (format!("{d} {i}"), UserPurpose::Equipment),
                 };
-                let domain = &self.mail_domains[if r.chance(800) { 0 } else { 1 }];
-                let mail = format!("{local}@{domain}");
                 SimUser {
                     id,
                     user_principal_name: mail.clone(),
@@ -712,21 +701,10 @@ impl Blueprint {
                 }
             }
             Kind::Guest => {
-                let (first, last, suffix) = self.names(i);
-                let sfx = if suffix > 0 {
-                    (suffix + 1).to_string()
-                } else {
-                    String::new()
-                };
-                let ext = r.pick(EXTERNAL_DOMAINS);
-                let mail = format!(
-                    "{}.{}{sfx}@{ext}",
-                    first.to_lowercase(),
-                    last.to_lowercase()
-                );
+                let (first, last, mail) = self.guest_addr(i);
                 SimUser {
                     id,
-                    user_principal_name: format!("{}#EXT#@{onms}", mail.replace('@', "_")),
+                    user_principal_name: self.guest_upn(&mail),
                     display_name: format!("{first} {last}"),
                     given_name: Some(first.into()),
                     surname: Some(last.into()),
@@ -756,28 +734,29 @@ impl Blueprint {
         }
     }
 
-    fn person(
-        &self,
-        i: u64,
-        kind: Kind,
-        id: String,
-        created: String,
-        licences: Vec<String>,
-        r: &mut Rng,
-    ) -> SimUser {
-        let (first, last, suffix) = self.names(i);
-        let sfx = if suffix > 0 {
+    fn suffix(suffix: u64) -> String {
+        if suffix > 0 {
             (suffix + 1).to_string()
         } else {
             String::new()
-        };
-        let mut local = format!("{}.{}{sfx}", first.to_lowercase(), last.to_lowercase());
-        if r.chance(100) {
-            // Mixed case happens in real tenants; clients must compare
-            // addresses case-insensitively.
-            local = format!("{first}.{last}{sfx}");
         }
-        let joined = format!("{}{}{sfx}", first.to_lowercase(), last.to_lowercase());
+    }
+
+    /// Addresses of a person (member). Drawn from their own stream so the
+    /// UPN index can be built without generating whole users.
+    fn person_addr(&self, i: u64) -> PersonAddr {
+        let mut r = Rng::new(self.seed, S_ADDR, i);
+        let (first, last, suffix) = self.names(i);
+        let sfx = Self::suffix(suffix);
+        let (fl, ll) = (first.to_lowercase(), last.to_lowercase());
+        // Mixed case happens in real tenants; clients must compare
+        // addresses case-insensitively.
+        let local = if r.chance(100) {
+            format!("{first}.{last}{sfx}")
+        } else {
+            format!("{fl}.{ll}{sfx}")
+        };
+        let joined = format!("{fl}{ll}{sfx}");
         let pd = match r.below(100) {
             0..75 => 0,
             75..90 => 1,
@@ -798,6 +777,91 @@ impl Blueprint {
             80..90 => format!("{local}@{}", self.upn_only_domain),
             _ => format!("{local}@{}", self.initial_domain),
         };
+        PersonAddr {
+            first,
+            last,
+            sfx,
+            local,
+            joined,
+            pd,
+            mail,
+            upn,
+        }
+    }
+
+    /// (word, local part, address) of a shared, room or equipment mailbox.
+    fn resource_addr(&self, i: u64, kind: Kind) -> (&'static str, String, String) {
+        let mut r = Rng::new(self.seed, S_ADDR, i);
+        let (w, local) = match kind {
+            Kind::Shared => {
+                let w = *r.pick(SHARED_WORDS);
+                (w, format!("{w}{i}"))
+            }
+            Kind::Room => {
+                let w = *r.pick(ROOM_WORDS);
+                (w, format!("room-{w}-{i}"))
+            }
+            _ => {
+                let w = *r.pick(EQUIPMENT_WORDS);
+                (w, format!("equip-{w}-{i}"))
+            }
+        };
+        let domain = &self.mail_domains[if r.chance(800) { 0 } else { 1 }];
+        let mail = format!("{local}@{domain}");
+        (w, local, mail)
+    }
+
+    fn guest_addr(&self, i: u64) -> (&'static str, &'static str, String) {
+        let mut r = Rng::new(self.seed, S_ADDR, i);
+        let (first, last, suffix) = self.names(i);
+        let sfx = Self::suffix(suffix);
+        let ext = r.pick(EXTERNAL_DOMAINS);
+        let mail = format!(
+            "{}.{}{sfx}@{ext}",
+            first.to_lowercase(),
+            last.to_lowercase()
+        );
+        (first, last, mail)
+    }
+
+    fn guest_upn(&self, mail: &str) -> String {
+        format!("{}#EXT#@{}", mail.replace('@', "_"), self.initial_domain)
+    }
+
+    /// The UPN of base user `i`, without generating the whole user.
+    pub(crate) fn upn(&self, i: u64) -> String {
+        match self.kind(i) {
+            Kind::Guest => self.guest_upn(&self.guest_addr(i).2),
+            k @ (Kind::Shared | Kind::Room | Kind::Equipment) => self.resource_addr(i, k).2,
+            _ => self.person_addr(i).upn,
+        }
+    }
+
+    fn person(
+        &self,
+        i: u64,
+        kind: Kind,
+        id: String,
+        created: String,
+        licences: Vec<String>,
+        r: &mut Rng,
+    ) -> SimUser {
+        let PersonAddr {
+            first,
+            last,
+            sfx,
+            local,
+            joined,
+            pd,
+            mail,
+            upn,
+        } = self.person_addr(i);
+        let primary_domain = if pd == 3 {
+            &self.initial_domain
+        } else {
+            &self.mail_domains[pd]
+        };
+        let other_domain = &self.mail_domains[(pd + 1) % 3];
         let (usage, lang) = match pd {
             1 => ("GB", "en-GB"),
             2 => ("DE", "de-DE"),
@@ -1007,8 +1071,7 @@ impl Generated {
         }
         // UPNs need the full user; still one cheap pass.
         for i in 0..n {
-            let u = bp.user(i);
-            user_upns.insert(crate::util::hash_lower(&u.user_principal_name), i as u32);
+            user_upns.insert(crate::util::hash_lower(&bp.upn(i)), i as u32);
         }
         for g in 0..gcount {
             if g % 8 == 7 {
@@ -1082,6 +1145,9 @@ mod tests {
             assert_eq!(a.blueprint.user(i), b.blueprint.user(i));
         }
         assert_eq!(a.groups, b.groups);
+        for i in 0..300 {
+            assert_eq!(a.blueprint.upn(i), a.blueprint.user(i).user_principal_name);
+        }
         assert_eq!(a.members, b.members);
         assert_eq!(a.skus, b.skus);
     }

@@ -517,12 +517,12 @@ fn group_select(
     Ok((out, members))
 }
 
+/// User and group projections of a directoryObject `$select`.
+type ObjectSelect = (Vec<UP>, Vec<GP>);
+
 /// `$select` on directoryObject collections (members, memberOf): a name must
 /// exist on user or group.
-fn object_select(
-    req: &GReq<'_>,
-    select: Option<&str>,
-) -> Result<Option<(Vec<UP>, Vec<GP>)>, GResp> {
+fn object_select(req: &GReq<'_>, select: Option<&str>) -> Result<Option<ObjectSelect>, GResp> {
     let Some(s) = select else {
         return Ok(None);
     };
@@ -1111,7 +1111,12 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
         }
         [u, id] if eq(u, "users") => get_user(shared, req, &q, id),
         [u, id, m] if eq(u, "users") && eq(m, "manager") => manager(shared, req, &q, id),
-        [u, id, m] if eq(u, "users") && (eq(m, "memberOf") || eq(m, "transitiveMemberOf")) => {
+        [u, id, m, rest @ ..]
+            if eq(u, "users")
+                && (eq(m, "memberOf") || eq(m, "transitiveMemberOf"))
+                && rest.iter().all(|c| eq(c, "microsoft.graph.group")) =>
+        {
+            // Only groups are modelled, so the group cast changes nothing.
             member_of(shared, req, &q, id, eq(m, "transitiveMemberOf"))
         }
         [u, id, m] if eq(u, "users") && eq(m, "mailboxSettings") => mailbox(shared, req, id, None),
@@ -1890,7 +1895,7 @@ fn write_objects(
     items: &mut String,
     dir: &Directory,
     list: &[MemberRef],
-    sel: Option<&(Vec<UP>, Vec<GP>)>,
+    sel: Option<&ObjectSelect>,
 ) {
     let gdefault = group_default();
     for m in list {

@@ -215,7 +215,7 @@ impl Knobs {
         s.count += 1;
         let retry = s.cfg.retry_after_secs;
         if let Some(n) = s.cfg.every_nth
-            && s.count % n == 0
+            && s.count.is_multiple_of(n)
         {
             return Some(retry);
         }
@@ -258,7 +258,7 @@ impl Knobs {
                 FaultWhen::Always => true,
                 FaultWhen::Nth(n) => *seen == n,
                 FaultWhen::FirstN(n) => *seen <= n,
-                FaultWhen::EveryNth(n) => *seen % n == 0,
+                FaultWhen::EveryNth(n) => seen.is_multiple_of(n),
             };
             if hit {
                 return Some(f.action.clone());

@@ -54,14 +54,14 @@ impl Shared {
     }
 }
 
-/// A running simulator. Dropping it without [`Simulator::shutdown`] leaves
-/// the server running until the runtime stops.
+/// A running simulator. Dropping it stops the server too; `shutdown` also
+/// waits until it has stopped.
 pub struct Simulator {
     shared: Arc<Shared>,
     info: crate::SimInfo,
     ca_pem: Option<String>,
     addr: std::net::SocketAddr,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     generated_in: Duration,
 }
 
@@ -135,7 +135,7 @@ impl Simulator {
             info,
             ca_pem,
             addr,
-            task,
+            task: Some(task),
             generated_in,
         })
     }
@@ -212,9 +212,20 @@ impl Simulator {
         self.shared.auth.expire_all()
     }
     /// Stops the server and closes open connections.
-    pub async fn shutdown(self) {
-        self.task.abort();
-        let _ = self.task.await;
+    pub async fn shutdown(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    /// A dropped simulator stops listening (without waiting for it).
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 

@@ -37,6 +37,7 @@ pub async fn discard(url: &str) {
         return;
     }
     use sqlx::Connection;
+    sqlx::any::install_default_drivers();
     let Some((server, name)) = url.rsplit_once('/') else {
         return;
     };

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 
 use crate::runs::{RunStats, RunStatus, finish};
-use crate::{Store, StoreError, now, parse_enum, query_dyn};
+use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
 
 /// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's parameter limits.
 const CHUNK: usize = 400;
@@ -22,7 +22,11 @@ pub struct ApplyCounts {
 }
 
 /// `($1, $2, ...), (...)` for `rows` rows of `columns` parameters.
-fn values_clause(rows: usize, columns: usize) -> String {
+///
+/// SQLite gets anonymous `?` instead: it looks up every named parameter by a linear scan
+/// (`sqlite3_bind_parameter_name`), which made a 5,000-parameter INSERT quadratic and a
+/// 100,000-user first sync take 15 s instead of 2.
+fn values_clause(backend: Backend, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     for r in 0..rows {
         if r > 0 {
@@ -33,8 +37,13 @@ fn values_clause(rows: usize, columns: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(r * columns + c + 1).to_string());
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(r * columns + c + 1).to_string());
+                }
+            }
         }
         sql.push(')');
     }
@@ -110,6 +119,67 @@ impl Store {
             .collect()
     }
 
+    /// Adds a user by hand: no source manages it, so no sync changes or removes it.
+    pub async fn add_manual_user(
+        &self,
+        customer_id: i64,
+        user: &DirectoryUser,
+    ) -> Result<DirectoryUser, StoreError> {
+        let group: Option<i64> =
+            sqlx::query("SELECT id FROM console_groups WHERE customer_id = $1 AND name = $2")
+                .bind(customer_id)
+                .bind(&user.group)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get("id"))
+                .transpose()?;
+        let group = group.ok_or_else(|| {
+            StoreError::not_found("group", &user.group, "every customer has the group Main")
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let stamp = now();
+        let row = sqlx::query(
+            "INSERT INTO users (customer_id, address, display_name, given_name, surname, \
+             mailbox_type, billable, group_id, source_id, source_object_id, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9, $10, $10) RETURNING id",
+        )
+        .bind(customer_id)
+        .bind(user.address.as_str())
+        .bind(&user.display_name)
+        .bind(user.given_name.as_deref())
+        .bind(user.surname.as_deref())
+        .bind(user.mailbox_type.as_str())
+        .bind(i64::from(user.billable))
+        .bind(group)
+        .bind(UserStatus::Active.as_str())
+        .bind(&stamp)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::Conflict(format!("{} is already a user of this customer", user.address))
+            } else {
+                e.into()
+            }
+        })?;
+        let id: i64 = row.try_get("id")?;
+        for alias in &user.aliases {
+            sqlx::query("INSERT INTO user_aliases (user_id, address) VALUES ($1, $2)")
+                .bind(id)
+                .bind(alias.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(DirectoryUser {
+            id: Some(id),
+            source_id: None,
+            source_object_id: None,
+            status: UserStatus::Active,
+            ..user.clone()
+        })
+    }
+
     /// Applies a plan and marks its run succeeded, in one transaction: all of it or none.
     pub async fn apply_plan(
         &self,
@@ -157,7 +227,7 @@ impl Store {
                 "INSERT INTO users (customer_id, address, display_name, given_name, surname, \
                  mailbox_type, billable, group_id, source_id, source_object_id, status, \
                  created_at, updated_at) VALUES {} RETURNING id, address",
-                values_clause(chunk.len(), 13)
+                values_clause(self.backend, chunk.len(), 13)
             );
             let mut query = query_dyn(&sql);
             for u in chunk {
@@ -232,7 +302,7 @@ impl Store {
         for chunk in new_aliases.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO user_aliases (user_id, address) VALUES {}",
-                values_clause(chunk.len(), 2)
+                values_clause(self.backend, chunk.len(), 2)
             );
             let mut query = query_dyn(&sql);
             for (id, address) in chunk {
@@ -282,6 +352,10 @@ mod tests {
 
     #[test]
     fn values_clause_numbers_parameters_row_by_row() {
-        assert_eq!(values_clause(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            values_clause(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values_clause(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 }

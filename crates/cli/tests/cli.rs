@@ -1,0 +1,353 @@
+//! The `usersync` command as scripts use it: every named command, its JSON and exit codes.
+//!
+//! The simulator runs in the test process while the command blocks on its child, so
+//! these tests use a multi-thread runtime: one worker serves the simulator.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use usersync_sim::{SimConfig, Simulator};
+
+struct Cli {
+    database: String,
+    env: Vec<(String, String)>,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_usersync"));
+        cmd.arg("--database").arg(&self.database).args(args);
+        cmd.env(
+            "USERSYNC_SECRET_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        );
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run usersync")
+    }
+
+    fn ok_json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "usersync {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "usersync {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+async fn the_commands_scripts_use_work_end_to_end(database: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 60,
+        seed: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let info = sim.info().clone();
+    let cli = Cli {
+        database: database.clone(),
+        env: vec![
+            ("USERSYNC_M365_CLIENT_ID".into(), info.client_id.clone()),
+            (
+                "USERSYNC_M365_CLIENT_SECRET".into(),
+                info.client_secret.clone(),
+            ),
+            (
+                "USERSYNC_M365_AUTHORITY_URL".into(),
+                info.authority_url.clone(),
+            ),
+            ("USERSYNC_M365_GRAPH_URL".into(), info.graph_url.clone()),
+        ],
+    };
+    let customer = cli.ok_json(&["customer", "add", "Contoso", "--json"]);
+    assert_eq!(customer["name"], "Contoso");
+    for domain in &info.mail_domains {
+        cli.ok_json(&["domain", "add", domain, "--customer", "Contoso", "--json"]);
+    }
+    let source = cli.ok_json(&[
+        "source",
+        "add",
+        "office365",
+        "--customer",
+        "Contoso",
+        "--tenant",
+        &info.tenant_id,
+        "--json",
+    ]);
+    let id = source["id"].as_i64().expect("source id").to_string();
+    let shown = cli.ok_json(&["source", "show", &id, "--json"]);
+    assert!(
+        !shown.to_string().contains(&info.client_secret),
+        "the secret was printed"
+    );
+
+    let preview = cli.ok_json(&["preview", &id, "--json"]);
+    for key in ["add", "update", "remove", "skip"] {
+        assert!(preview[key].is_array(), "preview has no {key}: {preview}");
+    }
+    let to_add = preview["add"].as_array().unwrap().len();
+    assert!(to_add > 0);
+    let skip = &preview["skip"][0];
+    for key in ["source_object_id", "name", "reason"] {
+        assert!(skip[key].is_string(), "a skip has no {key}: {skip}");
+    }
+    assert_eq!(
+        cli.ok_json(&["users", "list", "--customer", "Contoso", "--json"]),
+        Value::Array(vec![])
+    );
+
+    let sync = cli.ok_json(&["sync", &id, "--json"]);
+    assert_eq!(sync["status"], "succeeded");
+    assert_eq!(sync["added"].as_u64().unwrap() as usize, to_add);
+    assert!(sync["error"].is_null());
+    let users = cli.ok_json(&["users", "list", "--customer", "Contoso", "--json"]);
+    let users = users.as_array().unwrap();
+    assert_eq!(users.len(), to_add);
+    for key in [
+        "address",
+        "display_name",
+        "type",
+        "billable",
+        "aliases",
+        "group",
+        "status",
+        "source_id",
+        "source_object_id",
+    ] {
+        assert!(
+            users[0].get(key).is_some(),
+            "a user has no {key}: {}",
+            users[0]
+        );
+    }
+    assert_eq!(users[0]["group"], "Main");
+    assert_eq!(users[0]["status"], "active");
+
+    // A user deleted in the tenant leaves the list, and stays visible with --include-removed.
+    let gone = users.iter().find(|u| u["type"] == "user").unwrap();
+    sim.tenant()
+        .delete_user(gone["source_object_id"].as_str().unwrap())
+        .unwrap();
+    let sync2 = cli.ok_json(&["sync", &id, "--json"]);
+    assert_eq!(sync2["removed"], 1);
+    let active = cli.ok_json(&["users", "list", "--customer", "Contoso", "--json"]);
+    assert!(
+        !active
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["address"] == gone["address"])
+    );
+    let all = cli.ok_json(&[
+        "users",
+        "list",
+        "--customer",
+        "Contoso",
+        "--include-removed",
+        "--json",
+    ]);
+    let removed = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == gone["address"])
+        .unwrap();
+    assert_eq!(removed["status"], "removed");
+
+    let runs = cli.ok_json(&["runs", "list", "--source", &id, "--json"]);
+    assert_eq!(runs.as_array().unwrap().len(), 3);
+    let run_id = sync2["run_id"].as_i64().unwrap().to_string();
+    let run = cli.ok_json(&["runs", "show", &run_id, "--json"]);
+    assert_eq!(run["plan"]["remove"][0]["address"], gone["address"]);
+
+    // Human output is a table, not JSON.
+    let table = cli.run(&["users", "list", "--customer", "Contoso"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("address") && text.contains("billable"),
+        "{text}"
+    );
+    assert!(!text.trim_start().starts_with('['), "{text}");
+
+    // One tenant belongs to one customer.
+    cli.ok_json(&["customer", "add", "Fabrikam", "--json"]);
+    let out = cli.run(&[
+        "source",
+        "add",
+        "office365",
+        "--customer",
+        "Fabrikam",
+        "--tenant",
+        &info.tenant_id,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'Contoso'"));
+
+    // A wrong secret: a failed run, exit code 1, the reason named, the secret never printed.
+    let other = Simulator::start(SimConfig {
+        users: 10,
+        seed: 6,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut bad = Cli {
+        database: database.clone(),
+        env: cli.env.clone(),
+    };
+    for (k, v) in bad.env.iter_mut() {
+        match k.as_str() {
+            "USERSYNC_M365_CLIENT_SECRET" => *v = "wrong-secret-value".into(),
+            "USERSYNC_M365_AUTHORITY_URL" => *v = other.info().authority_url.clone(),
+            "USERSYNC_M365_GRAPH_URL" => *v = other.info().graph_url.clone(),
+            "USERSYNC_M365_CLIENT_ID" => *v = other.info().client_id.clone(),
+            _ => {}
+        }
+    }
+    bad.ok_json(&[
+        "domain",
+        "add",
+        &other.info().mail_domains[0],
+        "--customer",
+        "Fabrikam",
+        "--json",
+    ]);
+    let source = bad.ok_json(&[
+        "source",
+        "add",
+        "office365",
+        "--customer",
+        "Fabrikam",
+        "--tenant",
+        &other.info().tenant_id,
+        "--json",
+    ]);
+    let out = bad.run(&["sync", &source["id"].to_string(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("AADSTS7000215"),
+        "{failed}"
+    );
+    let everything = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!everything.contains("wrong-secret-value"));
+    assert_eq!(
+        bad.ok_json(&["users", "list", "--customer", "Fabrikam", "--json"]),
+        Value::Array(vec![])
+    );
+    other.shutdown().await;
+
+    sim.shutdown().await;
+}
+
+async fn bad_input_is_refused_with_the_field_and_the_fix(database: String) {
+    let cli = Cli {
+        database,
+        env: vec![],
+    };
+    let out = cli.run(&["domain", "add", "example.com", "--customer", "Nobody"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("customer 'Nobody' does not exist") && err.contains("usersync customer add"),
+        "{err}"
+    );
+
+    cli.ok_json(&["customer", "add", "Contoso", "--json"]);
+    let out = cli.run(&["domain", "add", "not a domain", "--customer", "Contoso"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a domain name"));
+
+    let out = cli.run(&[
+        "source",
+        "add",
+        "office365",
+        "--customer",
+        "Contoso",
+        "--tenant",
+        "t1",
+        "--client-id",
+        "app",
+        "--email-method",
+        "smtp",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("primary_smtp, mail, upn"), "{err}");
+
+    let out = cli.run(&[
+        "source",
+        "add",
+        "office365",
+        "--customer",
+        "Contoso",
+        "--tenant",
+        "t1",
+        "--client-id",
+        "app",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("USERSYNC_M365_CLIENT_SECRET"), "{err}");
+    assert_eq!(
+        cli.ok_json(&["source", "list", "--json"]),
+        Value::Array(vec![]),
+        "nothing is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_commands_scripts_use_work_end_to_end() {
+    let url = usersync_store::testing::fresh_sqlite_url();
+    the_commands_scripts_use_work_end_to_end(url.clone()).await;
+    usersync_store::testing::discard(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_commands_scripts_use_work_end_to_end() {
+    let url = usersync_store::testing::fresh_postgres_url();
+    the_commands_scripts_use_work_end_to_end(url.clone()).await;
+    usersync_store::testing::discard(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_input_is_refused_with_the_field_and_the_fix() {
+    let url = usersync_store::testing::fresh_sqlite_url();
+    bad_input_is_refused_with_the_field_and_the_fix(url.clone()).await;
+    usersync_store::testing::discard(&url).await;
+}
+
+#[test]
+fn the_demo_runs_with_no_flags_and_shows_a_removal() {
+    let dir = std::env::temp_dir().join(format!("usersync-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .arg("demo")
+        .current_dir(&dir)
+        .env_remove("USERSYNC_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("removed ") && text.contains("kept as removed"),
+        "{text}"
+    );
+    assert!(dir.join("usersync-demo.db").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

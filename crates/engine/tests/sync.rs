@@ -1,0 +1,436 @@
+//! Whole syncs against the Microsoft 365 simulator, each on SQLite and on PostgreSQL.
+
+use std::time::Duration;
+
+use usersync_core::{DomainName, EmailMethod, MailboxType, SourceOptions, UserStatus};
+use usersync_engine::{
+    Engine, EngineOptions, NewOffice365Source, NoProgress, Office365Settings, connect_office365,
+};
+use usersync_graph::RetryPolicy;
+use usersync_sim::{Fault, SimConfig, SimUser, Simulator, Throttle};
+use usersync_store::testing::{discard, open_fresh};
+use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
+
+/// A store with a customer, the simulated tenant's mail domains and a connected source.
+struct World {
+    sim: Simulator,
+    store: Store,
+    engine: Engine,
+    customer: i64,
+    source: i64,
+    url: String,
+}
+
+async fn world(url: String, config: SimConfig) -> World {
+    world_with(url, config, |_| {}).await
+}
+
+async fn world_with(
+    url: String,
+    config: SimConfig,
+    tweak: impl FnOnce(&mut NewOffice365Source),
+) -> World {
+    let sim = Simulator::start(config).await.unwrap();
+    let info = sim.info().clone();
+    let store = open_fresh(&url).await;
+    let customer = store.add_customer("Contoso").await.unwrap().id;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                customer,
+                &DomainName::parse(domain).unwrap(),
+                DomainOrigin::Manual,
+            )
+            .await
+            .unwrap();
+    }
+    let mut new = NewOffice365Source {
+        customer_id: customer,
+        tenant_id: info.tenant_id.clone(),
+        settings: Office365Settings {
+            client_id: info.client_id.clone(),
+            authority_url: info.authority_url.clone(),
+            graph_url: info.graph_url.clone(),
+            ca_file: None,
+            options: SourceOptions::default(),
+        },
+        client_secret: SecretString::new(info.client_secret.clone()),
+    };
+    tweak(&mut new);
+    let source = connect_office365(&store, new).await.unwrap().id;
+    // Short back-offs keep failure tests quick; Retry-After from the server is still honoured.
+    let engine = Engine::new(
+        store.clone(),
+        EngineOptions {
+            max_in_flight: 4,
+            retry: RetryPolicy {
+                max_retries: 3,
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                max_retry_after: Duration::from_secs(2),
+            },
+        },
+    );
+    World {
+        sim,
+        store,
+        engine,
+        customer,
+        source,
+        url,
+    }
+}
+
+impl World {
+    async fn addresses(&self, include_removed: bool) -> Vec<String> {
+        self.store
+            .users(self.customer, include_removed)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.address.to_string())
+            .collect()
+    }
+
+    async fn close(self) {
+        self.sim.shutdown().await;
+        self.store.close().await;
+        discard(&self.url).await;
+    }
+}
+
+async fn a_first_sync_imports_the_tenant_by_the_mapping_rules(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 120,
+            seed: 3,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    let users = w.store.users(w.customer, false).await.unwrap();
+    assert_eq!(users.len(), outcome.plan.add.len());
+    assert!(!users.is_empty());
+
+    let mail_domains = w.sim.info().mail_domains.clone();
+    let tenant = w.sim.tenant();
+    for user in &users {
+        let address = user.address.as_str();
+        assert_eq!(address, address.to_lowercase());
+        assert!(
+            mail_domains.iter().any(|d| user.address.domain() == d),
+            "{address}"
+        );
+        let mut sorted = user.aliases.clone();
+        sorted.sort();
+        assert_eq!(user.aliases, sorted);
+        assert!(user.aliases.iter().all(|a| !a.is_onmicrosoft()));
+        assert_eq!(user.status, UserStatus::Active);
+        assert_eq!(user.source_id, Some(w.source));
+        // The entry's address is the tenant object's SMTP primary (rule 2's default).
+        let object = user.source_object_id.as_deref().unwrap();
+        if let Some(sim_user) = tenant.user(object) {
+            let expected = sim_user
+                .primary_smtp()
+                .map(str::to_string)
+                .or(sim_user.mail.clone())
+                .unwrap_or(sim_user.user_principal_name.clone());
+            assert_eq!(address, expected.to_lowercase());
+            // Rule 5: only licensed, enabled, regular user mailboxes are billable.
+            let licensed = !sim_user.assigned_licenses.is_empty();
+            assert_eq!(
+                user.billable,
+                user.mailbox_type == MailboxType::User && licensed && sim_user.account_enabled,
+                "{address}"
+            );
+        }
+    }
+    // Every kind of mailbox the tenant has shows up with its type.
+    for kind in [
+        MailboxType::User,
+        MailboxType::Shared,
+        MailboxType::DistributionList,
+        MailboxType::Group,
+    ] {
+        assert!(users.iter().any(|u| u.mailbox_type == kind), "no {kind}");
+    }
+    // Guests and onmicrosoft-only users are skipped with a reason.
+    assert!(outcome.plan.skip.iter().all(|s| !s.reason.is_empty()));
+
+    let again = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert!(
+        again.plan.is_empty(),
+        "an unchanged tenant changes nothing: {:?}",
+        again.plan
+    );
+    w.close().await;
+}
+
+async fn preview_reads_and_plans_but_writes_nothing(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let preview = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    assert_eq!(preview.status, RunStatus::Succeeded);
+    assert!(!preview.plan.add.is_empty());
+    assert!(w.addresses(true).await.is_empty());
+    let run = w.store.run(preview.run_id).await.unwrap();
+    assert_eq!(run.added as usize, preview.plan.add.len());
+    assert_eq!(run.plan.unwrap().add.len(), preview.plan.add.len());
+    w.close().await;
+}
+
+async fn a_user_deleted_in_the_tenant_is_removed_on_the_next_sync_and_kept_as_removed(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 40,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let victim = first
+        .plan
+        .add
+        .iter()
+        .find(|u| u.mailbox_type == MailboxType::User)
+        .unwrap();
+    w.sim
+        .tenant()
+        .delete_user(victim.source_object_id.as_deref().unwrap())
+        .unwrap();
+    let second = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(second.plan.remove.len(), 1);
+    assert_eq!(second.plan.remove[0].address, victim.address);
+    assert!(
+        !w.addresses(false)
+            .await
+            .contains(&victim.address.to_string())
+    );
+    let all = w.store.users(w.customer, true).await.unwrap();
+    let kept = all.iter().find(|u| u.address == victim.address).unwrap();
+    assert_eq!(kept.status, UserStatus::Removed);
+    w.close().await;
+}
+
+async fn throttling_mid_paging_still_gives_the_right_result(url: String) {
+    let calm = world(
+        url.clone(),
+        SimConfig {
+            users: 150,
+            seed: 9,
+            page_size_cap: Some(20),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let expected = calm
+        .engine
+        .preview(calm.source, &NoProgress)
+        .await
+        .unwrap()
+        .plan;
+    calm.close().await;
+
+    let url2 = format!("{url}_t");
+    let url2 = if url.starts_with("sqlite") {
+        usersync_store::testing::fresh_sqlite_url()
+    } else {
+        url2
+    };
+    let busy = world(
+        url2,
+        SimConfig {
+            users: 150,
+            seed: 9,
+            page_size_cap: Some(20),
+            throttle: Throttle::every_nth(4, 1),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let outcome = busy.engine.sync(busy.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert!(
+        outcome.stats.throttled > 0,
+        "the simulator throttled nothing"
+    );
+    let got: Vec<_> = outcome
+        .plan
+        .add
+        .iter()
+        .map(|u| (&u.address, &u.aliases, u.mailbox_type))
+        .collect();
+    let want: Vec<_> = expected
+        .add
+        .iter()
+        .map(|u| (&u.address, &u.aliases, u.mailbox_type))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(busy.addresses(false).await.len(), expected.add.len());
+    busy.close().await;
+}
+
+async fn a_page_that_keeps_failing_applies_nothing(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 60,
+            page_size_cap: Some(10),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let before = w.store.users(w.customer, true).await.unwrap();
+    // A change that a sync would apply, and a later page that never loads.
+    let tenant = w.sim.tenant();
+    let newcomer = tenant.new_member("Nadia Newcomer");
+    tenant.add_user(newcomer).unwrap();
+    w.sim
+        .inject_fault(Fault::status("/v1.0/users", 503).with_query("$skiptoken"));
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.clone().unwrap();
+    assert!(
+        error.contains("503") || error.to_lowercase().contains("unavailable"),
+        "{error}"
+    );
+    assert_eq!(w.store.users(w.customer, true).await.unwrap(), before);
+    let run = w.store.run(outcome.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.as_deref(), Some(error.as_str()));
+    w.close().await;
+}
+
+async fn a_wrong_client_secret_gives_a_clear_error_and_changes_nothing(url: String) {
+    let w = world_with(url, SimConfig::default(), |new| {
+        new.client_secret = SecretString::new("not-the-secret");
+    })
+    .await;
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(error.contains("AADSTS7000215"), "{error}");
+    assert!(error.to_lowercase().contains("secret"), "{error}");
+    assert!(
+        !error.contains("not-the-secret"),
+        "the secret leaked: {error}"
+    );
+    assert!(w.addresses(true).await.is_empty());
+    w.close().await;
+}
+
+async fn an_unmanaged_user_with_a_tenant_address_is_linked(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 25,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let preview = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    let target = preview.plan.add[0].clone();
+    let by_hand = usersync_core::DirectoryUser {
+        source_id: None,
+        source_object_id: None,
+        aliases: vec![],
+        display_name: "Typed in by hand".into(),
+        ..target.clone()
+    };
+    w.store.add_manual_user(w.customer, &by_hand).await.unwrap();
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.plan.linked(), 1);
+    assert_eq!(outcome.plan.add.len(), preview.plan.add.len() - 1);
+    let users = w.store.users(w.customer, false).await.unwrap();
+    let linked = users.iter().find(|u| u.address == target.address).unwrap();
+    assert_eq!(linked.source_id, Some(w.source));
+    assert_eq!(linked.display_name, target.display_name);
+    w.close().await;
+}
+
+async fn the_email_method_upn_uses_the_user_principal_name(url: String) {
+    let w = world_with(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+        |new| {
+            new.settings.options.email_method = EmailMethod::Upn;
+        },
+    )
+    .await;
+    let tenant = w.sim.tenant();
+    let domain = w.sim.info().mail_domains[0].clone();
+    let user = SimUser::member("Una Upn", &format!("una.primary@{domain}"))
+        .with_upn(&format!("Una.Login@{domain}"));
+    tenant.add_user(user).unwrap();
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let una = outcome
+        .plan
+        .add
+        .iter()
+        .find(|u| u.display_name == "Una Upn")
+        .unwrap();
+    assert_eq!(una.address.as_str(), format!("una.login@{domain}"));
+    assert!(
+        una.aliases
+            .iter()
+            .any(|a| a.as_str() == format!("una.primary@{domain}"))
+    );
+    w.close().await;
+}
+
+async fn the_https_path_works_with_the_simulators_certificate(url: String) {
+    let dir = std::env::temp_dir().join(format!("usersync-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("sim.pem");
+    let config = SimConfig {
+        users: 20,
+        tls: true,
+        tls_cert_out: Some(cert.clone()),
+        ..SimConfig::default()
+    };
+    // The certificate file exists only once the simulator started, so the source is
+    // connected after start: world_with's tweak runs after Simulator::start.
+    let w = world_with(url, config, |new| {
+        new.settings.ca_file = Some(cert.clone());
+    })
+    .await;
+    assert!(w.sim.info().graph_url.starts_with("https://"));
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert!(!outcome.plan.add.is_empty());
+    w.close().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_sqlite_url()).await } )+ }
+        mod postgres { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_postgres_url()).await } )+ }
+    };
+}
+
+on_both_backends!(
+    a_first_sync_imports_the_tenant_by_the_mapping_rules,
+    preview_reads_and_plans_but_writes_nothing,
+    a_user_deleted_in_the_tenant_is_removed_on_the_next_sync_and_kept_as_removed,
+    throttling_mid_paging_still_gives_the_right_result,
+    a_page_that_keeps_failing_applies_nothing,
+    a_wrong_client_secret_gives_a_clear_error_and_changes_nothing,
+    an_unmanaged_user_with_a_tenant_address_is_linked,
+    the_email_method_upn_uses_the_user_principal_name,
+    the_https_path_works_with_the_simulators_certificate,
+);
