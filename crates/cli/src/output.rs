@@ -302,10 +302,19 @@ pub fn runs_table(runs: &[RunRecord]) {
             r.updated.to_string(),
             r.removed.to_string(),
             r.skipped.to_string(),
-            r.error.clone().unwrap_or_default(),
+            shorten(r.error.as_deref().unwrap_or_default(), 60),
         ]);
     }
     println!("{t}");
+}
+
+/// The start of a long text for a table cell; the whole text is one command away.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max).collect();
+    format!("{cut}... (runs show)")
 }
 
 pub fn run_details(r: &RunRecord) {

@@ -148,7 +148,11 @@ impl Source for Office365Source {
             self.client.list_users(USER_PROPERTIES, &report),
             self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
         );
-        let (users, groups) = (users?, groups?);
+        let (mut users, mut groups) = (users?, groups?);
+        // A server may repeat an object across pages (Graph does in some paging states);
+        // one object is one entry, so keep each id once.
+        dedup_by_id(&mut users, |u| &u.id);
+        dedup_by_id(&mut groups, |g| &g.id);
         let stats = self.client.stats();
         Ok(SourceRead {
             snapshot: SourceSnapshot {
@@ -169,6 +173,11 @@ impl Source for Office365Source {
             notes: Vec::new(),
         })
     }
+}
+
+fn dedup_by_id<T>(items: &mut Vec<T>, id: impl Fn(&T) -> &String) {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.retain(|item| seen.insert(id(item).clone()));
 }
 
 fn source_user(u: usersync_graph::User) -> SourceUser {

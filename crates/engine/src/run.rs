@@ -198,7 +198,8 @@ impl Engine {
         stats: RunStats,
         error: String,
     ) -> Result<RunOutcome, EngineError> {
-        tracing::warn!(%error, "run failed");
+        // Info, not warn: the outcome carries the error to the caller, which reports it.
+        tracing::info!(%error, "run failed");
         // A failed run records why, but not a plan: nothing of it was applied.
         self.store
             .finish_run(run_id, RunStatus::Failed, None, &stats, Some(&error))

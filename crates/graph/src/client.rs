@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use url::Url;
 
-use crate::config::GraphConfig;
+use crate::config::{GraphConfig, RetryPolicy};
 use crate::error::{self, GraphError, GraphErrorBody, url_without_query};
 use crate::model::{
     Delta, DeltaEntry, DeltaItem, DirectoryObject, Domain, GROUP_PROPERTIES, Group, HasId,
@@ -418,7 +418,9 @@ impl GraphClient {
     }
 
     fn check_origin(&self, url: &Url, what: &str) -> Result<(), GraphError> {
-        if url.origin() == self.inner.graph_origin {
+        if url.origin() == self.inner.graph_origin
+            || same_loopback_server(url, &self.inner.config.graph_url)
+        {
             Ok(())
         } else {
             Err(GraphError::Malformed {
@@ -538,7 +540,7 @@ impl GraphClient {
                 Ok(r) => r,
                 Err(e) => {
                     let e = e.without_url();
-                    if !is_retryable_transport(&e) || retries >= policy.max_retries {
+                    if !is_retryable_transport(&e) || retries >= transport_retries(&e, policy) {
                         return Err(GraphError::Transport {
                             url: url_without_query(url),
                             attempts: retries + 1,
@@ -671,7 +673,7 @@ impl GraphClient {
                 Ok(r) => r,
                 Err(e) => {
                     let e = e.without_url();
-                    if !is_retryable_transport(&e) || retries >= policy.max_retries {
+                    if !is_retryable_transport(&e) || retries >= transport_retries(&e, policy) {
                         return Err(GraphError::Transport {
                             url: url_without_query(url),
                             attempts: retries + 1,
@@ -722,7 +724,8 @@ impl GraphClient {
                 &body,
                 cfg.client_secret.expose_secret(),
             );
-            warn!(error = %err, "token request refused");
+            // The error goes back to the caller, which reports it; a warning would say it twice.
+            debug!(error = %err, "token request refused");
             return Err(err);
         }
     }
@@ -783,6 +786,19 @@ async fn send_and_read(
     Ok((status, headers, body))
 }
 
+/// How many retries a transport error gets. A refused connection (nothing listens there)
+/// rarely heals within a sync's patience, so it gets a few quick tries rather than the full
+/// policy, which would keep an operator waiting for over a minute to learn the URL is wrong.
+fn transport_retries(e: &reqwest::Error, policy: &RetryPolicy) -> u32 {
+    if e.is_connect() && !e.is_timeout() {
+        policy.max_retries.min(CONNECT_RETRIES)
+    } else {
+        policy.max_retries
+    }
+}
+
+const CONNECT_RETRIES: u32 = 3;
+
 fn is_retryable_transport(e: &reqwest::Error) -> bool {
     if e.is_builder() || e.is_redirect() || e.is_status() {
         return false;
@@ -803,6 +819,22 @@ fn header_retry_after(headers: &HeaderMap) -> Option<Duration> {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
+/// Whether two URLs name the same local server under different loopback names
+/// (`localhost`, `127.0.0.1`, `[::1]`): a stand-in may write either in its links, and the
+/// token stays on this machine.
+fn same_loopback_server(a: &Url, b: &Url) -> bool {
+    let loopback = |u: &Url| match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    loopback(a)
+        && loopback(b)
+        && a.scheme() == b.scheme()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Parses a `Retry-After` value: delay seconds (integer or decimal) or an HTTP date.

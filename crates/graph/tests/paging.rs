@@ -527,3 +527,30 @@ async fn unreachable_graph_is_a_transport_error_after_retries() {
     assert!(!text.contains("$select"), "{text}");
     assert!(err.to_string().to_lowercase().contains("connect"), "{err}");
 }
+
+#[tokio::test]
+async fn a_next_link_naming_the_same_local_server_as_localhost_is_followed() {
+    let server = MockServer::start().await;
+    let port = server.address().port();
+    mount_token(&server).await;
+    Mock::given(method("GET"))
+        .and(path("/v1.0/users"))
+        .and(query_param_is_missing("$skiptoken"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(users_page(
+            &["1"],
+            Some(format!("http://localhost:{port}/v1.0/users?$skiptoken=2")),
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1.0/users"))
+        .and(query_param("$skiptoken", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(users_page(&["2"], None)))
+        .mount(&server)
+        .await;
+    let users = client(&server)
+        .get_all::<User>("/users", &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 2);
+}
