@@ -20,6 +20,7 @@ use crate::{
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Config { json } => return show_config(&cli, json.json),
         Command::Sim(args) => return crate::sim::run(args).await,
         Command::Demo(args) => return crate::demo::run(&cli, args).await,
         Command::Bench(args) => return crate::bench::run(&cli, args).await,
@@ -193,7 +194,9 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 output::run_details(&run);
             }
         }
-        Command::Sim(_) | Command::Demo(_) | Command::Bench(_) => unreachable!("handled above"),
+        Command::Config { .. } | Command::Sim(_) | Command::Demo(_) | Command::Bench(_) => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -261,4 +264,88 @@ async fn add_office365(store: &Store, args: &Office365Args) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// Every setting with its effective value and origin; secrets show only whether they are set.
+fn show_config(cli: &Cli, as_json: bool) -> anyhow::Result<ExitCode> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let origin = |name: &str, default: &str| {
+        if env(name).is_some() {
+            format!("env {name}")
+        } else {
+            default.to_string()
+        }
+    };
+    let masked = |name: &str| {
+        if env(name).is_some() {
+            "*** (set)".to_string()
+        } else {
+            "(not set)".to_string()
+        }
+    };
+    let key = match (&cli.secret_key, &cli.secret_key_file) {
+        (Some(_), _) => ("*** (set)".to_string(), "env USERSYNC_SECRET_KEY".to_string()),
+        (None, Some(path)) => (path.display().to_string(), origin("USERSYNC_SECRET_KEY_FILE", "--secret-key-file")),
+        (None, None) => (
+            "DATABASE_FILE.key beside a SQLite database; usersync.key in the working directory for PostgreSQL".to_string(),
+            "default".to_string(),
+        ),
+    };
+    let database_origin = if env("USERSYNC_DATABASE_URL").is_some() {
+        "env USERSYNC_DATABASE_URL"
+    } else if cli.database == usersync_store::DEFAULT_DATABASE_URL {
+        "default"
+    } else {
+        "--database"
+    };
+    let rows: Vec<(&str, String, String)> = vec![
+        (
+            "database",
+            usersync_store::redact_url(&cli.database),
+            database_origin.to_string(),
+        ),
+        ("secret_key", key.0, key.1),
+        (
+            "m365.client_id",
+            env("USERSYNC_M365_CLIENT_ID").unwrap_or_else(|| "(not set)".into()),
+            origin("USERSYNC_M365_CLIENT_ID", "default"),
+        ),
+        (
+            "m365.client_secret",
+            masked("USERSYNC_M365_CLIENT_SECRET"),
+            origin("USERSYNC_M365_CLIENT_SECRET", "default"),
+        ),
+        (
+            "m365.authority_url",
+            env("USERSYNC_M365_AUTHORITY_URL").unwrap_or_else(|| GLOBAL_AUTHORITY_URL.into()),
+            origin("USERSYNC_M365_AUTHORITY_URL", "default"),
+        ),
+        (
+            "m365.graph_url",
+            env("USERSYNC_M365_GRAPH_URL").unwrap_or_else(|| GLOBAL_GRAPH_URL.into()),
+            origin("USERSYNC_M365_GRAPH_URL", "default"),
+        ),
+        (
+            "m365.ca_file",
+            env("USERSYNC_M365_CA_FILE").unwrap_or_else(|| "(none)".into()),
+            origin("USERSYNC_M365_CA_FILE", "default"),
+        ),
+        (
+            "log",
+            env("USERSYNC_LOG").unwrap_or_else(|| "warn".into()),
+            origin("USERSYNC_LOG", "default"),
+        ),
+    ];
+    if as_json {
+        let map: serde_json::Map<String, serde_json::Value> = rows
+            .into_iter()
+            .map(|(k, v, o)| (k.to_string(), json!({"value": v, "from": o})))
+            .collect();
+        print_json(&map)?;
+    } else {
+        for (k, v, o) in rows {
+            println!("{k:<20} {v}  [{o}]");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

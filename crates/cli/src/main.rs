@@ -75,6 +75,11 @@ enum Command {
     /// Sync runs: every preview and sync, with its plan and outcome.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Print the effective configuration (secrets masked) and where each value comes from.
+    Config {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Run the Microsoft 365 simulator (identity platform + Graph v1.0) until Ctrl-C.
     Sim(sim::SimArgs),
     /// A tour on a simulated tenant: connect, preview, sync, change the tenant, sync again.

@@ -351,3 +351,35 @@ fn the_demo_runs_with_no_flags_and_shows_a_removal() {
     assert!(dir.join("usersync-demo.db").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn config_shows_where_each_setting_comes_from_and_masks_secrets() {
+    let out = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["config", "--json"])
+        .env("USERSYNC_M365_CLIENT_SECRET", "hunter2-secret")
+        .env(
+            "USERSYNC_DATABASE_URL",
+            "postgres://app:dbpassword@db.example:5432/usersync",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("hunter2-secret") && !text.contains("dbpassword"),
+        "{text}"
+    );
+    let config: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        config["m365.client_secret"]["from"],
+        "env USERSYNC_M365_CLIENT_SECRET"
+    );
+    assert_eq!(
+        config["database"]["value"],
+        "postgres://app:***@db.example:5432/usersync"
+    );
+    assert_eq!(
+        config["m365.graph_url"]["value"],
+        "https://graph.microsoft.com"
+    );
+}
