@@ -117,10 +117,18 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 output::plan_report(&outcome.plan, outcome.run_id, &outcome.stats);
             }
         }
-        Command::Sync { source_id, json } => {
+        Command::Sync {
+            source_id,
+            confirm_removals,
+            json,
+        } => {
             let engine = Engine::new(store.clone(), EngineOptions::default());
             let progress = TerminalProgress::new(!json.json);
-            let outcome = engine.sync(*source_id, &progress).await?;
+            let outcome = if *confirm_removals {
+                engine.sync_confirmed(*source_id, &progress).await?
+            } else {
+                engine.sync(*source_id, &progress).await?
+            };
             progress.finish();
             if json.json {
                 print_json(&sync_json(&outcome))?;
@@ -201,16 +209,24 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `sync --json` shape that scripts rely on.
+/// The `sync --json` shape that scripts rely on: counts of what was applied.
 pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
+    let applied = |n: usize| {
+        if outcome.status == RunStatus::Failed {
+            0
+        } else {
+            n
+        }
+    };
+    let p = &outcome.plan;
     json!({
         "run_id": outcome.run_id,
         "status": outcome.status,
-        "added": outcome.plan.add.len(),
-        "updated": outcome.plan.update.len(),
-        "removed": outcome.plan.remove.len(),
-        "skipped": outcome.plan.skip.len(),
-        "linked": outcome.plan.linked(),
+        "added": applied(p.add.len()),
+        "updated": applied(p.update.len()),
+        "removed": applied(p.remove.len()),
+        "skipped": applied(p.skip.len()),
+        "linked": applied(p.linked()),
         "duration_ms": outcome.stats.duration_ms,
         "requests": outcome.stats.requests,
         "error": outcome.error,

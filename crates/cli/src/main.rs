@@ -66,6 +66,10 @@ enum Command {
     /// Sync & Save: read the source and apply the plan, all of it or nothing.
     Sync {
         source_id: i64,
+        /// Apply removals beyond the deletion safeguard (more than 10% of the source's
+        /// users and at least 20), after checking them with a preview.
+        #[arg(long)]
+        confirm_removals: bool,
         #[command(flatten)]
         json: JsonFlag,
     },

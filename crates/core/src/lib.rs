@@ -15,5 +15,5 @@ pub use mapping::{MappingContext, SkipReason};
 pub use model::{
     DirectoryUser, EmailMethod, MailboxType, SourceKind, SourceOptions, UnknownValue, UserStatus,
 };
-pub use plan::{Change, Plan, PlannedUpdate, Skip, plan_sync};
+pub use plan::{Change, Plan, PlannedUpdate, Safeguard, Skip, plan_sync};
 pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser};

@@ -89,6 +89,40 @@ impl Plan {
     }
 }
 
+/// The deletion safeguard of rule 9: a run that would remove more than `percent` % of the
+/// source's users, and at least `minimum` of them, stops until an operator confirms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Safeguard {
+    pub percent: u32,
+    pub minimum: usize,
+}
+
+impl Default for Safeguard {
+    fn default() -> Self {
+        Safeguard {
+            percent: 10,
+            minimum: 20,
+        }
+    }
+}
+
+impl Safeguard {
+    /// Why the plan must wait for a confirmation, if it must. `managed` is how many active
+    /// entries the source manages before the run.
+    pub fn check(&self, plan: &Plan, managed: usize) -> Option<String> {
+        let removing = plan.remove.len();
+        let over_share = removing as u128 * 100 > managed as u128 * u128::from(self.percent);
+        (removing >= self.minimum && over_share).then(|| {
+            format!(
+                "deletion safeguard: this sync would remove {removing} of the source's {managed} users \
+                 (more than {}% and at least {}); nothing was applied. Check the plan with \
+                 `usersync runs show RUN_ID` or a preview, then confirm with `--confirm-removals`",
+                self.percent, self.minimum
+            )
+        })
+    }
+}
+
 /// Plans one sync of `ctx.source_id` from a full read of the source.
 ///
 /// `directory` is every entry of the customer, of every source and none, removed ones too:
@@ -515,6 +549,29 @@ mod tests {
         assert_eq!(plan.add.len(), 1);
         assert_eq!(plan.add[0].source_object_id.as_deref(), Some("a"));
         assert_eq!(plan.skip[0].code, "duplicate_address");
+    }
+
+    #[test]
+    fn rule9_the_safeguard_stops_mass_removals_but_not_small_ones() {
+        let guard = Safeguard::default();
+        let plan_removing = |n: usize| Plan {
+            remove: (0..n)
+                .map(|i| manual(&format!("u{i}@contoso.com")))
+                .collect(),
+            ..Plan::default()
+        };
+        // 19 of 20 is most of them, but under the minimum of 20.
+        assert_eq!(guard.check(&plan_removing(19), 20), None);
+        // 20 of 1,000 is 2 %: under the share.
+        assert_eq!(guard.check(&plan_removing(20), 1000), None);
+        // 20 of 100 is 20 %: stopped, and the message says how to go on.
+        let why = guard.check(&plan_removing(20), 100).unwrap();
+        assert!(
+            why.contains("20 of the source's 100") && why.contains("--confirm-removals"),
+            "{why}"
+        );
+        // An empty read would remove everyone: stopped.
+        assert!(guard.check(&plan_removing(500), 500).is_some());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tracing::Instrument;
 use usersync_core::mapping::MAIN_GROUP;
-use usersync_core::{MappingContext, Plan, SourceKind, plan_sync};
+use usersync_core::{MappingContext, Plan, Safeguard, SourceKind, UserStatus, plan_sync};
 use usersync_graph::RetryPolicy;
 use usersync_store::{NewRun, RunKind, RunStats, RunStatus, SourceRecord, Store};
 
@@ -66,22 +66,33 @@ impl Engine {
         source_id: i64,
         progress: &dyn Progress,
     ) -> Result<RunOutcome, EngineError> {
-        self.run(source_id, RunKind::Preview, progress).await
+        self.run(source_id, RunKind::Preview, false, progress).await
+    }
+
+    /// Sync & Save after the operator confirmed removals beyond the deletion safeguard.
+    pub async fn sync_confirmed(
+        &self,
+        source_id: i64,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        self.run(source_id, RunKind::Sync, true, progress).await
     }
 
     /// Sync & Save: reads the source and applies the plan in one transaction, or nothing.
+    /// A plan that removes more than the deletion safeguard allows is not applied.
     pub async fn sync(
         &self,
         source_id: i64,
         progress: &dyn Progress,
     ) -> Result<RunOutcome, EngineError> {
-        self.run(source_id, RunKind::Sync, progress).await
+        self.run(source_id, RunKind::Sync, false, progress).await
     }
 
     async fn run(
         &self,
         source_id: i64,
         kind: RunKind,
+        confirm_removals: bool,
         progress: &dyn Progress,
     ) -> Result<RunOutcome, EngineError> {
         let record = self.store.source(source_id).await?;
@@ -99,6 +110,7 @@ impl Engine {
         self.execute(
             run_id,
             kind,
+            confirm_removals,
             record.customer_id,
             source.as_ref(),
             &ctx,
@@ -112,6 +124,7 @@ impl Engine {
         &self,
         run_id: i64,
         kind: RunKind,
+        confirm_removals: bool,
         customer_id: i64,
         source: &dyn Source,
         ctx: &MappingContext,
@@ -135,6 +148,10 @@ impl Engine {
         progress.phase("planning");
         let directory = self.store.directory(customer_id).await?;
         let plan = plan_sync(&read.snapshot, &directory, ctx);
+        let managed = directory
+            .iter()
+            .filter(|u| u.is_managed_by(ctx.source_id) && u.status == UserStatus::Active)
+            .count();
         drop(directory);
         let mut stats = RunStats {
             read_users: read.snapshot.users.len() as u64,
@@ -155,6 +172,27 @@ impl Engine {
                     .await?;
             }
             RunKind::Sync => {
+                if !confirm_removals && let Some(why) = Safeguard::default().check(&plan, managed) {
+                    stats.duration_ms = elapsed_ms(started);
+                    // The plan is kept with the failed run so the operator can see what
+                    // would have been removed before confirming.
+                    self.store
+                        .finish_run(run_id, RunStatus::Failed, Some(&plan), &stats, Some(&why))
+                        .await?;
+                    tracing::info!(
+                        removing = plan.remove.len(),
+                        managed,
+                        "deletion safeguard stopped the run"
+                    );
+                    return Ok(RunOutcome {
+                        run_id,
+                        kind,
+                        status: RunStatus::Failed,
+                        plan,
+                        stats,
+                        error: Some(why),
+                    });
+                }
                 progress.phase("saving");
                 // The figures recorded with an applied plan cover everything but the commit.
                 stats.duration_ms = elapsed_ms(started);

@@ -222,6 +222,64 @@ async fn a_user_deleted_in_the_tenant_is_removed_on_the_next_sync_and_kept_as_re
     w.close().await;
 }
 
+async fn the_deletion_safeguard_stops_mass_removals_until_confirmed(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 80,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let tenant = w.sim.tenant();
+    let victims: Vec<_> = first
+        .plan
+        .add
+        .iter()
+        .filter(|u| u.mailbox_type == MailboxType::User)
+        .take(25)
+        .collect();
+    assert_eq!(victims.len(), 25);
+    for v in &victims {
+        tenant
+            .delete_user(v.source_object_id.as_deref().unwrap())
+            .unwrap();
+    }
+    let before = w.store.users(w.customer, true).await.unwrap();
+    let stopped = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(stopped.status, RunStatus::Failed);
+    assert!(
+        stopped
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("deletion safeguard")
+    );
+    assert_eq!(
+        w.store.users(w.customer, true).await.unwrap(),
+        before,
+        "nothing applied"
+    );
+    let recorded = w.store.run(stopped.run_id).await.unwrap();
+    assert_eq!(
+        recorded.plan.unwrap().remove.len(),
+        25,
+        "the plan is kept to be checked"
+    );
+
+    let confirmed = w
+        .engine
+        .sync_confirmed(w.source, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status, RunStatus::Succeeded);
+    assert_eq!(confirmed.plan.remove.len(), 25);
+    assert_eq!(w.addresses(true).await.len(), before.len());
+    assert_eq!(w.addresses(false).await.len(), before.len() - 25);
+    w.close().await;
+}
+
 async fn throttling_mid_paging_still_gives_the_right_result(url: String) {
     let calm = world(
         url.clone(),
@@ -428,6 +486,7 @@ on_both_backends!(
     preview_reads_and_plans_but_writes_nothing,
     a_user_deleted_in_the_tenant_is_removed_on_the_next_sync_and_kept_as_removed,
     throttling_mid_paging_still_gives_the_right_result,
+    the_deletion_safeguard_stops_mass_removals_until_confirmed,
     a_page_that_keeps_failing_applies_nothing,
     a_wrong_client_secret_gives_a_clear_error_and_changes_nothing,
     an_unmanaged_user_with_a_tenant_address_is_linked,

@@ -209,6 +209,25 @@ fn tenant_not_found(tenant: &str, corr: &str) -> Response {
     )
 }
 
+/// Whether `resource` names the simulator itself as the Graph resource: a
+/// client that derives the scope from its configured Graph URL (as for
+/// national clouds) asks for `{scheme}://{host}[:{port}]/.default`. Microsoft's
+/// SDKs (Kiota's Azure Identity provider) derive it from the host alone,
+/// dropping the port, because Entra ID rejects ports in `.default` scopes.
+fn is_own_resource(base_url: &str, resource: &str) -> bool {
+    let base = base_url.trim_end_matches('/');
+    if resource.eq_ignore_ascii_case(base) {
+        return true;
+    }
+    // `base` is always `scheme://host:port`; the host may be `[v6]`.
+    match base.rsplit_once(':') {
+        Some((origin, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            resource.eq_ignore_ascii_case(origin)
+        }
+        _ => false,
+    }
+}
+
 /// `POST /{tenant}/oauth2/v2.0/token`.
 pub(crate) async fn token_endpoint(
     State(shared): State<Arc<Shared>>,
@@ -339,11 +358,10 @@ fn token_response(
         return aad_error(StatusCode::BAD_REQUEST, "invalid_scope", code, &msg, &corr);
     }
     let resource = scopes[0][..scopes[0].len() - "/.default".len()].trim_end_matches('/');
-    // The simulator is the Graph resource at its own URL too: a client that derives the
-    // scope from its configured Graph URL (as for national clouds) asks for that.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if !resource.eq_ignore_ascii_case("https://graph.microsoft.com")
         && !resource.eq_ignore_ascii_case(GRAPH_APP_ID)
-        && !resource.eq_ignore_ascii_case(shared.base_url.trim_end_matches('/'))
+        && !is_own_resource(&shared.base_for(host), resource)
     {
         let name = shared.dir().bp.org_name.clone();
         return aad_error(
@@ -454,4 +472,21 @@ pub(crate) async fn openid_configuration(
         body.to_string(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_own_resource;
+
+    #[test]
+    fn own_resource_with_or_without_port() {
+        let base = "https://127.0.0.1:4430";
+        assert!(is_own_resource(base, "https://127.0.0.1:4430"));
+        assert!(is_own_resource(base, "HTTPS://127.0.0.1"));
+        assert!(!is_own_resource(base, "https://127.0.0.1:4431"));
+        assert!(!is_own_resource(base, "http://127.0.0.1"));
+        assert!(!is_own_resource(base, "https://localhost"));
+        assert!(is_own_resource("http://[::1]:80", "http://[::1]"));
+        assert!(!is_own_resource("https://", "https"));
+    }
 }

@@ -1111,6 +1111,14 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
         }
         [u, id] if eq(u, "users") => get_user(shared, req, &q, id),
         [u, id, m] if eq(u, "users") && eq(m, "manager") => manager(shared, req, &q, id),
+        [u, id, m, rest @ .., c]
+            if eq(u, "users")
+                && (eq(m, "memberOf") || eq(m, "transitiveMemberOf"))
+                && eq(c, "$count")
+                && rest.iter().all(|c| eq(c, "microsoft.graph.group")) =>
+        {
+            member_of_count(shared, req, id, eq(m, "transitiveMemberOf"))
+        }
         [u, id, m, rest @ ..]
             if eq(u, "users")
                 && (eq(m, "memberOf") || eq(m, "transitiveMemberOf"))
@@ -1135,6 +1143,20 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
             n
         }),
         [g, id] if eq(g, "groups") => get_group(shared, req, &q, id),
+        [g, id, m, rest @ .., c]
+            if eq(g, "groups")
+                && (eq(m, "members") || eq(m, "transitiveMembers"))
+                && eq(c, "$count")
+                && rest.len() <= 1 =>
+        {
+            members_count(
+                shared,
+                req,
+                id,
+                eq(m, "transitiveMembers"),
+                rest.first().copied(),
+            )
+        }
         [g, id, m, rest @ ..]
             if eq(g, "groups")
                 && (eq(m, "members") || eq(m, "transitiveMembers"))
@@ -1208,18 +1230,30 @@ fn count(
     f: impl Fn(&Directory) -> u64,
 ) -> Result<GResp, GResp> {
     need(shared, req, perms)?;
-    if !header_str(req.headers, "consistencylevel")
+    need_eventual(req)?;
+    Ok(count_body(f(&shared.dir())))
+}
+
+/// `$count` on directory objects is an advanced query: it needs
+/// `ConsistencyLevel: eventual`.
+fn need_eventual(req: &GReq<'_>) -> Result<(), GResp> {
+    if header_str(req.headers, "consistencylevel")
         .is_some_and(|v| v.eq_ignore_ascii_case("eventual"))
     {
-        return Err(bad_request(req, "$count is not currently supported."));
+        Ok(())
+    } else {
+        Err(bad_request(req, "$count is not currently supported."))
     }
-    let n = f(&shared.dir());
-    Ok(GResp {
+}
+
+/// The `text/plain` body of a `/$count` segment.
+fn count_body(n: u64) -> GResp {
+    GResp {
         status: 200,
         headers: vec![],
         content_type: "text/plain",
         body: n.to_string(),
-    })
+    }
 }
 
 fn list_users(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
@@ -1817,19 +1851,7 @@ fn members(
     if q.filter.is_some() || q.expand.is_some() {
         return Err(unsupported(req));
     }
-    let want_user = match cast.map(str::to_ascii_lowercase).as_deref() {
-        None => None,
-        Some("microsoft.graph.user") => Some(true),
-        Some("microsoft.graph.group") => Some(false),
-        Some(other) => {
-            return Err(error(
-                req,
-                400,
-                "BadRequest",
-                &format!("Resource not found for the segment '{other}'."),
-            ));
-        }
-    };
+    let want_user = member_cast(req, cast)?;
     let res = format!(
         "{}:{}:{}",
         if transitive { "tm" } else { "m" },
@@ -1850,20 +1872,7 @@ fn members(
     let want_count = wants_count(req, q)?;
     let dir = shared.dir();
     let ord = dir.group_ord(key).ok_or_else(|| not_found(req, key))?;
-    let list: Vec<MemberRef> = if transitive {
-        dir.transitive_members(ord)
-    } else {
-        dir.group(ord)
-            .map(|r| r.members.clone())
-            .unwrap_or_default()
-    };
-    let list: Vec<MemberRef> = list
-        .into_iter()
-        .filter(|m| match want_user {
-            None => true,
-            Some(u) => matches!(m, MemberRef::User(_)) == u,
-        })
-        .collect();
+    let list = member_list(&dir, ord, transitive, want_user);
     let size = capped(shared, st.n);
     let start = (st.c as usize).min(list.len());
     let end = (start + size).min(list.len());
@@ -1889,6 +1898,95 @@ fn members(
         next,
         &items,
     )))
+}
+
+/// The type cast segment after `members`: `Some(true)` users only,
+/// `Some(false)` groups only.
+fn member_cast(req: &GReq<'_>, cast: Option<&str>) -> Result<Option<bool>, GResp> {
+    match cast.map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(None),
+        Some("microsoft.graph.user") => Ok(Some(true)),
+        Some("microsoft.graph.group") => Ok(Some(false)),
+        Some(other) => Err(error(
+            req,
+            400,
+            "BadRequest",
+            &format!("Resource not found for the segment '{other}'."),
+        )),
+    }
+}
+
+/// Direct or transitive members of a group, optionally only users or groups.
+fn member_list(
+    dir: &Directory,
+    ord: u64,
+    transitive: bool,
+    want_user: Option<bool>,
+) -> Vec<MemberRef> {
+    let list: Vec<MemberRef> = if transitive {
+        dir.transitive_members(ord)
+    } else {
+        dir.group(ord)
+            .map(|r| r.members.clone())
+            .unwrap_or_default()
+    };
+    list.into_iter()
+        .filter(|m| match want_user {
+            None => true,
+            Some(u) => matches!(m, MemberRef::User(_)) == u,
+        })
+        .collect()
+}
+
+/// `GET /groups/{id}/members[/microsoft.graph.user|group]/$count` (and
+/// `transitiveMembers`), as Graph serves it with `ConsistencyLevel: eventual`.
+fn members_count(
+    shared: &Shared,
+    req: &GReq<'_>,
+    key: &str,
+    transitive: bool,
+    cast: Option<&str>,
+) -> Result<GResp, GResp> {
+    need(shared, req, GROUP_READ)?;
+    let want_user = member_cast(req, cast)?;
+    need_eventual(req)?;
+    let dir = shared.dir();
+    let ord = dir.group_ord(key).ok_or_else(|| not_found(req, key))?;
+    Ok(count_body(
+        member_list(&dir, ord, transitive, want_user).len() as u64,
+    ))
+}
+
+/// The groups a user is a direct or transitive member of.
+fn user_groups(dir: &Directory, ord: u64, transitive: bool) -> Vec<u64> {
+    let mut groups = dir.member_of(MemberRef::User(ord));
+    if transitive {
+        let mut i = 0;
+        while i < groups.len() {
+            for p in dir.member_of(MemberRef::Group(groups[i])) {
+                if !groups.contains(&p) {
+                    groups.push(p);
+                }
+            }
+            i += 1;
+        }
+    }
+    groups
+}
+
+/// `GET /users/{id}/memberOf[/microsoft.graph.group]/$count` (and
+/// `transitiveMemberOf`).
+fn member_of_count(
+    shared: &Shared,
+    req: &GReq<'_>,
+    key: &str,
+    transitive: bool,
+) -> Result<GResp, GResp> {
+    need(shared, req, USER_READ)?;
+    need_eventual(req)?;
+    let dir = shared.dir();
+    let ord = dir.user_ord(key).ok_or_else(|| not_found(req, key))?;
+    Ok(count_body(user_groups(&dir, ord, transitive).len() as u64))
 }
 
 fn write_objects(
@@ -1948,18 +2046,7 @@ fn member_of(
     let sel = object_select(req, st.s.as_deref())?;
     let dir = shared.dir();
     let ord = dir.user_ord(key).ok_or_else(|| not_found(req, key))?;
-    let mut groups = dir.member_of(MemberRef::User(ord));
-    if transitive {
-        let mut i = 0;
-        while i < groups.len() {
-            for p in dir.member_of(MemberRef::Group(groups[i])) {
-                if !groups.contains(&p) {
-                    groups.push(p);
-                }
-            }
-            i += 1;
-        }
-    }
+    let groups = user_groups(&dir, ord, transitive);
     let list: Vec<MemberRef> = groups.into_iter().map(MemberRef::Group).collect();
     let size = capped(shared, st.n);
     let start = (st.c as usize).min(list.len());
