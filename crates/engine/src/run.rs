@@ -44,6 +44,15 @@ pub struct RunOutcome {
     pub error: Option<String>,
 }
 
+/// Which run is executing, and how.
+#[derive(Debug, Clone, Copy)]
+struct RunSpec {
+    run_id: i64,
+    kind: RunKind,
+    confirm_removals: bool,
+    customer_id: i64,
+}
+
 /// The sync engine: every surface calls these operations.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -107,29 +116,30 @@ impl Engine {
             })
             .await?;
         let span = tracing::info_span!("run", run = run_id, kind = kind.as_str(), customer = %record.customer, source = source_id);
-        self.execute(
+        let run = RunSpec {
             run_id,
             kind,
             confirm_removals,
-            record.customer_id,
-            source.as_ref(),
-            &ctx,
-            progress,
-        )
-        .instrument(span)
-        .await
+            customer_id: record.customer_id,
+        };
+        self.execute(&run, source.as_ref(), &ctx, progress)
+            .instrument(span)
+            .await
     }
 
     async fn execute(
         &self,
-        run_id: i64,
-        kind: RunKind,
-        confirm_removals: bool,
-        customer_id: i64,
+        run: &RunSpec,
         source: &dyn Source,
         ctx: &MappingContext,
         progress: &dyn Progress,
     ) -> Result<RunOutcome, EngineError> {
+        let RunSpec {
+            run_id,
+            kind,
+            confirm_removals,
+            customer_id,
+        } = *run;
         let started = Instant::now();
         tracing::info!("run started");
         let read = match source.read(progress).await {
