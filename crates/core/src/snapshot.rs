@@ -28,6 +28,10 @@ pub struct SourceUser {
     pub user_purpose: Option<String>,
     /// Object id of the user's manager, when managers were read.
     pub manager_id: Option<String>,
+    /// Ids of the groups the user belongs to, directly or through nested groups, when
+    /// memberships were read (filters on `memberOf`, selected groups, group options).
+    #[serde(default)]
+    pub member_of: Vec<String>,
 }
 
 impl SourceUser {

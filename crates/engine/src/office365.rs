@@ -202,6 +202,7 @@ fn source_user(u: usersync_graph::User) -> SourceUser {
         mail_enabled: u.mail_enabled,
         user_purpose: None,
         manager_id: None,
+        member_of: Vec::new(),
     }
 }
 

@@ -2315,7 +2315,6 @@ fn organization(shared: &Shared, req: &GReq<'_>, key: Option<&str>) -> Result<GR
         "street": "1 Microsoft Way",
         "technicalNotificationMails": [format!("admin@{}", bp.mail_domains[0])],
         "tenantType": "AAD",
-        "directorySizeQuota": {"used": dir.user_count(), "total": 300_000},
         "assignedPlans": [],
         "provisionedPlans": [],
         "verifiedDomains": verified,
