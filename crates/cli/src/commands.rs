@@ -7,6 +7,7 @@ use serde_json::json;
 use usersync_core::DomainName;
 use usersync_engine::{
     Engine, EngineOptions, NewOffice365Source, Office365Settings, RunOutcome, connect_office365,
+    set_source_options,
 };
 use usersync_graph::{GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL};
 use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
@@ -91,6 +92,21 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 print_json(&sources)?;
             } else {
                 output::sources_table(&sources);
+            }
+        }
+        Command::Source(SourceCommand::Set {
+            source_id,
+            assignments,
+            json,
+        }) => {
+            let options = set_source_options(store, *source_id, assignments).await?;
+            if json.json {
+                print_json(&options)?;
+            } else {
+                println!("Source #{source_id} options:");
+                for (key, value) in options.entries() {
+                    println!("  {key} = {value}");
+                }
             }
         }
         Command::Source(SourceCommand::Show { source_id, json }) => {
@@ -259,6 +275,7 @@ async fn add_office365(store: &Store, args: &Office365Args) -> anyhow::Result<()
         ca_file: args.ca_file.clone(),
         options: usersync_core::SourceOptions {
             email_method: args.email_method,
+            ..Default::default()
         },
     };
     let source = connect_office365(

@@ -19,7 +19,7 @@ use usersync_store::{DEFAULT_DATABASE_URL, KeySource, Store, StoreOptions};
 #[command(name = "usersync", version, about, max_term_width = 100)]
 struct Cli {
     /// The database: sqlite://PATH (created on first use) or postgres://USER@HOST:PORT/DB.
-    #[arg(long, global = true, env = "USERSYNC_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, global = true, env = "USERSYNC_DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
     database: String,
     /// The key that encrypts secrets at rest, 32 bytes in base64 [default: a key file beside
     /// the SQLite database, generated on first use].
@@ -138,6 +138,16 @@ enum SourceCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Set options of a source, e.g. `exclude_guests=true deny_list=ceo@contoso.com`.
+    /// All are applied or none; an unknown key or bad value lists the valid ones.
+    Set {
+        source_id: i64,
+        /// KEY=VALUE pairs; `usersync source show ID` lists every key with its value.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Show one source and its settings (secrets are never shown).
     Show {
         source_id: i64,
@@ -224,7 +234,7 @@ enum RunsCommand {
         #[arg(long)]
         source: Option<i64>,
         /// How many runs at most.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
         #[command(flatten)]
         json: JsonFlag,

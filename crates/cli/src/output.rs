@@ -93,16 +93,21 @@ pub fn source_details(s: &SourceRecord) {
     println!("Source #{} ({}) of '{}'", s.id, s.kind, s.customer);
     println!("  tenant:        {}", s.tenant_id);
     if let Some(settings) = s.settings.as_object() {
-        for (key, value) in settings {
-            match value {
-                serde_json::Value::Object(inner) => {
-                    for (k, v) in inner {
-                        println!("  {:<14} {}", format!("{key}.{k}:"), plain(v));
-                    }
-                }
-                v => println!("  {:<14} {}", format!("{key}:"), plain(v)),
-            }
+        for (key, value) in settings.iter().filter(|(k, _)| *k != "options") {
+            println!("  {:<14} {}", format!("{key}:"), plain(value));
         }
+    }
+    let options: usersync_core::SourceOptions = s
+        .settings
+        .get("options")
+        .and_then(|o| serde_json::from_value(o.clone()).ok())
+        .unwrap_or_default();
+    println!(
+        "  options (change with `usersync source set {} KEY=VALUE`):",
+        s.id
+    );
+    for (key, value) in options.entries() {
+        println!("    {key:<22} {value}");
     }
     println!(
         "  client secret: {}",

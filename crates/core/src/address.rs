@@ -82,8 +82,10 @@ impl EmailAddress {
         if local.is_empty() || local.chars().any(char::is_whitespace) {
             return Err(AddressError::NotAnAddress(text.to_string()));
         }
-        DomainName::parse(domain).map_err(|_| AddressError::NotAnAddress(text.to_string()))?;
-        Ok(Self(lower))
+        let domain =
+            DomainName::parse(domain).map_err(|_| AddressError::NotAnAddress(text.to_string()))?;
+        // Rebuilt from the normalised domain, so `a@contoso.com.` is `a@contoso.com`.
+        Ok(Self(format!("{local}@{domain}")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -133,6 +135,10 @@ mod tests {
         let a = EmailAddress::parse("  Anne.Smith@Contoso.COM ").unwrap();
         assert_eq!(a.as_str(), "anne.smith@contoso.com");
         assert_eq!(a.domain(), "contoso.com");
+        assert_eq!(
+            EmailAddress::parse("a@Contoso.com.").unwrap().as_str(),
+            "a@contoso.com"
+        );
     }
 
     #[test]

@@ -5,15 +5,20 @@
 //! handed in as plain values, and everything it decides comes back as a [`Plan`].
 
 pub mod address;
+pub mod filter;
 pub mod mapping;
 pub mod model;
+pub mod options;
 pub mod plan;
 pub mod snapshot;
 
 pub use address::{AddressError, DomainName, EmailAddress};
-pub use mapping::{MappingContext, SkipReason};
-pub use model::{
-    DirectoryUser, EmailMethod, MailboxType, SourceKind, SourceOptions, UnknownValue, UserStatus,
+pub use filter::{
+    Clause, Expression, Field, FieldKind, FilterError, FilterRule, GroupNames, Operator,
+    first_match,
 };
+pub use mapping::{MappingContext, SkipReason};
+pub use model::{DirectoryUser, EmailMethod, MailboxType, SourceKind, UnknownValue, UserStatus};
+pub use options::{MailboxDefaults, OptionError, SourceOptions};
 pub use plan::{Change, Plan, PlannedUpdate, Safeguard, Skip, plan_sync};
 pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::{DomainName, EmailAddress};
 use crate::model::{DirectoryUser, EmailMethod, MailboxType, UserStatus};
+use crate::options::SourceOptions;
 use crate::snapshot::{SourceGroup, SourceUser};
 
 /// The name of the group every customer has and every unrouted user goes to.
@@ -19,9 +20,21 @@ pub struct MappingContext {
     pub source_id: i64,
     /// The customer's console domains: only addresses in these are synced (rule 1).
     pub domains: BTreeSet<DomainName>,
-    pub email_method: EmailMethod,
-    /// The console group that users go to (rule 6 routes them elsewhere later).
+    /// The source's options (rule 7).
+    pub options: SourceOptions,
+    /// The console group that users no filter routes go to.
     pub default_group: String,
+}
+
+impl MappingContext {
+    pub fn new(source_id: i64, domains: BTreeSet<DomainName>, options: SourceOptions) -> Self {
+        MappingContext {
+            source_id,
+            domains,
+            options,
+            default_group: MAIN_GROUP.to_string(),
+        }
+    }
 }
 
 /// Why a source object is not imported; every skip in a plan carries one.
@@ -46,6 +59,22 @@ pub enum SkipReason {
         address: EmailAddress,
         source_id: i64,
     },
+    /// The address belongs to a console user that cannot be adopted.
+    HeldByConsoleUser { address: EmailAddress },
+    /// A guest account, and the source excludes guests (the default).
+    Guest,
+    /// A user mailbox without a licence, and the source excludes unlicensed users.
+    Unlicensed,
+    /// A disabled user account, and the source excludes disabled accounts.
+    Disabled,
+    /// The address, or one of its aliases, is on the source's deny list.
+    DenyList { address: EmailAddress },
+    /// The user is in none of the source's selected groups.
+    NotInSelectedGroups,
+    /// No filter rule matches, and the source imports only matching users.
+    NoMatchingFilter,
+    /// Gone from the source, but kept because the source does not remove deleted users.
+    KeptNotRemoved,
 }
 
 impl fmt::Display for SkipReason {
@@ -75,6 +104,25 @@ impl fmt::Display for SkipReason {
                 f,
                 "conflict: {address} is managed by another source (#{source_id}) and is left alone"
             ),
+            SkipReason::HeldByConsoleUser { address } => write!(
+                f,
+                "{address} is already used by another entry of this customer"
+            ),
+            SkipReason::Guest => f.write_str("a guest account (exclude_guests is on)"),
+            SkipReason::Unlicensed => {
+                f.write_str("a user without a licence (exclude_unlicensed is on)")
+            }
+            SkipReason::Disabled => f.write_str("a disabled account (exclude_disabled is on)"),
+            SkipReason::DenyList { address } => write!(f, "{address} is on the deny list"),
+            SkipReason::NotInSelectedGroups => {
+                f.write_str("not a member of any selected group (selected_groups)")
+            }
+            SkipReason::NoMatchingFilter => {
+                f.write_str("no filter rule matches (only_matching is on)")
+            }
+            SkipReason::KeptNotRemoved => {
+                f.write_str("gone from the source; kept because remove_deleted is off")
+            }
         }
     }
 }
@@ -89,15 +137,39 @@ impl SkipReason {
             SkipReason::NotInSyncedDomain { .. } => "not_in_synced_domain",
             SkipReason::DuplicateAddress { .. } => "duplicate_address",
             SkipReason::ManagedByOtherSource { .. } => "managed_by_other_source",
+            SkipReason::HeldByConsoleUser { .. } => "address_held",
+            SkipReason::Guest => "guest",
+            SkipReason::Unlicensed => "unlicensed",
+            SkipReason::Disabled => "disabled",
+            SkipReason::DenyList { .. } => "deny_list",
+            SkipReason::NotInSelectedGroups => "not_in_selected_groups",
+            SkipReason::NoMatchingFilter => "no_matching_filter",
+            SkipReason::KeptNotRemoved => "kept_not_removed",
         }
     }
 }
 
 /// The entry a source user should have in the console (rules 1 to 5), or why it has none.
 pub fn map_user(user: &SourceUser, ctx: &MappingContext) -> Result<DirectoryUser, SkipReason> {
-    let address = primary_address(user, ctx)?;
-    let aliases = aliases(&user.proxy_addresses, &address, ctx);
+    let options = &ctx.options;
     let mailbox_type = user_type(user);
+    // Shared, room and equipment mailboxes are disabled, unlicensed accounts by nature:
+    // the account options are about people, so they leave resource mailboxes alone.
+    let is_person = matches!(mailbox_type, MailboxType::User | MailboxType::Unlicensed);
+    if options.exclude_guests && user.is_guest() {
+        return Err(SkipReason::Guest);
+    }
+    if options.exclude_disabled && is_person && !user.is_enabled() {
+        return Err(SkipReason::Disabled);
+    }
+    if options.exclude_unlicensed && is_person && !user.is_licensed() {
+        return Err(SkipReason::Unlicensed);
+    }
+    let address = primary_address(user, ctx)?;
+    if let Some(denied) = denied_address(user, &address, options) {
+        return Err(SkipReason::DenyList { address: denied });
+    }
+    let aliases = aliases(&user.proxy_addresses, &address, ctx);
     Ok(DirectoryUser {
         id: None,
         display_name: display_name(user.display_name.as_deref(), &address),
@@ -181,11 +253,37 @@ pub fn is_billable(mailbox_type: MailboxType, user: &SourceUser) -> bool {
     mailbox_type == MailboxType::User && user.is_licensed() && user.is_enabled()
 }
 
+/// The first of the user's addresses (primary, then any SMTP proxy) on the deny list.
+fn denied_address(
+    user: &SourceUser,
+    primary: &EmailAddress,
+    options: &SourceOptions,
+) -> Option<EmailAddress> {
+    if options.deny_list.is_empty() {
+        return None;
+    }
+    let proxies = user.proxy_addresses.iter().filter_map(|p| {
+        let (prefix, rest) = p.split_once(':')?;
+        prefix
+            .eq_ignore_ascii_case("smtp")
+            .then(|| EmailAddress::parse(rest).ok())
+            .flatten()
+    });
+    std::iter::once(primary.clone())
+        .chain(
+            user.mail
+                .as_deref()
+                .and_then(|m| EmailAddress::parse(m).ok()),
+        )
+        .chain(proxies)
+        .find(|a| options.deny_list.contains(a))
+}
+
 /// Rule 2: the primary address by the source's email method, checked against rule 1.
 fn primary_address(user: &SourceUser, ctx: &MappingContext) -> Result<EmailAddress, SkipReason> {
     let mail = || non_empty(user.mail.as_deref());
     let upn = || non_empty(user.user_principal_name.as_deref());
-    let chosen = match ctx.email_method {
+    let chosen = match ctx.options.email_method {
         EmailMethod::PrimarySmtp => smtp_primary(&user.proxy_addresses)
             .or_else(mail)
             .or_else(upn),
@@ -193,7 +291,7 @@ fn primary_address(user: &SourceUser, ctx: &MappingContext) -> Result<EmailAddre
         EmailMethod::Upn => upn(),
     };
     let text = chosen.ok_or(SkipReason::NoAddress {
-        method: ctx.email_method,
+        method: ctx.options.email_method,
     })?;
     checked_address(&text, ctx)
 }
@@ -252,15 +350,76 @@ mod tests {
     use super::*;
 
     fn ctx(method: EmailMethod) -> MappingContext {
-        MappingContext {
-            source_id: 7,
-            domains: ["contoso.com", "fabrikam.com"]
+        MappingContext::new(
+            7,
+            ["contoso.com", "fabrikam.com"]
                 .iter()
                 .map(|d| DomainName::parse(d).unwrap())
                 .collect(),
-            email_method: method,
-            default_group: MAIN_GROUP.into(),
-        }
+            SourceOptions {
+                email_method: method,
+                ..SourceOptions::default()
+            },
+        )
+    }
+
+    fn with(options: &[&str]) -> MappingContext {
+        let mut c = ctx(EmailMethod::PrimarySmtp);
+        let texts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        c.options = c.options.apply(&texts).unwrap();
+        c
+    }
+
+    #[test]
+    fn rule7_guests_are_skipped_by_default_and_imported_when_asked() {
+        let mut guest = anne();
+        guest.user_type = Some("Guest".into());
+        assert_eq!(map_user(&guest, &with(&[])), Err(SkipReason::Guest));
+        assert!(map_user(&guest, &with(&["exclude_guests=false"])).is_ok());
+    }
+
+    #[test]
+    fn rule7_unlicensed_and_disabled_people_can_be_excluded_but_not_shared_mailboxes() {
+        let mut unlicensed = anne();
+        unlicensed.assigned_licenses.clear();
+        assert!(map_user(&unlicensed, &with(&[])).is_ok());
+        assert_eq!(
+            map_user(&unlicensed, &with(&["exclude_unlicensed=true"])),
+            Err(SkipReason::Unlicensed)
+        );
+        let mut disabled = anne();
+        disabled.account_enabled = Some(false);
+        assert_eq!(
+            map_user(&disabled, &with(&["exclude_disabled=true"])),
+            Err(SkipReason::Disabled)
+        );
+        // A shared mailbox is a disabled, unlicensed account: both options leave it alone.
+        let mut shared = anne();
+        shared.assigned_licenses.clear();
+        shared.account_enabled = Some(false);
+        let entry = map_user(
+            &shared,
+            &with(&["exclude_unlicensed=true", "exclude_disabled=true"]),
+        )
+        .unwrap();
+        assert_eq!(entry.mailbox_type, MailboxType::Shared);
+    }
+
+    #[test]
+    fn rule7_the_deny_list_matches_the_address_and_its_aliases() {
+        assert_eq!(
+            map_user(&anne(), &with(&["deny_list=Anne.Smith@contoso.com"])),
+            Err(SkipReason::DenyList {
+                address: addr("anne.smith@contoso.com")
+            })
+        );
+        assert_eq!(
+            map_user(&anne(), &with(&["deny_list=a.smith@contoso.com"]))
+                .unwrap_err()
+                .code(),
+            "deny_list"
+        );
+        assert!(map_user(&anne(), &with(&["deny_list=bob@contoso.com"])).is_ok());
     }
 
     fn anne() -> SourceUser {

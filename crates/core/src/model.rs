@@ -99,14 +99,6 @@ impl Default for EmailMethod {
     }
 }
 
-/// The options of a source that shape what a sync imports (the setup wizard's choices).
-/// Stored with the source; every field has a default so older settings keep loading.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SourceOptions {
-    pub email_method: EmailMethod,
-}
-
 /// One entry of the console directory: a protected address and what the console knows of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryUser {

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::EmailAddress;
 use crate::mapping::{MappingContext, SkipReason, map_group, map_user};
-use crate::model::{DirectoryUser, UserStatus};
+use crate::model::{DirectoryUser, MailboxType, UserStatus};
+use crate::options::GroupType;
 use crate::snapshot::SourceSnapshot;
 
 /// One value of a changed field, as the user would read it in JSON.
@@ -77,6 +78,9 @@ pub struct Plan {
     pub update: Vec<PlannedUpdate>,
     pub remove: Vec<DirectoryUser>,
     pub skip: Vec<Skip>,
+    /// Removed entries deleted for good because a live user now takes their address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purge: Vec<DirectoryUser>,
 }
 
 impl Plan {
@@ -111,6 +115,13 @@ impl Safeguard {
     /// entries the source manages before the run.
     pub fn check(&self, plan: &Plan, managed: usize) -> Option<String> {
         let removing = plan.remove.len();
+        if removing > 0 && removing == managed {
+            return Some(format!(
+                "deletion safeguard: this sync would remove every one of the source's {managed} users \
+                 (did the source return nobody, or are the customer's domains missing?); nothing was \
+                 applied. Check with a preview, then confirm with `--confirm-removals`"
+            ));
+        }
         let over_share = removing as u128 * 100 > managed as u128 * u128::from(self.percent);
         (removing >= self.minimum && over_share).then(|| {
             format!(
@@ -134,11 +145,18 @@ pub fn plan_sync(
     ctx: &MappingContext,
 ) -> Plan {
     let mut plan = Plan::default();
+    let selected = selected_group_ids(snapshot, ctx);
 
-    // Rules 1-5: what the source says each object should be.
+    // Rules 1-7: what the source says each object should be.
     let mut desired: Vec<DirectoryUser> = Vec::with_capacity(snapshot.users.len());
     for user in &snapshot.users {
-        match map_user(user, ctx) {
+        let mapped = map_user(user, ctx).and_then(|entry| match &selected {
+            Some(groups) if !user.member_of.iter().any(|g| groups.contains(g.as_str())) => {
+                Err(SkipReason::NotInSelectedGroups)
+            }
+            _ => Ok(entry),
+        });
+        match mapped {
             Ok(entry) => desired.push(entry),
             Err(reason) => {
                 plan.skip
@@ -156,12 +174,43 @@ pub fn plan_sync(
             None => {}
         }
     }
+    for address in &ctx.options.extra_addresses {
+        match extra_address_entry(address, ctx) {
+            Ok(entry) => desired.push(entry),
+            Err(reason) => plan.skip.push(Skip::new(
+                &extra_object_id(address),
+                Some(address.as_str()),
+                &reason,
+            )),
+        }
+    }
 
-    // Two source objects cannot own one address: the first (by object id) keeps it.
-    desired.sort_by(|a, b| a.source_object_id.cmp(&b.source_object_id));
+    let by_object: HashMap<&str, &DirectoryUser> = directory
+        .iter()
+        .filter(|e| e.is_managed_by(ctx.source_id))
+        .filter_map(|e| Some((e.source_object_id.as_deref()?, e)))
+        .collect();
+    let by_address: HashMap<&EmailAddress, &DirectoryUser> =
+        directory.iter().map(|e| (&e.address, e)).collect();
+
+    // One object is one entry; and two objects cannot own one address: the one that owns
+    // it in the console already keeps it, else the first by object id.
+    let owns_now = |e: &DirectoryUser| {
+        e.source_object_id
+            .as_deref()
+            .and_then(|o| by_object.get(o))
+            .is_some_and(|current| current.address == e.address)
+    };
+    desired.sort_by(|a, b| {
+        (!owns_now(a), &a.source_object_id).cmp(&(!owns_now(b), &b.source_object_id))
+    });
+    let mut objects: HashSet<String> = HashSet::with_capacity(desired.len());
     let mut owner_of: HashMap<EmailAddress, String> = HashMap::with_capacity(desired.len());
     desired.retain(|entry| {
         let object_id = entry.source_object_id.clone().unwrap_or_default();
+        if !objects.insert(object_id.clone()) {
+            return false;
+        }
         match owner_of.get(&entry.address) {
             Some(other) => {
                 let reason = SkipReason::DuplicateAddress {
@@ -178,75 +227,88 @@ pub fn plan_sync(
             }
         }
     });
+    drop_conflicting_aliases(&mut desired, directory, ctx, &mut plan);
 
-    let by_object: HashMap<&str, &DirectoryUser> = directory
-        .iter()
-        .filter(|e| e.is_managed_by(ctx.source_id))
-        .filter_map(|e| Some((e.source_object_id.as_deref()?, e)))
-        .collect();
-    let by_address: HashMap<&EmailAddress, &DirectoryUser> =
-        directory.iter().map(|e| (&e.address, e)).collect();
     let desired_objects: HashSet<&str> = desired
         .iter()
         .filter_map(|e| e.source_object_id.as_deref())
         .collect();
     let mut matched: HashSet<i64> = HashSet::with_capacity(desired.len());
+    let row = |e: &DirectoryUser| e.id.unwrap_or_default();
 
     for entry in &desired {
         let object_id = entry.source_object_id.as_deref().unwrap_or_default();
-        let current = match by_object.get(object_id) {
-            Some(current) => {
-                // The object is known; if its new address is still held by another row
-                // (even a removed one), moving onto it would give one address two entries.
-                if let Some(holder) = by_address.get(&entry.address)
-                    && holder.id != current.id
+        let current = by_object.get(object_id).copied();
+        let holder = by_address
+            .get(&entry.address)
+            .copied()
+            .filter(|h| current.is_none_or(|c| c.id != h.id));
+        let mut wanted = entry.clone();
+        let target = match (current, holder) {
+            (None, None) => {
+                plan.add.push(wanted);
+                continue;
+            }
+            (Some(current), None) => current,
+            (Some(current), Some(holder)) => {
+                if holder.status == UserStatus::Removed
+                    && !matched.contains(&row(holder))
+                    && can_take_over(holder, ctx, &desired_objects)
                 {
+                    // A removed entry holds the address the user moves to: the address
+                    // belongs to someone live now, so the removed entry is purged.
+                    matched.insert(row(holder));
+                    plan.purge.push(holder.clone());
+                } else {
+                    // Keep the current address, apply everything else, and say why.
                     plan.skip.push(conflict(object_id, entry, holder));
-                    matched.insert(current.id.unwrap_or_default());
-                    continue;
+                    wanted.aliases.retain(|a| *a != current.address);
+                    wanted.address = current.address.clone();
                 }
-                Some(*current)
+                current
             }
-            None => match by_address.get(&entry.address) {
-                Some(holder) if can_take_over(holder, ctx, &desired_objects) => Some(*holder),
-                Some(holder) => {
+            (None, Some(holder)) => {
+                if matched.contains(&row(holder)) || !can_take_over(holder, ctx, &desired_objects) {
                     plan.skip.push(conflict(object_id, entry, holder));
                     continue;
                 }
-                None => None,
-            },
+                holder
+            }
         };
-        match current {
-            None => plan.add.push(entry.clone()),
-            Some(current) => {
-                let id = current.id.unwrap_or_default();
-                matched.insert(id);
-                let changes = diff(current, entry);
-                if !changes.is_empty() {
-                    plan.update.push(PlannedUpdate {
-                        address: current.address.clone(),
-                        linked: current.source_id.is_none(),
-                        restored: current.status == UserStatus::Removed,
-                        changes,
-                        id,
-                        after: Some(DirectoryUser {
-                            id: Some(id),
-                            ..entry.clone()
-                        }),
-                    });
-                }
-            }
+        let id = row(target);
+        matched.insert(id);
+        let changes = diff(target, &wanted);
+        if !changes.is_empty() {
+            plan.update.push(PlannedUpdate {
+                address: target.address.clone(),
+                linked: target.source_id.is_none(),
+                restored: target.status == UserStatus::Removed,
+                changes,
+                id,
+                after: Some(DirectoryUser {
+                    id: Some(id),
+                    ..wanted
+                }),
+            });
         }
     }
 
-    // Rule 9: managed entries the source no longer has are removed (soft delete).
+    // Rule 9: managed entries the source no longer has are removed (soft delete), unless
+    // the source keeps them.
     for current in directory {
-        let id = current.id.unwrap_or_default();
         if current.is_managed_by(ctx.source_id)
             && current.status == UserStatus::Active
-            && !matched.contains(&id)
+            && !matched.contains(&row(current))
         {
-            plan.remove.push(current.clone());
+            if ctx.options.remove_deleted {
+                plan.remove.push(current.clone());
+            } else {
+                plan.skip.push(Skip::new(
+                    current.source_object_id.as_deref().unwrap_or_default(),
+                    Some(&current.display_name),
+                    &SkipReason::KeptNotRemoved,
+                ));
+            }
         }
     }
 
@@ -258,6 +320,126 @@ pub fn plan_sync(
     plan
 }
 
+/// The ids of the tenant groups `selected_groups` names (by id or display name, of the
+/// counted group types); `None` when everyone is selected.
+fn selected_group_ids<'a>(
+    snapshot: &'a SourceSnapshot,
+    ctx: &MappingContext,
+) -> Option<HashSet<&'a str>> {
+    let wanted = &ctx.options.selected_groups;
+    if wanted.is_empty() {
+        return None;
+    }
+    Some(
+        snapshot
+            .groups
+            .iter()
+            .filter(|g| ctx.options.group_types.contains(&group_kind(g)))
+            .filter(|g| {
+                wanted.iter().any(|w| {
+                    w.eq_ignore_ascii_case(&g.id)
+                        || g.display_name
+                            .as_deref()
+                            .is_some_and(|n| n.to_lowercase() == w.to_lowercase())
+                })
+            })
+            .map(|g| g.id.as_str())
+            .collect(),
+    )
+}
+
+/// The option `group_types` speaks of three kinds of tenant group.
+pub fn group_kind(group: &crate::snapshot::SourceGroup) -> GroupType {
+    if group.is_microsoft365() {
+        GroupType::M365
+    } else if group.security_enabled {
+        GroupType::Security
+    } else {
+        GroupType::Distribution
+    }
+}
+
+fn extra_object_id(address: &EmailAddress) -> String {
+    format!("extra:{address}")
+}
+
+/// An extra address (a dynamic distribution list Graph does not show) as an entry.
+fn extra_address_entry(
+    address: &EmailAddress,
+    ctx: &MappingContext,
+) -> Result<DirectoryUser, SkipReason> {
+    if address.is_onmicrosoft() {
+        return Err(SkipReason::OnlyOnMicrosoft {
+            address: address.clone(),
+        });
+    }
+    if !ctx.domains.iter().any(|d| address.is_in(d)) {
+        return Err(SkipReason::NotInSyncedDomain {
+            address: address.clone(),
+        });
+    }
+    Ok(DirectoryUser {
+        id: None,
+        address: address.clone(),
+        display_name: address.to_string(),
+        given_name: None,
+        surname: None,
+        mailbox_type: MailboxType::DistributionList,
+        billable: false,
+        aliases: Vec::new(),
+        group: ctx.default_group.clone(),
+        source_id: Some(ctx.source_id),
+        source_object_id: Some(extra_object_id(address)),
+        status: UserStatus::Active,
+    })
+}
+
+/// An alias that is another entry's address would give one address two mailboxes: it is
+/// dropped from the entry that merely lists it as an alias, and the plan says so.
+fn drop_conflicting_aliases(
+    desired: &mut [DirectoryUser],
+    directory: &[DirectoryUser],
+    ctx: &MappingContext,
+    plan: &mut Plan,
+) {
+    let mut owner: HashMap<EmailAddress, String> = HashMap::new();
+    for e in directory
+        .iter()
+        .filter(|e| e.status == UserStatus::Active && !e.is_managed_by(ctx.source_id))
+    {
+        for a in std::iter::once(&e.address).chain(&e.aliases) {
+            owner.insert(a.clone(), e.address.to_string());
+        }
+    }
+    for e in desired.iter() {
+        owner.insert(e.address.clone(), e.address.to_string());
+    }
+    for e in desired.iter_mut() {
+        let own = e.address.to_string();
+        let mut dropped = Vec::new();
+        e.aliases.retain(|a| match owner.get(a) {
+            Some(holder) if *holder != own => {
+                dropped.push((a.clone(), holder.clone()));
+                false
+            }
+            _ => {
+                owner.insert(a.clone(), own.clone());
+                true
+            }
+        });
+        for (alias, holder) in dropped {
+            plan.skip.push(Skip {
+                source_object_id: e.source_object_id.clone().unwrap_or_default(),
+                name: e.display_name.clone(),
+                code: "alias_conflict".into(),
+                reason: format!(
+                    "the alias {alias} of {own} was not imported: it is the address of {holder}"
+                ),
+            });
+        }
+    }
+}
+
 /// Whether a sync may take over an existing entry that holds an address it wants (rule 8):
 /// unmanaged entries are adopted; removed entries are restored; an entry of this same source
 /// whose object is gone (deleted and re-created in the tenant) is re-linked.
@@ -266,28 +448,33 @@ fn can_take_over(
     ctx: &MappingContext,
     desired_objects: &HashSet<&str>,
 ) -> bool {
-    match holder.source_id {
-        None => true,
-        Some(_) if holder.status == UserStatus::Removed => true,
-        Some(id) if id == ctx.source_id => holder
+    let object_gone = || {
+        holder
             .source_object_id
             .as_deref()
-            .is_none_or(|o| !desired_objects.contains(o)),
-        Some(_) => false,
+            .is_none_or(|o| !desired_objects.contains(o))
+    };
+    match holder.source_id {
+        None => true,
+        Some(id) if id == ctx.source_id => object_gone(),
+        Some(_) => holder.status == UserStatus::Removed,
     }
 }
 
 fn conflict(object_id: &str, entry: &DirectoryUser, holder: &DirectoryUser) -> Skip {
-    let reason = match holder.source_id {
-        Some(source_id) if !holder.is_managed_by(entry.source_id.unwrap_or_default()) => {
+    let reason = match (holder.source_id, &holder.source_object_id) {
+        (Some(source_id), _) if !holder.is_managed_by(entry.source_id.unwrap_or_default()) => {
             SkipReason::ManagedByOtherSource {
                 address: entry.address.clone(),
                 source_id,
             }
         }
-        _ => SkipReason::DuplicateAddress {
+        (Some(_), Some(other)) => SkipReason::DuplicateAddress {
             address: entry.address.clone(),
-            other_object_id: holder.source_object_id.clone().unwrap_or_default(),
+            other_object_id: other.clone(),
+        },
+        _ => SkipReason::HeldByConsoleUser {
+            address: entry.address.clone(),
         },
     };
     Skip::new(object_id, Some(&entry.display_name), &reason)
@@ -358,18 +545,17 @@ mod tests {
     use super::*;
     use crate::address::DomainName;
     use crate::mapping::MAIN_GROUP;
-    use crate::model::{EmailMethod, MailboxType};
+    use crate::model::MailboxType;
     use crate::snapshot::SourceUser;
 
     const SOURCE: i64 = 1;
 
     fn ctx() -> MappingContext {
-        MappingContext {
-            source_id: SOURCE,
-            domains: [DomainName::parse("contoso.com").unwrap()].into(),
-            email_method: EmailMethod::PrimarySmtp,
-            default_group: MAIN_GROUP.into(),
-        }
+        MappingContext::new(
+            SOURCE,
+            [DomainName::parse("contoso.com").unwrap()].into(),
+            crate::options::SourceOptions::default(),
+        )
     }
 
     fn user(id: &str, address: &str) -> SourceUser {
@@ -572,6 +758,198 @@ mod tests {
         );
         // An empty read would remove everyone: stopped.
         assert!(guard.check(&plan_removing(500), 500).is_some());
+    }
+
+    fn with(options: &[&str]) -> MappingContext {
+        let mut c = ctx();
+        let texts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        c.options = c.options.apply(&texts).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_rename_onto_a_removed_entrys_address_purges_it_instead_of_sticking() {
+        let snap = snapshot(vec![
+            user("x", "sales@contoso.com"),
+            user("y", "yan@contoso.com"),
+        ]);
+        let mut dir = stored(plan_sync(&snap, &[], &ctx()).add);
+        dir.iter_mut()
+            .find(|u| u.address.as_str() == "sales@contoso.com")
+            .unwrap()
+            .status = UserStatus::Removed;
+        let plan = plan_sync(
+            &snapshot(vec![user("y", "sales@contoso.com")]),
+            &dir,
+            &ctx(),
+        );
+        assert_eq!(plan.purge.len(), 1);
+        assert_eq!(plan.update.len(), 1);
+        assert_eq!(
+            plan.update[0].changes["address"],
+            Change(
+                FieldValue::Text("yan@contoso.com".into()),
+                FieldValue::Text("sales@contoso.com".into())
+            )
+        );
+        assert!(plan.skip.is_empty(), "{:?}", plan.skip);
+    }
+
+    #[test]
+    fn a_rename_onto_a_hand_added_address_keeps_the_old_address_but_applies_the_rest() {
+        let snap = snapshot(vec![user("y", "yan@contoso.com")]);
+        let mut dir = stored(plan_sync(&snap, &[], &ctx()).add);
+        dir.push(manual("sales@contoso.com"));
+        let mut renamed = user("y", "sales@contoso.com");
+        renamed.account_enabled = Some(false);
+        let plan = plan_sync(&snapshot(vec![renamed]), &dir, &ctx());
+        assert_eq!(plan.skip[0].code, "address_held");
+        let update = &plan.update[0];
+        assert!(!update.changes.contains_key("address"));
+        assert_eq!(
+            update.changes["billable"],
+            Change(FieldValue::Bool(true), FieldValue::Bool(false))
+        );
+    }
+
+    #[test]
+    fn one_row_is_never_updated_twice_in_one_plan() {
+        let dir =
+            stored(plan_sync(&snapshot(vec![user("o1", "anne@contoso.com")]), &[], &ctx()).add);
+        let mut dir = dir;
+        dir[0].status = UserStatus::Removed;
+        let plan = plan_sync(
+            &snapshot(vec![
+                user("o1", "anne2@contoso.com"),
+                user("o2", "anne@contoso.com"),
+            ]),
+            &dir,
+            &ctx(),
+        );
+        let ids: HashSet<i64> = plan.update.iter().map(|u| u.id).collect();
+        assert_eq!(ids.len(), plan.update.len(), "{:?}", plan.update);
+        assert_eq!(plan.update.len() + plan.add.len() + plan.skip.len(), 2);
+    }
+
+    #[test]
+    fn an_alias_that_is_another_entrys_address_is_dropped_and_reported() {
+        let mut dora = user("d", "dora@contoso.com");
+        dora.proxy_addresses.push("smtp:eve@contoso.com".into());
+        dora.proxy_addresses.push("smtp:hand@contoso.com".into());
+        dora.proxy_addresses.push("smtp:dora.x@contoso.com".into());
+        let plan = plan_sync(
+            &snapshot(vec![dora, user("e", "eve@contoso.com")]),
+            &[manual("hand@contoso.com")],
+            &ctx(),
+        );
+        let d = plan
+            .add
+            .iter()
+            .find(|u| u.address.as_str() == "dora@contoso.com")
+            .unwrap();
+        assert_eq!(
+            d.aliases,
+            vec![EmailAddress::parse("dora.x@contoso.com").unwrap()]
+        );
+        assert_eq!(
+            plan.skip
+                .iter()
+                .filter(|s| s.code == "alias_conflict")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_duplicate_address_stays_with_the_object_that_owns_it_now() {
+        let dir = stored(plan_sync(&snapshot(vec![user("b", "bob@contoso.com")]), &[], &ctx()).add);
+        let plan = plan_sync(
+            &snapshot(vec![
+                user("b", "bob@contoso.com"),
+                user("a", "bob@contoso.com"),
+            ]),
+            &dir,
+            &ctx(),
+        );
+        assert!(plan.is_empty(), "{plan:?}");
+        assert_eq!(plan.skip[0].source_object_id, "a");
+    }
+
+    #[test]
+    fn rule7_with_remove_deleted_off_gone_users_are_reported_and_kept() {
+        let snap = snapshot(vec![
+            user("a", "anne@contoso.com"),
+            user("b", "bob@contoso.com"),
+        ]);
+        let dir = stored(plan_sync(&snap, &[], &ctx()).add);
+        let plan = plan_sync(
+            &snapshot(vec![user("a", "anne@contoso.com")]),
+            &dir,
+            &with(&["remove_deleted=false"]),
+        );
+        assert!(plan.remove.is_empty());
+        assert_eq!(plan.skip[0].code, "kept_not_removed");
+        assert_eq!(plan.skip[0].source_object_id, "b");
+    }
+
+    #[test]
+    fn rule7_extra_addresses_are_kept_as_distribution_lists() {
+        let c = with(&["extra_addresses=all-staff@contoso.com,x@elsewhere.org"]);
+        let plan = plan_sync(&snapshot(vec![]), &[], &c);
+        assert_eq!(plan.add.len(), 1);
+        assert_eq!(plan.add[0].mailbox_type, MailboxType::DistributionList);
+        assert_eq!(plan.skip[0].code, "not_in_synced_domain");
+        let dir = stored(plan.add);
+        assert!(plan_sync(&snapshot(vec![]), &dir, &c).is_empty());
+        let gone = plan_sync(&snapshot(vec![]), &dir, &ctx());
+        assert_eq!(
+            gone.remove.len(),
+            1,
+            "taken off the list, the entry is removed"
+        );
+    }
+
+    #[test]
+    fn rule7_only_members_of_selected_groups_are_imported_by_name_or_id() {
+        let mut anne = user("a", "anne@contoso.com");
+        anne.member_of = vec!["g-drivers".into()];
+        let bob = user("b", "bob@contoso.com");
+        let mut snap = snapshot(vec![anne, bob]);
+        snap.groups.push(crate::snapshot::SourceGroup {
+            id: "g-drivers".into(),
+            display_name: Some("All Drivers".into()),
+            security_enabled: true,
+            ..Default::default()
+        });
+        for selection in ["selected_groups=all drivers", "selected_groups=g-drivers"] {
+            let plan = plan_sync(&snap, &[], &with(&[selection]));
+            assert_eq!(plan.add.len(), 1, "{selection}");
+            assert_eq!(plan.add[0].address.as_str(), "anne@contoso.com");
+            assert_eq!(plan.skip[0].code, "not_in_selected_groups");
+        }
+        // A group of a type that does not count selects nobody.
+        let plan = plan_sync(
+            &snap,
+            &[],
+            &with(&["selected_groups=All Drivers", "group_types=m365"]),
+        );
+        assert!(plan.add.is_empty());
+    }
+
+    #[test]
+    fn the_safeguard_stops_a_run_that_would_remove_everyone_even_a_few() {
+        let snap = snapshot(vec![
+            user("a", "anne@contoso.com"),
+            user("b", "bob@contoso.com"),
+        ]);
+        let dir = stored(plan_sync(&snap, &[], &ctx()).add);
+        let plan = plan_sync(&snapshot(vec![]), &dir, &ctx());
+        assert!(
+            Safeguard::default()
+                .check(&plan, 2)
+                .unwrap()
+                .contains("every one")
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@ use usersync_store::StoreError;
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A source option was refused; the message lists the valid keys or values.
+    #[error(transparent)]
+    Option(#[from] usersync_core::OptionError),
     /// A setting of a source is missing or wrong; names the setting and the fix.
     #[error("{field}: {problem}")]
     Config { field: String, problem: String },

@@ -10,6 +10,8 @@ mod run;
 mod source;
 
 pub use error::EngineError;
-pub use office365::{NewOffice365Source, Office365Settings, Office365Source, connect_office365};
+pub use office365::{
+    NewOffice365Source, Office365Settings, Office365Source, connect_office365, set_source_options,
+};
 pub use run::{Engine, EngineOptions, RunOutcome};
 pub use source::{NoProgress, Progress, Source, SourceError, SourceRead};

@@ -46,7 +46,10 @@ pub async fn connect_office365(
     store: &Store,
     new: NewOffice365Source,
 ) -> Result<SourceRecord, EngineError> {
-    let tenant = new.tenant_id.trim();
+    // Tenant ids (GUIDs and domain names alike) are case-insensitive: one form is stored,
+    // so one tenant cannot be connected twice under two spellings.
+    let tenant = new.tenant_id.trim().to_ascii_lowercase();
+    let tenant = tenant.as_str();
     if tenant.is_empty() || tenant.contains('/') || tenant.contains(char::is_whitespace) {
         return Err(EngineError::config(
             "--tenant",
@@ -83,6 +86,22 @@ pub async fn connect_office365(
             secret: Some(new.client_secret),
         })
         .await?)
+}
+
+/// Sets options of a source from `KEY=VALUE` texts, all or none, and returns them.
+pub async fn set_source_options(
+    store: &Store,
+    source_id: i64,
+    assignments: &[String],
+) -> Result<SourceOptions, EngineError> {
+    let record = store.source(source_id).await?;
+    let mut settings: Office365Settings = serde_json::from_value(record.settings.clone())
+        .map_err(|e| EngineError::config("source settings", e.to_string()))?;
+    settings.options = settings.options.apply(assignments)?;
+    let value = serde_json::to_value(&settings)
+        .map_err(|e| EngineError::config("source settings", e.to_string()))?;
+    store.set_source_settings(source_id, &value).await?;
+    Ok(settings.options)
 }
 
 fn parse_endpoint(field: &str, text: &str) -> Result<Url, EngineError> {

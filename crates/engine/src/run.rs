@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tracing::Instrument;
-use usersync_core::mapping::MAIN_GROUP;
 use usersync_core::{MappingContext, Plan, Safeguard, SourceKind, UserStatus, plan_sync};
 use usersync_graph::RetryPolicy;
 use usersync_store::{NewRun, RunKind, RunStats, RunStatus, SourceRecord, Store};
@@ -122,9 +121,24 @@ impl Engine {
             confirm_removals,
             customer_id: record.customer_id,
         };
-        self.execute(&run, source.as_ref(), &ctx, progress)
+        let outcome = self
+            .execute(&run, source.as_ref(), &ctx, progress)
             .instrument(span)
-            .await
+            .await;
+        if let Err(error) = &outcome {
+            // The run started, so it ends recorded, whatever went wrong.
+            let _ = self
+                .store
+                .finish_run(
+                    run_id,
+                    RunStatus::Failed,
+                    None,
+                    &RunStats::default(),
+                    Some(&error.to_string()),
+                )
+                .await;
+        }
+        outcome
     }
 
     async fn execute(
@@ -211,7 +225,7 @@ impl Engine {
                     .apply_plan(run_id, customer_id, &plan, &stats)
                     .await
                 {
-                    let message = format!("nothing was applied: {error}");
+                    let message = format!("the plan could not be saved: {error}");
                     return self.failed(run_id, kind, Some(plan), stats, message).await;
                 }
                 // The caller sees the whole run, commit included.
@@ -303,12 +317,7 @@ impl Engine {
                     self.options.max_in_flight,
                     self.options.retry.clone(),
                 )?;
-                let ctx = MappingContext {
-                    source_id: record.id,
-                    domains,
-                    email_method: settings.options.email_method,
-                    default_group: MAIN_GROUP.to_string(),
-                };
+                let ctx = MappingContext::new(record.id, domains, settings.options.clone());
                 Ok((Box::new(source), ctx))
             }
         }

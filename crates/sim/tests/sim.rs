@@ -1014,3 +1014,100 @@ async fn tls_with_exposed_ca() {
     );
     sim.shutdown().await;
 }
+
+/// What Microsoft's Graph SDK for Python (crates/sim/tests/msgraph_sdk)
+/// relies on: the scope its auth provider derives from the Graph URL (host,
+/// no port), `$count` on member relationships, v1.0-only organization shape.
+#[tokio::test]
+async fn graph_sdk_expectations() {
+    let sim = start(SimConfig {
+        users: 30,
+        seed: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let info = sim.info().clone();
+    let origin = info.graph_url.rsplit_once(':').unwrap().0.to_string();
+    let mut form = good_form(&sim);
+    form[3].1 = format!("{origin}/.default");
+    let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (s, v) = token_request(&sim, &f).await;
+    assert_eq!(s, 200, "{v}");
+    form[3].1 = format!("{origin}:1/.default");
+    let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (s, v) = token_request(&sim, &f).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"], "invalid_resource");
+
+    let g = Graph::new(&sim).await;
+    let eventual = [("ConsistencyLevel", "eventual")];
+    let (groups, _, _) = g.all("/groups?$select=id", &[]).await;
+    let mut checked_users = 0;
+    for grp in &groups {
+        let gid = grp["id"].as_str().unwrap();
+        let (members, _, _) = g.all(&format!("/groups/{gid}/members"), &[]).await;
+        for (path, want) in [
+            ("members/$count", members.len()),
+            (
+                "members/microsoft.graph.user/$count",
+                members
+                    .iter()
+                    .filter(|m| m["@odata.type"] == "#microsoft.graph.user")
+                    .count(),
+            ),
+        ] {
+            let (s, h, v) = g
+                .get_full(&format!("/groups/{gid}/{path}"), &eventual)
+                .await;
+            assert_eq!(s, 200, "{path}: {v}");
+            assert!(
+                h["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/plain")
+            );
+            assert_eq!(v, Value::from(want as u64), "{path}");
+        }
+        let (trans, _, _) = g
+            .all(&format!("/groups/{gid}/transitiveMembers"), &[])
+            .await;
+        let (_, _, v) = g
+            .get_full(
+                &format!("/groups/{gid}/transitiveMembers/$count"),
+                &eventual,
+            )
+            .await;
+        assert_eq!(v, Value::from(trans.len() as u64));
+        if let Some(uid) = members
+            .iter()
+            .find(|m| m["@odata.type"] == "#microsoft.graph.user")
+            .and_then(|m| m["id"].as_str())
+            && checked_users < 3
+        {
+            checked_users += 1;
+            let mo = g.ok(&format!("/users/{uid}/memberOf")).await;
+            let (s, _, v) = g
+                .get_full(&format!("/users/{uid}/memberOf/$count"), &eventual)
+                .await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v, Value::from(mo["value"].as_array().unwrap().len() as u64));
+        }
+    }
+    assert!(checked_users > 0);
+    // Like /users/$count, relationship counts need ConsistencyLevel: eventual.
+    let gid = groups[0]["id"].as_str().unwrap();
+    let (s, v) = g.get(&format!("/groups/{gid}/members/$count")).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _, v) = g
+        .get_full(
+            "/groups/00000000-0000-0000-0000-000000000001/members/$count",
+            &eventual,
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+
+    // v1.0 organization has no directorySizeQuota (a beta property).
+    let org = g.ok("/organization").await;
+    assert!(org["value"][0].get("directorySizeQuota").is_none(), "{org}");
+    sim.shutdown().await;
+}

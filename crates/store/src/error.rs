@@ -5,7 +5,7 @@
 pub enum StoreError {
     #[error("the database URL '{url}' is not usable: {problem}")]
     BadUrl { url: String, problem: String },
-    #[error("cannot open the database {url}: {source}")]
+    #[error("cannot open the database {url}")]
     Open {
         url: String,
         #[source]

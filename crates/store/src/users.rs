@@ -267,6 +267,14 @@ impl Store {
             }
         }
 
+        // Removed entries whose address a live user takes now go first, freeing it.
+        for u in &plan.purge {
+            sqlx::query("DELETE FROM users WHERE id = $1 AND status = 'removed'")
+                .bind(u.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+
         // Updates are few after the first sync: one statement each.
         for update in &plan.update {
             let Some(after) = &update.after else { continue };

@@ -33,6 +33,7 @@ from azure.identity.aio import ClientSecretCredential
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_serialization_json.json_parse_node_factory import JsonParseNodeFactory
 from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.graph_request_adapter import options as GRAPH_DEFAULT_OPTIONS
 from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 from msgraph.generated.groups.item.members.members_request_builder import (
     MembersRequestBuilder,
@@ -100,6 +101,19 @@ class Checks:
         return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, have the kernel send SIGTERM to the
+    simulator if this script dies without running its cleanup (SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
 class Sim:
     """The `usersync sim` child process."""
 
@@ -113,6 +127,7 @@ class Sim:
             # Own process group: a Ctrl-C in the terminal reaches us, and we
             # stop the simulator ourselves.
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.stderr_lines: list[str] = []
         threading.Thread(target=self._drain_stderr, daemon=True).start()
@@ -182,10 +197,38 @@ def make_client(info: dict, ca_file: str) -> tuple[GraphServiceClient, ClientSec
         timeout=httpx.Timeout(100.0, connect=30.0),
         base_url=f"{graph_url}/v1.0",
     )
-    http = GraphClientFactory.create_with_default_middleware(client=http)
+    http = GraphClientFactory.create_with_default_middleware(client=http, options=GRAPH_DEFAULT_OPTIONS)
     adapter = GraphRequestAdapter(auth, client=http)
     adapter.base_url = f"{graph_url}/v1.0"
     return GraphServiceClient(request_adapter=adapter), credential, adapter
+
+
+# Properties Graph v1.0 returns that its v1.0 schema (hence the SDK's models)
+# lacks: groups carry creationOptions (like resourceBehaviorOptions and
+# resourceProvisioningOptions before the schema gained them, see
+# msgraph-sdk-go#225), and group delta items carry members@delta.
+KNOWN_EXTRA = {"creationOptions", "members@delta"}
+
+
+def unknown_props(obj: Any, path: str = "", out: Optional[set] = None) -> set:
+    """Names the SDK could not map to a model property (its additional_data),
+    over a parsed response and everything nested in it; OData annotations and
+    KNOWN_EXTRA excepted. Anything else is a property v1.0 does not have."""
+    out = set() if out is None else out
+    if isinstance(obj, list):
+        for x in obj:
+            unknown_props(x, path, out)
+        return out
+    if not hasattr(obj, "additional_data"):
+        return out
+    name = f"{path}{type(obj).__name__}"
+    for k in obj.additional_data or {}:
+        if not k.startswith("@odata.") and k not in KNOWN_EXTRA:
+            out.add(f"{name}.{k}")
+    for k, v in vars(obj).items():
+        if k not in ("additional_data", "backing_store") and (isinstance(v, list) or hasattr(v, "additional_data")):
+            unknown_props(v, f"{name}.{k}>", out)
+    return out
 
 
 def eventual() -> RequestConfiguration:
@@ -259,8 +302,11 @@ async def run_checks(
             or u.proxy_addresses is None
         ]
         c.ok(not bad, "users: selected properties present and typed", bad[:3])
-        extra = sorted({k for u in items for k in (u.additional_data or {}) if k != "@odata.type"})
-        c.ok(not extra, "users: no properties beyond $select", extra)
+        extra = sorted(unknown_props(items))
+        c.ok(not extra, "users: no properties outside the v1.0 user", extra)
+        default = await client.users.get()
+        extra = sorted(unknown_props(default))
+        c.ok(not extra, "users: default projection has only v1.0 properties", extra)
         unselected = [u.id for u in items if u.given_name or u.job_title or u.created_date_time]
         c.ok(not unselected, "users: unselected properties absent", unselected[:3])
         smtp_bad = [
@@ -324,6 +370,8 @@ async def run_checks(
         count = await client.groups.count.get(request_configuration=eventual())
         c.ok(len(groups) > 0 and len(groups) == count, "groups: PageIterator count equals groups/$count", f"{len(groups)} vs {count}")
         c.ok(all(isinstance(g, Group) and g.id and g.display_name for g in groups), "groups: items are Group")
+        default = await client.groups.get()
+        c.ok(not unknown_props(default), "groups: default projection has only v1.0 properties", unknown_props(default))
         c.ok(
             all(g.mail_enabled is not None and g.security_enabled is not None and g.group_types is not None for g in groups),
             "groups: selected flags present",
@@ -333,6 +381,7 @@ async def run_checks(
         member_total = 0
         mismatch = []
         unknown = []
+        extras: set = set()
         for g in groups:
             mqp = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(
                 select=["id", "displayName"], top=999
@@ -341,10 +390,6 @@ async def run_checks(
             mcfg.query_parameters = mqp
             mqp.count = True
             page = await client.groups.by_group_id(g.id).members.get(request_configuration=mcfg)
-            from msgraph.generated.models.directory_object_collection_response import (
-                DirectoryObjectCollectionResponse,
-            )
-
             members = await iterate_all(page, adapter)
             if page.odata_count != len(members):
                 mismatch.append((g.display_name, page.odata_count, len(members)))
@@ -358,8 +403,10 @@ async def run_checks(
             mcount = await client.groups.by_group_id(g.id).members.count.get(request_configuration=eventual())
             if mcount != len(members):
                 mismatch.append((g.display_name, "$count", mcount, len(members)))
+            extras |= unknown_props(members)
         c.ok(member_total > 0, "group members: some members listed", member_total)
         c.ok(not mismatch, "group members: @odata.count and members/$count match the pages", mismatch[:3])
+        c.ok(not extras, "group members: only v1.0 properties", extras)
         c.ok(not unknown, "group members: typed User/Group objects of this tenant", unknown[:3])
 
     await c.run("groups", groups)
@@ -367,6 +414,7 @@ async def run_checks(
     # -- domains, organization, subscribedSkus --------------------------------
     async def tenant() -> None:
         domains = await client.domains.get()
+        c.ok(not unknown_props(domains), "domains: only v1.0 properties", unknown_props(domains))
         ids = sorted(d.id for d in domains.value)
         c.ok(ids == sorted(info["domains"]), "domains: the tenant's domains", ids)
         initial = [d.id for d in domains.value if d.is_initial]
@@ -377,6 +425,7 @@ async def run_checks(
         c.ok(set(info["mail_domains"]) <= set(email), "domains: mail domains support Email", email)
 
         org = await client.organization.get()
+        c.ok(not unknown_props(org), "organization: only v1.0 properties", unknown_props(org))
         c.ok(len(org.value) == 1 and org.value[0].id == info["tenant_id"], "organization: one, the tenant")
         vd = {d.name for d in org.value[0].verified_domains or []}
         c.ok(info["initial_domain"] in vd, "organization: verifiedDomains include the initial domain", vd)
@@ -384,6 +433,7 @@ async def run_checks(
         c.ok(o1 is not None and o1.id == info["tenant_id"], "organization: by id")
 
         skus = await client.subscribed_skus.get()
+        c.ok(not unknown_props(skus), "subscribedSkus: only v1.0 properties", unknown_props(skus))
         c.ok(len(skus.value) > 0, "subscribedSkus: listed", len(skus.value))
         c.ok(all(s.sku_id and s.sku_part_number and s.prepaid_units is not None for s in skus.value), "subscribedSkus: typed")
         users = state.get("users") or []
@@ -420,6 +470,7 @@ async def run_checks(
         c.ok(pages > 1 or n_users <= cap, "users delta: paged", pages)
         c.ok(bool(resp.odata_delta_link), "users delta: round ends with @odata.deltaLink")
         c.ok(all(isinstance(u, User) and u.id for u in seen), "users delta: items are User")
+        c.ok(not unknown_props(seen), "users delta: only v1.0 properties", unknown_props(seen))
         if resp.odata_delta_link:
             again = await client.users.delta.with_url(resp.odata_delta_link).get()
             c.ok(
@@ -526,6 +577,7 @@ async def run_checks(
             return
         ms = await client.users.by_user_id(member.id).mailbox_settings.get()
         c.ok(isinstance(ms, MailboxSettings), "mailboxSettings: parsed", type(ms))
+        c.ok(not unknown_props(ms), "mailboxSettings: only v1.0 properties", unknown_props(ms))
         c.ok(bool(ms.time_zone), "mailboxSettings: timeZone", ms.time_zone)
         c.ok(ms.user_purpose is not None and ms.user_purpose.value == "user", "mailboxSettings: userPurpose user", ms.user_purpose)
         c.ok(ms.language is not None and bool(ms.language.locale), "mailboxSettings: language.locale")
@@ -541,6 +593,32 @@ async def run_checks(
     await c.run("mailbox", mailbox)
 
 
+async def check_throttled(c: Checks, info: dict, ca_file: str, n_users: int) -> None:
+    """Against a simulator that answers every 3rd Graph request with 429 and
+    Retry-After: the SDK's RetryHandler must make that invisible."""
+    client, credential, adapter = make_client(info, ca_file)
+    try:
+
+        async def throttled() -> None:
+            t0 = time.monotonic()
+            qp = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=["id"], top=999)
+            first = await client.users.get(request_configuration=RequestConfiguration(query_parameters=qp))
+            items = await iterate_all(first, adapter)
+            domains = await client.domains.get()
+            org = await client.organization.get()
+            c.ok(
+                len(items) == n_users and len(domains.value) > 0 and len(org.value) == 1,
+                "throttled sim: RetryHandler honours 429 + Retry-After",
+                f"{len(items)} users",
+            )
+            c.ok(time.monotonic() - t0 >= 1.0, "throttled sim: Retry-After was waited for")
+
+        await c.run("throttled", throttled)
+    finally:
+        await credential.close()
+        await adapter._http_client.aclose()  # noqa: SLF001 - we created it
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("binary", help="path to the usersync binary")
@@ -549,46 +627,47 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
-    # Turn SIGTERM into an exception so the finally below stops the simulator.
+    # Turn SIGTERM into an exception so the finally below stops the simulators.
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
 
     checks = Checks()
-    sim: Optional[Sim] = None
+    sims: list[Sim] = []
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="usersync-msgraph-sdk-") as tmp:
-        ca_file = os.path.join(tmp, "sim-ca.pem")
+
+        def start(name: str, extra: list[str]) -> tuple[dict, str]:
+            ca_file = os.path.join(tmp, f"{name}-ca.pem")
+            sim = Sim(args.binary, [*extra, "--tls", "--tls-cert-out", ca_file])
+            sims.append(sim)
+            return sim.info(), ca_file
+
         try:
-            sim = Sim(
-                args.binary,
-                [
-                    "--users",
-                    str(args.users),
-                    "--seed",
-                    str(args.seed),
-                    "--page-size-cap",
-                    str(args.page_size_cap),
-                    "--tls",
-                    "--tls-cert-out",
-                    ca_file,
-                ],
+            info, ca_file = start(
+                "main",
+                ["--users", str(args.users), "--seed", str(args.seed), "--page-size-cap", str(args.page_size_cap)],
             )
-            info = sim.info()
             checks.ok(info["graph_url"].startswith("https://"), "sim: serves HTTPS", info["graph_url"])
             asyncio.run(check_all(checks, info, ca_file, args.users, args.page_size_cap))
+
+            info, ca_file = start(
+                "throttled",
+                ["--users", "25", "--page-size-cap", "10", "--throttle-every", "3", "--retry-after", "1"],
+            )
+            asyncio.run(check_throttled(checks, info, ca_file, 25))
         except KeyboardInterrupt as e:
             checks.fail("interrupted", e)
         except Exception as e:  # noqa: BLE001
             checks.fail("setup", f"{type(e).__name__}: {e}")
             traceback.print_exc()
         finally:
-            if sim is not None:
+            for sim in sims:
                 sim.stop()
                 if sim.proc.returncode not in (0, -signal.SIGINT):
                     print(
-                        "simulator stderr:\n" + "\n".join(sim.stderr_lines[-20:]),
+                        f"simulator exited with {sim.proc.returncode}; stderr:\n" + "\n".join(sim.stderr_lines[-20:]),
                         file=sys.stderr,
                     )
     print(f"({time.monotonic() - t0:.1f}s)", file=sys.stderr)
