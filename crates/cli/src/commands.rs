@@ -15,8 +15,8 @@ use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
 use crate::output::{self, print_json};
 use crate::progress::TerminalProgress;
 use crate::{
-    Cli, Command, CustomerCommand, DomainCommand, Office365Args, RunsCommand, SourceAdd,
-    SourceCommand, UsersCommand,
+    Cli, Command, CustomerCommand, DomainCommand, FilterCommand, Office365Args, RunsCommand,
+    SourceAdd, SourceCommand, UsersCommand,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -117,6 +117,62 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 output::source_details(&source);
             }
         }
+        Command::Filter(FilterCommand::Add {
+            source_id,
+            group,
+            rule,
+            create_group,
+            json,
+        }) => {
+            let engine = Engine::new(store.clone(), EngineOptions::default());
+            let mut create = *create_group;
+            let added = loop {
+                match engine
+                    .add_filter_rule(*source_id, group, rule, create)
+                    .await
+                {
+                    Err(usersync_engine::EngineError::Store(
+                        usersync_store::StoreError::NotFound { what: "group", .. },
+                    )) if !create
+                        && confirm(&format!("The group '{group}' does not exist. Create it?")) =>
+                    {
+                        create = true;
+                    }
+                    other => break other?,
+                }
+            };
+            if json.json {
+                print_json(&added)?;
+            } else {
+                println!(
+                    "Added rule {} -> {}: {}",
+                    added.id, added.group, added.expression
+                );
+            }
+        }
+        Command::Filter(FilterCommand::List { source_id, json }) => {
+            store.source(*source_id).await?;
+            let rules = store.filter_rules(*source_id).await?;
+            if json.json {
+                print_json(&rules)?;
+            } else {
+                output::rules_table(&rules);
+            }
+        }
+        Command::Filter(FilterCommand::Remove { source_id, rule_id }) => {
+            store.remove_filter_rule(*source_id, *rule_id).await?;
+            println!("Removed rule {rule_id}.");
+        }
+        Command::Filter(FilterCommand::Move {
+            source_id,
+            rule_id,
+            to,
+        }) => {
+            store
+                .move_filter_rule(*source_id, *rule_id, *to as usize)
+                .await?;
+            output::rules_table(&store.filter_rules(*source_id).await?);
+        }
         Command::Preview { source_id, json } => {
             let engine = Engine::new(store.clone(), EngineOptions::default());
             let progress = TerminalProgress::new(!json.json);
@@ -176,6 +232,7 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 source_id: None,
                 source_object_id: None,
                 status: usersync_core::UserStatus::Active,
+                placed_by: None,
                 address,
             };
             let user = store.add_manual_user(customer.id, &user).await?;
@@ -381,4 +438,17 @@ fn show_config(cli: &Cli, as_json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks a yes/no question on a terminal; without one the answer is no.
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }

@@ -56,6 +56,9 @@ enum Command {
     /// User sources: connections that feed users into a customer.
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Filter rules of a source: ordered conditions that send users to a destination group.
+    #[command(subcommand)]
+    Filter(FilterCommand),
     /// Show what a sync would add, update, remove and skip, changing nothing.
     Preview {
         /// The source's id (`usersync source list`).
@@ -153,6 +156,44 @@ enum SourceCommand {
         source_id: i64,
         #[command(flatten)]
         json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FilterCommand {
+    /// Append a rule: clauses `field operator value` joined by "and", e.g.
+    /// 'jobTitle equals Driver and accountEnabled is_true'. The first matching rule wins.
+    Add {
+        source_id: i64,
+        /// The destination console group of users the rule matches.
+        #[arg(long)]
+        group: String,
+        /// The rule. Fields: memberOf, accountEnabled, assignedLicenses, companyName,
+        /// department, displayName, givenName, jobTitle, mail, mailEnabled, userType,
+        /// surname, proxyAddresses, userPrincipalName, id. Operators: equals, not_equals,
+        /// contains, starts_with, ends_with, matches, is_true, is_false, is_empty,
+        /// is_not_empty, in.
+        rule: String,
+        /// Create the destination group if it does not exist yet.
+        #[arg(long)]
+        create_group: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List a source's rules in order.
+    List {
+        source_id: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Remove a rule.
+    Remove { source_id: i64, rule_id: i64 },
+    /// Move a rule to position N (1 is first).
+    Move {
+        source_id: i64,
+        rule_id: i64,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        to: u32,
     },
 }
 

@@ -124,6 +124,25 @@ fn plain(v: &serde_json::Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), String::from)
 }
 
+pub fn rules_table(rules: &[usersync_core::FilterRule]) {
+    if rules.is_empty() {
+        println!(
+            "No filter rules: every user goes to Main. Add one with `usersync filter add SOURCE_ID --group NAME 'RULE'`."
+        );
+        return;
+    }
+    let mut t = table(&["#", "rule id", "group", "rule"]);
+    for (i, r) in rules.iter().enumerate() {
+        t.add_row(vec![
+            (i + 1).to_string(),
+            r.id.to_string(),
+            r.group.clone(),
+            r.expression.to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
 pub fn users_table(users: &[DirectoryUser]) {
     if users.is_empty() {
         println!("No users.");

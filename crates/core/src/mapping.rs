@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{DomainName, EmailAddress};
+use crate::filter::FilterRule;
 use crate::model::{DirectoryUser, EmailMethod, MailboxType, UserStatus};
 use crate::options::SourceOptions;
 use crate::snapshot::{SourceGroup, SourceUser};
@@ -24,6 +25,8 @@ pub struct MappingContext {
     pub options: SourceOptions,
     /// The console group that users no filter routes go to.
     pub default_group: String,
+    /// The source's filter rules, in order (rule 6).
+    pub rules: Vec<FilterRule>,
 }
 
 impl MappingContext {
@@ -33,6 +36,7 @@ impl MappingContext {
             domains,
             options,
             default_group: MAIN_GROUP.to_string(),
+            rules: Vec::new(),
         }
     }
 }
@@ -182,6 +186,7 @@ pub fn map_user(user: &SourceUser, ctx: &MappingContext) -> Result<DirectoryUser
         source_id: Some(ctx.source_id),
         source_object_id: Some(user.id.clone()),
         status: UserStatus::Active,
+        placed_by: None,
         address,
     })
 }
@@ -217,6 +222,7 @@ pub fn map_group(
         source_id: Some(ctx.source_id),
         source_object_id: Some(group.id.clone()),
         status: UserStatus::Active,
+        placed_by: None,
         address,
     }))
 }

@@ -119,6 +119,9 @@ pub struct DirectoryUser {
     pub source_id: Option<i64>,
     pub source_object_id: Option<String>,
     pub status: UserStatus,
+    /// In a plan: which filter rule (or the default) chose the user's group. Not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<String>,
 }
 
 impl DirectoryUser {

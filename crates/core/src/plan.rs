@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::address::EmailAddress;
+use crate::filter::{GroupNames, first_match};
 use crate::mapping::{MappingContext, SkipReason, map_group, map_user};
 use crate::model::{DirectoryUser, MailboxType, UserStatus};
 use crate::options::GroupType;
@@ -146,6 +147,7 @@ pub fn plan_sync(
 ) -> Plan {
     let mut plan = Plan::default();
     let selected = selected_group_ids(snapshot, ctx);
+    let names = GroupNames::new(&snapshot.groups);
 
     // Rules 1-7: what the source says each object should be.
     let mut desired: Vec<DirectoryUser> = Vec::with_capacity(snapshot.users.len());
@@ -154,7 +156,7 @@ pub fn plan_sync(
             Some(groups) if !user.member_of.iter().any(|g| groups.contains(g.as_str())) => {
                 Err(SkipReason::NotInSelectedGroups)
             }
-            _ => Ok(entry),
+            _ => route(entry, user, ctx, &names),
         });
         match mapped {
             Ok(entry) => desired.push(entry),
@@ -164,9 +166,17 @@ pub fn plan_sync(
             }
         }
     }
+    // Group mailboxes and extra addresses are not people: filters and selections are about
+    // users, so these go to the default group, and say so when rules exist.
+    let unfiltered = |mut entry: DirectoryUser| {
+        if !ctx.rules.is_empty() {
+            entry.placed_by = Some(format!("not filtered (a group address) -> {}", entry.group));
+        }
+        entry
+    };
     for group in &snapshot.groups {
         match map_group(group, ctx) {
-            Some(Ok(entry)) => desired.push(entry),
+            Some(Ok(entry)) => desired.push(unfiltered(entry)),
             Some(Err(reason)) => {
                 plan.skip
                     .push(Skip::new(&group.id, group.display_name.as_deref(), &reason))
@@ -176,7 +186,7 @@ pub fn plan_sync(
     }
     for address in &ctx.options.extra_addresses {
         match extra_address_entry(address, ctx) {
-            Ok(entry) => desired.push(entry),
+            Ok(entry) => desired.push(unfiltered(entry)),
             Err(reason) => plan.skip.push(Skip::new(
                 &extra_object_id(address),
                 Some(address.as_str()),
@@ -320,6 +330,34 @@ pub fn plan_sync(
     plan
 }
 
+/// Rule 6: the first matching filter rule gives the group; no match goes to the default
+/// group, or is skipped when the source imports only matching users.
+fn route(
+    mut entry: DirectoryUser,
+    user: &crate::snapshot::SourceUser,
+    ctx: &MappingContext,
+    names: &GroupNames,
+) -> Result<DirectoryUser, SkipReason> {
+    if ctx.rules.is_empty() {
+        return Ok(entry);
+    }
+    match first_match(&ctx.rules, user, names) {
+        Some(rule) => {
+            entry.group = rule.group.clone();
+            entry.placed_by = Some(format!(
+                "rule {}: {} -> {}",
+                rule.id, rule.expression, rule.group
+            ));
+            Ok(entry)
+        }
+        None if ctx.options.only_matching => Err(SkipReason::NoMatchingFilter),
+        None => {
+            entry.placed_by = Some(format!("no rule matched -> {}", entry.group));
+            Ok(entry)
+        }
+    }
+}
+
 /// The ids of the tenant groups `selected_groups` names (by id or display name, of the
 /// counted group types); `None` when everyone is selected.
 fn selected_group_ids<'a>(
@@ -391,6 +429,7 @@ fn extra_address_entry(
         source_id: Some(ctx.source_id),
         source_object_id: Some(extra_object_id(address)),
         status: UserStatus::Active,
+        placed_by: None,
     })
 }
 
@@ -603,6 +642,7 @@ mod tests {
             source_id: None,
             source_object_id: None,
             status: UserStatus::Active,
+            placed_by: None,
         }
     }
 
@@ -949,6 +989,89 @@ mod tests {
                 .check(&plan, 2)
                 .unwrap()
                 .contains("every one")
+        );
+    }
+
+    fn rules(texts: &[(&str, &str)]) -> Vec<crate::filter::FilterRule> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, (group, text))| crate::filter::FilterRule {
+                id: i as i64 + 1,
+                group: group.to_string(),
+                expression: crate::filter::Expression::parse(text).unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rule6_the_first_matching_filter_places_the_user_and_says_so() {
+        let mut driver = user("d", "dan@contoso.com");
+        driver.job_title = Some("Driver".into());
+        let office = user("o", "olga@contoso.com");
+        let mut c = ctx();
+        c.rules = rules(&[
+            ("Drivers", "jobTitle equals driver"),
+            ("Everyone", "accountEnabled is_true"),
+        ]);
+        let plan = plan_sync(&snapshot(vec![driver.clone(), office.clone()]), &[], &c);
+        let by = |a: &str| {
+            plan.add
+                .iter()
+                .find(|u| u.address.as_str() == a)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by("dan@contoso.com").group, "Drivers");
+        assert_eq!(by("olga@contoso.com").group, "Everyone");
+        assert!(
+            by("dan@contoso.com")
+                .placed_by
+                .unwrap()
+                .starts_with("rule 1: jobTitle equals driver")
+        );
+        let json = serde_json::to_value(&plan.add[0]).unwrap();
+        assert!(json["placed_by"].is_string());
+
+        c.rules = rules(&[("Drivers", "jobTitle equals driver")]);
+        let plan = plan_sync(&snapshot(vec![driver.clone(), office.clone()]), &[], &c);
+        assert_eq!(by_address(&plan, "olga@contoso.com").group, "Main");
+        c.options.only_matching = true;
+        let plan = plan_sync(&snapshot(vec![driver, office]), &[], &c);
+        assert_eq!(plan.add.len(), 1);
+        assert_eq!(plan.skip[0].code, "no_matching_filter");
+    }
+
+    fn by_address(plan: &Plan, a: &str) -> DirectoryUser {
+        plan.add
+            .iter()
+            .find(|u| u.address.as_str() == a)
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn rule6_a_user_moving_between_filters_changes_group_and_nothing_else() {
+        let mut c = ctx();
+        c.rules = rules(&[
+            ("Drivers", "jobTitle equals Driver"),
+            ("Office", "jobTitle equals Clerk"),
+        ]);
+        let mut dan = user("d", "dan@contoso.com");
+        dan.job_title = Some("Driver".into());
+        let dir = stored(plan_sync(&snapshot(vec![dan.clone()]), &[], &c).add);
+        assert_eq!(dir[0].group, "Drivers");
+        dan.job_title = Some("Clerk".into());
+        let plan = plan_sync(&snapshot(vec![dan]), &dir, &c);
+        assert_eq!(plan.update.len(), 1);
+        let changes: Vec<&String> = plan.update[0].changes.keys().collect();
+        assert_eq!(changes, ["group"]);
+        assert_eq!(
+            plan.update[0].changes["group"],
+            Change(
+                FieldValue::Text("Drivers".into()),
+                FieldValue::Text("Office".into())
+            )
         );
     }
 

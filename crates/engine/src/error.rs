@@ -11,6 +11,9 @@ pub enum EngineError {
     /// A source option was refused; the message lists the valid keys or values.
     #[error(transparent)]
     Option(#[from] usersync_core::OptionError),
+    /// A filter rule was refused; the message names the wrong part.
+    #[error(transparent)]
+    Filter(#[from] usersync_core::FilterError),
     /// A setting of a source is missing or wrong; names the setting and the fix.
     #[error("{field}: {problem}")]
     Config { field: String, problem: String },

@@ -11,7 +11,8 @@ mod source;
 
 pub use error::EngineError;
 pub use office365::{
-    NewOffice365Source, Office365Settings, Office365Source, connect_office365, set_source_options,
+    NewOffice365Source, Office365Settings, Office365Source, ReadNeeds, connect_office365,
+    set_source_options,
 };
 pub use run::{Engine, EngineOptions, RunOutcome};
 pub use source::{NoProgress, Progress, Source, SourceError, SourceRead};

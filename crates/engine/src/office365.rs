@@ -120,9 +120,19 @@ fn parse_endpoint(field: &str, text: &str) -> Result<Url, EngineError> {
     Ok(url)
 }
 
+/// What a read must fetch beyond users, groups and domains; each costs requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadNeeds {
+    /// Transitive group memberships (filters on memberOf, selected groups).
+    pub memberships: bool,
+    /// `mailboxSettings.userPurpose` of every mailbox, through `$batch` (rule 4).
+    pub purposes: bool,
+}
+
 /// A Microsoft 365 tenant read over Graph.
 pub struct Office365Source {
     client: GraphClient,
+    needs: ReadNeeds,
 }
 
 impl Office365Source {
@@ -151,7 +161,99 @@ impl Office365Source {
         }
         let client = GraphClient::new(config)
             .map_err(|e| EngineError::config("office365 source", e.to_string()))?;
-        Ok(Office365Source { client })
+        Ok(Office365Source {
+            client,
+            needs: ReadNeeds::default(),
+        })
+    }
+
+    /// Also fetch what `needs` names on each read.
+    pub fn with_needs(mut self, needs: ReadNeeds) -> Self {
+        self.needs = needs;
+        self
+    }
+
+    /// The tenant's groups, e.g. to check the groups a filter rule names.
+    pub async fn groups(&self) -> Result<Vec<SourceGroup>, SourceError> {
+        let groups = self.client.list_groups(GROUP_PROPERTIES, &|_| {}).await?;
+        Ok(groups.into_iter().map(source_group).collect())
+    }
+
+    /// Each group's transitive members, inverted: user id -> group ids.
+    async fn memberships(
+        &self,
+        groups: &[SourceGroup],
+        progress: &dyn Progress,
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, SourceError> {
+        use futures_util::stream::{self, StreamExt};
+        progress.phase("reading group memberships");
+        let client = self.client.clone();
+        // Owned futures: the client bounds requests in flight; this keeps that many queued.
+        let mut pending = stream::iter(groups.iter().map(|g| g.id.clone()).collect::<Vec<_>>())
+            .map(move |id| {
+                let client = client.clone();
+                async move { client.group_members(&id, true).await.map(|m| (id, m)) }
+            })
+            .buffer_unordered(8);
+        let mut lists = Vec::with_capacity(groups.len());
+        while let Some(result) = pending.next().await {
+            lists.push(result?);
+            progress.advance(lists.len());
+        }
+        let mut member_of: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (group, members) in lists {
+            for m in members {
+                member_of.entry(m.id).or_default().push(group.clone());
+            }
+        }
+        Ok(member_of)
+    }
+
+    /// Mailbox purposes through `$batch`; without MailboxSettings.Read, a note instead.
+    async fn purposes(
+        &self,
+        users: &mut [SourceUser],
+        notes: &mut Vec<String>,
+        progress: &dyn Progress,
+    ) -> Result<(), SourceError> {
+        // Accounts without any mail address have no mailbox to ask about.
+        let ids: Vec<String> = users
+            .iter()
+            .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
+            .map(|u| u.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        progress.phase("reading mailbox types");
+        let report = |n: usize| progress.advance(n);
+        match self.client.mailbox_purposes(&ids, &report).await {
+            Ok(outcome) => {
+                for u in users.iter_mut() {
+                    if let Some(purpose) = outcome.results.get(&u.id) {
+                        u.user_purpose = purpose.clone();
+                    }
+                }
+                if !outcome.errors.is_empty() {
+                    notes.push(format!(
+                        "the mailbox type of {} users could not be read (for example: {}); their type was guessed from licence and sign-in state",
+                        outcome.errors.len(),
+                        outcome.errors.values().next().map(|e| e.to_string()).unwrap_or_default()
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) if e.is_forbidden() => {
+                notes.push(
+                    "MailboxSettings.Read was not granted to the app, so mailbox types were guessed: \
+                     a disabled, unlicensed account is taken as shared. Grant MailboxSettings.Read \
+                     (application) and admin consent to read them."
+                        .into(),
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -172,11 +274,23 @@ impl Source for Office365Source {
         // one object is one entry, so keep each id once.
         dedup_by_id(&mut users, |u| &u.id);
         dedup_by_id(&mut groups, |g| &g.id);
+        let mut users: Vec<SourceUser> = users.into_iter().map(source_user).collect();
+        let groups: Vec<SourceGroup> = groups.into_iter().map(source_group).collect();
+        let mut notes = Vec::new();
+        if self.needs.memberships {
+            let mut member_of = self.memberships(&groups, progress).await?;
+            for u in users.iter_mut() {
+                u.member_of = member_of.remove(&u.id).unwrap_or_default();
+            }
+        }
+        if self.needs.purposes {
+            self.purposes(&mut users, &mut notes, progress).await?;
+        }
         let stats = self.client.stats();
         Ok(SourceRead {
             snapshot: SourceSnapshot {
-                users: users.into_iter().map(source_user).collect(),
-                groups: groups.into_iter().map(source_group).collect(),
+                users,
+                groups,
                 domains: domains
                     .into_iter()
                     .map(|d| SourceDomain {
@@ -189,7 +303,7 @@ impl Source for Office365Source {
             },
             requests: stats.requests + stats.token_requests,
             throttled: stats.throttled,
-            notes: Vec::new(),
+            notes,
         })
     }
 }

@@ -5,12 +5,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tracing::Instrument;
+use usersync_core::filter::{Expression, FilterRule};
 use usersync_core::{MappingContext, Plan, Safeguard, SourceKind, UserStatus, plan_sync};
 use usersync_graph::RetryPolicy;
 use usersync_store::{NewRun, RunKind, RunStats, RunStatus, SourceRecord, Store};
 
 use crate::EngineError;
-use crate::office365::{Office365Settings, Office365Source};
+use crate::office365::{Office365Settings, Office365Source, ReadNeeds};
 use crate::source::{Progress, Source};
 
 /// How the engine talks to sources.
@@ -300,27 +301,78 @@ impl Engine {
         }
         match record.kind {
             SourceKind::Office365 => {
-                let settings: Office365Settings = serde_json::from_value(record.settings.clone())
-                    .map_err(|e| {
-                    EngineError::config(
-                        "source settings",
-                        format!("source #{} has unreadable settings: {e}", record.id),
-                    )
-                })?;
-                let secret = self.store.source_secret(record.id).await?.ok_or_else(|| {
-                    EngineError::config("client secret", format!("source #{} has no client secret; add the source again with USERSYNC_M365_CLIENT_SECRET set", record.id))
-                })?;
-                let source = Office365Source::new(
-                    record,
-                    &settings,
-                    secret,
-                    self.options.max_in_flight,
-                    self.options.retry.clone(),
-                )?;
-                let ctx = MappingContext::new(record.id, domains, settings.options.clone());
+                let (source, settings) = self.office365(record).await?;
+                let mut ctx = MappingContext::new(record.id, domains, settings.options.clone());
+                ctx.rules = self.store.filter_rules(record.id).await?;
+                let needs = ReadNeeds {
+                    memberships: !ctx.options.selected_groups.is_empty()
+                        || ctx.rules.iter().any(|r| r.expression.mentions_member_of()),
+                    purposes: true,
+                };
+                let source = source.with_needs(needs);
                 Ok((Box::new(source), ctx))
             }
         }
+    }
+}
+
+impl Engine {
+    /// The Graph reader of a stored office365 source, with its settings.
+    async fn office365(
+        &self,
+        record: &SourceRecord,
+    ) -> Result<(Office365Source, Office365Settings), EngineError> {
+        let settings: Office365Settings =
+            serde_json::from_value(record.settings.clone()).map_err(|e| {
+                EngineError::config(
+                    "source settings",
+                    format!("source #{} has unreadable settings: {e}", record.id),
+                )
+            })?;
+        let secret = self.store.source_secret(record.id).await?.ok_or_else(|| {
+            EngineError::config(
+                "client secret",
+                format!(
+                    "source #{} has no client secret; add the source again with USERSYNC_M365_CLIENT_SECRET set",
+                    record.id
+                ),
+            )
+        })?;
+        let source = Office365Source::new(
+            record,
+            &settings,
+            secret,
+            self.options.max_in_flight,
+            self.options.retry.clone(),
+        )?;
+        Ok((source, settings))
+    }
+
+    /// Adds a filter rule after checking it: the text parses, and every group a `memberOf`
+    /// clause names exists in the tenant (read now). Nothing is saved when a check fails.
+    pub async fn add_filter_rule(
+        &self,
+        source_id: i64,
+        group: &str,
+        text: &str,
+        create_group: bool,
+    ) -> Result<FilterRule, EngineError> {
+        let expression = Expression::parse(text)?;
+        let record = self.store.source(source_id).await?;
+        if expression.mentions_member_of() {
+            let (source, _) = self.office365(&record).await?;
+            let groups = source.groups().await.map_err(|e| {
+                EngineError::config(
+                    "memberOf",
+                    format!("the tenant's groups could not be read to check the rule: {e}"),
+                )
+            })?;
+            expression.check_groups(&groups)?;
+        }
+        Ok(self
+            .store
+            .add_filter_rule(source_id, group, &expression, create_group)
+            .await?)
     }
 }
 

@@ -9,6 +9,7 @@
 mod crypto;
 mod customers;
 mod error;
+mod filters;
 mod migrations;
 mod runs;
 mod sources;

@@ -5,7 +5,22 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 use crate::{Backend, StoreError, now};
 
 /// Each migration once, in order; never edit one that has shipped: add another.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "directory, sources and runs", V1)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "directory, sources and runs", V1),
+    (2, "filter rules", V2),
+];
+
+const V2: &str = r#"
+CREATE TABLE filter_rules (
+    id {id},
+    source_id BIGINT NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+    position BIGINT NOT NULL,
+    group_name TEXT NOT NULL,
+    expression TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX filter_rules_by_source ON filter_rules (source_id, position);
+"#;
 
 const V1: &str = r#"
 CREATE TABLE customers (

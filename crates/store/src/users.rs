@@ -68,6 +68,7 @@ fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, 
         source_id: row.try_get("source_id")?,
         source_object_id: row.try_get("source_object_id")?,
         status: parse_enum(&status, "users.status")?,
+        placed_by: None,
     })
 }
 

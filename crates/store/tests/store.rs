@@ -23,6 +23,7 @@ fn entry(address: &str, object: &str, source: i64) -> DirectoryUser {
         source_id: Some(source),
         source_object_id: Some(object.into()),
         status: UserStatus::Active,
+        placed_by: None,
     }
 }
 

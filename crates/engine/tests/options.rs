@@ -1,0 +1,324 @@
+//! Issue 4's options against the simulator, on SQLite and PostgreSQL: filters and their
+//! destinations, selected groups, the deny list, mailbox types through $batch.
+
+use std::time::Duration;
+
+use usersync_core::{DomainName, MailboxType, SourceOptions};
+use usersync_engine::{
+    Engine, EngineError, EngineOptions, NewOffice365Source, NoProgress, Office365Settings,
+    connect_office365, set_source_options,
+};
+use usersync_graph::RetryPolicy;
+use usersync_sim::{SimConfig, SimGroup, SimUser, Simulator};
+use usersync_store::testing::{discard, open_fresh};
+use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
+
+struct World {
+    sim: Simulator,
+    store: Store,
+    engine: Engine,
+    customer: i64,
+    source: i64,
+    url: String,
+    domain: String,
+}
+
+async fn world(url: String, users: usize) -> World {
+    let sim = Simulator::start(SimConfig {
+        users,
+        seed: 11,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let info = sim.info().clone();
+    let store = open_fresh(&url).await;
+    let customer = store.add_customer("Contoso").await.unwrap().id;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                customer,
+                &DomainName::parse(domain).unwrap(),
+                DomainOrigin::Manual,
+            )
+            .await
+            .unwrap();
+    }
+    let source = connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: customer,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings {
+                client_id: info.client_id.clone(),
+                authority_url: info.authority_url.clone(),
+                graph_url: info.graph_url.clone(),
+                ca_file: None,
+                options: SourceOptions::default(),
+            },
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    let engine = Engine::new(
+        store.clone(),
+        EngineOptions {
+            max_in_flight: 4,
+            retry: RetryPolicy {
+                max_retries: 3,
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                max_retry_after: Duration::from_secs(2),
+            },
+        },
+    );
+    let domain = info.mail_domains[0].clone();
+    World {
+        sim,
+        store,
+        engine,
+        customer,
+        source,
+        url,
+        domain,
+    }
+}
+
+impl World {
+    async fn set(&self, options: &[&str]) {
+        let texts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        set_source_options(&self.store, self.source, &texts)
+            .await
+            .unwrap();
+    }
+
+    fn add(&self, name: &str, local: &str, job: &str) -> String {
+        let mut u = SimUser::member(name, &format!("{local}@{}", self.domain));
+        u.job_title = Some(job.to_string());
+        self.sim.tenant().add_user(u).unwrap()
+    }
+
+    async fn close(self) {
+        self.sim.shutdown().await;
+        self.store.close().await;
+        discard(&self.url).await;
+    }
+}
+
+async fn filters_route_users_to_their_groups_and_a_move_changes_only_the_group(url: String) {
+    let w = world(url, 20).await;
+    let dan = w.add("Dan Driver", "dan.driver", "Driver");
+    let cara = w.add("Cara Clerk", "cara.clerk", "Clerk");
+    let team = w
+        .sim
+        .tenant()
+        .add_group(SimGroup::security("Night Shift").with_members([cara.clone()]))
+        .unwrap();
+
+    // A rule naming a group the tenant does not have is refused, naming the group.
+    let err = w
+        .engine
+        .add_filter_rule(w.source, "Nights", "memberOf equals \"Nite Shift\"", true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Filter(_)), "{err}");
+    assert!(err.to_string().contains("Nite Shift"), "{err}");
+    // A missing destination group needs --create-group.
+    let err = w
+        .engine
+        .add_filter_rule(w.source, "Drivers", "jobTitle equals driver", false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--create-group"), "{err}");
+    assert!(
+        w.store.filter_rules(w.source).await.unwrap().is_empty(),
+        "nothing saved"
+    );
+
+    w.engine
+        .add_filter_rule(w.source, "Drivers", "jobTitle equals driver", true)
+        .await
+        .unwrap();
+    w.engine
+        .add_filter_rule(w.source, "Nights", "memberOf equals 'Night Shift'", true)
+        .await
+        .unwrap();
+    let preview = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    let entry = |id: &str| {
+        preview
+            .plan
+            .add
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(entry(&dan).group, "Drivers");
+    assert_eq!(entry(&cara).group, "Nights");
+    assert!(entry(&cara).placed_by.unwrap().contains("memberOf"));
+    assert!(
+        preview.plan.add.iter().all(|u| u.placed_by.is_some()),
+        "every user shows what placed it"
+    );
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+
+    // Dan becomes a member of the night shift but the first rule still wins; Cara leaves it.
+    w.sim.tenant().add_member(&team, &dan).unwrap();
+    w.sim.tenant().remove_member(&team, &cara).unwrap();
+    let second = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(second.status, RunStatus::Succeeded);
+    assert_eq!(second.plan.update.len(), 1, "{:?}", second.plan.update);
+    let moved = &second.plan.update[0];
+    assert_eq!(moved.changes.keys().collect::<Vec<_>>(), ["group"]);
+    let users = w.store.users(w.customer, false).await.unwrap();
+    assert_eq!(
+        users
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(cara.as_str()))
+            .unwrap()
+            .group,
+        "Main"
+    );
+
+    // A rename in the tenant: the rule names the old name, so nobody matches it any more,
+    // but a rule by id keeps working.
+    w.sim.tenant().rename_group(&team, "Late Shift").unwrap();
+    w.sim.tenant().add_member(&team, &cara).unwrap();
+    let rules = w.store.filter_rules(w.source).await.unwrap();
+    w.store
+        .remove_filter_rule(w.source, rules[1].id)
+        .await
+        .unwrap();
+    w.engine
+        .add_filter_rule(
+            w.source,
+            "Nights",
+            &format!("memberOf equals {team}"),
+            false,
+        )
+        .await
+        .unwrap();
+    let third = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    assert_eq!(third.plan.update.len(), 1);
+    assert_eq!(
+        third.plan.update[0].changes["group"].1,
+        usersync_core::plan::FieldValue::Text("Nights".into())
+    );
+    w.close().await;
+}
+
+async fn selected_groups_filters_and_the_deny_list_combine(url: String) {
+    let w = world(url, 20).await;
+    let a = w.add("Ann Member", "ann.member", "Driver");
+    let b = w.add("Ben Member", "ben.member", "Clerk");
+    let c = w.add("Cal Denied", "cal.denied", "Driver");
+    let _d = w.add("Dee Outsider", "dee.outsider", "Driver");
+    w.sim
+        .tenant()
+        .add_group(SimGroup::security("Sync Me").with_members([a.clone(), b.clone(), c.clone()]))
+        .unwrap();
+    w.set(&[
+        "selected_groups=Sync Me",
+        "only_matching=true",
+        &format!("deny_list=cal.denied@{}", w.domain),
+    ])
+    .await;
+    w.engine
+        .add_filter_rule(w.source, "Drivers", "jobTitle equals Driver", true)
+        .await
+        .unwrap();
+    let preview = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    // Users only: the tenant's group mailboxes are not people and are not filtered.
+    let tenant = w.sim.tenant();
+    let added: Vec<_> = preview
+        .plan
+        .add
+        .iter()
+        .filter_map(|u| u.source_object_id.clone())
+        .filter(|id| tenant.user(id).is_some())
+        .collect();
+    assert_eq!(added, vec![a.clone()], "only Ann passes all three");
+    assert!(
+        preview
+            .plan
+            .add
+            .iter()
+            .any(|u| u.mailbox_type == MailboxType::DistributionList)
+    );
+    let reason = |name: &str| {
+        preview
+            .plan
+            .skip
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.code.clone())
+    };
+    assert_eq!(reason("Ben Member").as_deref(), Some("no_matching_filter"));
+    assert_eq!(reason("Cal Denied").as_deref(), Some("deny_list"));
+    assert_eq!(
+        reason("Dee Outsider").as_deref(),
+        Some("not_in_selected_groups")
+    );
+    w.close().await;
+}
+
+async fn mailbox_types_come_from_user_purpose_and_fall_back_with_a_note(url: String) {
+    let w = world(url, 30).await;
+    let first = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    assert!(first.stats.notes.is_empty(), "{:?}", first.stats.notes);
+    let tenant = w.sim.tenant();
+    for entry in &first.plan.add {
+        let Some(u) = entry
+            .source_object_id
+            .as_deref()
+            .and_then(|id| tenant.user(id))
+        else {
+            continue;
+        };
+        let want = match u.user_purpose.map(|p| p.as_str().to_string()).as_deref() {
+            Some("room") => MailboxType::Room,
+            Some("equipment") => MailboxType::Equipment,
+            Some("shared") => MailboxType::Shared,
+            _ => continue,
+        };
+        assert_eq!(entry.mailbox_type, want, "{}", entry.address);
+    }
+    assert!(
+        first
+            .plan
+            .add
+            .iter()
+            .any(|u| u.mailbox_type == MailboxType::Room)
+    );
+
+    w.sim.set_denied_permissions(&["MailboxSettings.Read"]);
+    let fallback = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    assert_eq!(fallback.status, RunStatus::Succeeded);
+    assert!(
+        fallback
+            .stats
+            .notes
+            .iter()
+            .any(|n| n.contains("MailboxSettings.Read")),
+        "{:?}",
+        fallback.stats.notes
+    );
+    let run = w.store.run(fallback.run_id).await.unwrap();
+    assert!(run.stats.unwrap().notes[0].contains("guessed"));
+    w.close().await;
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_sqlite_url()).await } )+ }
+        mod postgres { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_postgres_url()).await } )+ }
+    };
+}
+
+on_both_backends!(
+    filters_route_users_to_their_groups_and_a_move_changes_only_the_group,
+    selected_groups_filters_and_the_deny_list_combine,
+    mailbox_types_come_from_user_purpose_and_fall_back_with_a_note,
+);
