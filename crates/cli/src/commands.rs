@@ -70,6 +70,15 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 println!("Added the domain {} to '{}'.", domain.name, customer.name);
             }
         }
+        Command::Domain(DomainCommand::Show { domain, json }) => {
+            let name = DomainName::parse(domain).context("the domain")?;
+            let domain = store.domain(&name).await?;
+            if json.json {
+                print_json(&domain)?;
+            } else {
+                output::domains_table(std::slice::from_ref(&domain));
+            }
+        }
         Command::Domain(DomainCommand::List { customer, json }) => {
             let customer = store.customer_by_name(customer).await?;
             let domains = store.list_domains(customer.id).await?;

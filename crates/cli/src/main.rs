@@ -120,6 +120,12 @@ enum DomainCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Show one domain: its customer, how it was added, and its protection switches.
+    Show {
+        domain: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// List a customer's domains.
     List {
         #[arg(long)]

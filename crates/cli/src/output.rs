@@ -50,14 +50,26 @@ pub fn domains_table(domains: &[Domain]) {
         println!("No domains yet. Add one with `usersync domain add DOMAIN --customer NAME`.");
         return;
     }
-    let mut t = table(&["domain", "added", "since"]);
+    let mut t = table(&[
+        "domain",
+        "customer",
+        "added",
+        "reject unlisted",
+        "protect listed only",
+        "since",
+    ]);
     for d in domains {
-        let origin = serde_json::to_value(d.origin)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from));
+        let origin = match (d.origin, d.source_id) {
+            (usersync_store::DomainOrigin::Source, Some(s)) => format!("imported by source #{s}"),
+            (usersync_store::DomainOrigin::Source, None) => "imported".to_string(),
+            _ => "by hand".to_string(),
+        };
         t.add_row(vec![
             d.name.to_string(),
-            origin.unwrap_or_default(),
+            d.customer.clone(),
+            origin,
+            yes_no(d.reject_unlisted).into(),
+            yes_no(d.protect_listed_only).into(),
             d.created_at.clone(),
         ]);
     }

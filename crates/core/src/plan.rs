@@ -82,11 +82,18 @@ pub struct Plan {
     /// Removed entries deleted for good because a live user now takes their address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purge: Vec<DirectoryUser>,
+    /// Tenant domains added to the customer first (option import_domains).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub import_domains: Vec<crate::address::DomainName>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.update.is_empty() && self.remove.is_empty()
+        self.add.is_empty()
+            && self.update.is_empty()
+            && self.remove.is_empty()
+            && self.purge.is_empty()
+            && self.import_domains.is_empty()
     }
 
     pub fn linked(&self) -> usize {

@@ -129,6 +129,9 @@ pub struct ReadNeeds {
     pub purposes: bool,
 }
 
+/// Mailbox-type lookups per round of `$batch` calls (100 batches of 20).
+const PURPOSE_CHUNK: usize = 2000;
+
 /// A Microsoft 365 tenant read over Graph.
 pub struct Office365Source {
     client: GraphClient,
@@ -216,44 +219,63 @@ impl Office365Source {
         notes: &mut Vec<String>,
         progress: &dyn Progress,
     ) -> Result<(), SourceError> {
-        // Accounts without any mail address have no mailbox to ask about.
+        // Only where the answer can change the type: an enabled, licensed account is a user
+        // mailbox, while shared, room and equipment mailboxes are disabled, unlicensed
+        // accounts (as Exchange creates them). Accounts without a mail address have no
+        // mailbox to ask about. This keeps a 100,000-user read to a few hundred $batch calls.
         let ids: Vec<String> = users
             .iter()
             .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
+            .filter(|u| !u.is_enabled() || !u.is_licensed())
             .map(|u| u.id.clone())
             .collect();
         if ids.is_empty() {
             return Ok(());
         }
         progress.phase("reading mailbox types");
-        let report = |n: usize| progress.advance(n);
-        match self.client.mailbox_purposes(&ids, &report).await {
-            Ok(outcome) => {
-                for u in users.iter_mut() {
-                    if let Some(purpose) = outcome.results.get(&u.id) {
-                        u.user_purpose = purpose.clone();
+        let mut purposes = std::collections::HashMap::with_capacity(ids.len());
+        let mut failed = 0usize;
+        let mut example = None;
+        // In chunks, so the batch responses in memory stay bounded whatever the tenant size.
+        for (i, chunk) in ids.chunks(PURPOSE_CHUNK).enumerate() {
+            let base = i * PURPOSE_CHUNK;
+            let report = |n: usize| progress.advance(base + n);
+            match self.client.mailbox_purposes(chunk, &report).await {
+                Ok(outcome) => {
+                    failed += outcome.errors.len();
+                    if example.is_none() {
+                        example = outcome.errors.values().next().map(|e| e.to_string());
                     }
+                    purposes.extend(outcome.results);
                 }
-                if !outcome.errors.is_empty() {
-                    notes.push(format!(
-                        "the mailbox type of {} users could not be read (for example: {}); their type was guessed from licence and sign-in state",
-                        outcome.errors.len(),
-                        outcome.errors.values().next().map(|e| e.to_string()).unwrap_or_default()
-                    ));
+                Err(e) if e.is_forbidden() => {
+                    self.purposes_forbidden(notes);
+                    return Ok(());
                 }
-                Ok(())
+                Err(e) => return Err(e.into()),
             }
-            Err(e) if e.is_forbidden() => {
-                notes.push(
-                    "MailboxSettings.Read was not granted to the app, so mailbox types were guessed: \
-                     a disabled, unlicensed account is taken as shared. Grant MailboxSettings.Read \
-                     (application) and admin consent to read them."
-                        .into(),
-                );
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
         }
+        for u in users.iter_mut() {
+            if let Some(purpose) = purposes.remove(&u.id) {
+                u.user_purpose = purpose;
+            }
+        }
+        if failed > 0 {
+            notes.push(format!(
+                "the mailbox type of {failed} users could not be read (for example: {}); their type was guessed from licence and sign-in state",
+                example.unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
+    fn purposes_forbidden(&self, notes: &mut Vec<String>) {
+        notes.push(
+            "MailboxSettings.Read was not granted to the app, so mailbox types were guessed: \
+             a disabled, unlicensed account is taken as shared. Grant MailboxSettings.Read \
+             (application) and admin consent to read them."
+                .into(),
+        );
     }
 }
 

@@ -171,8 +171,13 @@ impl Engine {
         };
         let read_ms = elapsed_ms(started);
         progress.phase("planning");
+        let mut notes = read.notes.clone();
+        let (import, ctx) = self
+            .domains_to_import(&read.snapshot, ctx, &mut notes)
+            .await?;
         let directory = self.store.directory(customer_id).await?;
-        let plan = plan_sync(&read.snapshot, &directory, ctx);
+        let mut plan = plan_sync(&read.snapshot, &directory, &ctx);
+        plan.import_domains = import;
         let managed = directory
             .iter()
             .filter(|u| u.is_managed_by(ctx.source_id) && u.status == UserStatus::Active)
@@ -185,7 +190,7 @@ impl Engine {
             throttled: read.throttled,
             read_ms,
             plan_ms: elapsed_ms(started) - read_ms,
-            notes: read.notes,
+            notes,
             ..RunStats::default()
         };
         drop(read.snapshot);
@@ -223,7 +228,7 @@ impl Engine {
                 stats.duration_ms = elapsed_ms(started);
                 if let Err(error) = self
                     .store
-                    .apply_plan(run_id, customer_id, &plan, &stats)
+                    .apply_plan(run_id, customer_id, Some(ctx.source_id), &plan, &stats)
                     .await
                 {
                     let message = format!("the plan could not be saved: {error}");
@@ -317,6 +322,50 @@ impl Engine {
 }
 
 impl Engine {
+    /// With import_domains on: the tenant's verified domains that support Email and that the
+    /// customer lacks, and the mapping context that already counts them (rule 1).
+    async fn domains_to_import(
+        &self,
+        snapshot: &usersync_core::SourceSnapshot,
+        ctx: &MappingContext,
+        notes: &mut Vec<String>,
+    ) -> Result<(Vec<usersync_core::DomainName>, MappingContext), EngineError> {
+        let mut ctx = ctx.clone();
+        let mut import = Vec::new();
+        if !ctx.options.import_domains {
+            return Ok((import, ctx));
+        }
+        for d in &snapshot.domains {
+            let email = d
+                .supported_services
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case("email"));
+            let Ok(name) = usersync_core::DomainName::parse(&d.name) else {
+                continue;
+            };
+            if !d.is_verified
+                || !email
+                || d.is_initial
+                || name.is_onmicrosoft()
+                || ctx.domains.contains(&name)
+            {
+                continue;
+            }
+            match self.store.domain(&name).await {
+                Ok(other) => notes.push(format!(
+                    "the tenant's domain {name} belongs to the customer '{}', so it was not imported",
+                    other.customer
+                )),
+                Err(usersync_store::StoreError::NotFound { .. }) => {
+                    ctx.domains.insert(name.clone());
+                    import.push(name);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((import, ctx))
+    }
+
     /// The Graph reader of a stored office365 source, with its settings.
     async fn office365(
         &self,

@@ -310,6 +310,90 @@ async fn mailbox_types_come_from_user_purpose_and_fall_back_with_a_note(url: Str
     w.close().await;
 }
 
+async fn tenant_domains_are_imported_and_protected_after_the_first_sync(url: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 30,
+        seed: 12,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let info = sim.info().clone();
+    let store = open_fresh(&url).await;
+    let customer = store.add_customer("Contoso").await.unwrap().id;
+    // Only the first domain by hand; the others come from the tenant.
+    let first = DomainName::parse(&info.mail_domains[0]).unwrap();
+    store
+        .add_domain(customer, &first, DomainOrigin::Manual)
+        .await
+        .unwrap();
+    let source = connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: customer,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings {
+                client_id: info.client_id.clone(),
+                authority_url: info.authority_url.clone(),
+                graph_url: info.graph_url.clone(),
+                ca_file: None,
+                options: SourceOptions::default(),
+            },
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    let engine = Engine::new(store.clone(), EngineOptions::default());
+    let before = engine.preview(source, &NoProgress).await.unwrap();
+    assert!(before.plan.import_domains.is_empty());
+    assert!(!store.domain(&first).await.unwrap().reject_unlisted);
+
+    set_source_options(&store, source, &["import_domains=true".to_string()])
+        .await
+        .unwrap();
+    let preview = engine.preview(source, &NoProgress).await.unwrap();
+    let imported: Vec<String> = preview
+        .plan
+        .import_domains
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        imported,
+        info.mail_domains[1..].to_vec(),
+        "verified Email domains only, never onmicrosoft"
+    );
+    assert!(preview.plan.add.len() > before.plan.add.len());
+    assert_eq!(
+        store.list_domains(customer).await.unwrap().len(),
+        1,
+        "a preview imports nothing"
+    );
+
+    engine.sync(source, &NoProgress).await.unwrap();
+    let domains = store.list_domains(customer).await.unwrap();
+    assert_eq!(domains.len(), info.mail_domains.len());
+    for d in &domains {
+        assert!(
+            d.reject_unlisted && d.protect_listed_only,
+            "{} is not protected",
+            d.name
+        );
+    }
+    let imported = domains
+        .iter()
+        .find(|d| d.name.as_str() == info.mail_domains[1])
+        .unwrap();
+    assert_eq!(imported.origin, usersync_store::DomainOrigin::Source);
+    assert_eq!(imported.source_id, Some(source));
+    assert!(domains.iter().all(|d| !d.name.is_onmicrosoft()));
+    sim.shutdown().await;
+    store.close().await;
+    discard(&url).await;
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),+ $(,)?) => {
         mod sqlite { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_sqlite_url()).await } )+ }
@@ -321,4 +405,5 @@ on_both_backends!(
     filters_route_users_to_their_groups_and_a_move_changes_only_the_group,
     selected_groups_filters_and_the_deny_list_combine,
     mailbox_types_come_from_user_purpose_and_fall_back_with_a_note,
+    tenant_domains_are_imported_and_protected_after_the_first_sync,
 );

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use usersync_core::DomainName;
 use usersync_core::mapping::MAIN_GROUP;
 
-use crate::{Store, StoreError, now};
+use crate::{Store, StoreError, now, query_dyn};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Customer {
@@ -38,9 +38,42 @@ impl DomainOrigin {
 pub struct Domain {
     pub id: i64,
     pub customer_id: i64,
+    pub customer: String,
     pub name: DomainName,
+    /// How the domain came to the customer: added by hand or imported from a source.
     pub origin: DomainOrigin,
+    /// The source that imported the domain or first synced addresses in it.
+    pub source_id: Option<i64>,
+    /// Reject mail to addresses not listed (switched on by the first successful sync).
+    pub reject_unlisted: bool,
+    /// Protect listed mailboxes only (switched on by the first successful sync).
+    pub protect_listed_only: bool,
     pub created_at: String,
+}
+
+const DOMAIN_COLUMNS: &str = "d.id, d.customer_id, c.name AS customer, d.name, d.origin, d.source_id, \
+     d.reject_unlisted, d.protect_listed_only, d.created_at";
+
+fn domain_from(row: &AnyRow) -> Result<Domain, StoreError> {
+    let name: String = row.try_get("name")?;
+    let origin: String = row.try_get("origin")?;
+    let reject: i64 = row.try_get("reject_unlisted")?;
+    let protect: i64 = row.try_get("protect_listed_only")?;
+    Ok(Domain {
+        id: row.try_get("id")?,
+        customer_id: row.try_get("customer_id")?,
+        customer: row.try_get("customer")?,
+        name: DomainName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        origin: if origin == "source" {
+            DomainOrigin::Source
+        } else {
+            DomainOrigin::Manual
+        },
+        source_id: row.try_get("source_id")?,
+        reject_unlisted: reject != 0,
+        protect_listed_only: protect != 0,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,6 +167,17 @@ impl Store {
         name: &DomainName,
         origin: DomainOrigin,
     ) -> Result<Domain, StoreError> {
+        self.add_domain_from(customer_id, name, origin, None).await
+    }
+
+    /// Adds a domain, noting the source that imported it.
+    pub async fn add_domain_from(
+        &self,
+        customer_id: i64,
+        name: &DomainName,
+        origin: DomainOrigin,
+        source_id: Option<i64>,
+    ) -> Result<Domain, StoreError> {
         if let Some(row) =
             sqlx::query("SELECT c.name FROM domains d JOIN customers c ON c.id = d.customer_id WHERE d.name = $1")
                 .bind(name.as_str())
@@ -145,50 +189,45 @@ impl Store {
                 "the domain {name} already belongs to the customer '{owner}'"
             )));
         }
-        let created_at = now();
-        let row = sqlx::query(
-            "INSERT INTO domains (customer_id, name, origin, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        if name.is_onmicrosoft() {
+            return Err(StoreError::Invalid(format!(
+                "{name} is a Microsoft initial domain; addresses in *.onmicrosoft.com are never synced, so it is not added"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO domains (customer_id, name, origin, source_id, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(customer_id)
         .bind(name.as_str())
         .bind(origin.as_str())
-        .bind(&created_at)
-        .fetch_one(&self.pool)
+        .bind(source_id)
+        .bind(now())
+        .execute(&self.pool)
         .await?;
-        Ok(Domain {
-            id: row.try_get("id")?,
-            customer_id,
-            name: name.clone(),
-            origin,
-            created_at,
-        })
+        self.domain(name).await
+    }
+
+    /// One domain, by name.
+    pub async fn domain(&self, name: &DomainName) -> Result<Domain, StoreError> {
+        let row = query_dyn(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM domains d JOIN customers c ON c.id = d.customer_id WHERE d.name = $1"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("domain", name, "`usersync domain list --customer NAME` shows a customer's domains"))?;
+        domain_from(&row)
     }
 
     pub async fn list_domains(&self, customer_id: i64) -> Result<Vec<Domain>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, customer_id, name, origin, created_at FROM domains WHERE customer_id = $1 ORDER BY name",
-        )
+        let rows = query_dyn(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM domains d JOIN customers c ON c.id = d.customer_id \
+             WHERE d.customer_id = $1 ORDER BY d.name"
+        ))
         .bind(customer_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let name: String = row.try_get("name")?;
-                let origin: String = row.try_get("origin")?;
-                Ok(Domain {
-                    id: row.try_get("id")?,
-                    customer_id: row.try_get("customer_id")?,
-                    name: DomainName::parse(&name)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    origin: if origin == "source" {
-                        DomainOrigin::Source
-                    } else {
-                        DomainOrigin::Manual
-                    },
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(domain_from).collect()
     }
 
     pub async fn list_groups(&self, customer_id: i64) -> Result<Vec<Group>, StoreError> {

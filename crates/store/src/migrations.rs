@@ -8,7 +8,28 @@ use crate::{Backend, StoreError, now};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "directory, sources and runs", V1),
     (2, "filter rules", V2),
+    (
+        3,
+        "domain protection, managers, new-mailbox settings, console group members",
+        V3,
+    ),
 ];
+
+const V3: &str = r#"
+ALTER TABLE domains ADD COLUMN reject_unlisted BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE domains ADD COLUMN protect_listed_only BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE domains ADD COLUMN source_id BIGINT;
+ALTER TABLE domains ADD COLUMN protection_applied BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN manager TEXT;
+ALTER TABLE users ADD COLUMN services TEXT;
+ALTER TABLE console_groups ADD COLUMN source_id BIGINT;
+CREATE TABLE group_members (
+    group_id BIGINT NOT NULL REFERENCES console_groups(id) ON DELETE CASCADE,
+    user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (group_id, user_id)
+);
+CREATE INDEX group_members_by_user ON group_members (user_id);
+"#;
 
 const V2: &str = r#"
 CREATE TABLE filter_rules (

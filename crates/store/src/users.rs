@@ -186,11 +186,31 @@ impl Store {
         &self,
         run_id: i64,
         customer_id: i64,
+        source_id: Option<i64>,
         plan: &Plan,
         stats: &RunStats,
     ) -> Result<ApplyCounts, StoreError> {
         let mut tx = self.pool.begin().await?;
         let stamp = now();
+
+        for domain in &plan.import_domains {
+            sqlx::query(
+                "INSERT INTO domains (customer_id, name, origin, source_id, created_at) VALUES ($1, $2, 'source', $3, $4)",
+            )
+            .bind(customer_id)
+            .bind(domain.as_str())
+            .bind(source_id)
+            .bind(&stamp)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if StoreError::is_unique_violation(&e) {
+                    StoreError::Conflict(format!("the domain {domain} was added elsewhere while the sync ran; run it again"))
+                } else {
+                    e.into()
+                }
+            })?;
+        }
 
         // Group names the plan uses, created when missing (filters name their destination).
         let mut groups: HashMap<String, i64> = HashMap::new();
@@ -335,6 +355,22 @@ impl Store {
                 query = query.bind(id);
             }
             query.execute(&mut *tx).await?;
+        }
+
+        // After the first successful sync, the domains the source covers reject mail to
+        // unlisted addresses and protect listed mailboxes only (as Mail Assure does); once.
+        if let Some(source_id) = source_id {
+            sqlx::query(
+                "UPDATE domains SET reject_unlisted = 1, protect_listed_only = 1, protection_applied = 1, \
+                 source_id = COALESCE(source_id, $2) \
+                 WHERE customer_id = $1 AND protection_applied = 0 AND EXISTS (SELECT 1 FROM users u \
+                 WHERE u.customer_id = domains.customer_id AND u.source_id = $2 AND u.status = 'active' \
+                 AND u.address LIKE '%@' || domains.name)",
+            )
+            .bind(customer_id)
+            .bind(source_id)
+            .execute(&mut *tx)
+            .await?;
         }
 
         finish(

@@ -129,7 +129,7 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
         ..RunStats::default()
     };
     let counts = store
-        .apply_plan(run, customer, &plan, &stats)
+        .apply_plan(run, customer, Some(source), &plan, &stats)
         .await
         .unwrap();
     assert_eq!(counts.added, 2);
@@ -171,7 +171,7 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
         ..Plan::default()
     };
     store
-        .apply_plan(run2, customer, &plan2, &RunStats::default())
+        .apply_plan(run2, customer, Some(source), &plan2, &RunStats::default())
         .await
         .unwrap();
     let active = store.users(customer, false).await.unwrap();
@@ -204,7 +204,7 @@ async fn a_plan_that_fails_part_way_applies_nothing(url: String) {
         ..Plan::default()
     };
     let err = store
-        .apply_plan(run, customer, &plan, &RunStats::default())
+        .apply_plan(run, customer, Some(source), &plan, &RunStats::default())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
