@@ -241,6 +241,8 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 source_id: None,
                 source_object_id: None,
                 status: usersync_core::UserStatus::Active,
+                manager: None,
+                services: None,
                 placed_by: None,
                 address,
             };

@@ -186,6 +186,8 @@ pub fn map_user(user: &SourceUser, ctx: &MappingContext) -> Result<DirectoryUser
         source_id: Some(ctx.source_id),
         source_object_id: Some(user.id.clone()),
         status: UserStatus::Active,
+        manager: None,
+        services: None,
         placed_by: None,
         address,
     })
@@ -222,6 +224,8 @@ pub fn map_group(
         source_id: Some(ctx.source_id),
         source_object_id: Some(group.id.clone()),
         status: UserStatus::Active,
+        manager: None,
+        services: None,
         placed_by: None,
         address,
     }))

@@ -119,6 +119,13 @@ pub struct DirectoryUser {
     pub source_id: Option<i64>,
     pub source_object_id: Option<String>,
     pub status: UserStatus,
+    /// The manager's address, when the source imports managers and the manager is synced.
+    #[serde(default)]
+    pub manager: Option<EmailAddress>,
+    /// Services and locale settings, given when a sync creates the mailbox and never
+    /// changed by a sync after that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<crate::options::MailboxDefaults>,
     /// In a plan: which filter rule (or the default) chose the user's group. Not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_by: Option<String>,

@@ -245,6 +245,7 @@ pub fn plan_sync(
         }
     });
     drop_conflicting_aliases(&mut desired, directory, ctx, &mut plan);
+    settle_managers_and_services(&mut desired, snapshot, ctx);
 
     let desired_objects: HashSet<&str> = desired
         .iter()
@@ -436,8 +437,45 @@ fn extra_address_entry(
         source_id: Some(ctx.source_id),
         source_object_id: Some(extra_object_id(address)),
         status: UserStatus::Active,
+        manager: None,
+        services: None,
         placed_by: None,
     })
+}
+
+/// Managers by address (import_managers; a manager who is not synced has no address here)
+/// and the services new mailboxes get (rule 7's new-mailbox defaults).
+fn settle_managers_and_services(
+    desired: &mut [DirectoryUser],
+    snapshot: &SourceSnapshot,
+    ctx: &MappingContext,
+) {
+    let address_of: HashMap<&str, EmailAddress> = if ctx.options.import_managers {
+        desired
+            .iter()
+            .filter_map(|e| Some((e.source_object_id.as_deref()?, e.address.clone())))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let manager_of: HashMap<&str, &str> = snapshot
+        .users
+        .iter()
+        .filter_map(|u| Some((u.id.as_str(), u.manager_id.as_deref()?)))
+        .collect();
+    let mut resolved: Vec<Option<EmailAddress>> = Vec::with_capacity(desired.len());
+    for e in desired.iter() {
+        resolved.push(
+            e.source_object_id
+                .as_deref()
+                .and_then(|id| manager_of.get(id))
+                .and_then(|m| address_of.get(m).cloned()),
+        );
+    }
+    for (e, manager) in desired.iter_mut().zip(resolved) {
+        e.manager = manager;
+        e.services = Some(ctx.options.defaults.clone());
+    }
 }
 
 /// An alias that is another entry's address would give one address two mailboxes: it is
@@ -569,6 +607,11 @@ fn diff(current: &DirectoryUser, desired: &DirectoryUser) -> BTreeMap<String, Ch
     field("aliases", list(&current.aliases), list(&desired.aliases));
     field("group", text(&current.group), text(&desired.group));
     field(
+        "manager",
+        current.manager.as_ref().map(|m| m.to_string()).into(),
+        desired.manager.as_ref().map(|m| m.to_string()).into(),
+    );
+    field(
         "status",
         text(current.status.as_str()),
         text(desired.status.as_str()),
@@ -649,6 +692,8 @@ mod tests {
             source_id: None,
             source_object_id: None,
             status: UserStatus::Active,
+            manager: None,
+            services: None,
             placed_by: None,
         }
     }
@@ -1080,6 +1125,44 @@ mod tests {
                 FieldValue::Text("Office".into())
             )
         );
+    }
+
+    #[test]
+    fn rule7_managers_are_imported_by_address_and_defaults_go_to_new_mailboxes_only() {
+        let boss = user("b", "boss@contoso.com");
+        let mut anne = user("a", "anne@contoso.com");
+        anne.manager_id = Some("b".into());
+        let mut outsider = user("x", "x@contoso.com");
+        outsider.manager_id = Some("not-synced".into());
+        let snap = snapshot(vec![boss, anne, outsider]);
+        let plan = plan_sync(&snap, &[], &ctx());
+        assert!(
+            plan.add.iter().all(|u| u.manager.is_none()),
+            "off by default"
+        );
+
+        let c = with(&[
+            "import_managers=true",
+            "defaults.archiving=true",
+            "defaults.timezone=Europe/Paris",
+        ]);
+        let plan = plan_sync(&snap, &[], &c);
+        assert_eq!(
+            by_address(&plan, "anne@contoso.com")
+                .manager
+                .unwrap()
+                .as_str(),
+            "boss@contoso.com"
+        );
+        assert_eq!(by_address(&plan, "x@contoso.com").manager, None);
+        let services = by_address(&plan, "anne@contoso.com").services.unwrap();
+        assert!(services.archiving && services.incoming);
+        assert_eq!(services.timezone.as_deref(), Some("Europe/Paris"));
+
+        // Changing the defaults later changes nothing on existing mailboxes.
+        let dir = stored(plan.add);
+        let later = with(&["import_managers=true", "defaults.archiving=false"]);
+        assert!(plan_sync(&snap, &dir, &later).is_empty());
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct ReadNeeds {
     pub memberships: bool,
     /// `mailboxSettings.userPurpose` of every mailbox, through `$batch` (rule 4).
     pub purposes: bool,
+    /// Each user's manager, inline with the user pages (`$expand=manager`).
+    pub managers: bool,
 }
 
 /// Mailbox-type lookups per round of `$batch` calls (100 batches of 20).
@@ -287,8 +289,18 @@ impl Source for Office365Source {
         progress.phase("reading users and groups");
         let report = |n: usize| progress.advance(n);
         // Users and groups page independently; reading both at once halves the wait.
+        let users_path = if self.needs.managers {
+            // The manager comes inline with each user: no request per user.
+            format!(
+                "/users?$select={}&$expand=manager($select=id)&$top=999",
+                USER_PROPERTIES.join(",")
+            )
+        } else {
+            format!("/users?$select={}&$top=999", USER_PROPERTIES.join(","))
+        };
         let (users, groups) = tokio::join!(
-            self.client.list_users(USER_PROPERTIES, &report),
+            self.client
+                .get_all::<usersync_graph::User>(&users_path, &report),
             self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
         );
         let (mut users, mut groups) = (users?, groups?);
@@ -356,7 +368,7 @@ fn source_user(u: usersync_graph::User) -> SourceUser {
         department: u.department,
         mail_enabled: u.mail_enabled,
         user_purpose: None,
-        manager_id: None,
+        manager_id: u.manager.map(|m| m.id).filter(|id| !id.is_empty()),
         member_of: Vec::new(),
     }
 }

@@ -313,6 +313,7 @@ impl Engine {
                     memberships: !ctx.options.selected_groups.is_empty()
                         || ctx.rules.iter().any(|r| r.expression.mentions_member_of()),
                     purposes: true,
+                    managers: ctx.options.import_managers,
                 };
                 let source = source.with_needs(needs);
                 Ok((Box::new(source), ctx))

@@ -407,3 +407,61 @@ on_both_backends!(
     mailbox_types_come_from_user_purpose_and_fall_back_with_a_note,
     tenant_domains_are_imported_and_protected_after_the_first_sync,
 );
+
+mod managers_and_defaults {
+    use super::*;
+
+    async fn managers_and_new_mailbox_settings(url: String) {
+        let w = world(url, 10).await;
+        let boss = w.add("Bea Boss", "bea.boss", "Director");
+        let mut anne = SimUser::member("Ann Report", &format!("ann.report@{}", w.domain));
+        anne.manager_id = Some(boss.clone());
+        let anne = w.sim.tenant().add_user(anne).unwrap();
+        w.set(&[
+            "import_managers=true",
+            "defaults.archiving=true",
+            "defaults.timezone=Europe/Paris",
+        ])
+        .await;
+        let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+        let users = w.store.users(w.customer, false).await.unwrap();
+        let ann = users
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(anne.as_str()))
+            .unwrap();
+        assert_eq!(
+            ann.manager.as_ref().unwrap().as_str(),
+            format!("bea.boss@{}", w.domain)
+        );
+        let services = ann.services.clone().unwrap();
+        assert!(services.archiving);
+        assert_eq!(services.timezone.as_deref(), Some("Europe/Paris"));
+
+        // New defaults apply to new mailboxes only; existing ones keep theirs.
+        w.set(&["defaults.archiving=false"]).await;
+        w.add("Nia New", "nia.new", "Clerk");
+        let second = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert_eq!(second.plan.add.len(), 1);
+        assert!(second.plan.update.is_empty(), "{:?}", second.plan.update);
+        let users = w.store.users(w.customer, false).await.unwrap();
+        let nia = users.iter().find(|u| u.display_name == "Nia New").unwrap();
+        assert!(!nia.services.clone().unwrap().archiving);
+        let ann = users
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(anne.as_str()))
+            .unwrap();
+        assert!(ann.services.clone().unwrap().archiving);
+        w.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_managers_and_new_mailbox_settings() {
+        managers_and_new_mailbox_settings(usersync_store::testing::fresh_sqlite_url()).await
+    }
+
+    #[tokio::test]
+    async fn postgres_managers_and_new_mailbox_settings() {
+        managers_and_new_mailbox_settings(usersync_store::testing::fresh_postgres_url()).await
+    }
+}

@@ -66,6 +66,8 @@ pub struct User {
     pub job_title: Option<String>,
     pub department: Option<String>,
     pub mail_enabled: Option<bool>,
+    /// The manager, when read with `$expand=manager($select=id)`.
+    pub manager: Option<DirectoryObject>,
 }
 
 /// A license assigned to a user.

@@ -55,6 +55,8 @@ fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, 
     let mailbox_type: String = row.try_get("mailbox_type")?;
     let status: String = row.try_get("status")?;
     let billable: i64 = row.try_get("billable")?;
+    let manager: Option<String> = row.try_get("manager")?;
+    let services: Option<String> = row.try_get("services")?;
     Ok(DirectoryUser {
         id: Some(row.try_get("id")?),
         address: EmailAddress::parse(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -68,6 +70,11 @@ fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, 
         source_id: row.try_get("source_id")?,
         source_object_id: row.try_get("source_object_id")?,
         status: parse_enum(&status, "users.status")?,
+        manager: manager
+            .map(|m| EmailAddress::parse(&m))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        services: services.and_then(|s| serde_json::from_str(&s).ok()),
         placed_by: None,
     })
 }
@@ -105,7 +112,8 @@ impl Store {
         }
         let rows = query_dyn(&format!(
             "SELECT u.id, u.address, u.display_name, u.given_name, u.surname, u.mailbox_type, \
-             u.billable, g.name AS group_name, u.source_id, u.source_object_id, u.status \
+             u.billable, g.name AS group_name, u.source_id, u.source_object_id, u.status, \
+             u.manager, u.services \
              FROM users u JOIN console_groups g ON g.id = u.group_id \
              WHERE u.customer_id = $1{status_filter} ORDER BY u.address"
         ))
@@ -247,8 +255,8 @@ impl Store {
             let sql = format!(
                 "INSERT INTO users (customer_id, address, display_name, given_name, surname, \
                  mailbox_type, billable, group_id, source_id, source_object_id, status, \
-                 created_at, updated_at) VALUES {} RETURNING id, address",
-                values_clause(self.backend, chunk.len(), 13)
+                 created_at, updated_at, manager, services) VALUES {} RETURNING id, address",
+                values_clause(self.backend, chunk.len(), 15)
             );
             let mut query = query_dyn(&sql);
             for u in chunk {
@@ -265,7 +273,13 @@ impl Store {
                     .bind(u.source_object_id.as_deref())
                     .bind(UserStatus::Active.as_str())
                     .bind(&stamp)
-                    .bind(&stamp);
+                    .bind(&stamp)
+                    .bind(u.manager.as_ref().map(|m| m.to_string()))
+                    .bind(
+                        u.services
+                            .as_ref()
+                            .and_then(|v| serde_json::to_string(v).ok()),
+                    );
             }
             let rows = query.fetch_all(&mut *tx).await.map_err(|e| {
                 if StoreError::is_unique_violation(&e) {
@@ -303,7 +317,8 @@ impl Store {
             sqlx::query(
                 "UPDATE users SET address = $1, display_name = $2, given_name = $3, surname = $4, \
                  mailbox_type = $5, billable = $6, group_id = $7, source_id = $8, \
-                 source_object_id = $9, status = $10, removed_at = $11, updated_at = $12 WHERE id = $13",
+                 source_object_id = $9, status = $10, removed_at = $11, updated_at = $12, \
+                 manager = $14 WHERE id = $13",
             )
             .bind(after.address.as_str())
             .bind(&after.display_name)
@@ -318,6 +333,7 @@ impl Store {
             .bind(removed_at)
             .bind(&stamp)
             .bind(update.id)
+            .bind(after.manager.as_ref().map(|m| m.to_string()))
             .execute(&mut *tx)
             .await?;
             if update.changes.contains_key("aliases") {

@@ -23,6 +23,8 @@ fn entry(address: &str, object: &str, source: i64) -> DirectoryUser {
         source_id: Some(source),
         source_object_id: Some(object.into()),
         status: UserStatus::Active,
+        manager: None,
+        services: None,
         placed_by: None,
     }
 }
