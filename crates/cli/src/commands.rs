@@ -15,8 +15,8 @@ use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
 use crate::output::{self, print_json};
 use crate::progress::TerminalProgress;
 use crate::{
-    Cli, Command, CustomerCommand, DomainCommand, FilterCommand, Office365Args, RunsCommand,
-    SourceAdd, SourceCommand, UsersCommand,
+    Cli, Command, CustomerCommand, DomainCommand, FilterCommand, GroupsCommand, Office365Args,
+    RunsCommand, SourceAdd, SourceCommand, UsersCommand,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -265,6 +265,20 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             } else {
                 output::users_table(&users);
             }
+        }
+        Command::Groups(GroupsCommand::List { customer, json }) => {
+            let customer = store.customer_by_name(customer).await?;
+            let groups = store.list_groups(customer.id).await?;
+            if json.json {
+                print_json(&groups)?;
+            } else {
+                output::groups_table(&groups);
+            }
+        }
+        Command::Groups(GroupsCommand::Add { name, customer }) => {
+            let customer = store.customer_by_name(customer).await?;
+            store.add_group(customer.id, name).await?;
+            println!("Added the group '{name}' to '{}'.", customer.name);
         }
         Command::Runs(RunsCommand::List {
             source,

@@ -79,6 +79,9 @@ enum Command {
     /// The console directory's users.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Console groups of a customer, with their members.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
     /// Sync runs: every preview and sync, with its plan and outcome.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -271,6 +274,23 @@ enum UsersCommand {
         include_removed: bool,
         #[command(flatten)]
         json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupsCommand {
+    /// List a customer's console groups with their members.
+    List {
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Add a console group (e.g. a target for group_map).
+    Add {
+        name: String,
+        #[arg(long)]
+        customer: String,
     },
 }
 

@@ -136,6 +136,25 @@ fn plain(v: &serde_json::Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), String::from)
 }
 
+pub fn groups_table(groups: &[usersync_store::Group]) {
+    let mut t = table(&["group", "from", "members", "first members"]);
+    for g in groups {
+        let from = match (&g.tenant_group_id, g.source_id) {
+            (Some(_), Some(s)) => format!("tenant group (source #{s})"),
+            _ => "console".to_string(),
+        };
+        let first: Vec<&str> = g.members.iter().take(3).map(String::as_str).collect();
+        let more = if g.members.len() > 3 { ", ..." } else { "" };
+        t.add_row(vec![
+            g.name.clone(),
+            from,
+            g.members.len().to_string(),
+            format!("{}{more}", first.join(", ")),
+        ]);
+    }
+    println!("{t}");
+}
+
 pub fn rules_table(rules: &[usersync_core::FilterRule]) {
     if rules.is_empty() {
         println!(

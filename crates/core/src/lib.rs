@@ -20,5 +20,5 @@ pub use filter::{
 pub use mapping::{MappingContext, SkipReason};
 pub use model::{DirectoryUser, EmailMethod, MailboxType, SourceKind, UnknownValue, UserStatus};
 pub use options::{MailboxDefaults, OptionError, SourceOptions};
-pub use plan::{Change, Plan, PlannedUpdate, Safeguard, Skip, plan_sync};
+pub use plan::{Change, Plan, PlannedGroup, PlannedUpdate, Safeguard, Skip, plan_sync};
 pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser};

@@ -85,6 +85,23 @@ pub struct Plan {
     /// Tenant domains added to the customer first (option import_domains).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub import_domains: Vec<crate::address::DomainName>,
+    /// Console groups made from tenant groups, with their members as they will be
+    /// (options include_groups and group_map). `None` when the source manages no groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<PlannedGroup>>,
+}
+
+/// A console group kept in step with a tenant group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedGroup {
+    /// The console group's name: the tenant group's, or where group_map sends it.
+    pub name: String,
+    pub tenant_group_id: String,
+    pub tenant_group_name: String,
+    /// True when group_map maps it onto an existing console group.
+    pub mapped: bool,
+    /// Synced members (transitively), by address, sorted.
+    pub members: Vec<EmailAddress>,
 }
 
 impl Plan {
@@ -330,6 +347,8 @@ pub fn plan_sync(
         }
     }
 
+    plan.groups = plan_groups(snapshot, &desired, ctx);
+
     plan.add.sort_by(|a, b| a.address.cmp(&b.address));
     plan.update.sort_by(|a, b| a.address.cmp(&b.address));
     plan.remove.sort_by(|a, b| a.address.cmp(&b.address));
@@ -441,6 +460,62 @@ fn extra_address_entry(
         services: None,
         placed_by: None,
     })
+}
+
+/// Console groups from tenant groups (include_groups: every group of the counted types;
+/// group_map: the mapped ones, onto existing console groups), with their synced members.
+fn plan_groups(
+    snapshot: &SourceSnapshot,
+    desired: &[DirectoryUser],
+    ctx: &MappingContext,
+) -> Option<Vec<PlannedGroup>> {
+    let options = &ctx.options;
+    if !options.include_groups && options.group_map.is_empty() {
+        return None;
+    }
+    let address_of: HashMap<&str, &EmailAddress> = desired
+        .iter()
+        .filter_map(|e| Some((e.source_object_id.as_deref()?, &e.address)))
+        .collect();
+    let mut members_of: HashMap<&str, Vec<EmailAddress>> = HashMap::new();
+    for u in &snapshot.users {
+        if let Some(address) = address_of.get(u.id.as_str()) {
+            for g in &u.member_of {
+                members_of
+                    .entry(g.as_str())
+                    .or_default()
+                    .push((*address).clone());
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    for g in &snapshot.groups {
+        if !options.group_types.contains(&group_kind(g)) {
+            continue;
+        }
+        let tenant_name = g.display_name.clone().unwrap_or_else(|| g.id.clone());
+        let mapped = options.group_map.iter().find(|(tenant, _)| {
+            tenant.eq_ignore_ascii_case(&g.id)
+                || tenant.to_lowercase() == tenant_name.to_lowercase()
+        });
+        let name = match (mapped, options.include_groups) {
+            (Some((_, console)), _) => console.clone(),
+            (None, true) => tenant_name.clone(),
+            (None, false) => continue,
+        };
+        let mut members = members_of.remove(g.id.as_str()).unwrap_or_default();
+        members.sort();
+        members.dedup();
+        groups.push(PlannedGroup {
+            name,
+            tenant_group_id: g.id.clone(),
+            tenant_group_name: tenant_name,
+            mapped: mapped.is_some(),
+            members,
+        });
+    }
+    groups.sort_by(|a, b| (&a.name, &a.tenant_group_id).cmp(&(&b.name, &b.tenant_group_id)));
+    Some(groups)
 }
 
 /// Managers by address (import_managers; a manager who is not synced has no address here)

@@ -97,7 +97,25 @@ pub async fn set_source_options(
     let record = store.source(source_id).await?;
     let mut settings: Office365Settings = serde_json::from_value(record.settings.clone())
         .map_err(|e| EngineError::config("source settings", e.to_string()))?;
-    settings.options = settings.options.apply(assignments)?;
+    let options = settings.options.apply(assignments)?;
+    // group_map maps onto existing console groups: a name that is not one is refused.
+    let groups = store.list_groups(record.customer_id).await?;
+    for (_, console) in &options.group_map {
+        if !groups.iter().any(|g| g.name == *console) {
+            let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+            return Err(EngineError::config(
+                "group_map",
+                format!(
+                    "the console group '{console}' does not exist in '{}'; existing groups: {}. \
+                     Create it with `usersync groups add '{console}' --customer '{}'`",
+                    record.customer,
+                    names.join(", "),
+                    record.customer
+                ),
+            ));
+        }
+    }
+    settings.options = options;
     let value = serde_json::to_value(&settings)
         .map_err(|e| EngineError::config("source settings", e.to_string()))?;
     store.set_source_settings(source_id, &value).await?;

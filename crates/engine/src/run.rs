@@ -311,6 +311,8 @@ impl Engine {
                 ctx.rules = self.store.filter_rules(record.id).await?;
                 let needs = ReadNeeds {
                     memberships: !ctx.options.selected_groups.is_empty()
+                        || ctx.options.include_groups
+                        || !ctx.options.group_map.is_empty()
                         || ctx.rules.iter().any(|r| r.expression.mentions_member_of()),
                     purposes: true,
                     managers: ctx.options.import_managers,

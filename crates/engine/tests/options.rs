@@ -465,3 +465,86 @@ mod managers_and_defaults {
         managers_and_new_mailbox_settings(usersync_store::testing::fresh_postgres_url()).await
     }
 }
+
+mod console_groups {
+    use super::*;
+
+    async fn tenant_groups_become_console_groups_and_follow_renames(url: String) {
+        let w = world(url, 10).await;
+        let a = w.add("Ann Alpha", "ann.alpha", "Clerk");
+        let b = w.add("Ben Beta", "ben.beta", "Clerk");
+        let tenant = w.sim.tenant();
+        let inner = tenant
+            .add_group(SimGroup::security("Inner").with_members([b.clone()]))
+            .unwrap();
+        let outer = tenant
+            .add_group(SimGroup::security("Outer Team").with_members([a.clone(), inner.clone()]))
+            .unwrap();
+
+        // group_map needs an existing console group.
+        let err = set_source_options(&w.store, w.source, &["group_map=Inner=>Staff".into()])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("usersync groups add 'Staff'"),
+            "{err}"
+        );
+        w.store.add_group(w.customer, "Staff").await.unwrap();
+        w.set(&[
+            "include_groups=true",
+            "group_types=security",
+            "group_map=Inner=>Staff",
+        ])
+        .await;
+        let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+
+        let groups = w.store.list_groups(w.customer).await.unwrap();
+        let find = |name: &str| groups.iter().find(|g| g.name == name).cloned();
+        let ann = format!("ann.alpha@{}", w.domain);
+        let ben = format!("ben.beta@{}", w.domain);
+        let outer_group = find("Outer Team").expect("made from the tenant group");
+        assert!(
+            outer_group.members.contains(&ann) && outer_group.members.contains(&ben),
+            "transitive: {:?}",
+            outer_group.members
+        );
+        assert_eq!(outer_group.tenant_group_id.as_deref(), Some(outer.as_str()));
+        assert!(
+            find("Staff").unwrap().members.contains(&ben),
+            "mapped onto Staff"
+        );
+        assert!(find("Inner").is_none(), "mapped groups are not created");
+
+        // A rename in the tenant renames the console group; a member who leaves leaves it.
+        tenant.rename_group(&outer, "Outer Crew").unwrap();
+        tenant.remove_member(&outer, &a).unwrap();
+        w.engine.sync(w.source, &NoProgress).await.unwrap();
+        let groups = w.store.list_groups(w.customer).await.unwrap();
+        assert!(!groups.iter().any(|g| g.name == "Outer Team"));
+        let crew = groups.iter().find(|g| g.name == "Outer Crew").unwrap();
+        assert!(
+            !crew.members.contains(&ann) && crew.members.contains(&ben),
+            "{:?}",
+            crew.members
+        );
+        let _ = inner;
+        w.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_tenant_groups_become_console_groups_and_follow_renames() {
+        tenant_groups_become_console_groups_and_follow_renames(
+            usersync_store::testing::fresh_sqlite_url(),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn postgres_tenant_groups_become_console_groups_and_follow_renames() {
+        tenant_groups_become_console_groups_and_follow_renames(
+            usersync_store::testing::fresh_postgres_url(),
+        )
+        .await
+    }
+}

@@ -81,6 +81,11 @@ pub struct Group {
     pub id: i64,
     pub customer_id: i64,
     pub name: String,
+    /// The source that keeps it in step with a tenant group, if any.
+    pub source_id: Option<i64>,
+    pub tenant_group_id: Option<String>,
+    /// Users whose group this is, and members from the tenant group; sorted.
+    pub members: Vec<String>,
 }
 
 fn customer_from(row: &AnyRow) -> Result<Customer, StoreError> {
@@ -230,19 +235,67 @@ impl Store {
         rows.iter().map(domain_from).collect()
     }
 
+    /// Adds a console group by hand.
+    pub async fn add_group(&self, customer_id: i64, name: &str) -> Result<(), StoreError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(StoreError::Invalid("a group needs a name".into()));
+        }
+        sqlx::query(
+            "INSERT INTO console_groups (customer_id, name, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(customer_id)
+        .bind(name)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::Conflict(format!("the group '{name}' already exists"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
     pub async fn list_groups(&self, customer_id: i64) -> Result<Vec<Group>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, customer_id, name FROM console_groups WHERE customer_id = $1 ORDER BY name",
+            "SELECT id, customer_id, name, source_id, source_object_id FROM console_groups \
+             WHERE customer_id = $1 ORDER BY name",
         )
         .bind(customer_id)
         .fetch_all(&self.pool)
         .await?;
+        let member_rows = sqlx::query(
+            "SELECT u.group_id AS group_id, u.address FROM users u WHERE u.customer_id = $1 AND u.status = 'active' \
+             UNION SELECT m.group_id AS group_id, u.address FROM group_members m JOIN users u ON u.id = m.user_id \
+             WHERE u.customer_id = $1 AND u.status = 'active'",
+        )
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut members: std::collections::HashMap<i64, std::collections::BTreeSet<String>> =
+            Default::default();
+        for row in &member_rows {
+            members
+                .entry(row.try_get("group_id")?)
+                .or_default()
+                .insert(row.try_get("address")?);
+        }
         rows.iter()
             .map(|row| {
+                let id: i64 = row.try_get("id")?;
                 Ok(Group {
-                    id: row.try_get("id")?,
+                    id,
                     customer_id: row.try_get("customer_id")?,
                     name: row.try_get("name")?,
+                    source_id: row.try_get("source_id")?,
+                    tenant_group_id: row.try_get("source_object_id")?,
+                    members: members
+                        .remove(&id)
+                        .map(|m| m.into_iter().collect())
+                        .unwrap_or_default(),
                 })
             })
             .collect()

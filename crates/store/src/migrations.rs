@@ -13,7 +13,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "domain protection, managers, new-mailbox settings, console group members",
         V3,
     ),
+    (4, "console groups made from tenant groups", V4),
 ];
+
+const V4: &str = r#"
+ALTER TABLE console_groups ADD COLUMN source_object_id TEXT;
+"#;
 
 const V3: &str = r#"
 ALTER TABLE domains ADD COLUMN reject_unlisted BIGINT NOT NULL DEFAULT 0;

@@ -373,6 +373,10 @@ impl Store {
             query.execute(&mut *tx).await?;
         }
 
+        if let (Some(groups), Some(source_id)) = (&plan.groups, source_id) {
+            apply_groups(&mut tx, customer_id, source_id, groups, &stamp).await?;
+        }
+
         // After the first successful sync, the domains the source covers reject mail to
         // unlisted addresses and protect listed mailboxes only (as Mail Assure does); once.
         if let Some(source_id) = source_id {
@@ -419,4 +423,118 @@ mod tests {
         );
         assert_eq!(values_clause(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
+}
+
+/// Console groups kept in step with tenant groups: found by tenant group id (so a rename in
+/// the tenant renames it), else adopted by name, else created; members replaced.
+async fn apply_groups(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    customer_id: i64,
+    source_id: i64,
+    groups: &[usersync_core::PlannedGroup],
+    stamp: &str,
+) -> Result<(), StoreError> {
+    let mut user_ids: HashMap<String, i64> = HashMap::new();
+    for row in
+        sqlx::query("SELECT id, address FROM users WHERE customer_id = $1 AND status = 'active'")
+            .bind(customer_id)
+            .fetch_all(&mut **tx)
+            .await?
+    {
+        user_ids.insert(row.try_get("address")?, row.try_get("id")?);
+    }
+    let mut kept: Vec<i64> = Vec::new();
+    let mut members_of: HashMap<i64, std::collections::BTreeSet<i64>> = HashMap::new();
+    for g in groups {
+        let by_tenant_id = if g.mapped {
+            None
+        } else {
+            sqlx::query(
+                "SELECT id, name FROM console_groups WHERE customer_id = $1 AND source_id = $2 AND source_object_id = $3",
+            )
+            .bind(customer_id)
+            .bind(source_id)
+            .bind(&g.tenant_group_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        };
+        let by_name =
+            sqlx::query("SELECT id FROM console_groups WHERE customer_id = $1 AND name = $2")
+                .bind(customer_id)
+                .bind(&g.name)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let id: i64 = match (by_tenant_id, by_name) {
+            (Some(row), None) => {
+                // Renamed in the tenant: the console group follows.
+                let id: i64 = row.try_get("id")?;
+                sqlx::query("UPDATE console_groups SET name = $1 WHERE id = $2")
+                    .bind(&g.name)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                id
+            }
+            (Some(row), Some(_)) => row.try_get("id")?,
+            (None, Some(row)) => row.try_get("id")?,
+            (None, None) => sqlx::query(
+                "INSERT INTO console_groups (customer_id, name, created_at, source_id, source_object_id) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(customer_id)
+            .bind(&g.name)
+            .bind(stamp)
+            .bind(source_id)
+            .bind((!g.mapped).then_some(g.tenant_group_id.as_str()))
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("id")?,
+        };
+        kept.push(id);
+        // Two tenant groups mapped onto one console group share it: members are the union.
+        members_of.entry(id).or_default().extend(
+            g.members
+                .iter()
+                .filter_map(|a| user_ids.get(a.as_str()).copied()),
+        );
+    }
+    for (group_id, members) in &members_of {
+        sqlx::query("DELETE FROM group_members WHERE group_id = $1")
+            .bind(group_id)
+            .execute(&mut **tx)
+            .await?;
+        for user_id in members {
+            sqlx::query("INSERT INTO group_members (group_id, user_id) VALUES ($1, $2)")
+                .bind(group_id)
+                .bind(user_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    // Groups this source made from tenant groups that it no longer plans: emptied, and
+    // deleted when nobody has them as their group.
+    let stale = sqlx::query(
+        "SELECT id FROM console_groups WHERE customer_id = $1 AND source_id = $2 AND source_object_id IS NOT NULL",
+    )
+    .bind(customer_id)
+    .bind(source_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in stale {
+        let id: i64 = row.try_get("id")?;
+        if kept.contains(&id) {
+            continue;
+        }
+        sqlx::query("DELETE FROM group_members WHERE group_id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM console_groups WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM users WHERE group_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
