@@ -411,20 +411,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_clause_numbers_parameters_row_by_row() {
-        assert_eq!(
-            values_clause(Backend::Postgres, 2, 3),
-            "($1, $2, $3), ($4, $5, $6)"
-        );
-        assert_eq!(values_clause(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
-    }
-}
-
 /// Console groups kept in step with tenant groups: found by tenant group id (so a rename in
 /// the tenant renames it), else adopted by name, else created; members replaced.
 async fn apply_groups(
@@ -537,4 +523,18 @@ async fn apply_groups(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_clause_numbers_parameters_row_by_row() {
+        assert_eq!(
+            values_clause(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values_clause(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
 }
