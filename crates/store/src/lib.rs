@@ -187,10 +187,27 @@ async fn ensure_postgres_database(url: &str) -> Result<(), StoreError> {
     } else {
         format!("{server}/postgres?{query}")
     };
-    let Ok(mut conn) = sqlx::AnyConnection::connect(&maintenance).await else {
-        // Without the maintenance database we cannot check; connecting to `url` will say why.
-        return Ok(());
-    };
+    // Connecting to the database itself says at once what is wrong (refused, bad password);
+    // only "does not exist" (3D000) is ours to fix.
+    match sqlx::AnyConnection::connect(url).await {
+        Ok(conn) => {
+            conn.close().await.ok();
+            return Ok(());
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(source) => {
+            return Err(StoreError::Open {
+                url: redact_url(url),
+                source,
+            });
+        }
+    }
+    let mut conn = sqlx::AnyConnection::connect(&maintenance)
+        .await
+        .map_err(|source| StoreError::Open {
+            url: redact_url(&maintenance),
+            source,
+        })?;
     let exists: Option<(i64,)> =
         sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM pg_database WHERE datname = $1")
             .bind(name)

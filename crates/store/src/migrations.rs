@@ -125,8 +125,29 @@ CREATE TABLE runs (
 CREATE INDEX runs_by_source ON runs (source_id, id);
 "#;
 
-/// Brings the schema up to date inside one transaction per migration.
+/// An arbitrary key for PostgreSQL's advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x7573_6572_7379_6e63; // "usersync"
+
+/// Brings the schema up to date, one transaction per migration. On PostgreSQL several
+/// processes may start at once: they take turns under an advisory lock.
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("SELECT CAST(pg_advisory_lock($1) AS TEXT) AS locked")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        let result = migrate(pool, backend).await;
+        sqlx::query("SELECT CAST(pg_advisory_unlock($1) AS TEXT) AS unlocked")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        return result;
+    }
+    migrate(pool, backend).await
+}
+
+async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
     pool.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",

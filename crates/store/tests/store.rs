@@ -228,3 +228,40 @@ on_both_backends!(
     a_plan_is_applied_whole_and_recorded_with_its_run,
     a_plan_that_fails_part_way_applies_nothing
 );
+
+#[tokio::test]
+async fn two_processes_opening_a_fresh_postgres_database_at_once_both_succeed() {
+    let url = usersync_store::testing::fresh_postgres_url();
+    // The database exists first (creating it twice at once is a different race).
+    open_fresh(&url).await.close().await;
+    let other = usersync_store::testing::fresh_postgres_url();
+    open_fresh(&other).await.close().await;
+    let (a, b) = tokio::join!(open_fresh(&url), open_fresh(&url));
+    a.add_customer("A").await.unwrap();
+    b.add_customer("B").await.unwrap();
+    a.close().await;
+    b.close().await;
+    discard(&url).await;
+    discard(&other).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_server_is_named_at_once() {
+    // Port 9 (discard) on loopback: nothing listens there.
+    let err = Store::open(usersync_store::StoreOptions::new(
+        "postgres://root:pw@127.0.0.1:9/x",
+    ))
+    .await
+    .unwrap_err();
+    let text = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(
+        text.contains("127.0.0.1:9") && !text.contains(":pw@"),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+}
