@@ -383,3 +383,186 @@ fn config_shows_where_each_setting_comes_from_and_masks_secrets() {
         "https://graph.microsoft.com"
     );
 }
+
+async fn the_wizard_options_work_from_the_command_line(database: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 40,
+        seed: 8,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let info = sim.info().clone();
+    let cli = Cli {
+        database: database.clone(),
+        env: vec![
+            ("USERSYNC_M365_CLIENT_ID".into(), info.client_id.clone()),
+            (
+                "USERSYNC_M365_CLIENT_SECRET".into(),
+                info.client_secret.clone(),
+            ),
+            (
+                "USERSYNC_M365_AUTHORITY_URL".into(),
+                info.authority_url.clone(),
+            ),
+            ("USERSYNC_M365_GRAPH_URL".into(), info.graph_url.clone()),
+        ],
+    };
+    cli.ok_json(&["customer", "add", "Contoso", "--json"]);
+    cli.ok_json(&[
+        "domain",
+        "add",
+        &info.mail_domains[0],
+        "--customer",
+        "Contoso",
+        "--json",
+    ]);
+    let id = cli.ok_json(&[
+        "source",
+        "add",
+        "office365",
+        "--customer",
+        "Contoso",
+        "--tenant",
+        &info.tenant_id,
+        "--json",
+    ])["id"]
+        .to_string();
+
+    // Options: set, shown, and a bad one refused with the valid keys, changing nothing.
+    let options = cli.ok_json(&[
+        "source",
+        "set",
+        &id,
+        "import_domains=true",
+        "exclude_guests=true",
+        "interval=1d",
+        "--json",
+    ]);
+    assert_eq!(options["import_domains"], true);
+    assert_eq!(options["interval_minutes"], 1440);
+    let out = cli.run(&["source", "set", &id, "only_matching=true", "colour=blue"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown option 'colour'") && err.contains("exclude_unlicensed"),
+        "{err}"
+    );
+    let shown = cli.ok_json(&["source", "show", &id, "--json"]);
+    assert_eq!(
+        shown["settings"]["options"]["only_matching"], false,
+        "a refused set changes nothing"
+    );
+
+    // Filters: a bad rule names its fault; a new group needs --create-group.
+    let out = cli.run(&[
+        "filter",
+        "add",
+        &id,
+        "--group",
+        "Drivers",
+        "jobtitel equals Driver",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field 'jobtitel'"));
+    let out = cli.run(&[
+        "filter",
+        "add",
+        &id,
+        "--group",
+        "Drivers",
+        "jobTitle equals Driver",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--create-group"));
+    let r1 = cli.ok_json(&[
+        "filter",
+        "add",
+        &id,
+        "--group",
+        "Drivers",
+        "--create-group",
+        "jobTitle equals Driver",
+        "--json",
+    ]);
+    let r2 = cli.ok_json(&[
+        "filter",
+        "add",
+        &id,
+        "--group",
+        "Main",
+        "accountEnabled is_true",
+        "--json",
+    ]);
+    assert!(
+        cli.run(&["filter", "move", &id, &r2["id"].to_string(), "--to", "1"])
+            .status
+            .success()
+    );
+    let rules = cli.ok_json(&["filter", "list", &id, "--json"]);
+    assert_eq!(rules[0]["id"], r2["id"]);
+    assert_eq!(rules[1]["expression"], "jobTitle equals Driver");
+    assert!(
+        cli.run(&["filter", "remove", &id, &r2["id"].to_string()])
+            .status
+            .success()
+    );
+    assert_eq!(
+        cli.ok_json(&["filter", "list", &id, "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let _ = r1;
+
+    // Preview shows every option's effect: imported domains, who placed whom, skip reasons.
+    let preview = cli.ok_json(&["preview", &id, "--json"]);
+    assert_eq!(
+        preview["import_domains"].as_array().unwrap().len(),
+        info.mail_domains.len() - 1
+    );
+    assert!(
+        preview["add"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["placed_by"].is_string())
+    );
+    let codes: Vec<&str> = preview["skip"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"guest"), "{codes:?}");
+
+    let sync = cli.ok_json(&["sync", &id, "--json"]);
+    assert_eq!(sync["status"], "succeeded");
+    let domain = cli.ok_json(&["domain", "show", &info.mail_domains[1], "--json"]);
+    assert_eq!(domain["origin"], "source");
+    assert_eq!(domain["reject_unlisted"], true);
+    assert_eq!(domain["protect_listed_only"], true);
+    let groups = cli.ok_json(&["groups", "list", "--customer", "Contoso", "--json"]);
+    let names: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Drivers", "Main"]);
+    assert!(!groups[1]["members"].as_array().unwrap().is_empty());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_wizard_options_work_from_the_command_line() {
+    let url = usersync_store::testing::fresh_sqlite_url();
+    the_wizard_options_work_from_the_command_line(url.clone()).await;
+    usersync_store::testing::discard(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_wizard_options_work_from_the_command_line() {
+    let url = usersync_store::testing::fresh_postgres_url();
+    the_wizard_options_work_from_the_command_line(url.clone()).await;
+    usersync_store::testing::discard(&url).await;
+}
