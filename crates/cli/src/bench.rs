@@ -216,13 +216,7 @@ async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result
         NewOffice365Source {
             customer_id: customer.id,
             tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings {
-                client_id: info.client_id.clone(),
-                authority_url: info.authority_url.clone(),
-                graph_url: info.graph_url.clone(),
-                ca_file: None,
-                options: Default::default(),
-            },
+            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
             client_secret: SecretString::new(info.client_secret.clone()),
         },
     )

@@ -71,13 +71,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         NewOffice365Source {
             customer_id: customer.id,
             tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings {
-                client_id: info.client_id.clone(),
-                authority_url: info.authority_url.clone(),
-                graph_url: info.graph_url.clone(),
-                ca_file: None,
-                options: Default::default(),
-            },
+            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
             client_secret: SecretString::new(info.client_secret.clone()),
         },
     )

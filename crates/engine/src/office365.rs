@@ -32,6 +32,23 @@ pub struct Office365Settings {
     pub options: SourceOptions,
 }
 
+impl Office365Settings {
+    /// Settings for an app registration at the given endpoints, with default options.
+    pub fn new(
+        client_id: impl Into<String>,
+        authority_url: impl Into<String>,
+        graph_url: impl Into<String>,
+    ) -> Self {
+        Office365Settings {
+            client_id: client_id.into(),
+            authority_url: authority_url.into(),
+            graph_url: graph_url.into(),
+            ca_file: None,
+            options: SourceOptions::default(),
+        }
+    }
+}
+
 /// What connecting a tenant needs.
 #[derive(Debug, Clone)]
 pub struct NewOffice365Source {

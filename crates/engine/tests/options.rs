@@ -1,110 +1,28 @@
 //! Issue 4's options against the simulator, on SQLite and PostgreSQL: filters and their
 //! destinations, selected groups, the deny list, mailbox types through $batch.
 
-use std::time::Duration;
+mod common;
 
-use usersync_core::{DomainName, MailboxType, SourceOptions};
+use common::World;
+use usersync_core::{DomainName, MailboxType};
 use usersync_engine::{
     Engine, EngineError, EngineOptions, NewOffice365Source, NoProgress, Office365Settings,
     connect_office365, set_source_options,
 };
-use usersync_graph::RetryPolicy;
 use usersync_sim::{SimConfig, SimGroup, SimUser, Simulator};
 use usersync_store::testing::{discard, open_fresh};
-use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
-
-struct World {
-    sim: Simulator,
-    store: Store,
-    engine: Engine,
-    customer: i64,
-    source: i64,
-    url: String,
-    domain: String,
-}
+use usersync_store::{DomainOrigin, RunStatus, SecretString};
 
 async fn world(url: String, users: usize) -> World {
-    let sim = Simulator::start(SimConfig {
-        users,
-        seed: 11,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let info = sim.info().clone();
-    let store = open_fresh(&url).await;
-    let customer = store.add_customer("Contoso").await.unwrap().id;
-    for domain in &info.mail_domains {
-        store
-            .add_domain(
-                customer,
-                &DomainName::parse(domain).unwrap(),
-                DomainOrigin::Manual,
-            )
-            .await
-            .unwrap();
-    }
-    let source = connect_office365(
-        &store,
-        NewOffice365Source {
-            customer_id: customer,
-            tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings {
-                client_id: info.client_id.clone(),
-                authority_url: info.authority_url.clone(),
-                graph_url: info.graph_url.clone(),
-                ca_file: None,
-                options: SourceOptions::default(),
-            },
-            client_secret: SecretString::new(info.client_secret.clone()),
+    common::world(
+        url,
+        SimConfig {
+            users,
+            seed: 11,
+            ..SimConfig::default()
         },
     )
     .await
-    .unwrap()
-    .id;
-    let engine = Engine::new(
-        store.clone(),
-        EngineOptions {
-            max_in_flight: 4,
-            retry: RetryPolicy {
-                max_retries: 3,
-                base_delay: Duration::from_millis(10),
-                max_delay: Duration::from_millis(50),
-                max_retry_after: Duration::from_secs(2),
-            },
-        },
-    );
-    let domain = info.mail_domains[0].clone();
-    World {
-        sim,
-        store,
-        engine,
-        customer,
-        source,
-        url,
-        domain,
-    }
-}
-
-impl World {
-    async fn set(&self, options: &[&str]) {
-        let texts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
-        set_source_options(&self.store, self.source, &texts)
-            .await
-            .unwrap();
-    }
-
-    fn add(&self, name: &str, local: &str, job: &str) -> String {
-        let mut u = SimUser::member(name, &format!("{local}@{}", self.domain));
-        u.job_title = Some(job.to_string());
-        self.sim.tenant().add_user(u).unwrap()
-    }
-
-    async fn close(self) {
-        self.sim.shutdown().await;
-        self.store.close().await;
-        discard(&self.url).await;
-    }
 }
 
 async fn filters_route_users_to_their_groups_and_a_move_changes_only_the_group(url: String) {
@@ -332,13 +250,7 @@ async fn tenant_domains_are_imported_and_protected_after_the_first_sync(url: Str
         NewOffice365Source {
             customer_id: customer,
             tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings {
-                client_id: info.client_id.clone(),
-                authority_url: info.authority_url.clone(),
-                graph_url: info.graph_url.clone(),
-                ca_file: None,
-                options: SourceOptions::default(),
-            },
+            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
             client_secret: SecretString::new(info.client_secret.clone()),
         },
     )
@@ -392,13 +304,6 @@ async fn tenant_domains_are_imported_and_protected_after_the_first_sync(url: Str
     sim.shutdown().await;
     store.close().await;
     discard(&url).await;
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_sqlite_url()).await } )+ }
-        mod postgres { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_postgres_url()).await } )+ }
-    };
 }
 
 on_both_backends!(

@@ -1,103 +1,12 @@
 //! Whole syncs against the Microsoft 365 simulator, each on SQLite and on PostgreSQL.
 
-use std::time::Duration;
+mod common;
 
-use usersync_core::{DomainName, EmailMethod, MailboxType, SourceOptions, UserStatus};
-use usersync_engine::{
-    Engine, EngineOptions, NewOffice365Source, NoProgress, Office365Settings, connect_office365,
-};
-use usersync_graph::RetryPolicy;
-use usersync_sim::{Fault, SimConfig, SimUser, Simulator, Throttle};
-use usersync_store::testing::{discard, open_fresh};
-use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
-
-/// A store with a customer, the simulated tenant's mail domains and a connected source.
-struct World {
-    sim: Simulator,
-    store: Store,
-    engine: Engine,
-    customer: i64,
-    source: i64,
-    url: String,
-}
-
-async fn world(url: String, config: SimConfig) -> World {
-    world_with(url, config, |_| {}).await
-}
-
-async fn world_with(
-    url: String,
-    config: SimConfig,
-    tweak: impl FnOnce(&mut NewOffice365Source),
-) -> World {
-    let sim = Simulator::start(config).await.unwrap();
-    let info = sim.info().clone();
-    let store = open_fresh(&url).await;
-    let customer = store.add_customer("Contoso").await.unwrap().id;
-    for domain in &info.mail_domains {
-        store
-            .add_domain(
-                customer,
-                &DomainName::parse(domain).unwrap(),
-                DomainOrigin::Manual,
-            )
-            .await
-            .unwrap();
-    }
-    let mut new = NewOffice365Source {
-        customer_id: customer,
-        tenant_id: info.tenant_id.clone(),
-        settings: Office365Settings {
-            client_id: info.client_id.clone(),
-            authority_url: info.authority_url.clone(),
-            graph_url: info.graph_url.clone(),
-            ca_file: None,
-            options: SourceOptions::default(),
-        },
-        client_secret: SecretString::new(info.client_secret.clone()),
-    };
-    tweak(&mut new);
-    let source = connect_office365(&store, new).await.unwrap().id;
-    // Short back-offs keep failure tests quick; Retry-After from the server is still honoured.
-    let engine = Engine::new(
-        store.clone(),
-        EngineOptions {
-            max_in_flight: 4,
-            retry: RetryPolicy {
-                max_retries: 3,
-                base_delay: Duration::from_millis(10),
-                max_delay: Duration::from_millis(50),
-                max_retry_after: Duration::from_secs(2),
-            },
-        },
-    );
-    World {
-        sim,
-        store,
-        engine,
-        customer,
-        source,
-        url,
-    }
-}
-
-impl World {
-    async fn addresses(&self, include_removed: bool) -> Vec<String> {
-        self.store
-            .users(self.customer, include_removed)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|u| u.address.to_string())
-            .collect()
-    }
-
-    async fn close(self) {
-        self.sim.shutdown().await;
-        self.store.close().await;
-        discard(&self.url).await;
-    }
-}
+use common::*;
+use usersync_core::{EmailMethod, MailboxType, UserStatus};
+use usersync_engine::NoProgress;
+use usersync_sim::{Fault, SimConfig, SimUser, Throttle};
+use usersync_store::{RunStatus, SecretString};
 
 async fn a_first_sync_imports_the_tenant_by_the_mapping_rules(url: String) {
     let w = world(
@@ -472,13 +381,6 @@ async fn the_https_path_works_with_the_simulators_certificate(url: String) {
     assert!(!outcome.plan.add.is_empty());
     w.close().await;
     std::fs::remove_dir_all(dir).ok();
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_sqlite_url()).await } )+ }
-        mod postgres { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_postgres_url()).await } )+ }
-    };
 }
 
 on_both_backends!(

@@ -1509,33 +1509,7 @@ fn users_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRes
         }
         more = it.peek().is_some();
     }
-    let ctx = context_with_select(req, "users", st.s.as_deref());
-    let l = if more {
-        (
-            "@odata.nextLink",
-            link(req, "$skiptoken", &st.encode(), false),
-        )
-    } else {
-        let next_round = PageState {
-            ds: st.du,
-            du: 0,
-            c: 0,
-            di: false,
-            ..st.clone()
-        };
-        (
-            "@odata.deltaLink",
-            link(req, "$deltatoken", &next_round.encode(), false),
-        )
-    };
-    let mut resp = GResp::json(collection(&ctx, None, Some(l), &items));
-    if let Some(p) = prefer {
-        resp.headers.push((
-            "preference-applied",
-            format!("odata.maxpagesize={}", p.min(size)),
-        ));
-    }
-    Ok(resp)
+    delta_page(req, "users", &st, more, &items, prefer, size)
 }
 
 fn write_removed(items: &mut String, id: &str, reason: &str, odata_type: Option<&str>) {
@@ -1809,7 +1783,21 @@ fn groups_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRe
         }
         more = it.peek().is_some();
     }
-    let ctx = context_with_select(req, "groups", st.s.as_deref());
+    delta_page(req, "groups", &st, more, &items, prefer, size)
+}
+
+/// The end of a delta page: a nextLink while the round has more, else the deltaLink that
+/// starts the next round; and the page size applied when the client asked for one.
+fn delta_page(
+    req: &GReq<'_>,
+    collection_name: &str,
+    st: &PageState,
+    more: bool,
+    items: &str,
+    prefer: Option<usize>,
+    size: usize,
+) -> Result<GResp, GResp> {
+    let ctx = context_with_select(req, collection_name, st.s.as_deref());
     let l = if more {
         (
             "@odata.nextLink",
@@ -1828,7 +1816,7 @@ fn groups_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRe
             link(req, "$deltatoken", &next_round.encode(), false),
         )
     };
-    let mut resp = GResp::json(collection(&ctx, None, Some(l), &items));
+    let mut resp = GResp::json(collection(&ctx, None, Some(l), items));
     if let Some(p) = prefer {
         resp.headers.push((
             "preference-applied",
