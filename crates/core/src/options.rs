@@ -58,8 +58,11 @@ pub struct MailboxDefaults {
     pub outgoing: bool,
     pub archiving: bool,
     /// An IANA time zone name such as Europe/London; `None` keeps the console's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub date_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time_format: Option<String>,
 }
 

@@ -235,31 +235,34 @@ pub fn plan_sync(
             .and_then(|o| by_object.get(o))
             .is_some_and(|current| current.address == e.address)
     };
-    desired.sort_by(|a, b| {
-        (!owns_now(a), &a.source_object_id).cmp(&(!owns_now(b), &b.source_object_id))
-    });
-    let mut objects: HashSet<String> = HashSet::with_capacity(desired.len());
-    let mut owner_of: HashMap<EmailAddress, String> = HashMap::with_capacity(desired.len());
-    desired.retain(|entry| {
-        let object_id = entry.source_object_id.clone().unwrap_or_default();
-        if !objects.insert(object_id.clone()) {
-            return false;
-        }
-        match owner_of.get(&entry.address) {
-            Some(other) => {
+    desired.sort_by_cached_key(|e| (!owns_now(e), e.source_object_id.clone()));
+    // Decided over borrowed keys first, then applied: at 100,000 users, maps of cloned
+    // addresses and ids were a large share of a sync's peak memory.
+    let mut keep = vec![true; desired.len()];
+    {
+        let mut objects: HashSet<&str> = HashSet::with_capacity(desired.len());
+        let mut owner_of: HashMap<&str, &str> = HashMap::with_capacity(desired.len());
+        for (i, entry) in desired.iter().enumerate() {
+            let object_id = entry.source_object_id.as_deref().unwrap_or_default();
+            if !objects.insert(object_id) {
+                keep[i] = false;
+            } else if let Some(other) = owner_of.get(entry.address.as_str()) {
                 let reason = SkipReason::DuplicateAddress {
                     address: entry.address.clone(),
-                    other_object_id: other.clone(),
+                    other_object_id: other.to_string(),
                 };
                 plan.skip
-                    .push(Skip::new(&object_id, Some(&entry.display_name), &reason));
-                false
-            }
-            None => {
-                owner_of.insert(entry.address.clone(), object_id);
-                true
+                    .push(Skip::new(object_id, Some(&entry.display_name), &reason));
+                keep[i] = false;
+            } else {
+                owner_of.insert(entry.address.as_str(), object_id);
             }
         }
+    }
+    let mut index = 0;
+    desired.retain(|_| {
+        index += 1;
+        keep[index - 1]
     });
     drop_conflicting_aliases(&mut desired, directory, ctx, &mut plan);
     settle_managers_and_services(&mut desired, snapshot, ctx);
@@ -561,41 +564,48 @@ fn drop_conflicting_aliases(
     ctx: &MappingContext,
     plan: &mut Plan,
 ) {
-    let mut owner: HashMap<EmailAddress, String> = HashMap::new();
-    for e in directory
-        .iter()
-        .filter(|e| e.status == UserStatus::Active && !e.is_managed_by(ctx.source_id))
+    // Who owns each address, over borrowed text: entries of others first, then every
+    // desired entry's own address, then aliases in order (the first to list one keeps it).
+    let mut drops: Vec<(usize, EmailAddress, String)> = Vec::new();
     {
-        for a in std::iter::once(&e.address).chain(&e.aliases) {
-            owner.insert(a.clone(), e.address.to_string());
+        let mut owner: HashMap<&str, &str> = HashMap::with_capacity(desired.len() * 2);
+        for e in directory
+            .iter()
+            .filter(|e| e.status == UserStatus::Active && !e.is_managed_by(ctx.source_id))
+        {
+            for a in std::iter::once(&e.address).chain(&e.aliases) {
+                owner.insert(a.as_str(), e.address.as_str());
+            }
+        }
+        for e in desired.iter() {
+            owner.insert(e.address.as_str(), e.address.as_str());
+        }
+        for (i, e) in desired.iter().enumerate() {
+            for a in &e.aliases {
+                match owner.get(a.as_str()) {
+                    Some(holder) if *holder != e.address.as_str() => {
+                        drops.push((i, a.clone(), holder.to_string()));
+                    }
+                    Some(_) => {}
+                    None => {
+                        owner.insert(a.as_str(), e.address.as_str());
+                    }
+                }
+            }
         }
     }
-    for e in desired.iter() {
-        owner.insert(e.address.clone(), e.address.to_string());
-    }
-    for e in desired.iter_mut() {
-        let own = e.address.to_string();
-        let mut dropped = Vec::new();
-        e.aliases.retain(|a| match owner.get(a) {
-            Some(holder) if *holder != own => {
-                dropped.push((a.clone(), holder.clone()));
-                false
-            }
-            _ => {
-                owner.insert(a.clone(), own.clone());
-                true
-            }
+    for (i, alias, holder) in drops {
+        let e = &mut desired[i];
+        e.aliases.retain(|a| *a != alias);
+        plan.skip.push(Skip {
+            source_object_id: e.source_object_id.clone().unwrap_or_default(),
+            name: e.display_name.clone(),
+            code: "alias_conflict".into(),
+            reason: format!(
+                "the alias {alias} of {} was not imported: it is the address of {holder}",
+                e.address
+            ),
         });
-        for (alias, holder) in dropped {
-            plan.skip.push(Skip {
-                source_object_id: e.source_object_id.clone().unwrap_or_default(),
-                name: e.display_name.clone(),
-                code: "alias_conflict".into(),
-                reason: format!(
-                    "the alias {alias} of {own} was not imported: it is the address of {holder}"
-                ),
-            });
-        }
     }
 }
 
