@@ -229,7 +229,15 @@ pub fn plan_report(plan: &Plan, run_id: i64, stats: &RunStats) {
 fn plan_tables(plan: &Plan) {
     if !plan.add.is_empty() {
         println!("\nAdd:");
-        let mut t = table(&["address", "name", "type", "billable", "aliases", "group"]);
+        let mut t = table(&[
+            "address",
+            "name",
+            "type",
+            "billable",
+            "aliases",
+            "group",
+            "placed by",
+        ]);
         for u in plan.add.iter().take(SHOWN) {
             t.add_row(vec![
                 u.address.to_string(),
@@ -238,6 +246,7 @@ fn plan_tables(plan: &Plan) {
                 yes_no(u.billable).into(),
                 u.aliases.len().to_string(),
                 u.group.clone(),
+                u.placed_by.clone().unwrap_or_else(|| "default".into()),
             ]);
         }
         println!("{t}");
@@ -285,6 +294,23 @@ fn plan_tables(plan: &Plan) {
         }
         println!("{t}");
         more(plan.remove.len());
+    }
+    if !plan.import_domains.is_empty() {
+        let names: Vec<String> = plan.import_domains.iter().map(|d| d.to_string()).collect();
+        println!("\nDomains to import: {}", names.join(", "));
+    }
+    if let Some(groups) = &plan.groups {
+        println!("\nConsole groups from tenant groups:");
+        let mut t = table(&["group", "tenant group", "members"]);
+        for g in groups.iter().take(SHOWN) {
+            t.add_row(vec![
+                g.name.clone(),
+                g.tenant_group_name.clone(),
+                g.members.len().to_string(),
+            ]);
+        }
+        println!("{t}");
+        more(groups.len());
     }
     if !plan.skip.is_empty() {
         println!("\nSkip:");

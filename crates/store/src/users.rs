@@ -100,12 +100,20 @@ impl Store {
         } else {
             " AND u.status = 'active'"
         };
+        // Aliases and users in one snapshot, so a sync committing in between cannot pair
+        // one state's users with another's aliases.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
         let alias_rows = query_dyn(&format!(
             "SELECT a.user_id, a.address FROM user_aliases a JOIN users u ON u.id = a.user_id \
              WHERE u.customer_id = $1{status_filter} ORDER BY a.user_id, a.address"
         ))
         .bind(customer_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let mut aliases: HashMap<i64, Vec<EmailAddress>> = HashMap::new();
         for row in &alias_rows {
@@ -122,8 +130,9 @@ impl Store {
              WHERE u.customer_id = $1{status_filter} ORDER BY u.address"
         ))
         .bind(customer_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.iter()
             .map(|row| {
                 let id: i64 = row.try_get("id")?;
@@ -170,7 +179,11 @@ impl Store {
         .await
         .map_err(|e| {
             if StoreError::is_unique_violation(&e) {
-                StoreError::Conflict(format!("{} is already a user of this customer", user.address))
+                StoreError::Conflict(format!(
+                    "{} is already an entry of this customer (possibly a removed one: \
+                     `usersync users list --customer NAME --include-removed` shows it)",
+                    user.address
+                ))
             } else {
                 e.into()
             }
