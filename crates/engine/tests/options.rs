@@ -453,3 +453,145 @@ mod console_groups {
         .await
     }
 }
+
+mod each_option_and_operator {
+    use super::*;
+    use usersync_core::filter::Operator;
+
+    async fn account_options_extra_addresses_and_keeping_deleted_users(url: String) {
+        let w = world(url, 10).await;
+        let tenant = w.sim.tenant();
+        let mut unlicensed = SimUser::member("Una Licence", &format!("una.licence@{}", w.domain));
+        unlicensed.assigned_licenses.clear();
+        let una = tenant.add_user(unlicensed).unwrap();
+        let mut disabled = SimUser::member("Dis Abled", &format!("dis.abled@{}", w.domain));
+        disabled.account_enabled = false;
+        let dis = tenant.add_user(disabled).unwrap();
+        let code_of = |plan: &usersync_core::Plan, id: &str| {
+            plan.skip
+                .iter()
+                .find(|s| s.source_object_id == id)
+                .map(|s| s.code.clone())
+        };
+
+        let plain = w.engine.preview(w.source, &NoProgress).await.unwrap().plan;
+        assert_eq!(code_of(&plain, &una), None);
+        assert_eq!(code_of(&plain, &dis), None);
+        w.set(&[
+            "exclude_unlicensed=true",
+            "exclude_disabled=true",
+            &format!("extra_addresses=all-staff@{}", w.domain),
+        ])
+        .await;
+        let plan = w.engine.preview(w.source, &NoProgress).await.unwrap().plan;
+        assert_eq!(code_of(&plan, &una).as_deref(), Some("unlicensed"));
+        assert_eq!(code_of(&plan, &dis).as_deref(), Some("disabled"));
+        let extra = plan
+            .add
+            .iter()
+            .find(|u| u.address.as_str() == format!("all-staff@{}", w.domain))
+            .unwrap();
+        assert_eq!(extra.mailbox_type, MailboxType::DistributionList);
+
+        // remove_deleted=false: a user deleted in the tenant is reported and kept.
+        w.set(&[
+            "exclude_unlicensed=false",
+            "exclude_disabled=false",
+            "remove_deleted=false",
+        ])
+        .await;
+        w.engine.sync(w.source, &NoProgress).await.unwrap();
+        tenant.delete_user(&una).unwrap();
+        let kept = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert!(kept.plan.remove.is_empty());
+        assert_eq!(
+            code_of(&kept.plan, &una).as_deref(),
+            Some("kept_not_removed")
+        );
+        assert!(
+            w.addresses(false)
+                .await
+                .contains(&format!("una.licence@{}", w.domain))
+        );
+        w.set(&["remove_deleted=true"]).await;
+        let removed = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert_eq!(removed.plan.remove.len(), 1);
+        w.close().await;
+    }
+
+    /// Each operator in a rule, evaluated on users read from the simulator.
+    async fn every_operator_routes_users_read_from_the_tenant(url: String) {
+        let w = world(url, 5).await;
+        let tenant = w.sim.tenant();
+        let mut dan = SimUser::member("Dan Driver", &format!("dan.driver@{}", w.domain));
+        dan.job_title = Some("Senior Driver".into());
+        dan.department = Some("Logistics".into());
+        let dan = tenant.add_user(dan).unwrap();
+        let team = tenant
+            .add_group(SimGroup::security("Fleet").with_members([dan.clone()]))
+            .unwrap();
+        let cases: Vec<(Operator, String)> = vec![
+            (Operator::Equals, "jobTitle equals 'senior driver'".into()),
+            (
+                Operator::NotEquals,
+                "department not_equals Sales and displayName starts_with Dan".into(),
+            ),
+            (Operator::Contains, "jobTitle contains DRIVER".into()),
+            (Operator::StartsWith, "displayName starts_with dan".into()),
+            (Operator::EndsWith, format!("mail ends_with @{}", w.domain)),
+            (Operator::Matches, "displayName matches ^Dan\\s+Dr".into()),
+            (
+                Operator::IsTrue,
+                "accountEnabled is_true and department equals Logistics".into(),
+            ),
+            (Operator::IsFalse, "accountEnabled is_false".into()),
+            (
+                Operator::IsEmpty,
+                "companyName is_empty and displayName starts_with Dan".into(),
+            ),
+            (
+                Operator::IsNotEmpty,
+                "assignedLicenses is_not_empty and department equals logistics".into(),
+            ),
+            (Operator::In, "department in Sales, Logistics".into()),
+            (Operator::Equals, "memberOf equals Fleet".into()),
+            (Operator::Equals, format!("memberOf equals {team}")),
+            (
+                Operator::Contains,
+                format!("proxyAddresses contains dan.driver@{}", w.domain),
+            ),
+        ];
+        // is_false is the one case where Dan must not match.
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, (operator, text)) in cases.iter().enumerate() {
+            for rule in w.store.filter_rules(w.source).await.unwrap() {
+                w.store.remove_filter_rule(w.source, rule.id).await.unwrap();
+            }
+            let group = format!("G{i}");
+            w.engine
+                .add_filter_rule(w.source, &group, text, true)
+                .await
+                .unwrap();
+            let plan = w.engine.preview(w.source, &NoProgress).await.unwrap().plan;
+            let placed = plan
+                .add
+                .iter()
+                .find(|u| u.source_object_id.as_deref() == Some(dan.as_str()))
+                .unwrap();
+            let expect = if *operator == Operator::IsFalse {
+                "Main".to_string()
+            } else {
+                group
+            };
+            assert_eq!(placed.group, expect, "{text}");
+            seen.insert(operator.as_str());
+        }
+        assert_eq!(seen.len(), Operator::ALL.len(), "every operator was tried");
+        w.close().await;
+    }
+
+    on_both_backends!(
+        account_options_extra_addresses_and_keeping_deleted_users,
+        every_operator_routes_users_read_from_the_tenant,
+    );
+}
