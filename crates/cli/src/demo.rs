@@ -149,13 +149,26 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         String::new()
     };
+    // Name the binary that ran (after `cargo run` it is not on the PATH).
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(
+                exe.strip_prefix(&cwd)
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or(exe),
+            )
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "usersync".into());
     println!("\nDone. The directory is in {database}. Look at it with:");
-    println!("  usersync{db} users list --customer '{CUSTOMER}'");
-    println!("  usersync{db} users list --customer '{CUSTOMER}' --include-removed --json");
-    println!("  usersync{db} runs list");
-    println!("  usersync{db} runs show {}", second.run_id);
+    println!("  {me}{db} users list --customer '{CUSTOMER}'");
+    println!("  {me}{db} users list --customer '{CUSTOMER}' --include-removed --json");
+    println!("  {me}{db} runs list");
+    println!("  {me}{db} runs show {}", second.run_id);
     println!(
-        "Run a simulator of your own with `usersync sim --users 1000` and connect it as in README.md."
+        "Run a simulator of your own with `{me} sim --users 1000` and connect it as in README.md."
     );
     Ok(ExitCode::SUCCESS)
 }
