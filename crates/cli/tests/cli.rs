@@ -14,6 +14,23 @@ struct Cli {
 }
 
 impl Cli {
+    /// A command line whose environment names the simulated tenant's app registration.
+    fn connected_to(database: &str, info: &usersync_sim::SimInfo) -> Cli {
+        let env = [
+            ("USERSYNC_M365_CLIENT_ID", &info.client_id),
+            ("USERSYNC_M365_CLIENT_SECRET", &info.client_secret),
+            ("USERSYNC_M365_AUTHORITY_URL", &info.authority_url),
+            ("USERSYNC_M365_GRAPH_URL", &info.graph_url),
+        ];
+        Cli {
+            database: database.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_usersync"));
         cmd.arg("--database").arg(&self.database).args(args);
@@ -52,21 +69,7 @@ async fn the_commands_scripts_use_work_end_to_end(database: String) {
     .await
     .unwrap();
     let info = sim.info().clone();
-    let cli = Cli {
-        database: database.clone(),
-        env: vec![
-            ("USERSYNC_M365_CLIENT_ID".into(), info.client_id.clone()),
-            (
-                "USERSYNC_M365_CLIENT_SECRET".into(),
-                info.client_secret.clone(),
-            ),
-            (
-                "USERSYNC_M365_AUTHORITY_URL".into(),
-                info.authority_url.clone(),
-            ),
-            ("USERSYNC_M365_GRAPH_URL".into(), info.graph_url.clone()),
-        ],
-    };
+    let cli = Cli::connected_to(&database, &info);
     let customer = cli.ok_json(&["customer", "add", "Contoso", "--json"]);
     assert_eq!(customer["name"], "Contoso");
     for domain in &info.mail_domains {
@@ -393,21 +396,7 @@ async fn the_wizard_options_work_from_the_command_line(database: String) {
     .await
     .unwrap();
     let info = sim.info().clone();
-    let cli = Cli {
-        database: database.clone(),
-        env: vec![
-            ("USERSYNC_M365_CLIENT_ID".into(), info.client_id.clone()),
-            (
-                "USERSYNC_M365_CLIENT_SECRET".into(),
-                info.client_secret.clone(),
-            ),
-            (
-                "USERSYNC_M365_AUTHORITY_URL".into(),
-                info.authority_url.clone(),
-            ),
-            ("USERSYNC_M365_GRAPH_URL".into(), info.graph_url.clone()),
-        ],
-    };
+    let cli = Cli::connected_to(&database, &info);
     cli.ok_json(&["customer", "add", "Contoso", "--json"]);
     cli.ok_json(&[
         "domain",
