@@ -324,20 +324,18 @@ impl Source for Office365Source {
         progress.phase("reading users and groups");
         let report = |n: usize| progress.advance(n);
         // Users and groups page independently; reading both at once halves the wait.
-        let users_path = if self.needs.managers {
-            // The manager comes inline with each user: no request per user.
-            format!(
-                "/users?$select={}&$expand=manager($select=id)&$top=999",
-                USER_PROPERTIES.join(",")
-            )
-        } else {
-            format!("/users?$select={}&$top=999", USER_PROPERTIES.join(","))
+        let users = async {
+            if self.needs.managers {
+                // The manager comes inline with each user: no request per user.
+                self.client
+                    .list_users_with_manager(USER_PROPERTIES, &report)
+                    .await
+            } else {
+                self.client.list_users(USER_PROPERTIES, &report).await
+            }
         };
-        let (users, groups) = tokio::join!(
-            self.client
-                .get_all::<usersync_graph::User>(&users_path, &report),
-            self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
-        );
+        let (users, groups) =
+            tokio::join!(users, self.client.list_groups(GROUP_PROPERTIES, &|_| {}),);
         let (mut users, mut groups) = (users?, groups?);
         // A server may repeat an object across pages (Graph does in some paging states);
         // one object is one entry, so keep each id once.

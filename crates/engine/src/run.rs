@@ -157,7 +157,7 @@ impl Engine {
         } = *run;
         let started = Instant::now();
         tracing::info!("run started");
-        let read = match source.read(progress).await {
+        let mut read = match source.read(progress).await {
             Ok(read) => read,
             Err(error) => {
                 let stats = RunStats {
@@ -171,7 +171,7 @@ impl Engine {
         };
         let read_ms = elapsed_ms(started);
         progress.phase("planning");
-        let mut notes = read.notes.clone();
+        let mut notes = std::mem::take(&mut read.notes);
         let (import, ctx) = self
             .domains_to_import(&read.snapshot, ctx, &mut notes)
             .await?;

@@ -213,13 +213,18 @@ impl GraphClient {
         select: &[&str],
         progress: Progress<'_>,
     ) -> Result<Vec<User>, GraphError> {
-        let select = if select.is_empty() {
-            USER_PROPERTIES
-        } else {
-            select
-        };
+        self.get_all(&users_path(select, ""), progress).await
+    }
+
+    /// All users with their manager's id inline (`$expand=manager($select=id)`, in
+    /// [`User::manager`]): managers at no extra request per user.
+    pub async fn list_users_with_manager(
+        &self,
+        select: &[&str],
+        progress: Progress<'_>,
+    ) -> Result<Vec<User>, GraphError> {
         self.get_all(
-            &format!("/users?$select={}&$top=999", select.join(",")),
+            &users_path(select, "&$expand=manager($select=id)"),
             progress,
         )
         .await
@@ -819,6 +824,16 @@ fn header_retry_after(headers: &HeaderMap) -> Option<Duration> {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
+/// `/users?$select=..[extra]&$top=999`; an empty `select` means [`USER_PROPERTIES`].
+fn users_path(select: &[&str], extra: &str) -> String {
+    let select = if select.is_empty() {
+        USER_PROPERTIES
+    } else {
+        select
+    };
+    format!("/users?$select={}{extra}&$top=999", select.join(","))
 }
 
 /// Whether two URLs name the same local server under different loopback names
