@@ -176,11 +176,17 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             source_id,
             rule_id,
             to,
+            json,
         }) => {
             store
                 .move_filter_rule(*source_id, *rule_id, *to as usize)
                 .await?;
-            output::rules_table(&store.filter_rules(*source_id).await?);
+            let rules = store.filter_rules(*source_id).await?;
+            if json.json {
+                print_json(&rules)?;
+            } else {
+                output::rules_table(&rules);
+            }
         }
         Command::Preview { source_id, json } => {
             let engine = Engine::new(store.clone(), EngineOptions::default());

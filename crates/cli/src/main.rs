@@ -203,6 +203,8 @@ enum FilterCommand {
         rule_id: i64,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         to: u32,
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }
 

@@ -488,6 +488,25 @@ async fn the_wizard_options_work_from_the_command_line(database: String) {
     );
     let rules = cli.ok_json(&["filter", "list", &id, "--json"]);
     assert_eq!(rules[0]["id"], r2["id"]);
+    let moved = cli.ok_json(&[
+        "filter",
+        "move",
+        &id,
+        &r1["id"].to_string(),
+        "--to",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(moved[0]["id"], r1["id"]);
+    cli.ok_json(&[
+        "filter",
+        "move",
+        &id,
+        &r2["id"].to_string(),
+        "--to",
+        "1",
+        "--json",
+    ]);
     assert_eq!(rules[1]["expression"], "jobTitle equals Driver");
     assert!(
         cli.run(&["filter", "remove", &id, &r2["id"].to_string()])
