@@ -785,7 +785,7 @@ impl Expression {
 }
 
 /// Up to three display names of `known` that look like `wanted` (already folded).
-fn close_names(wanted: &str, known: &[SourceGroup]) -> Vec<String> {
+pub(crate) fn close_names(wanted: &str, known: &[SourceGroup]) -> Vec<String> {
     let wanted_len = wanted.chars().count();
     let mut scored: Vec<(usize, &str)> = known
         .iter()

@@ -6,19 +6,23 @@
 
 pub mod address;
 pub mod filter;
+pub mod ids;
 pub mod mapping;
 pub mod model;
+pub mod names;
 pub mod options;
 pub mod plan;
 pub mod snapshot;
 
-pub use address::{AddressError, DomainName, EmailAddress};
+pub use address::{AddressError, DomainName, DomainProblem, EmailAddress};
 pub use filter::{
     Clause, Expression, Field, FieldKind, FilterError, FilterRule, GroupNames, Operator,
     first_match,
 };
+pub use ids::{ClientId, IdError, TenantId};
 pub use mapping::{MappingContext, SkipReason};
 pub use model::{DirectoryUser, EmailMethod, MailboxType, SourceKind, UnknownValue, UserStatus};
-pub use options::{MailboxDefaults, OptionError, SourceOptions};
+pub use names::{MAX_NAME_CHARS, NameError, NameKind, check_name, same_name};
+pub use options::{MailboxDefaults, OptionError, SourceOptions, UnknownTenantGroup};
 pub use plan::{Change, Plan, PlannedGroup, PlannedUpdate, Safeguard, Skip, plan_sync};
 pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser};

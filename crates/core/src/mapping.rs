@@ -47,6 +47,9 @@ impl MappingContext {
 pub enum SkipReason {
     /// The email method found no address at all.
     NoAddress { method: EmailMethod },
+    /// No `mail` and no `smtp:` proxy address: the account has no mailbox, so it receives no
+    /// mail to protect (rule 2); only email method `upn` syncs it.
+    NoMailbox,
     /// The chosen address is not a valid e-mail address.
     InvalidAddress { text: String },
     /// Addresses in `*.onmicrosoft.com` are never synced (rule 1).
@@ -87,6 +90,10 @@ impl fmt::Display for SkipReason {
             SkipReason::NoAddress { method } => {
                 write!(f, "no address found with email method {method}")
             }
+            SkipReason::NoMailbox => f.write_str(
+                "no mailbox: the account has no mail address and no smtp: proxy address \
+                 (only email method upn syncs such accounts)",
+            ),
             SkipReason::InvalidAddress { text } => write!(f, "'{text}' is not a valid address"),
             SkipReason::OnlyOnMicrosoft { address } => write!(
                 f,
@@ -136,6 +143,7 @@ impl SkipReason {
     pub fn code(&self) -> &'static str {
         match self {
             SkipReason::NoAddress { .. } => "no_address",
+            SkipReason::NoMailbox => "no_mailbox",
             SkipReason::InvalidAddress { .. } => "invalid_address",
             SkipReason::OnlyOnMicrosoft { .. } => "only_onmicrosoft",
             SkipReason::NotInSyncedDomain { .. } => "not_in_synced_domain",
@@ -162,6 +170,11 @@ pub fn map_user(user: &SourceUser, ctx: &MappingContext) -> Result<DirectoryUser
     let is_person = matches!(mailbox_type, MailboxType::User | MailboxType::Unlicensed);
     if options.exclude_guests && user.is_guest() {
         return Err(SkipReason::Guest);
+    }
+    // Before the account options: an account without a mailbox is skipped for that,
+    // whatever else is true of it, and the reason is the one that explains it.
+    if options.email_method != EmailMethod::Upn && !has_mailbox(user) {
+        return Err(SkipReason::NoMailbox);
     }
     if options.exclude_disabled && is_person && !user.is_enabled() {
         return Err(SkipReason::Disabled);
@@ -287,6 +300,17 @@ fn denied_address(
         )
         .chain(proxies)
         .find(|a| options.deny_list.contains(a))
+}
+
+/// Rule 2: Exchange gives every mail recipient a `mail` address and an `smtp:` proxy
+/// address; an account with neither is a sign-in only (a service or admin account).
+fn has_mailbox(user: &SourceUser) -> bool {
+    non_empty(user.mail.as_deref()).is_some()
+        || user.proxy_addresses.iter().any(|p| {
+            p.split_once(':').is_some_and(|(prefix, rest)| {
+                prefix.eq_ignore_ascii_case("smtp") && !rest.trim().is_empty()
+            })
+        })
 }
 
 /// Rule 2: the primary address by the source's email method, checked against rule 1.
@@ -430,6 +454,106 @@ mod tests {
             "deny_list"
         );
         assert!(map_user(&anne(), &with(&["deny_list=bob@contoso.com"])).is_ok());
+    }
+
+    /// An enabled, unlicensed account that signs in but has no mailbox: no mail, no
+    /// smtp: proxy address, only a UPN in a synced domain.
+    fn service_account() -> SourceUser {
+        SourceUser {
+            id: "u-svc".into(),
+            user_principal_name: Some("svc.backup@contoso.com".into()),
+            proxy_addresses: vec!["SIP:svc.backup@contoso.com".into()],
+            display_name: Some("Backup Service".into()),
+            account_enabled: Some(true),
+            user_type: Some("Member".into()),
+            ..SourceUser::default()
+        }
+    }
+
+    #[test]
+    fn rule2_an_enabled_unlicensed_account_without_mail_is_skipped_as_no_mailbox() {
+        let u = service_account();
+        for method in [EmailMethod::PrimarySmtp, EmailMethod::Mail] {
+            let skip = map_user(&u, &ctx(method)).unwrap_err();
+            assert_eq!(skip, SkipReason::NoMailbox, "{method}");
+            assert_eq!(skip.code(), "no_mailbox");
+            assert!(
+                skip.to_string().starts_with("no mailbox: ")
+                    && skip.to_string().contains("only email method upn"),
+                "{skip}"
+            );
+        }
+        let mut blank = u.clone();
+        blank.mail = Some("  ".into());
+        blank.proxy_addresses.push("smtp:".into());
+        assert_eq!(
+            map_user(&blank, &ctx(EmailMethod::PrimarySmtp)),
+            Err(SkipReason::NoMailbox)
+        );
+    }
+
+    #[test]
+    fn rule2_the_upn_method_still_syncs_an_account_without_a_mailbox() {
+        let entry = map_user(&service_account(), &ctx(EmailMethod::Upn)).unwrap();
+        assert_eq!(entry.address, addr("svc.backup@contoso.com"));
+        assert_eq!(entry.mailbox_type, MailboxType::Unlicensed);
+    }
+
+    #[test]
+    fn rule2_mail_or_an_smtp_proxy_in_any_case_is_a_mailbox() {
+        let mut with_mail = service_account();
+        with_mail.mail = Some("svc.backup@contoso.com".into());
+        assert!(map_user(&with_mail, &ctx(EmailMethod::Mail)).is_ok());
+        let mut with_proxy = service_account();
+        with_proxy
+            .proxy_addresses
+            .push("Smtp:svc.backup@contoso.com".into());
+        // It has a mailbox, so it is not no_mailbox; the mail method then finds no mail.
+        assert_eq!(
+            map_user(&with_proxy, &ctx(EmailMethod::Mail))
+                .unwrap_err()
+                .code(),
+            "no_address"
+        );
+        assert_eq!(
+            map_user(&with_proxy, &ctx(EmailMethod::PrimarySmtp))
+                .unwrap()
+                .address,
+            addr("svc.backup@contoso.com")
+        );
+    }
+
+    #[test]
+    fn rule2_no_mailbox_comes_after_the_guest_check_and_before_the_account_options() {
+        let mut guest = service_account();
+        guest.user_type = Some("Guest".into());
+        assert_eq!(map_user(&guest, &with(&[])), Err(SkipReason::Guest));
+        let mut disabled = service_account();
+        disabled.account_enabled = Some(false);
+        disabled.assigned_licenses.push("sku-e3".into());
+        assert_eq!(
+            map_user(
+                &disabled,
+                &with(&["exclude_disabled=true", "exclude_unlicensed=true"])
+            ),
+            Err(SkipReason::NoMailbox)
+        );
+        assert_eq!(
+            map_user(&service_account(), &with(&["exclude_unlicensed=true"])),
+            Err(SkipReason::NoMailbox)
+        );
+    }
+
+    #[test]
+    fn rule2_mail_enabled_groups_are_not_checked_for_a_mailbox() {
+        let g = SourceGroup {
+            id: "g-2".into(),
+            display_name: Some("Sales".into()),
+            mail: Some("sales@contoso.com".into()),
+            mail_enabled: true,
+            ..SourceGroup::default()
+        };
+        assert!(map_group(&g, &ctx(EmailMethod::Mail)).unwrap().is_ok());
     }
 
     fn anne() -> SourceUser {

