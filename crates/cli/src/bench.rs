@@ -15,8 +15,8 @@ use usersync_engine::{
 };
 use usersync_store::{DomainOrigin, KeySource, RunStatus, SecretString, Store, StoreOptions};
 
-use crate::Cli;
 use crate::output::print_json;
+use crate::{Cli, outln};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -68,7 +68,7 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .unwrap_or_else(|| "sqlite".into());
         let figures = one_case(users, &backend, &args.postgres).await?;
-        println!("{}", serde_json::to_string(&figures)?);
+        outln!("{}", serde_json::to_string(&figures)?);
         return Ok(ExitCode::SUCCESS);
     }
     let exe = std::env::current_exe()?;
@@ -101,24 +101,21 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&all)?;
     } else {
-        let mut t = comfy_table::Table::new();
-        t.load_preset(comfy_table::presets::UTF8_HORIZONTAL_ONLY)
-            .set_header(vec![
-                "users",
-                "database",
-                "status",
-                "full sync (s)",
-                "read",
-                "plan",
-                "apply",
-                "requests",
-                "peak memory (MB)",
-                "added",
-                "skipped",
-                "re-sync (s)",
-            ]);
+        let mut t = crate::table::Table::new()
+            .keep("users")
+            .keep("database")
+            .keep("status")
+            .keep("full sync (s)")
+            .keep("read")
+            .keep("plan")
+            .keep("apply")
+            .keep("requests")
+            .keep("peak MB")
+            .keep("added")
+            .keep("skipped")
+            .keep("re-sync (s)");
         for f in &all {
-            t.add_row(vec![
+            t.row(vec![
                 f.users.to_string(),
                 f.backend.clone(),
                 f.status.clone(),
@@ -133,8 +130,8 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 format!("{:.2}", f.resync_s),
             ]);
         }
-        println!("{t}");
-        println!(
+        t.print();
+        outln!(
             "Goal: 100,000 users in 10 s or less with 300 MB or less peak memory ({} cores).",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );

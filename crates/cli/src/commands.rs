@@ -6,17 +6,17 @@ use anyhow::Context;
 use serde_json::json;
 use usersync_core::DomainName;
 use usersync_engine::{
-    Engine, EngineOptions, NewOffice365Source, Office365Settings, RunOutcome, connect_office365,
-    set_source_options,
+    ConnectionReport, Engine, EngineError, EngineOptions, NewOffice365Source, Office365Settings,
+    Reconnect, RunOutcome, connect_office365,
 };
 use usersync_graph::{GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL};
-use usersync_store::{DomainOrigin, RunStatus, SecretString, Store};
+use usersync_store::{DomainOrigin, KeyLocation, RunStatus, SecretString, Store, StoreError};
 
 use crate::output::{self, print_json};
 use crate::progress::TerminalProgress;
 use crate::{
-    Cli, Command, CustomerCommand, DomainCommand, FilterCommand, GroupsCommand, Office365Args,
-    RunsCommand, SourceAdd, SourceCommand, UsersCommand,
+    Cli, Command, CustomerCommand, DomainCommand, FilterCommand, GroupsCommand, KeyCommand,
+    Office365Args, RunsCommand, SourceAdd, SourceCommand, UsersCommand, outln,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -25,24 +25,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => return crate::sim::run(args).await,
         Command::Demo(args) => return crate::demo::run(&cli, args).await,
         Command::Bench(args) => return crate::bench::run(&cli, args).await,
+        Command::Key(KeyCommand::Reset { yes }) => return reset_key(&cli, *yes).await,
         _ => {}
     }
     let store = cli.open_store().await?;
-    let code = dispatch(&cli.command, &store).await;
+    let code = match dispatch(&cli.command, &store).await {
+        Err(error) => Err(explain(&store, error).await),
+        ok => ok,
+    };
     store.close().await;
     code
 }
 
+/// A "database is busy" error completed with who holds the database.
+async fn explain(store: &Store, error: anyhow::Error) -> anyhow::Error {
+    let error = match error.downcast::<StoreError>() {
+        Ok(e) => return store.explain(e).await.into(),
+        Err(other) => other,
+    };
+    match error.downcast::<EngineError>() {
+        Ok(EngineError::Store(e)) => store.explain(e).await.into(),
+        Ok(other) => other.into(),
+        Err(other) => other,
+    }
+}
+
 async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> {
+    let engine = Engine::new(store.clone(), EngineOptions::default());
     match command {
         Command::Customer(CustomerCommand::Add { name, json }) => {
             let customer = store.add_customer(name).await?;
             if json.json {
                 print_json(&customer)?;
             } else {
-                println!(
+                outln!(
                     "Added customer '{}' (id {}) with its group Main.",
-                    customer.name, customer.id
+                    customer.name,
+                    customer.id
                 );
             }
         }
@@ -67,7 +86,7 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             if json.json {
                 print_json(&domain)?;
             } else {
-                println!("Added the domain {} to '{}'.", domain.name, customer.name);
+                outln!("Added the domain {} to '{}'.", domain.name, customer.name);
             }
         }
         Command::Domain(DomainCommand::Show { domain, json }) => {
@@ -89,14 +108,18 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             }
         }
         Command::Source(SourceCommand::Add(SourceAdd::Office365(args))) => {
-            add_office365(store, args).await?;
+            return add_office365(&engine, args).await;
         }
-        Command::Source(SourceCommand::List { customer, json }) => {
+        Command::Source(SourceCommand::List {
+            customer,
+            include_removed,
+            json,
+        }) => {
             let customer_id = match customer {
                 Some(name) => Some(store.customer_by_name(name).await?.id),
                 None => None,
             };
-            let sources = store.list_sources(customer_id).await?;
+            let sources = store.list_sources(customer_id, *include_removed).await?;
             if json.json {
                 print_json(&sources)?;
             } else {
@@ -108,14 +131,99 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             assignments,
             json,
         }) => {
-            let options = set_source_options(store, *source_id, assignments).await?;
+            let options = engine.set_source_options(*source_id, assignments).await?;
             if json.json {
                 print_json(&options)?;
             } else {
-                println!("Source #{source_id} options:");
+                outln!("Source #{source_id} options:");
                 for (key, value) in options.entries() {
-                    println!("  {key} = {value}");
+                    outln!("  {key} = {value}");
                 }
+            }
+        }
+        Command::Source(SourceCommand::SetSecret { source_id, no_test }) => {
+            let secret = read_secret(*source_id)?;
+            engine.set_source_secret(*source_id, secret).await?;
+            outln!("Stored the new client secret of source #{source_id} (encrypted).");
+            if !no_test {
+                let report = engine.test_source(*source_id).await?;
+                output::connection_report(*source_id, &report);
+                if !report.is_ready() {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Command::Source(SourceCommand::Reconnect {
+            source_id,
+            client_id,
+            authority_url,
+            graph_url,
+            ca_file,
+            allow_insecure_http,
+            json,
+        }) => {
+            let before = store.source(*source_id).await?;
+            let source = engine
+                .reconnect_source(
+                    *source_id,
+                    Reconnect {
+                        client_id: client_id.clone(),
+                        authority_url: authority_url.clone(),
+                        graph_url: graph_url.clone(),
+                        ca_file: ca_file.clone(),
+                        allow_insecure_http: allow_insecure_http.then_some(true),
+                    },
+                )
+                .await?;
+            let report = engine.test_source(*source_id).await?;
+            if json.json {
+                print_json(&json!({"source": source, "connection": report}))?;
+            } else {
+                outln!("Source #{source_id} now connects with:");
+                for key in ["client_id", "authority_url", "graph_url", "ca_file"] {
+                    if let Some(value) = source.settings.get(key) {
+                        outln!("  {key:<14} {}", value.as_str().unwrap_or_default());
+                    }
+                }
+                let new_app = before.settings.get("client_id") != source.settings.get("client_id");
+                if new_app {
+                    outln!(
+                        "The client secret belongs to an app registration: set the new app's secret with `usersync source set-secret {source_id}`."
+                    );
+                }
+                output::connection_report(*source_id, &report);
+            }
+            if !report.is_ready() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Source(SourceCommand::Remove {
+            source_id,
+            keep_users,
+            confirm_removals,
+            json,
+        }) => {
+            let outcome = engine
+                .remove_source(*source_id, *keep_users, *confirm_removals)
+                .await?;
+            if json.json {
+                print_json(&outcome)?;
+            } else {
+                output::removal_report(&outcome);
+            }
+            if outcome.status == RunStatus::Failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Source(SourceCommand::Test { source_id, json }) => {
+            let report = engine.test_source(*source_id).await?;
+            if json.json {
+                print_json(&report)?;
+            } else {
+                output::connection_report(*source_id, &report);
+            }
+            if !report.is_ready() {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Source(SourceCommand::Show { source_id, json }) => {
@@ -133,7 +241,6 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             create_group,
             json,
         }) => {
-            let engine = Engine::new(store.clone(), EngineOptions::default());
             let mut create = *create_group;
             let added = loop {
                 match engine
@@ -153,9 +260,11 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             if json.json {
                 print_json(&added)?;
             } else {
-                println!(
+                outln!(
                     "Added rule {} -> {}: {}",
-                    added.id, added.group, added.expression
+                    added.id,
+                    added.group,
+                    added.expression
                 );
             }
         }
@@ -170,7 +279,7 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
         }
         Command::Filter(FilterCommand::Remove { source_id, rule_id }) => {
             store.remove_filter_rule(*source_id, *rule_id).await?;
-            println!("Removed rule {rule_id}.");
+            outln!("Removed rule {rule_id}.");
         }
         Command::Filter(FilterCommand::Move {
             source_id,
@@ -189,7 +298,6 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             }
         }
         Command::Preview { source_id, json } => {
-            let engine = Engine::new(store.clone(), EngineOptions::default());
             let progress = TerminalProgress::new(!json.json);
             let outcome = engine.preview(*source_id, &progress).await?;
             progress.finish();
@@ -209,7 +317,6 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             confirm_removals,
             json,
         } => {
-            let engine = Engine::new(store.clone(), EngineOptions::default());
             let progress = TerminalProgress::new(!json.json);
             let outcome = if *confirm_removals {
                 engine.sync_confirmed(*source_id, &progress).await?
@@ -256,7 +363,7 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             if json.json {
                 print_json(&user)?;
             } else {
-                println!("Added {} to '{}' by hand.", user.address, customer.name);
+                outln!("Added {} to '{}' by hand.", user.address, customer.name);
             }
         }
         Command::Users(UsersCommand::List {
@@ -284,14 +391,14 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
         Command::Groups(GroupsCommand::Add { name, customer }) => {
             let customer = store.customer_by_name(customer).await?;
             store.add_group(customer.id, name).await?;
-            println!("Added the group '{name}' to '{}'.", customer.name);
+            outln!("Added the group '{name}' to '{}'.", customer.name);
         }
         Command::Runs(RunsCommand::List {
             source,
             limit,
             json,
         }) => {
-            let runs = store.list_runs(*source, *limit).await?;
+            let runs = engine.runs(*source, *limit).await?;
             if json.json {
                 print_json(&runs)?;
             } else {
@@ -299,14 +406,18 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             }
         }
         Command::Runs(RunsCommand::Show { run_id, json }) => {
-            let run = store.run(*run_id).await?;
+            let run = engine.run_record(*run_id).await?;
             if json.json {
                 print_json(&run)?;
             } else {
                 output::run_details(&run);
             }
         }
-        Command::Config { .. } | Command::Sim(_) | Command::Demo(_) | Command::Bench(_) => {
+        Command::Config { .. }
+        | Command::Sim(_)
+        | Command::Demo(_)
+        | Command::Bench(_)
+        | Command::Key(_) => {
             unreachable!("handled above")
         }
     }
@@ -347,7 +458,8 @@ fn report_failure(outcome: &RunOutcome, as_json: bool) -> anyhow::Result<ExitCod
     Ok(ExitCode::FAILURE)
 }
 
-async fn add_office365(store: &Store, args: &Office365Args) -> anyhow::Result<()> {
+async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<ExitCode> {
+    let store = engine.store();
     let customer = store.customer_by_name(&args.customer).await?;
     let secret = std::env::var("USERSYNC_M365_CLIENT_SECRET").unwrap_or_default();
     let settings = Office365Settings {
@@ -361,6 +473,7 @@ async fn add_office365(store: &Store, args: &Office365Args) -> anyhow::Result<()
             .clone()
             .unwrap_or_else(|| GLOBAL_GRAPH_URL.to_string()),
         ca_file: args.ca_file.clone(),
+        allow_insecure_http: args.allow_insecure_http,
         options: usersync_core::SourceOptions {
             email_method: args.email_method,
             ..Default::default()
@@ -376,15 +489,109 @@ async fn add_office365(store: &Store, args: &Office365Args) -> anyhow::Result<()
         },
     )
     .await?;
-    if args.json.json {
-        print_json(&json!({"id": source.id}))?;
+    // The source is added either way; the test says at once what is missing.
+    let report: Option<ConnectionReport> = if args.no_test {
+        None
     } else {
-        println!(
-            "Added source #{} (office365, tenant {}) to '{}'. Next: `usersync preview {}`.",
-            source.id, source.tenant_id, customer.name, source.id
+        Some(engine.test_source(source.id).await?)
+    };
+    if args.json.json {
+        print_json(&json!({"id": source.id, "connection": report}))?;
+    } else {
+        outln!(
+            "Added source #{} (office365, tenant {}) to '{}'.",
+            source.id,
+            source.tenant_id,
+            customer.name
+        );
+        if let Some(path) = store.key().generated_file() {
+            outln!(
+                "Generated the key file {} that encrypts secrets at rest: back it up with the database.",
+                path.display()
+            );
+        }
+        match &report {
+            Some(report) if !report.is_ready() => {
+                eprintln!(
+                    "warning: the connection test failed; the source was added, but it cannot sync until this is fixed:"
+                );
+                output::connection_report(source.id, report);
+            }
+            Some(report) => {
+                output::connection_report(source.id, report);
+                outln!("Next: `usersync preview {}`.", source.id);
+            }
+            None => outln!("Next: `usersync source test {}`.", source.id),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The new secret: from USERSYNC_M365_CLIENT_SECRET, else typed on the terminal (not
+/// shown), else the first line of stdin. Never an argument: it would show in `ps`.
+fn read_secret(source_id: i64) -> anyhow::Result<SecretString> {
+    use std::io::{BufRead, IsTerminal};
+    if let Ok(secret) = std::env::var("USERSYNC_M365_CLIENT_SECRET")
+        && !secret.is_empty()
+    {
+        return Ok(SecretString::new(secret));
+    }
+    let secret = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!(
+            "Client secret of source #{source_id} (the secret's value, not shown): "
+        ))
+        .context("reading the secret from the terminal")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the secret from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if secret.trim().is_empty() {
+        anyhow::bail!(
+            "no secret was given: type it when asked, pipe it on stdin, or set USERSYNC_M365_CLIENT_SECRET"
         );
     }
-    Ok(())
+    Ok(SecretString::new(secret))
+}
+
+/// `usersync key reset`: forgets the stored secrets of a database whose key was lost.
+async fn reset_key(cli: &Cli, yes: bool) -> anyhow::Result<ExitCode> {
+    let mut options = cli.store_options();
+    options.verify_key = false;
+    let store = Store::open(options).await?;
+    let sources: Vec<_> = store
+        .list_sources(None, false)
+        .await?
+        .into_iter()
+        .filter(|s| s.has_secret)
+        .collect();
+    let ids: Vec<String> = sources.iter().map(|s| format!("#{}", s.id)).collect();
+    let question = format!(
+        "This forgets the client secrets of {} source(s) ({}); they cannot sync until each gets \
+         its secret again with `usersync source set-secret SOURCE_ID`. {} is used from now on. Go on?",
+        sources.len(),
+        if ids.is_empty() {
+            "none".to_string()
+        } else {
+            ids.join(", ")
+        },
+        store.key().describe()
+    );
+    if !yes && !confirm(&question) {
+        eprintln!("Nothing was changed (on a terminal, answer y; elsewhere, add --yes).");
+        store.close().await;
+        return Ok(ExitCode::FAILURE);
+    }
+    let forgotten = store.forget_secrets().await?;
+    store.close().await;
+    outln!("Forgot the secrets of {forgotten} source(s).");
+    for s in &sources {
+        outln!("  usersync source set-secret {}", s.id);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every setting with its effective value and origin; secrets show only whether they are set.
@@ -404,13 +611,20 @@ fn show_config(cli: &Cli, as_json: bool) -> anyhow::Result<ExitCode> {
             "(not set)".to_string()
         }
     };
-    let key = match (&cli.secret_key, &cli.secret_key_file) {
-        (Some(_), _) => ("*** (set)".to_string(), "env USERSYNC_SECRET_KEY".to_string()),
-        (None, Some(path)) => (path.display().to_string(), origin("USERSYNC_SECRET_KEY_FILE", "--secret-key-file")),
-        (None, None) => (
-            "DATABASE_FILE.key beside a SQLite database; usersync.key in the working directory for PostgreSQL".to_string(),
-            "default".to_string(),
+    let key_origin = match (&cli.secret_key, &cli.secret_key_file) {
+        (Some(_), _) => "env USERSYNC_SECRET_KEY".to_string(),
+        (None, Some(_)) => origin("USERSYNC_SECRET_KEY_FILE", "--secret-key-file"),
+        (None, None) => "default".to_string(),
+    };
+    let key = match cli.store_options().key_location() {
+        Ok(KeyLocation::Environment) => ("*** (set)".to_string(), key_origin),
+        Ok(location @ KeyLocation::File { .. }) => (location.describe(), key_origin),
+        Ok(KeyLocation::Unset) => (
+            "(none: a PostgreSQL database needs USERSYNC_SECRET_KEY or USERSYNC_SECRET_KEY_FILE)"
+                .to_string(),
+            key_origin,
         ),
+        Err(e) => (format!("(unknown: {e})"), key_origin),
     };
     let database_origin = if env("USERSYNC_DATABASE_URL").is_some() {
         "env USERSYNC_DATABASE_URL"
@@ -422,7 +636,7 @@ fn show_config(cli: &Cli, as_json: bool) -> anyhow::Result<ExitCode> {
     let rows: Vec<(&str, String, String)> = vec![
         (
             "database",
-            usersync_store::redact_url(&cli.database),
+            usersync_store::mask_password(&cli.database),
             database_origin.to_string(),
         ),
         ("secret_key", key.0, key.1),
@@ -452,6 +666,11 @@ fn show_config(cli: &Cli, as_json: bool) -> anyhow::Result<ExitCode> {
             origin("USERSYNC_M365_CA_FILE", "default"),
         ),
         (
+            "busy_timeout",
+            format!("{} s", cli.busy_timeout.as_secs()),
+            origin("USERSYNC_BUSY_TIMEOUT", "default"),
+        ),
+        (
             "log",
             env("USERSYNC_LOG").unwrap_or_else(|| "warn".into()),
             origin("USERSYNC_LOG", "default"),
@@ -465,7 +684,7 @@ fn show_config(cli: &Cli, as_json: bool) -> anyhow::Result<ExitCode> {
         print_json(&map)?;
     } else {
         for (k, v, o) in rows {
-            println!("{k:<20} {v}  [{o}]");
+            outln!("{k:<20} {v}  [{o}]");
         }
     }
     Ok(ExitCode::SUCCESS)

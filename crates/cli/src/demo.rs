@@ -10,8 +10,8 @@ use usersync_engine::{
 use usersync_sim::{SimConfig, Simulator};
 use usersync_store::{DomainOrigin, RunStatus, SecretString};
 
-use crate::Cli;
 use crate::progress::TerminalProgress;
+use crate::{Cli, outln};
 
 /// The demo's own database, made anew on each run, unless --database names another.
 const DEMO_DATABASE: &str = "usersync-demo.db";
@@ -39,7 +39,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let database = options.url.clone();
     let store = usersync_store::Store::open(options).await?;
 
-    println!(
+    outln!(
         "1. Starting the bundled Microsoft 365 simulator with {} users...",
         args.users
     );
@@ -50,9 +50,9 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     let info = sim.info().clone();
-    println!("   tenant {} at {}", info.tenant_id, info.graph_url);
+    outln!("   tenant {} at {}", info.tenant_id, info.graph_url);
 
-    println!("2. Creating the customer '{CUSTOMER}' with the tenant's mail domains...");
+    outln!("2. Creating the customer '{CUSTOMER}' with the tenant's mail domains...");
     let customer = store.add_customer(CUSTOMER).await?;
     for domain in &info.mail_domains {
         store
@@ -62,10 +62,10 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
                 DomainOrigin::Manual,
             )
             .await?;
-        println!("   + {domain}");
+        outln!("   + {domain}");
     }
 
-    println!("3. Connecting the tenant as an office365 source...");
+    outln!("3. Connecting the tenant as an office365 source...");
     let source = connect_office365(
         &store,
         NewOffice365Source {
@@ -76,10 +76,10 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .await?;
-    println!("   source #{} (client secret stored encrypted)", source.id);
+    outln!("   source #{} (client secret stored encrypted)", source.id);
 
     let engine = Engine::new(store.clone(), EngineOptions::default());
-    println!("4. Preview (changes nothing):");
+    outln!("4. Preview (changes nothing):");
     let preview = step(
         engine
             .preview(source.id, &TerminalProgress::new(true))
@@ -91,14 +91,14 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         *reasons.entry(skip.code.as_str()).or_default() += 1;
     }
     for (code, n) in reasons {
-        println!("     skipped {n:>4} x {code}");
+        outln!("     skipped {n:>4} x {code}");
     }
 
-    println!("5. Sync & Save:");
+    outln!("5. Sync & Save:");
     let first = step(engine.sync(source.id, &TerminalProgress::new(true)).await?)?;
     summary(&first);
 
-    println!("6. Changing the tenant: one user deleted, one added, one given a new alias...");
+    outln!("6. Changing the tenant: one user deleted, one added, one given a new alias...");
     let tenant = sim.tenant();
     let synced: Vec<_> = tenant
         .users()
@@ -113,7 +113,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if let [gone, changed, ..] = synced.as_slice() {
         tenant.delete_user(&gone.id)?;
-        println!("   - deleted {}", gone.display_name);
+        outln!("   - deleted {}", gone.display_name);
         let domain = info.mail_domains.first().cloned().unwrap_or_default();
         let alias = format!(
             "{}.alias@{domain}",
@@ -122,20 +122,20 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         tenant.update_user(&changed.id, |u| {
             u.proxy_addresses.push(format!("smtp:{alias}"))
         })?;
-        println!("   ~ {} gets the alias {alias}", changed.display_name);
+        outln!("   ~ {} gets the alias {alias}", changed.display_name);
     }
     let newcomer = tenant.new_member("Demo Newcomer");
     tenant.add_user(newcomer)?;
-    println!("   + added Demo Newcomer");
+    outln!("   + added Demo Newcomer");
 
-    println!("7. Sync & Save again:");
+    outln!("7. Sync & Save again:");
     let second = step(engine.sync(source.id, &TerminalProgress::new(true)).await?)?;
     summary(&second);
     for u in &second.plan.remove {
-        println!("     removed {} (kept as removed, restorable)", u.address);
+        outln!("     removed {} (kept as removed, restorable)", u.address);
     }
     for u in &second.plan.update {
-        println!(
+        outln!(
             "     updated {}: {}",
             u.address,
             u.changes.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -162,12 +162,12 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "usersync".into());
-    println!("\nDone. The directory is in {database}. Look at it with:");
-    println!("  {me}{db} users list --customer '{CUSTOMER}'");
-    println!("  {me}{db} users list --customer '{CUSTOMER}' --include-removed --json");
-    println!("  {me}{db} runs list");
-    println!("  {me}{db} runs show {}", second.run_id);
-    println!(
+    outln!("\nDone. The directory is in {database}. Look at it with:");
+    outln!("  {me}{db} users list --customer '{CUSTOMER}'");
+    outln!("  {me}{db} users list --customer '{CUSTOMER}' --include-removed --json");
+    outln!("  {me}{db} runs list");
+    outln!("  {me}{db} runs show {}", second.run_id);
+    outln!(
         "Run a simulator of your own with `{me} sim --users 1000` and connect it as in README.md."
     );
     Ok(ExitCode::SUCCESS)
@@ -185,7 +185,7 @@ fn step(outcome: RunOutcome) -> anyhow::Result<RunOutcome> {
 }
 
 fn summary(o: &RunOutcome) {
-    println!(
+    outln!(
         "   run {}: {} to add, {} to update, {} to remove, {} skipped ({} users and {} groups read with {} requests in {} ms)",
         o.run_id,
         o.plan.add.len(),

@@ -7,8 +7,11 @@ mod demo;
 mod output;
 mod progress;
 mod sim;
+mod table;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use usersync_core::EmailMethod;
@@ -31,9 +34,14 @@ struct Cli {
         hide = true
     )]
     secret_key: Option<String>,
-    /// A file holding the key that encrypts secrets at rest (generated if missing).
+    /// A file holding the key that encrypts secrets at rest [default: DATABASE_FILE.key
+    /// beside a SQLite database; none for PostgreSQL]. Generated with the first secret.
     #[arg(long, global = true, env = "USERSYNC_SECRET_KEY_FILE")]
     secret_key_file: Option<std::path::PathBuf>,
+    /// How long a command waits for another sync that is writing to the same SQLite
+    /// database before it gives up, e.g. 120s, 10m.
+    #[arg(long, global = true, env = "USERSYNC_BUSY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    busy_timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +93,9 @@ enum Command {
     /// Sync runs: every preview and sync, with its plan and outcome.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// The key that encrypts secrets at rest.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print the effective configuration (secrets masked) and where each value comes from.
     Config {
         #[command(flatten)]
@@ -96,6 +107,17 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure full syncs of simulated tenants (10,000 and 100,000 users by default).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Forget every stored client secret, so that a database whose key was lost can be used
+    /// with a new key; then set each source's secret again with `usersync source set-secret`.
+    Reset {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +169,62 @@ enum SourceCommand {
     List {
         #[arg(long)]
         customer: Option<String>,
+        /// Also list removed sources.
+        #[arg(long)]
+        include_removed: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Replace the client secret of a source (wrong or expired, or after `usersync key
+    /// reset`). Read from USERSYNC_M365_CLIENT_SECRET if set, else from the terminal (not
+    /// shown), else from stdin; never from an argument.
+    SetSecret {
+        source_id: i64,
+        /// Do not test the connection with the new secret.
+        #[arg(long)]
+        no_test: bool,
+    },
+    /// Change how a source connects (app registration, endpoints); its tenant and options
+    /// stay. The connection is tested afterwards.
+    Reconnect {
+        source_id: i64,
+        /// The application (client) id of the app registered in Microsoft Entra ID.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// The identity platform, e.g. https://login.microsoftonline.us.
+        #[arg(long)]
+        authority_url: Option<String>,
+        /// Microsoft Graph, e.g. https://graph.microsoft.us.
+        #[arg(long)]
+        graph_url: Option<String>,
+        /// A PEM file of extra root certificates to trust.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+        /// Allow plain http:// endpoints on a host other than this machine (secrets and
+        /// tokens travel unencrypted).
+        #[arg(long)]
+        allow_insecure_http: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Remove a source. Its users are removed like users gone from the tenant (kept as
+    /// removed, restorable), through the deletion safeguard; with --keep-users they stay
+    /// and no sync manages them any more. Its runs are kept; the tenant can be connected again.
+    Remove {
+        source_id: i64,
+        /// Keep the source's users, unmanaged.
+        #[arg(long, conflicts_with = "confirm_removals")]
+        keep_users: bool,
+        /// Remove the users even when they are more than the deletion safeguard allows.
+        #[arg(long)]
+        confirm_removals: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Sign in to the tenant and try one read of each kind a sync makes: reports each
+    /// permission the sync needs as granted or missing. Exit code 1 when it cannot sync.
+    Test {
+        source_id: i64,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -237,8 +315,36 @@ struct Office365Args {
     /// A PEM file of extra root certificates to trust (the simulator's with --tls).
     #[arg(long, env = "USERSYNC_M365_CA_FILE")]
     ca_file: Option<std::path::PathBuf>,
+    /// Allow plain http:// endpoints on a host other than this machine (secrets and tokens
+    /// travel unencrypted); http on loopback (the simulator) needs no flag.
+    #[arg(long)]
+    allow_insecure_http: bool,
+    /// Do not test the connection after adding the source.
+    #[arg(long)]
+    no_test: bool,
     #[command(flatten)]
     json: JsonFlag,
+}
+
+/// `90s`, `10m`, `1h` or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration; use e.g. 120s, 10m or 1h"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => n,
+        "m" | "min" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration; use e.g. 120s, 10m or 1h"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 fn parse_mailbox_type(text: &str) -> Result<usersync_core::MailboxType, String> {
@@ -324,12 +430,18 @@ impl Cli {
             (None, Some(path)) => KeySource::File(path.clone()),
             (None, None) => KeySource::Default,
         };
+        options.busy_timeout = self.busy_timeout;
         options
     }
 
     async fn open_store(&self) -> anyhow::Result<Store> {
         Ok(Store::open(self.store_options()).await?)
     }
+}
+
+/// Colour only where a person reads it: stderr is a terminal and NO_COLOR is not set.
+fn log_colours() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn main() -> ExitCode {
@@ -340,6 +452,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -354,7 +467,7 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", usersync_engine::error_text(error.as_ref()));
             ExitCode::FAILURE
         }
     }

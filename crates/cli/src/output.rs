@@ -1,31 +1,65 @@
-//! Human output: readable tables and summaries. JSON output is the structs themselves.
+//! Human output: tables (see `table.rs`) and summaries; JSON output is the structs themselves.
+//! Everything for stdout goes through [`outln!`], so a closed pipe (`usersync users list |
+//! head`) ends the command quietly, as with every Unix tool.
 
-use comfy_table::{ContentArrangement, Table, presets};
+use std::io::Write;
+
 use serde::Serialize;
 use usersync_core::plan::FieldValue;
-use usersync_core::{DirectoryUser, Plan};
-use usersync_engine::RunOutcome;
+use usersync_core::{DirectoryUser, Plan, Skip};
+use usersync_engine::{CheckStatus, ConnectionReport, RunOutcome, SourceRemovalOutcome};
 use usersync_store::{Customer, Domain, RunRecord, RunStats, RunStatus, SourceRecord};
+
+use crate::table::{Mode, Table};
+
+/// `println!` for stdout that ends the process quietly when the reader went away.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::output::write_line(format_args!($($arg)*)) };
+}
+
+/// Writes one line to stdout. A closed pipe ends the command at once, quietly and with
+/// success (what was asked for was read); any other write error ends it with a message.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Rows of one kind shown in a human report before "... and N more".
 const SHOWN: usize = 50;
 
-pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+/// A hint for people: on stdout for a terminal, on stderr when stdout is a pipe (so the
+/// pipe holds rows only).
+fn hint(text: &str) {
+    if Mode::of_stdout() == Mode::Plain {
+        eprintln!("{text}");
+    } else {
+        outln!("{text}");
+    }
 }
 
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header.to_vec());
-    t
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 fn more(total: usize) {
     if total > SHOWN {
-        println!("  ... and {} more (use --json to see all)", total - SHOWN);
+        hint(&format!(
+            "  ... and {} more (use --json to see all)",
+            total - SHOWN
+        ));
     }
 }
 
@@ -33,80 +67,102 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// An RFC 3339 time as people read it: to the second, UTC.
+pub fn time(rfc3339: &str) -> String {
+    match rfc3339.get(..19) {
+        Some(t) if rfc3339.len() > 19 => t.replace('T', " "),
+        _ => rfc3339.replace('T', " "),
+    }
+}
+
 pub fn customers_table(customers: &[Customer]) {
     if customers.is_empty() {
-        println!("No customers yet. Add one with `usersync customer add NAME`.");
+        hint("No customers yet. Add one with `usersync customer add NAME`.");
         return;
     }
-    let mut t = table(&["id", "name", "created"]);
+    let mut t = Table::new().keep("id").shorten("name").drop("created", 1);
     for c in customers {
-        t.add_row(vec![c.id.to_string(), c.name.clone(), c.created_at.clone()]);
+        t.row(vec![c.id.to_string(), c.name.clone(), time(&c.created_at)]);
     }
-    println!("{t}");
+    t.print();
 }
 
 pub fn domains_table(domains: &[Domain]) {
     if domains.is_empty() {
-        println!("No domains yet. Add one with `usersync domain add DOMAIN --customer NAME`.");
+        hint("No domains yet. Add one with `usersync domain add DOMAIN --customer NAME`.");
         return;
     }
-    let mut t = table(&[
-        "domain",
-        "customer",
-        "added",
-        "reject unlisted",
-        "protect listed only",
-        "since",
-    ]);
+    let mut t = Table::new()
+        .keep("domain")
+        .shorten("customer")
+        .keep("added")
+        .keep("reject unlisted")
+        .keep("protect listed only")
+        .drop("since", 1);
     for d in domains {
         let origin = match (d.origin, d.source_id) {
-            (usersync_store::DomainOrigin::Source, Some(s)) => format!("imported by source #{s}"),
+            (usersync_store::DomainOrigin::Source, Some(s)) => format!("source #{s}"),
             (usersync_store::DomainOrigin::Source, None) => "imported".to_string(),
             _ => "by hand".to_string(),
         };
-        t.add_row(vec![
+        t.row(vec![
             d.name.to_string(),
             d.customer.clone(),
             origin,
             yes_no(d.reject_unlisted).into(),
             yes_no(d.protect_listed_only).into(),
-            d.created_at.clone(),
+            time(&d.created_at),
         ]);
     }
-    println!("{t}");
+    t.print();
 }
 
 pub fn sources_table(sources: &[SourceRecord]) {
     if sources.is_empty() {
-        println!(
-            "No sources yet. Add one with `usersync source add office365 --customer NAME --tenant TENANT_ID`."
+        hint(
+            "No sources yet. Add one with `usersync source add office365 --customer NAME --tenant TENANT_ID`.",
         );
         return;
     }
-    let mut t = table(&["id", "customer", "kind", "tenant", "graph"]);
+    let mut t = Table::new()
+        .keep("id")
+        .shorten("customer")
+        .keep("kind")
+        .keep("tenant")
+        .keep("status")
+        .drop("graph", 1);
     for s in sources {
         let graph = s
             .settings
             .get("graph_url")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        t.add_row(vec![
+        let status = match &s.removed_at {
+            Some(when) => format!("removed {}", time(when)),
+            None if !s.has_secret => "no secret".to_string(),
+            None => "connected".to_string(),
+        };
+        t.row(vec![
             s.id.to_string(),
             s.customer.clone(),
             s.kind.to_string(),
             s.tenant_id.clone(),
+            status,
             graph.to_string(),
         ]);
     }
-    println!("{t}");
+    t.print();
 }
 
 pub fn source_details(s: &SourceRecord) {
-    println!("Source #{} ({}) of '{}'", s.id, s.kind, s.customer);
-    println!("  tenant:        {}", s.tenant_id);
+    outln!("Source #{} ({}) of '{}'", s.id, s.kind, s.customer);
+    outln!("  tenant:        {}", s.tenant_id);
+    if let Some(when) = &s.removed_at {
+        outln!("  removed:       {}", time(when));
+    }
     if let Some(settings) = s.settings.as_object() {
         for (key, value) in settings.iter().filter(|(k, _)| *k != "options") {
-            println!("  {:<14} {}", format!("{key}:"), plain(value));
+            outln!("  {:<14} {}", format!("{key}:"), plain(value));
         }
     }
     let options: usersync_core::SourceOptions = s
@@ -114,22 +170,22 @@ pub fn source_details(s: &SourceRecord) {
         .get("options")
         .and_then(|o| serde_json::from_value(o.clone()).ok())
         .unwrap_or_default();
-    println!(
+    outln!(
         "  options (change with `usersync source set {} KEY=VALUE`):",
         s.id
     );
     for (key, value) in options.entries() {
-        println!("    {key:<22} {value}");
+        outln!("    {key:<22} {value}");
     }
-    println!(
+    outln!(
         "  client secret: {}",
         if s.has_secret {
-            "stored (encrypted)"
+            "stored (encrypted)".to_string()
         } else {
-            "none"
+            format!("none (set it with `usersync source set-secret {}`)", s.id)
         }
     );
-    println!("  created:       {}", s.created_at);
+    outln!("  created:       {}", time(&s.created_at));
 }
 
 fn plain(v: &serde_json::Value) -> String {
@@ -137,7 +193,11 @@ fn plain(v: &serde_json::Value) -> String {
 }
 
 pub fn groups_table(groups: &[usersync_store::Group]) {
-    let mut t = table(&["group", "from", "members", "first members"]);
+    let mut t = Table::new()
+        .keep("group")
+        .drop("from", 2)
+        .keep("members")
+        .shorten("first members");
     for g in groups {
         let from = match (&g.tenant_group_id, g.source_id) {
             (Some(_), Some(s)) => format!("tenant group (source #{s})"),
@@ -145,45 +205,55 @@ pub fn groups_table(groups: &[usersync_store::Group]) {
         };
         let first: Vec<&str> = g.members.iter().take(3).map(String::as_str).collect();
         let more = if g.members.len() > 3 { ", ..." } else { "" };
-        t.add_row(vec![
+        t.row(vec![
             g.name.clone(),
             from,
             g.members.len().to_string(),
             format!("{}{more}", first.join(", ")),
         ]);
     }
-    println!("{t}");
+    t.print();
 }
 
 pub fn rules_table(rules: &[usersync_core::FilterRule]) {
     if rules.is_empty() {
-        println!(
-            "No filter rules: every user goes to Main. Add one with `usersync filter add SOURCE_ID --group NAME 'RULE'`."
+        hint(
+            "No filter rules: every user goes to Main. Add one with `usersync filter add SOURCE_ID --group NAME 'RULE'`.",
         );
         return;
     }
-    let mut t = table(&["#", "rule id", "group", "rule"]);
+    let mut t = Table::new()
+        .keep("#")
+        .keep("rule id")
+        .keep("group")
+        .shorten("rule");
     for (i, r) in rules.iter().enumerate() {
-        t.add_row(vec![
+        t.row(vec![
             (i + 1).to_string(),
             r.id.to_string(),
             r.group.clone(),
             r.expression.to_string(),
         ]);
     }
-    println!("{t}");
+    t.print();
 }
 
 pub fn users_table(users: &[DirectoryUser]) {
     if users.is_empty() {
-        println!("No users.");
+        hint("No users.");
         return;
     }
-    let mut t = table(&[
-        "address", "name", "type", "billable", "aliases", "group", "status", "source",
-    ]);
+    let mut t = Table::new()
+        .keep("address")
+        .shorten("name")
+        .keep("type")
+        .keep("billable")
+        .drop("aliases", 2)
+        .drop("group", 4)
+        .drop("status", 3)
+        .drop("source", 1);
     for u in users {
-        t.add_row(vec![
+        t.row(vec![
             u.address.to_string(),
             u.display_name.clone(),
             u.mailbox_type.to_string(),
@@ -192,15 +262,15 @@ pub fn users_table(users: &[DirectoryUser]) {
                 .iter()
                 .map(|a| a.as_str())
                 .collect::<Vec<_>>()
-                .join("\n"),
+                .join(","),
             u.group.clone(),
             u.status.to_string(),
             u.source_id.map_or("by hand".into(), |s| format!("#{s}")),
         ]);
     }
-    println!("{t}");
+    t.print();
     let billable = users.iter().filter(|u| u.billable).count();
-    println!("{} users, {} billable.", users.len(), billable);
+    hint(&format!("{} users, {} billable.", users.len(), billable));
 }
 
 fn value_text(v: &FieldValue) -> String {
@@ -215,7 +285,7 @@ fn value_text(v: &FieldValue) -> String {
 }
 
 pub fn plan_report(plan: &Plan, run_id: i64, stats: &RunStats) {
-    println!(
+    outln!(
         "Preview (run {run_id}): {} to add, {} to update, {} to remove, {} skipped. Nothing was changed.",
         plan.add.len(),
         plan.update.len(),
@@ -226,106 +296,132 @@ pub fn plan_report(plan: &Plan, run_id: i64, stats: &RunStats) {
     notes(stats);
 }
 
-fn plan_tables(plan: &Plan) {
-    if !plan.add.is_empty() {
-        println!("\nAdd:");
-        let mut t = table(&[
-            "address",
-            "name",
-            "type",
-            "billable",
-            "aliases",
-            "group",
-            "placed by",
-        ]);
-        for u in plan.add.iter().take(SHOWN) {
-            t.add_row(vec![
-                u.address.to_string(),
-                u.display_name.clone(),
-                u.mailbox_type.to_string(),
-                yes_no(u.billable).into(),
-                u.aliases.len().to_string(),
-                u.group.clone(),
-                u.placed_by.clone().unwrap_or_else(|| "default".into()),
-            ]);
-        }
-        println!("{t}");
-        more(plan.add.len());
+/// A section of a plan: on a terminal a title and a table; into a pipe its rows, each
+/// starting with the section's name (`add`, `update`, ...), so one stream can be grepped.
+fn section(title: &str, name: &'static str, table: Table) {
+    if table.is_empty() {
+        return;
     }
-    if !plan.update.is_empty() {
-        println!("\nUpdate:");
-        let mut t = table(&["address", "field", "before", "after"]);
-        for u in plan.update.iter().take(SHOWN) {
-            let mut first = true;
-            let label = if u.linked {
-                " (linked)"
-            } else if u.restored {
-                " (restored)"
-            } else {
-                ""
-            };
-            for (field, change) in &u.changes {
-                let address = if first {
-                    format!("{}{label}", u.address)
-                } else {
-                    String::new()
-                };
-                first = false;
-                t.add_row(vec![
-                    address,
-                    field.clone(),
-                    value_text(&change.0),
-                    value_text(&change.1),
-                ]);
+    match Mode::of_stdout() {
+        Mode::Plain => {
+            for line in table.render(Mode::Plain) {
+                outln!("{name}\t{line}");
             }
         }
-        println!("{t}");
-        more(plan.update.len());
+        terminal => {
+            outln!();
+            outln!("{title}");
+            for line in table.render(terminal) {
+                outln!("{line}");
+            }
+        }
     }
-    if !plan.remove.is_empty() {
-        println!("\nRemove (kept as removed, restorable):");
-        let mut t = table(&["address", "name", "type"]);
-        for u in plan.remove.iter().take(SHOWN) {
-            t.add_row(vec![
-                u.address.to_string(),
-                u.display_name.clone(),
-                u.mailbox_type.to_string(),
+}
+
+fn plan_tables(plan: &Plan) {
+    let mut t = Table::new()
+        .keep("address")
+        .shorten("name")
+        .keep("type")
+        .keep("billable")
+        .drop("aliases", 2)
+        .keep("group")
+        .drop("placed by", 1);
+    for u in plan.add.iter().take(SHOWN) {
+        t.row(vec![
+            u.address.to_string(),
+            u.display_name.clone(),
+            u.mailbox_type.to_string(),
+            yes_no(u.billable).into(),
+            u.aliases.len().to_string(),
+            u.group.clone(),
+            u.placed_by.clone().unwrap_or_else(|| "default".into()),
+        ]);
+    }
+    section("Add:", "add", t);
+    more(plan.add.len());
+
+    let mut t = Table::new()
+        .keep("address")
+        .keep("field")
+        .shorten("before")
+        .shorten("after");
+    for u in plan.update.iter().take(SHOWN) {
+        let label = if u.linked {
+            " (linked)"
+        } else if u.restored {
+            " (restored)"
+        } else {
+            ""
+        };
+        // Every row names its address: a row must make sense alone (grep, sort).
+        for (field, change) in &u.changes {
+            t.row(vec![
+                format!("{}{label}", u.address),
+                field.clone(),
+                value_text(&change.0),
+                value_text(&change.1),
             ]);
         }
-        println!("{t}");
-        more(plan.remove.len());
     }
+    section("Update:", "update", t);
+    more(plan.update.len());
+
+    let mut t = Table::new().keep("address").shorten("name").keep("type");
+    for u in plan.remove.iter().take(SHOWN) {
+        t.row(vec![
+            u.address.to_string(),
+            u.display_name.clone(),
+            u.mailbox_type.to_string(),
+        ]);
+    }
+    section("Remove (kept as removed, restorable):", "remove", t);
+    more(plan.remove.len());
+
     if !plan.import_domains.is_empty() {
         let names: Vec<String> = plan.import_domains.iter().map(|d| d.to_string()).collect();
-        println!("\nDomains to import: {}", names.join(", "));
+        outln!();
+        outln!("Domains to import: {}", names.join(", "));
     }
     if let Some(groups) = &plan.groups {
-        println!("\nConsole groups from tenant groups:");
-        let mut t = table(&["group", "tenant group", "members"]);
+        let mut t = Table::new()
+            .keep("group")
+            .shorten("tenant group")
+            .keep("members");
         for g in groups.iter().take(SHOWN) {
-            t.add_row(vec![
+            t.row(vec![
                 g.name.clone(),
                 g.tenant_group_name.clone(),
                 g.members.len().to_string(),
             ]);
         }
-        println!("{t}");
+        section("Console groups from tenant groups:", "group", t);
         more(groups.len());
     }
-    if !plan.skip.is_empty() {
-        println!("\nSkip:");
-        let mut t = table(&["name", "reason"]);
-        for s in plan.skip.iter().take(SHOWN) {
-            t.add_row(vec![s.name.clone(), s.reason.clone()]);
-        }
-        println!("{t}");
-        more(plan.skip.len());
+    section("Skip:", "skip", skips_table(&plan.skip));
+    more(plan.skip.len());
+    section(
+        "Synced with a warning:",
+        "warning",
+        skips_table(&plan.warnings),
+    );
+    more(plan.warnings.len());
+}
+
+fn skips_table(items: &[Skip]) -> Table {
+    let mut t = Table::new()
+        .shorten("name")
+        .drop("code", 1)
+        .shorten("reason");
+    for s in items.iter().take(SHOWN) {
+        t.row(vec![s.name.clone(), s.code.clone(), s.reason.clone()]);
     }
+    t
 }
 
 fn notes(stats: &RunStats) {
     for note in &stats.notes {
-        println!("Note: {note}");
+        outln!("Note: {note}");
     }
 }
 
@@ -340,7 +436,7 @@ pub fn sync_report(outcome: &RunOutcome) {
         }
         _ => {
             let p = &outcome.plan;
-            println!(
+            outln!(
                 "Synced (run {}): {} added, {} updated ({} linked), {} removed, {} skipped, in {:.1} s with {} requests.",
                 outcome.run_id,
                 p.add.len(),
@@ -352,8 +448,14 @@ pub fn sync_report(outcome: &RunOutcome) {
                 outcome.stats.requests
             );
             notes(&outcome.stats);
-            if !p.skip.is_empty() {
-                println!(
+            if !p.warnings.is_empty() {
+                outln!(
+                    "{} synced with a warning (an alias or a new address left out).",
+                    p.warnings.len()
+                );
+            }
+            if !p.skip.is_empty() || !p.warnings.is_empty() {
+                outln!(
                     "See why each was skipped: `usersync runs show {}`.",
                     outcome.run_id
                 );
@@ -364,42 +466,47 @@ pub fn sync_report(outcome: &RunOutcome) {
 
 pub fn runs_table(runs: &[RunRecord]) {
     if runs.is_empty() {
-        println!("No runs yet. Try `usersync preview SOURCE_ID`.");
+        hint("No runs yet. Try `usersync preview SOURCE_ID`.");
         return;
     }
-    let mut t = table(&[
-        "run", "source", "customer", "kind", "status", "started", "added", "updated", "removed",
-        "skipped", "error",
-    ]);
+    let mut t = Table::new()
+        .keep("run")
+        .keep("source")
+        .drop("customer", 2)
+        .keep("kind")
+        .keep("status")
+        .keep("started")
+        .keep("changes")
+        .terminal_only()
+        .keep("added")
+        .plain_only()
+        .keep("updated")
+        .plain_only()
+        .keep("removed")
+        .plain_only()
+        .keep("skipped")
+        .shorten("error");
     for r in runs {
-        t.add_row(vec![
+        t.row(vec![
             r.id.to_string(),
             format!("#{}", r.source_id),
             r.customer.clone(),
             r.kind.as_str().into(),
             r.status.as_str().into(),
-            r.started_at.clone(),
+            time(&r.started_at),
+            format!("+{} ~{} -{}", r.added, r.updated, r.removed),
             r.added.to_string(),
             r.updated.to_string(),
             r.removed.to_string(),
             r.skipped.to_string(),
-            shorten(r.error.as_deref().unwrap_or_default(), 60),
+            r.error.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}");
-}
-
-/// The start of a long text for a table cell; the whole text is one command away.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let cut: String = text.chars().take(max).collect();
-    format!("{cut}... (runs show)")
+    t.print();
 }
 
 pub fn run_details(r: &RunRecord) {
-    println!(
+    outln!(
         "Run {} of source #{} ('{}'): {} {}",
         r.id,
         r.source_id,
@@ -407,27 +514,117 @@ pub fn run_details(r: &RunRecord) {
         r.kind.as_str(),
         r.status.as_str()
     );
-    println!("  started:  {}", r.started_at);
-    println!("  finished: {}", r.finished_at.as_deref().unwrap_or("-"));
+    outln!("  started:  {}", time(&r.started_at));
+    outln!(
+        "  finished: {}",
+        r.finished_at
+            .as_deref()
+            .map(time)
+            .unwrap_or_else(|| "-".into())
+    );
+    if let Some(owner) = &r.owner {
+        outln!("  process:  pid {} on {}", owner.pid, owner.host);
+    }
     if let Some(s) = &r.stats {
-        println!(
-            "  read:     {} users, {} groups, {} requests ({} throttled), {:.1} s",
+        outln!(
+            "  read:     {} users, {} groups, {} requests ({} throttled)",
             s.read_users,
             s.read_groups,
             s.requests,
             s.throttled,
-            s.duration_ms as f64 / 1000.0
+        );
+        outln!(
+            "  time:     {:.1} s (read {:.1} s, plan {:.1} s, apply {:.1} s)",
+            s.duration_ms as f64 / 1000.0,
+            s.read_ms as f64 / 1000.0,
+            s.plan_ms as f64 / 1000.0,
+            s.apply_ms as f64 / 1000.0
         );
         notes(s);
     }
-    println!(
+    outln!(
         "  counts:   {} added, {} updated ({} linked), {} removed, {} skipped",
-        r.added, r.updated, r.linked, r.removed, r.skipped
+        r.added,
+        r.updated,
+        r.linked,
+        r.removed,
+        r.skipped
     );
     if let Some(e) = &r.error {
-        println!("  error:    {e}");
+        outln!("  error:    {e}");
     }
     if let Some(plan) = &r.plan {
         plan_tables(plan);
+    }
+}
+
+/// A connection test, check by check.
+pub fn connection_report(source_id: i64, report: &ConnectionReport) {
+    let mut t = Table::new()
+        .keep("permission")
+        .keep("status")
+        .shorten("needed for")
+        .shorten("detail");
+    for c in &report.checks {
+        let status = match (c.status, c.required) {
+            (CheckStatus::Missing, false) => "missing (optional)".to_string(),
+            (s, _) => s.as_str().to_string(),
+        };
+        t.row(vec![
+            c.permission.clone(),
+            status,
+            c.needed_for.clone(),
+            c.detail.clone().unwrap_or_default(),
+        ]);
+    }
+    t.print();
+    let missing: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Missing)
+        .map(|c| c.permission.as_str())
+        .collect();
+    if report.is_ready() {
+        hint(&format!(
+            "Source #{source_id} can sync{}.",
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} not granted: see above)", missing.join(", "))
+            }
+        ));
+    } else {
+        let failed: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.required && c.status != CheckStatus::Granted)
+            .map(|c| c.permission.as_str())
+            .collect();
+        hint(&format!(
+            "Source #{source_id} cannot sync yet: {} not working. Grant the missing application \
+             permissions to the app and admin consent in the tenant; a wrong or expired secret is \
+             replaced with `usersync source set-secret {source_id}`.",
+            failed.join(", ")
+        ));
+    }
+}
+
+pub fn removal_report(outcome: &SourceRemovalOutcome) {
+    match (outcome.status, outcome.run_id) {
+        (RunStatus::Failed, Some(run)) => eprintln!(
+            "Source #{} was not removed (run {run}); nothing was changed: {}",
+            outcome.source_id,
+            outcome.error.as_deref().unwrap_or("unknown error")
+        ),
+        (_, None) => outln!(
+            "Removed source #{}; its {} users stay and no sync changes them any more.",
+            outcome.source_id,
+            outcome.unmanaged
+        ),
+        (_, Some(run)) => outln!(
+            "Removed source #{} (run {run}): {} users removed (kept as removed, restorable).",
+            outcome.source_id,
+            outcome.removed
+        ),
     }
 }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+
+use crate::outln;
 use usersync_sim::{SimConfig, Simulator, Throttle};
 
 #[derive(Debug, Args)]
@@ -71,7 +73,7 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         ..SimConfig::default()
     };
     let sim = Simulator::start(config).await?;
-    println!("{}", serde_json::to_string(sim.info())?);
+    outln!("{}", serde_json::to_string(sim.info())?);
     eprintln!(
         "Simulator running with {} users; Ctrl-C stops it.",
         args.users

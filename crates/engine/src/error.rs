@@ -14,6 +14,9 @@ pub enum EngineError {
     /// A filter rule was refused; the message names the wrong part.
     #[error(transparent)]
     Filter(#[from] usersync_core::FilterError),
+    /// An option names a tenant group the tenant does not have.
+    #[error(transparent)]
+    TenantGroup(#[from] usersync_core::UnknownTenantGroup),
     /// A setting of a source is missing or wrong; names the setting and the fix.
     #[error("{field}: {problem}")]
     Config { field: String, problem: String },
@@ -25,5 +28,43 @@ impl EngineError {
             field: field.to_string(),
             problem: problem.into(),
         }
+    }
+}
+
+/// An error and its causes as one line, each cause once: sources whose text the message
+/// already holds are left out (so "refused: refused" never happens).
+pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the database: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_appears_once() {
+        let inner = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let text = error_text(&Outer(inner));
+        assert_eq!(
+            text,
+            "cannot open the database: Connection refused (os error 111)"
+        );
     }
 }

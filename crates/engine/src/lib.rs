@@ -8,11 +8,15 @@ mod error;
 mod office365;
 mod run;
 mod source;
+mod sources;
 
-pub use error::EngineError;
+pub use error::{EngineError, error_text};
 pub use office365::{
     NewOffice365Source, Office365Settings, Office365Source, ReadNeeds, connect_office365,
-    set_source_options,
 };
 pub use run::{Engine, EngineOptions, RunOutcome};
-pub use source::{NoProgress, Progress, Source, SourceError, SourceRead};
+pub use source::{
+    CheckStatus, ConnectionReport, NoProgress, PermissionCheck, Progress, Source, SourceError,
+    SourceRead,
+};
+pub use sources::{Reconnect, SourceRemovalOutcome};

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use url::Url;
 use usersync_core::{
-    SourceDomain, SourceGroup, SourceKind, SourceOptions, SourceSnapshot, SourceUser,
+    ClientId, SourceDomain, SourceGroup, SourceKind, SourceOptions, SourceSnapshot, SourceUser,
+    TenantId,
 };
 use usersync_graph::{
     ClientSecret, GROUP_PROPERTIES, GraphClient, GraphConfig, RetryPolicy, USER_PROPERTIES,
@@ -14,7 +15,19 @@ use usersync_graph::{
 use usersync_store::{NewSource, SecretString, SourceRecord, Store};
 
 use crate::EngineError;
-use crate::source::{Progress, Source, SourceError, SourceRead};
+use crate::source::{
+    CheckStatus, ConnectionReport, PermissionCheck, Progress, Source, SourceError, SourceRead,
+};
+
+fn not_checked(permission: &str, needed_for: &str, required: bool) -> PermissionCheck {
+    PermissionCheck {
+        permission: permission.to_string(),
+        needed_for: needed_for.to_string(),
+        status: CheckStatus::NotChecked,
+        required,
+        detail: None,
+    }
+}
 
 /// The stored settings of an `office365` source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +41,10 @@ pub struct Office365Settings {
     /// A PEM file of extra root certificates to trust (a private cloud or the simulator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Plain `http://` endpoints on a host other than loopback were allowed explicitly
+    /// (`--allow-insecure-http`): the secret and tokens travel unencrypted there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_http: bool,
     #[serde(default)]
     pub options: SourceOptions,
 }
@@ -44,9 +61,55 @@ impl Office365Settings {
             authority_url: authority_url.into(),
             graph_url: graph_url.into(),
             ca_file: None,
+            allow_insecure_http: false,
             options: SourceOptions::default(),
         }
     }
+
+    /// Checks the connection settings: a client id that is a GUID, endpoints that are
+    /// URLs (https, or http on loopback only unless allowed), a CA file with a certificate.
+    pub fn check(&self) -> Result<(), EngineError> {
+        ClientId::parse(&self.client_id).map_err(|e| {
+            let problem = e.to_string();
+            let problem = problem
+                .strip_prefix("--client-id: ")
+                .unwrap_or(&problem)
+                .to_string();
+            EngineError::config(
+                "--client-id",
+                format!("{problem} (or set USERSYNC_M365_CLIENT_ID)"),
+            )
+        })?;
+        endpoint(
+            Endpoint::Authority,
+            &self.authority_url,
+            self.allow_insecure_http,
+        )?;
+        endpoint(Endpoint::Graph, &self.graph_url, self.allow_insecure_http)?;
+        if let Some(path) = &self.ca_file {
+            certificates_in(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// The PEM file's contents, refused unless it holds at least one certificate.
+fn certificates_in(path: &std::path::Path) -> Result<Vec<u8>, EngineError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        EngineError::config("--ca-file", format!("cannot read {}: {e}", path.display()))
+    })?;
+    let text = String::from_utf8_lossy(&pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(EngineError::config(
+            "--ca-file",
+            format!(
+                "{} holds no PEM certificate (a block starting with -----BEGIN CERTIFICATE-----); \
+                 give the CA certificate that signed the server's, in PEM form",
+                path.display()
+            ),
+        ));
+    }
+    Ok(pem)
 }
 
 /// What connecting a tenant needs.
@@ -65,32 +128,22 @@ pub async fn connect_office365(
 ) -> Result<SourceRecord, EngineError> {
     // Tenant ids (GUIDs and domain names alike) are case-insensitive: one form is stored,
     // so one tenant cannot be connected twice under two spellings.
-    let tenant = new.tenant_id.trim().to_ascii_lowercase();
-    let tenant = tenant.as_str();
-    if tenant.is_empty() || tenant.contains('/') || tenant.contains(char::is_whitespace) {
-        return Err(EngineError::config(
+    let tenant = TenantId::parse(&new.tenant_id).map_err(|e| {
+        let problem = e.to_string();
+        EngineError::config(
             "--tenant",
-            "give the tenant id (a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47) or its initial domain",
-        ));
-    }
-    if new.settings.client_id.trim().is_empty() {
-        return Err(EngineError::config(
-            "--client-id",
-            "give the application (client) id of the app registered in Microsoft Entra ID, or set USERSYNC_M365_CLIENT_ID",
-        ));
-    }
+            problem
+                .strip_prefix("--tenant: ")
+                .unwrap_or(&problem)
+                .to_string(),
+        )
+    })?;
+    new.settings.check()?;
     if new.client_secret.expose().trim().is_empty() {
         return Err(EngineError::config(
             "USERSYNC_M365_CLIENT_SECRET",
             "set the client secret of the app in this environment variable (it is stored encrypted, never printed)",
         ));
-    }
-    parse_endpoint("--authority-url", &new.settings.authority_url)?;
-    parse_endpoint("--graph-url", &new.settings.graph_url)?;
-    if let Some(path) = &new.settings.ca_file {
-        std::fs::read(path).map_err(|e| {
-            EngineError::config("--ca-file", format!("cannot read {}: {e}", path.display()))
-        })?;
     }
     let settings = serde_json::to_value(&new.settings)
         .map_err(|e| EngineError::config("settings", e.to_string()))?;
@@ -105,54 +158,85 @@ pub async fn connect_office365(
         .await?)
 }
 
-/// Sets options of a source from `KEY=VALUE` texts, all or none, and returns them.
-pub async fn set_source_options(
-    store: &Store,
-    source_id: i64,
-    assignments: &[String],
-) -> Result<SourceOptions, EngineError> {
-    let record = store.source(source_id).await?;
-    let mut settings: Office365Settings = serde_json::from_value(record.settings.clone())
-        .map_err(|e| EngineError::config("source settings", e.to_string()))?;
-    let options = settings.options.apply(assignments)?;
-    // group_map maps onto existing console groups: a name that is not one is refused.
-    let groups = store.list_groups(record.customer_id).await?;
-    for (_, console) in &options.group_map {
-        if !groups.iter().any(|g| g.name == *console) {
-            let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+/// Which endpoint a URL is for: each has its own flag and example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Authority,
+    Graph,
+}
+
+impl Endpoint {
+    fn field(self) -> &'static str {
+        match self {
+            Endpoint::Authority => "--authority-url",
+            Endpoint::Graph => "--graph-url",
+        }
+    }
+
+    fn example(self) -> &'static str {
+        match self {
+            Endpoint::Authority => {
+                "https://login.microsoftonline.com (the identity platform; national clouds have their own, such as https://login.microsoftonline.us)"
+            }
+            Endpoint::Graph => {
+                "https://graph.microsoft.com (Microsoft Graph, not the sign-in URL; national clouds have their own, such as https://graph.microsoft.us)"
+            }
+        }
+    }
+}
+
+/// An endpoint URL: https, or plain http only on a loopback host (the simulator, a test
+/// server) unless `allow_insecure_http`: over http the secret and tokens travel unencrypted.
+fn endpoint(which: Endpoint, text: &str, allow_insecure_http: bool) -> Result<Url, EngineError> {
+    let field = which.field();
+    let url = Url::parse(text).map_err(|e| {
+        EngineError::config(
+            field,
+            format!("'{text}' is not a URL ({e}); use e.g. {}", which.example()),
+        )
+    })?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http || is_loopback(&url) => {}
+        "http" => {
             return Err(EngineError::config(
-                "group_map",
+                field,
                 format!(
-                    "the console group '{console}' does not exist in '{}'; existing groups: {}. \
-                     Create it with `usersync groups add '{console}' --customer '{}'`",
-                    record.customer,
-                    names.join(", "),
-                    record.customer
+                    "'{text}' is plain http on a host other than this machine: the client secret and \
+                     access tokens would travel unencrypted. Use https, or add --allow-insecure-http \
+                     if you must (a lab network)"
+                ),
+            ));
+        }
+        _ => {
+            return Err(EngineError::config(
+                field,
+                format!(
+                    "'{text}' must start with https://, such as {}",
+                    which.example()
                 ),
             ));
         }
     }
-    settings.options = options;
-    let value = serde_json::to_value(&settings)
-        .map_err(|e| EngineError::config("source settings", e.to_string()))?;
-    store.set_source_settings(source_id, &value).await?;
-    Ok(settings.options)
-}
-
-fn parse_endpoint(field: &str, text: &str) -> Result<Url, EngineError> {
-    let url = Url::parse(text).map_err(|e| {
-        EngineError::config(
-            field,
-            format!("'{text}' is not a URL ({e}); use e.g. https://login.microsoftonline.com"),
-        )
-    })?;
-    if !matches!(url.scheme(), "https" | "http") {
+    if which == Endpoint::Graph && url.host_str().is_some_and(|h| h.starts_with("login.")) {
         return Err(EngineError::config(
             field,
-            format!("'{text}' must start with https://"),
+            format!(
+                "'{text}' looks like a sign-in URL; --graph-url wants Microsoft Graph, such as {}",
+                which.example()
+            ),
         ));
     }
     Ok(url)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
 }
 
 /// What a read must fetch beyond users, groups and domains; each costs requests.
@@ -185,8 +269,16 @@ impl Office365Source {
         retry: RetryPolicy,
     ) -> Result<Self, EngineError> {
         let mut config = GraphConfig::with_urls(
-            parse_endpoint("authority_url", &settings.authority_url)?,
-            parse_endpoint("graph_url", &settings.graph_url)?,
+            endpoint(
+                Endpoint::Authority,
+                &settings.authority_url,
+                settings.allow_insecure_http,
+            )?,
+            endpoint(
+                Endpoint::Graph,
+                &settings.graph_url,
+                settings.allow_insecure_http,
+            )?,
             record.tenant_id.clone(),
             settings.client_id.clone(),
             ClientSecret::new(secret.expose()),
@@ -194,10 +286,9 @@ impl Office365Source {
         config.max_in_flight = max_in_flight;
         config.retry = retry;
         if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                EngineError::config("ca_file", format!("cannot read {}: {e}", path.display()))
-            })?;
-            config.extra_root_certificates_pem.push(pem);
+            config
+                .extra_root_certificates_pem
+                .push(certificates_in(path)?);
         }
         let client = GraphClient::new(config)
             .map_err(|e| EngineError::config("office365 source", e.to_string()))?;
@@ -316,13 +407,121 @@ impl Office365Source {
     }
 }
 
+impl Office365Source {
+    /// One request's worth of a check: granted, missing (403), or failed otherwise.
+    async fn probe(
+        &self,
+        permission: &str,
+        needed_for: &str,
+        required: bool,
+        path: &str,
+    ) -> (PermissionCheck, Option<serde_json::Value>) {
+        let (status, detail, body) = match self.client.get_one::<serde_json::Value>(path).await {
+            Ok(body) => (CheckStatus::Granted, None, Some(body)),
+            Err(e) if e.is_forbidden() => (CheckStatus::Missing, Some(e.to_string()), None),
+            Err(e) => (CheckStatus::Failed, Some(e.to_string()), None),
+        };
+        let check = PermissionCheck {
+            permission: permission.to_string(),
+            needed_for: needed_for.to_string(),
+            status,
+            required,
+            detail,
+        };
+        (check, body)
+    }
+}
+
 #[async_trait]
 impl Source for Office365Source {
+    async fn check(&self) -> ConnectionReport {
+        let mut checks = Vec::new();
+        let sign_in = self.client.check_credentials().await;
+        let signed_in = sign_in.is_ok();
+        checks.push(PermissionCheck {
+            permission: "sign-in".into(),
+            needed_for: "an access token for the tenant (client id, client secret, admin consent)"
+                .into(),
+            status: if signed_in {
+                CheckStatus::Granted
+            } else {
+                CheckStatus::Failed
+            },
+            required: true,
+            detail: sign_in.err().map(|e| e.to_string()),
+        });
+        let wanted: [(&str, &str, bool, &str); 3] = [
+            (
+                "User.Read.All",
+                "users, their addresses, licences and managers",
+                true,
+                "/users?$select=id,userPrincipalName&$top=1",
+            ),
+            (
+                "Group.Read.All",
+                "groups and their members (group mailboxes, filters, selected groups)",
+                true,
+                "/groups?$select=id,displayName&$top=1",
+            ),
+            (
+                "Domain.Read.All",
+                "the tenant's domains (import_domains)",
+                true,
+                "/domains",
+            ),
+        ];
+        let mut first_user = None;
+        for (permission, needed_for, required, path) in wanted {
+            if !signed_in {
+                checks.push(not_checked(permission, needed_for, required));
+                continue;
+            }
+            let (check, body) = self.probe(permission, needed_for, required, path).await;
+            if permission == "User.Read.All" {
+                first_user = body
+                    .as_ref()
+                    .and_then(|b| b["value"][0]["id"].as_str())
+                    .map(str::to_string);
+            }
+            checks.push(check);
+        }
+        let mailbox = (
+            "MailboxSettings.Read",
+            "mailbox types (shared, room, equipment); without it they are guessed",
+        );
+        match (&first_user, signed_in) {
+            (Some(id), true) => {
+                let path = format!("/users/{id}/mailboxSettings?$select=userPurpose");
+                let (mut check, _) = self.probe(mailbox.0, mailbox.1, false, &path).await;
+                // A user without a mailbox answers 404: the permission itself was accepted.
+                if check.status == CheckStatus::Failed
+                    && check
+                        .detail
+                        .as_deref()
+                        .is_some_and(|d| d.contains("not found"))
+                {
+                    check.status = CheckStatus::Granted;
+                    check.detail = None;
+                }
+                checks.push(check);
+            }
+            _ => checks.push(not_checked(mailbox.0, mailbox.1, false)),
+        }
+        ConnectionReport { checks }
+    }
+
     async fn read(&self, progress: &dyn Progress) -> Result<SourceRead, SourceError> {
         progress.phase("reading domains");
         let domains = self.client.list_domains().await?;
         progress.phase("reading users and groups");
         let report = |n: usize| progress.advance(n);
+        // The total, for a bar with the time left: one cheap request beside the pages; a
+        // tenant that refuses it ($count needs an advanced query) only gets a spinner.
+        let total = async {
+            if let Ok(n) = self.client.count_users().await {
+                progress.total(n);
+            }
+        };
         // Users and groups page independently; reading both at once halves the wait.
         let users = async {
             if self.needs.managers {
@@ -334,8 +533,11 @@ impl Source for Office365Source {
                 self.client.list_users(USER_PROPERTIES, &report).await
             }
         };
-        let (users, groups) =
-            tokio::join!(users, self.client.list_groups(GROUP_PROPERTIES, &|_| {}),);
+        let (users, groups, ()) = tokio::join!(
+            users,
+            self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
+            total
+        );
         let (mut users, mut groups) = (users?, groups?);
         // A server may repeat an object across pages (Graph does in some paging states);
         // one object is one entry, so keep each id once.

@@ -1,18 +1,22 @@
 //! The one operation behind preview and Sync & Save: read, plan, then record or apply.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::Instrument;
 use usersync_core::filter::{Expression, FilterRule};
 use usersync_core::{MappingContext, Plan, Safeguard, SourceKind, UserStatus, plan_sync};
-use usersync_graph::RetryPolicy;
-use usersync_store::{NewRun, RunKind, RunStats, RunStatus, SourceRecord, Store};
+use usersync_graph::{GraphError, RetryPolicy, TokenErrorKind};
+use usersync_store::{
+    DEFAULT_STALE_AFTER, NewRun, RunKind, RunOwner, RunRecord, RunStats, RunStatus, SourceRecord,
+    Store, StoreError,
+};
 
-use crate::EngineError;
 use crate::office365::{Office365Settings, Office365Source, ReadNeeds};
 use crate::source::{Progress, Source};
+use crate::sources::office365_settings;
+use crate::{EngineError, error_text};
 
 /// How the engine talks to sources.
 #[derive(Debug, Clone)]
@@ -20,6 +24,10 @@ pub struct EngineOptions {
     /// Requests in flight at once per tenant.
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
+    /// How often a running run tells the database that its process still works on it.
+    pub heartbeat_every: Duration,
+    /// A run whose owner (on another host) was silent this long is judged stopped.
+    pub stale_after: Duration,
 }
 
 impl Default for EngineOptions {
@@ -27,7 +35,18 @@ impl Default for EngineOptions {
         EngineOptions {
             max_in_flight: 4,
             retry: RetryPolicy::default(),
+            heartbeat_every: Duration::from_secs(15),
+            stale_after: DEFAULT_STALE_AFTER,
         }
+    }
+}
+
+/// Stops the heartbeat of a run when the run ends, however it ends.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -56,7 +75,7 @@ struct RunSpec {
 /// The sync engine: every surface calls these operations.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    store: Store,
+    pub(crate) store: Store,
     options: EngineOptions,
 }
 
@@ -97,6 +116,31 @@ impl Engine {
         self.run(source_id, RunKind::Sync, false, progress).await
     }
 
+    /// The newest runs first, of one source or of all; runs whose process died are marked
+    /// failed first, so none shows "running" for ever.
+    pub async fn runs(
+        &self,
+        source_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, EngineError> {
+        self.fail_stale_runs().await;
+        Ok(self.store.list_runs(source_id, limit).await?)
+    }
+
+    /// One run with its plan (after marking runs whose process died failed).
+    pub async fn run_record(&self, run_id: i64) -> Result<RunRecord, EngineError> {
+        self.fail_stale_runs().await;
+        Ok(self.store.run(run_id).await?)
+    }
+
+    /// Marks failed the runs whose process stopped; best effort (a busy database only
+    /// delays it to the next command).
+    async fn fail_stale_runs(&self) {
+        if let Err(e) = self.store.fail_stale_runs(self.options.stale_after).await {
+            tracing::debug!(error = %e, "could not check for stale runs");
+        }
+    }
+
     async fn run(
         &self,
         source_id: i64,
@@ -104,17 +148,23 @@ impl Engine {
         confirm_removals: bool,
         progress: &dyn Progress,
     ) -> Result<RunOutcome, EngineError> {
-        let record = self.store.source(source_id).await?;
+        let record = self.live_source(source_id).await?;
         let (source, ctx) = self.prepare(&record).await?;
+        self.fail_stale_runs().await;
+        let owner = RunOwner::this_process();
         let run_id = self
             .store
-            .start_run(&NewRun {
-                source_id,
-                customer_id: record.customer_id,
-                kind,
-                reason: "manual".into(),
-            })
+            .start_run(
+                &NewRun {
+                    source_id,
+                    customer_id: record.customer_id,
+                    kind,
+                    reason: "manual".into(),
+                },
+                &owner,
+            )
             .await?;
+        let _heartbeat = self.heartbeat(run_id, owner);
         let span = tracing::info_span!("run", run = run_id, kind = kind.as_str(), customer = %record.customer, source = source_id);
         let run = RunSpec {
             run_id,
@@ -126,20 +176,61 @@ impl Engine {
             .execute(&run, source.as_ref(), &ctx, progress)
             .instrument(span)
             .await;
-        if let Err(error) = &outcome {
-            // The run started, so it ends recorded, whatever went wrong.
-            let _ = self
-                .store
-                .finish_run(
-                    run_id,
-                    RunStatus::Failed,
-                    None,
-                    &RunStats::default(),
-                    Some(&error.to_string()),
-                )
-                .await;
+        match outcome {
+            Err(EngineError::Store(error)) => {
+                let error = self.store.explain(error).await;
+                // The run started, so it ends recorded, whatever went wrong.
+                let _ = self
+                    .store
+                    .finish_run(
+                        run_id,
+                        RunStatus::Failed,
+                        None,
+                        &RunStats::default(),
+                        Some(&error_text(&error)),
+                    )
+                    .await;
+                Err(error.into())
+            }
+            Err(error) => {
+                let _ = self
+                    .store
+                    .finish_run(
+                        run_id,
+                        RunStatus::Failed,
+                        None,
+                        &RunStats::default(),
+                        Some(&error_text(&error)),
+                    )
+                    .await;
+                Err(error)
+            }
+            ok => ok,
         }
-        outcome
+    }
+
+    /// Tells the database every `heartbeat_every` that this process still runs `run_id`.
+    fn heartbeat(&self, run_id: i64, owner: RunOwner) -> Heartbeat {
+        let store = self.store.clone();
+        let every = self.options.heartbeat_every;
+        Heartbeat(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                match store.heartbeat(run_id, &owner).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            run = run_id,
+                            "another process marked this run stopped; its outcome will not be recorded"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::debug!(run = run_id, error = %e, "heartbeat not recorded"),
+                }
+            }
+        }))
     }
 
     async fn execute(
@@ -164,9 +255,8 @@ impl Engine {
                     duration_ms: elapsed_ms(started),
                     ..RunStats::default()
                 };
-                return self
-                    .failed(run_id, kind, None, stats, error.to_string())
-                    .await;
+                let message = read_error_text(ctx.source_id, error.as_ref());
+                return self.failed(run_id, kind, None, stats, message).await;
             }
         };
         let read_ms = elapsed_ms(started);
@@ -201,7 +291,8 @@ impl Engine {
                     .finish_run(run_id, RunStatus::Succeeded, Some(&plan), &stats, None)
                     .await?;
             }
-            RunKind::Sync => {
+            // A source's removal is its own operation (`Engine::remove_source`).
+            RunKind::Sync | RunKind::Remove => {
                 if !confirm_removals && let Some(why) = Safeguard::default().check(&plan, managed) {
                     stats.duration_ms = elapsed_ms(started);
                     // The plan is kept with the failed run so the operator can see what
@@ -224,20 +315,22 @@ impl Engine {
                     });
                 }
                 progress.phase("saving");
-                // The figures recorded with an applied plan cover everything but the commit.
+                // The store adds the apply to the recorded figures; only the commit is
+                // left out of them.
                 stats.duration_ms = elapsed_ms(started);
                 if let Err(error) = self
                     .store
-                    .apply_plan(run_id, customer_id, Some(ctx.source_id), &plan, &stats)
+                    .apply_plan(run_id, customer_id, Some(ctx.source_id), &plan, &mut stats)
                     .await
                 {
-                    let message = format!("the plan could not be saved: {error}");
+                    let error = self.store.explain(error).await;
+                    let message = format!("the plan could not be saved: {}", error_text(&error));
+                    stats.apply_ms = 0;
+                    stats.duration_ms = elapsed_ms(started);
                     return self.failed(run_id, kind, Some(plan), stats, message).await;
                 }
                 // The caller sees the whole run, commit included.
-                let before_apply = stats.duration_ms;
                 stats.duration_ms = elapsed_ms(started);
-                stats.apply_ms = stats.duration_ms - before_apply;
             }
         }
         tracing::info!(
@@ -268,10 +361,16 @@ impl Engine {
     ) -> Result<RunOutcome, EngineError> {
         // Info, not warn: the outcome carries the error to the caller, which reports it.
         tracing::info!(%error, "run failed");
-        // A failed run records why, but not a plan: nothing of it was applied.
-        self.store
+        // A failed run records why, but not a plan: nothing of it was applied. A run that
+        // another process marked stopped meanwhile keeps that verdict.
+        match self
+            .store
             .finish_run(run_id, RunStatus::Failed, None, &stats, Some(&error))
-            .await?;
+            .await
+        {
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(RunOutcome {
             run_id,
             kind,
@@ -370,23 +469,17 @@ impl Engine {
     }
 
     /// The Graph reader of a stored office365 source, with its settings.
-    async fn office365(
+    pub(crate) async fn office365(
         &self,
         record: &SourceRecord,
     ) -> Result<(Office365Source, Office365Settings), EngineError> {
-        let settings: Office365Settings =
-            serde_json::from_value(record.settings.clone()).map_err(|e| {
-                EngineError::config(
-                    "source settings",
-                    format!("source #{} has unreadable settings: {e}", record.id),
-                )
-            })?;
+        let settings: Office365Settings = office365_settings(record)?;
         let secret = self.store.source_secret(record.id).await?.ok_or_else(|| {
             EngineError::config(
                 "client secret",
                 format!(
-                    "source #{} has no client secret; add the source again with USERSYNC_M365_CLIENT_SECRET set",
-                    record.id
+                    "source #{} has no client secret; set it with `usersync source set-secret {}`",
+                    record.id, record.id
                 ),
             )
         })?;
@@ -430,4 +523,24 @@ impl Engine {
 
 fn elapsed_ms(started: Instant) -> u64 {
     started.elapsed().as_millis() as u64
+}
+
+/// Why a read failed, with the command that repairs a wrong or expired secret.
+fn read_error_text(
+    source_id: i64,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) -> String {
+    let text = error_text(error);
+    let secret_problem = matches!(
+        error.downcast_ref::<GraphError>(),
+        Some(GraphError::Token {
+            kind: TokenErrorKind::InvalidClientSecret | TokenErrorKind::ExpiredClientSecret,
+            ..
+        })
+    );
+    if secret_problem {
+        format!("{text}; set the new secret with `usersync source set-secret {source_id}`")
+    } else {
+        text
+    }
 }

@@ -1,6 +1,7 @@
 //! What the engine needs from a source of users: one full read into a snapshot.
 
 use async_trait::async_trait;
+use serde::Serialize;
 use usersync_core::SourceSnapshot;
 
 /// Why a read failed, in words an operator can act on (the source's own error type).
@@ -12,6 +13,8 @@ pub trait Progress: Send + Sync {
     fn phase(&self, name: &str);
     /// `count` items of the current phase are done.
     fn advance(&self, count: usize);
+    /// The current phase will count to `total` (when the source can tell cheaply).
+    fn total(&self, _total: u64) {}
 }
 
 /// Progress that nobody watches.
@@ -38,4 +41,59 @@ pub trait Source: Send + Sync {
     /// Reads everything a full sync needs. Fails rather than return a partial read: a sync
     /// from half a tenant would remove the other half.
     async fn read(&self, progress: &dyn Progress) -> Result<SourceRead, SourceError>;
+
+    /// Signs in and tries one small read of each kind a sync makes, reporting each
+    /// permission it needs as granted or missing. Never fails: a failure is a finding.
+    async fn check(&self) -> ConnectionReport;
+}
+
+/// What a connection test found, check by check.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionReport {
+    pub checks: Vec<PermissionCheck>,
+}
+
+impl ConnectionReport {
+    /// True when everything a sync needs works (optional permissions may be missing).
+    pub fn is_ready(&self) -> bool {
+        self.checks
+            .iter()
+            .all(|c| c.status == CheckStatus::Granted || !c.required)
+    }
+}
+
+/// One thing the sync needs from the source.
+#[derive(Debug, Clone, Serialize)]
+pub struct PermissionCheck {
+    /// The permission (`User.Read.All`) or step (`sign-in`) checked.
+    pub permission: String,
+    /// What the sync reads with it.
+    pub needed_for: String,
+    pub status: CheckStatus,
+    /// Without it the sync cannot run; an optional one only lowers what it knows.
+    pub required: bool,
+    /// What the source said, or what was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Granted,
+    Missing,
+    /// The check could not tell (the source did not answer, or an earlier step failed).
+    Failed,
+    NotChecked,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Granted => "granted",
+            CheckStatus::Missing => "missing",
+            CheckStatus::Failed => "failed",
+            CheckStatus::NotChecked => "not checked",
+        }
+    }
 }

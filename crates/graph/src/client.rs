@@ -271,6 +271,23 @@ impl GraphClient {
         .await
     }
 
+    /// How many users the tenant has: `GET /v1.0/users/$count` with `ConsistencyLevel:
+    /// eventual` (an advanced query). One cheap request; eventually consistent, so an
+    /// estimate, e.g. for a progress bar.
+    pub async fn count_users(&self) -> Result<u64, GraphError> {
+        let url = self.v1_url("/users/$count")?;
+        let resp = self
+            .graph_request_with(Method::GET, &url, None, &[("ConsistencyLevel", "eventual")])
+            .await?;
+        std::str::from_utf8(&resp.body)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| GraphError::Malformed {
+                url: url_without_query(&url),
+                detail: "the answer to $count is not a number".into(),
+            })
+    }
+
     /// The tenant's domains: `GET /v1.0/domains`.
     pub async fn list_domains(&self) -> Result<Vec<Domain>, GraphError> {
         self.get_all("/domains", &|_| {}).await
@@ -513,6 +530,17 @@ impl GraphClient {
         url: &Url,
         json_body: Option<&[u8]>,
     ) -> Result<RawResponse, GraphError> {
+        self.graph_request_with(method, url, json_body, &[]).await
+    }
+
+    /// [`GraphClient::graph_request`] with extra request headers.
+    pub(crate) async fn graph_request_with(
+        &self,
+        method: Method,
+        url: &Url,
+        json_body: Option<&[u8]>,
+        extra_headers: &[(&'static str, &'static str)],
+    ) -> Result<RawResponse, GraphError> {
         let policy = &self.inner.config.retry;
         let stats = &self.inner.stats;
         let mut retries = 0u32;
@@ -538,6 +566,9 @@ impl GraphClient {
                     .header(ACCEPT, "application/json");
                 if let Some(b) = json_body {
                     rb = rb.header(CONTENT_TYPE, "application/json").body(b.to_vec());
+                }
+                for (name, value) in extra_headers {
+                    rb = rb.header(*name, *value);
                 }
                 send_and_read(rb).await
             };

@@ -120,6 +120,52 @@ pub struct SimInfo {
     pub initial_domain: String,
 }
 
+/// Memory a generated tenant takes per user (measured: about 280 bytes).
+const BYTES_PER_USER: u64 = 300;
+
+/// Refuses a tenant that cannot be generated here, before trying: user numbers are 32-bit,
+/// and a tenant larger than the memory available would abort the process.
+pub(crate) fn check_tenant_size(users: usize) -> Result<(), SimError> {
+    let users = users as u64;
+    if users > u64::from(u32::MAX) {
+        return Err(SimError::Invalid(format!(
+            "--users {users}: the simulator generates at most {} users",
+            u32::MAX
+        )));
+    }
+    let needed = users.saturating_mul(BYTES_PER_USER);
+    if let Some(available) = available_memory()
+        && needed > available
+    {
+        return Err(SimError::Invalid(format!(
+            "--users {users}: a generated tenant of that size needs about {} of memory and this \
+             machine has {} available; at most about {} users fit",
+            bytes_text(needed),
+            bytes_text(available),
+            available / BYTES_PER_USER
+        )));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of `/proc/meminfo`, where there is one.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn bytes_text(bytes: u64) -> String {
+    const GB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let gb = bytes as f64 / GB;
+    if gb >= 1024.0 {
+        format!("{:.1} TB", gb / 1024.0)
+    } else {
+        format!("{gb:.1} GB")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("I/O error: {0}")]

@@ -68,6 +68,7 @@ pub struct Simulator {
 impl Simulator {
     /// Generates the tenant, binds `config.listen` and starts serving.
     pub async fn start(config: SimConfig) -> Result<Simulator, SimError> {
+        crate::check_tenant_size(config.users)?;
         let t0 = Instant::now();
         let dir = Directory::new(config.users, config.seed);
         let generated_in = t0.elapsed();

@@ -9,19 +9,22 @@ use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::StoreError;
 
 /// Where the 32-byte key comes from.
 #[derive(Clone, Default)]
 pub enum KeySource {
-    /// A key file beside the SQLite database (`usersync.db.key`), or `usersync.key` in the
-    /// working directory for PostgreSQL; generated on first use.
+    /// A key file beside the SQLite database (`usersync.db.key`), generated when the first
+    /// secret is stored; none for PostgreSQL (see [`KeyLocation::Unset`]).
     #[default]
     Default,
     /// The key itself, base64 (`USERSYNC_SECRET_KEY`).
     Base64(String),
-    /// A file holding the key in base64 (`USERSYNC_SECRET_KEY_FILE`); generated if missing.
+    /// A file holding the key in base64 (`USERSYNC_SECRET_KEY_FILE`); generated when the
+    /// first secret is stored if it does not exist.
     File(PathBuf),
 }
 
@@ -56,42 +59,229 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// Seals and opens secrets with the store's key.
+/// Where the store's key is, resolved against the database it seals secrets for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// `USERSYNC_SECRET_KEY`.
+    Environment,
+    /// A key file: named by `--secret-key-file` / `USERSYNC_SECRET_KEY_FILE` (`explicit`),
+    /// or the default beside a SQLite database.
+    File { path: PathBuf, explicit: bool },
+    /// No key configured (the PostgreSQL default): sealing or opening a secret fails.
+    Unset,
+}
+
+impl KeyLocation {
+    /// Where `source` puts the key of a database on `backend` (at `sqlite_path`).
+    pub fn resolve(source: &KeySource, sqlite_path: Option<&Path>) -> KeyLocation {
+        match (source, sqlite_path) {
+            (KeySource::Base64(_), _) => KeyLocation::Environment,
+            (KeySource::File(path), _) => KeyLocation::File {
+                path: path.clone(),
+                explicit: true,
+            },
+            (KeySource::Default, Some(db)) => KeyLocation::File {
+                path: key_path_beside(db),
+                explicit: false,
+            },
+            (KeySource::Default, None) => KeyLocation::Unset,
+        }
+    }
+
+    /// For messages and `usersync config`: where the key is and what state it is in.
+    pub fn describe(&self) -> String {
+        match self {
+            KeyLocation::Environment => "the key in USERSYNC_SECRET_KEY".to_string(),
+            KeyLocation::File { path, .. } => match std::fs::metadata(path) {
+                Ok(meta) => format!(
+                    "the key file {} (written {})",
+                    path.display(),
+                    meta.modified()
+                        .map(crate::format_time)
+                        .unwrap_or_else(|_| "at an unknown time".into())
+                ),
+                Err(_) => format!(
+                    "the key file {} (it does not exist yet; it is generated when the first secret is stored)",
+                    path.display()
+                ),
+            },
+            KeyLocation::Unset => {
+                "no key (USERSYNC_SECRET_KEY and USERSYNC_SECRET_KEY_FILE are not set)".to_string()
+            }
+        }
+    }
+}
+
+/// The default key file for a SQLite database `x.db` is `x.db.key` beside it.
+pub(crate) fn key_path_beside(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".key");
+    db.with_file_name(name)
+}
+
+/// What `usersync` says when a secret must be sealed or read and no key is configured.
+fn unset_key_message() -> String {
+    let mut message =
+        "no key for secrets at rest is configured: set USERSYNC_SECRET_KEY (32 bytes in \
+         base64, e.g. from `openssl rand -base64 32`) or USERSYNC_SECRET_KEY_FILE (a file holding \
+         one; generated if missing). A PostgreSQL database keeps no key file in the working \
+         directory, so that every process sharing the database uses the same key"
+            .to_string();
+    if Path::new("usersync.key").exists() {
+        message.push_str(
+            "; earlier versions of usersync kept it in ./usersync.key, which exists here: \
+             set USERSYNC_SECRET_KEY_FILE=usersync.key",
+        );
+    }
+    message
+}
+
+/// Seals and opens secrets with the store's key. The key is read when the store opens; a
+/// key file that does not exist yet is generated when the first secret is sealed, never
+/// for a database that already holds secrets (the store checks that when it opens).
 #[derive(Clone)]
 pub struct SecretBox {
-    cipher: XChaCha20Poly1305,
+    inner: Arc<KeyState>,
+}
+
+struct KeyState {
+    location: KeyLocation,
+    cipher: OnceLock<XChaCha20Poly1305>,
+    /// Serialises the generation of a missing key file.
+    generating: Mutex<()>,
+    generated: AtomicBool,
 }
 
 /// Sealed form: `v1.<base64(nonce || ciphertext)>`; the version allows key rotation later.
 const SEALED_PREFIX: &str = "v1.";
 
+/// What the key check seals: opening it proves the key is the database's.
+const KEY_CHECK_TEXT: &str = "usersync key check";
+const KEY_CHECK_CONTEXT: &str = "store_meta.key_check";
+
 impl SecretBox {
     pub fn from_key(key: &[u8; 32]) -> Self {
+        let cipher = OnceLock::new();
+        let _ = cipher.set(XChaCha20Poly1305::new(Key::from_slice(key)));
         SecretBox {
-            cipher: XChaCha20Poly1305::new(Key::from_slice(key)),
+            inner: Arc::new(KeyState {
+                location: KeyLocation::Environment,
+                cipher,
+                generating: Mutex::new(()),
+                generated: AtomicBool::new(false),
+            }),
         }
     }
 
-    pub(crate) fn load(source: &KeySource, beside_db: Option<&Path>) -> Result<Self, StoreError> {
-        let key = match source {
-            KeySource::Base64(text) => decode_key(text, "USERSYNC_SECRET_KEY")?,
-            KeySource::File(path) => load_or_create(path)?,
-            KeySource::Default => {
-                let path = beside_db
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| PathBuf::from("usersync.key"));
-                load_or_create(&path)?
+    /// The key at `location`, read now if it exists.
+    pub(crate) fn load(source: &KeySource, location: KeyLocation) -> Result<Self, StoreError> {
+        let cipher = OnceLock::new();
+        match (&location, source) {
+            (KeyLocation::Environment, KeySource::Base64(text)) => {
+                let key = decode_key(text, "USERSYNC_SECRET_KEY")?;
+                let _ = cipher.set(XChaCha20Poly1305::new(Key::from_slice(&key)));
             }
+            (KeyLocation::File { path, .. }, _) => match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let key = decode_key(&text, &format!("the key file {}", path.display()))?;
+                    let _ = cipher.set(XChaCha20Poly1305::new(Key::from_slice(&key)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::Key(format!(
+                        "cannot read the key file {}: {e}",
+                        path.display()
+                    )));
+                }
+            },
+            _ => {}
+        }
+        Ok(SecretBox {
+            inner: Arc::new(KeyState {
+                location,
+                cipher,
+                generating: Mutex::new(()),
+                generated: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn location(&self) -> &KeyLocation {
+        &self.inner.location
+    }
+
+    /// Whether a key is at hand (read, given, or generated).
+    pub(crate) fn is_available(&self) -> bool {
+        self.inner.cipher.get().is_some()
+    }
+
+    /// The key file generated by this process, if it generated one.
+    pub fn generated_file(&self) -> Option<&Path> {
+        match &self.inner.location {
+            KeyLocation::File { path, .. } if self.inner.generated.load(Ordering::Relaxed) => {
+                Some(path)
+            }
+            _ => None,
+        }
+    }
+
+    /// The key in use, for messages: where it is and whether it was generated just now.
+    pub fn describe(&self) -> String {
+        let mut text = self.inner.location.describe();
+        if self.inner.generated.load(Ordering::Relaxed) {
+            text.push_str(", generated just now because it was missing");
+        }
+        text
+    }
+
+    /// The cipher to seal with; a missing key file is generated now.
+    fn sealing_cipher(&self) -> Result<&XChaCha20Poly1305, StoreError> {
+        if let Some(cipher) = self.inner.cipher.get() {
+            return Ok(cipher);
+        }
+        let KeyLocation::File { path, .. } = &self.inner.location else {
+            return Err(StoreError::Key(unset_key_message()));
         };
-        Ok(Self::from_key(&key))
+        let _turn = self
+            .inner
+            .generating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(cipher) = self.inner.cipher.get() {
+            return Ok(cipher);
+        }
+        let key = load_or_create(path)?;
+        let _ = self
+            .inner
+            .cipher
+            .set(XChaCha20Poly1305::new(Key::from_slice(&key)));
+        self.inner.generated.store(true, Ordering::Relaxed);
+        self.inner
+            .cipher
+            .get()
+            .ok_or_else(|| StoreError::Key("the key could not be kept".into()))
+    }
+
+    /// The cipher to open with: a missing key is an error, never generated.
+    fn opening_cipher(&self) -> Result<&XChaCha20Poly1305, StoreError> {
+        if let Some(cipher) = self.inner.cipher.get() {
+            return Ok(cipher);
+        }
+        Err(StoreError::Key(match &self.inner.location {
+            KeyLocation::File { path, .. } => format!(
+                "the key file {} does not exist, so the stored secrets cannot be read",
+                path.display()
+            ),
+            _ => unset_key_message(),
+        }))
     }
 
     /// Encrypts `secret` for the place `context` names (such as `sources.secret:12`).
     pub fn seal(&self, secret: &SecretString, context: &str) -> Result<String, StoreError> {
+        let cipher = self.sealing_cipher()?;
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
-        let sealed = self
-            .cipher
+        let sealed = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
@@ -107,11 +297,11 @@ impl SecretBox {
 
     /// Decrypts what [`SecretBox::seal`] made for the same `context`.
     pub fn open(&self, sealed: &str, context: &str) -> Result<SecretString, StoreError> {
+        let cipher = self.opening_cipher()?;
         let wrong = || {
             StoreError::Key(format!(
-                "the secret stored for {context} cannot be decrypted with this key: \
-                 use the key it was stored with (USERSYNC_SECRET_KEY or USERSYNC_SECRET_KEY_FILE), \
-                 or set the secret again"
+                "the secret stored for {context} cannot be decrypted with {}",
+                self.describe()
             ))
         };
         let bytes = sealed
@@ -120,8 +310,7 @@ impl SecretBox {
             .filter(|b| b.len() > 24)
             .ok_or_else(wrong)?;
         let (nonce, ciphertext) = bytes.split_at(24);
-        let plain = self
-            .cipher
+        let plain = cipher
             .decrypt(
                 XNonce::from_slice(nonce),
                 Payload {
@@ -133,6 +322,17 @@ impl SecretBox {
         String::from_utf8(plain)
             .map(SecretString)
             .map_err(|_| wrong())
+    }
+
+    /// The check value stored with the first secret: it opens only with this key.
+    pub(crate) fn check_value(&self) -> Result<String, StoreError> {
+        self.seal(&SecretString::new(KEY_CHECK_TEXT), KEY_CHECK_CONTEXT)
+    }
+
+    /// Whether `check` (a stored check value) was made with this key.
+    pub(crate) fn matches(&self, check: &str) -> bool {
+        self.open(check, KEY_CHECK_CONTEXT)
+            .is_ok_and(|s| s.expose() == KEY_CHECK_TEXT)
     }
 }
 
@@ -148,19 +348,27 @@ fn decode_key(text: &str, origin: &str) -> Result<[u8; 32], StoreError> {
         })
 }
 
+/// Reads the key file, or creates it with a new key when it does not exist (and another
+/// process did not create it first).
 fn load_or_create(path: &Path) -> Result<[u8; 32], StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => decode_key(&text, &format!("the key file {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = [0u8; 32];
             rand::rng().fill_bytes(&mut key);
-            write_private(path, &STANDARD.encode(key)).map_err(|e| {
-                StoreError::Key(format!(
-                    "cannot create the key file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            tracing::info!(path = %path.display(), "generated a new key for secrets at rest; back it up with the database");
+            match write_private(path, &STANDARD.encode(key)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return load_or_create(path);
+                }
+                Err(e) => {
+                    return Err(StoreError::Key(format!(
+                        "cannot create the key file {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+            tracing::info!(path = %path.display(), "generated a new key for secrets at rest; back it up with the database: without it the stored secrets cannot be read");
             Ok(key)
         }
         Err(e) => Err(StoreError::Key(format!(

@@ -3,8 +3,8 @@
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use usersync_core::DomainName;
 use usersync_core::mapping::MAIN_GROUP;
+use usersync_core::{DomainName, NameKind, check_name, same_name};
 
 use crate::{Store, StoreError, now, query_dyn};
 
@@ -97,15 +97,25 @@ fn customer_from(row: &AnyRow) -> Result<Customer, StoreError> {
 }
 
 impl Store {
-    /// Creates a customer together with its group "Main".
+    /// Creates a customer together with its group "Main". Names are checked (length,
+    /// control characters) and unique whatever their case: "contoso" and "Contoso" would
+    /// be two customers nobody can tell apart.
     pub async fn add_customer(&self, name: &str) -> Result<Customer, StoreError> {
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(StoreError::Invalid(
-                "a customer needs a name, such as \"Contoso Ltd\"".into(),
-            ));
+        let name =
+            check_name(NameKind::Customer, name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let name = name.as_str();
+        let mut tx = self.write_tx().await?;
+        for row in sqlx::query("SELECT name FROM customers")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let existing: String = row.try_get("name")?;
+            if same_name(&existing, name) {
+                return Err(StoreError::Conflict(format!(
+                    "a customer named '{existing}' already exists (names are compared ignoring case)"
+                )));
+            }
         }
-        let mut tx = self.pool.begin().await?;
         let created_at = now();
         let row = sqlx::query(
             "INSERT INTO customers (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
@@ -134,19 +144,26 @@ impl Store {
         Ok(customer)
     }
 
+    /// The customer of that name, written in any case.
     pub async fn customer_by_name(&self, name: &str) -> Result<Customer, StoreError> {
-        let row = sqlx::query("SELECT id, name, created_at FROM customers WHERE name = $1")
-            .bind(name.trim())
+        let name = name.trim();
+        let exact = sqlx::query("SELECT id, name, created_at FROM customers WHERE name = $1")
+            .bind(name)
             .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| {
-                StoreError::not_found(
-                    "customer",
-                    name,
-                    "add it with `usersync customer add NAME`; `usersync customer list` shows them",
-                )
-            })?;
-        customer_from(&row)
+            .await?;
+        if let Some(row) = exact {
+            return customer_from(&row);
+        }
+        let all = self.list_customers().await?;
+        let mut matching = all.into_iter().filter(|c| same_name(&c.name, name));
+        match (matching.next(), matching.next()) {
+            (Some(c), None) => Ok(c),
+            _ => Err(StoreError::not_found(
+                "customer",
+                name,
+                "add it with `usersync customer add NAME`; `usersync customer list` shows them",
+            )),
+        }
     }
 
     pub async fn customer(&self, id: i64) -> Result<Customer, StoreError> {
@@ -237,10 +254,9 @@ impl Store {
 
     /// Adds a console group by hand.
     pub async fn add_group(&self, customer_id: i64, name: &str) -> Result<(), StoreError> {
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(StoreError::Invalid("a group needs a name".into()));
-        }
+        let name =
+            check_name(NameKind::Group, name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let name = name.as_str();
         sqlx::query(
             "INSERT INTO console_groups (customer_id, name, created_at) VALUES ($1, $2, $3)",
         )

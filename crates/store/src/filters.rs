@@ -36,14 +36,11 @@ impl Store {
         expression: &Expression,
         create_group: bool,
     ) -> Result<FilterRule, StoreError> {
-        let group = group.trim();
-        if group.is_empty() {
-            return Err(StoreError::Invalid(
-                "a rule needs a destination group (--group NAME)".into(),
-            ));
-        }
+        let group = usersync_core::check_name(usersync_core::NameKind::Group, group)
+            .map_err(|e| StoreError::Invalid(format!("--group: {e}")))?;
+        let group = group.as_str();
         let source = self.source(source_id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists =
             sqlx::query("SELECT id FROM console_groups WHERE customer_id = $1 AND name = $2")
                 .bind(source.customer_id)
@@ -145,7 +142,7 @@ impl Store {
             let at = to.saturating_sub(1).min(ids.len());
             ids.insert(at, rule_id);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (i, id) in ids.iter().enumerate() {
             sqlx::query("UPDATE filter_rules SET position = $1 WHERE id = $2")
                 .bind(i as i64 + 1)

@@ -4,32 +4,40 @@
 //! Architecture invariant: every query is written once, in SQL that both backends accept,
 //! and goes through sqlx's `Any` driver. Booleans are stored as 0/1 integers and times as
 //! RFC 3339 text because `Any` cannot read SQLite booleans or any date type portably.
-//! A plan is applied in one transaction together with its run record.
+//! A plan is applied in one transaction together with its run record. On SQLite every
+//! transaction that writes begins `IMMEDIATE` ([`Store::write_tx`]): writers queue for the
+//! one write lock instead of failing when another committed first.
 
 mod crypto;
 mod customers;
+mod database;
 mod error;
 mod filters;
 mod migrations;
+mod process;
 mod runs;
 mod sources;
 pub mod testing;
 mod users;
 
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub use crypto::{KeySource, SecretBox, SecretString};
+pub use crypto::{KeyLocation, KeySource, SecretBox, SecretString};
 pub use customers::{Customer, Domain, DomainOrigin, Group};
-pub use error::StoreError;
-pub use runs::{NewRun, RunKind, RunRecord, RunStats, RunStatus};
+pub use database::mask_password;
+pub use error::{DEFAULT_BUSY_TIMEOUT, StoreError};
+pub use process::RunOwner;
+pub use runs::{DEFAULT_STALE_AFTER, NewRun, RunKind, RunRecord, RunStats, RunStatus};
 pub use sources::{NewSource, SourceRecord};
 pub use users::ApplyCounts;
+
+use database::Target;
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://usersync.db";
@@ -49,6 +57,11 @@ pub struct StoreOptions {
     /// Where the key that encrypts secrets at rest comes from.
     pub key: KeySource,
     pub max_connections: u32,
+    /// How long a writer waits for another (SQLite allows one at a time) before it gives up.
+    pub busy_timeout: Duration,
+    /// Refuse to open a database whose secrets this key does not open (on by default; off
+    /// only to forget those secrets, see [`Store::forget_secrets`]).
+    pub verify_key: bool,
 }
 
 impl StoreOptions {
@@ -57,7 +70,18 @@ impl StoreOptions {
             url: url.into(),
             key: KeySource::Default,
             max_connections: 8,
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            verify_key: true,
         }
+    }
+
+    /// Where the key for this database is (for `usersync config`); no connection is made.
+    pub fn key_location(&self) -> Result<KeyLocation, StoreError> {
+        let target = Target::parse(&self.url)?;
+        Ok(KeyLocation::resolve(
+            &self.key,
+            target.sqlite_path.as_deref(),
+        ))
     }
 }
 
@@ -67,6 +91,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     secrets: SecretBox,
+    busy_timeout: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -77,184 +102,240 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Connections of a SQLite pool: several readers beside the one writer (WAL), so reading
+/// never waits for a sync that writes.
+const SQLITE_CONNECTIONS: u32 = 4;
+
 impl Store {
-    /// Opens (and on first use creates and migrates) the database the options name.
+    /// Opens (and on first use creates and migrates) the database the options name. A URL
+    /// or file that is not a usable database, a database that is not usersync's, and a
+    /// key that does not open the database's secrets are refused before anything is written.
     pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
         install_default_drivers();
-        let (backend, url, sqlite_path) = parse_url(&options.url)?;
-        if backend == Backend::Postgres {
-            ensure_postgres_database(&url).await?;
+        let target = Target::parse(&options.url)?;
+        let backend = target.backend;
+        match &target.sqlite_path {
+            Some(path) => database::check_sqlite_file(path, &target.shown)?,
+            None => database::ensure_postgres_database(&target).await?,
         }
-        // SQLite allows one writer: more connections would only wait on each other's locks.
+        let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128);
+        let setup = format!(
+            "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {busy_ms};"
+        );
+        let connect = AnyConnectOptions::from_str(&target.connect_url)
+            .map_err(|e| StoreError::BadUrl {
+                url: target.shown.clone(),
+                problem: e.to_string(),
+            })?
+            // The driver's "slow statement" warnings carry whole SQL texts (megabytes for
+            // a bulk insert): for debugging only.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(5))
+            .log_statements(log::LevelFilter::Trace);
+        let open_failed = |source| StoreError::Open {
+            url: target.shown.clone(),
+            source,
+        };
+        // One connection first: an error is reported at once, with its cause, instead of
+        // the pool retrying it until it times out.
+        let mut first = sqlx::AnyConnection::connect_with(&connect)
+            .await
+            .map_err(open_failed)?;
+        if backend == Backend::Sqlite {
+            first
+                .execute(sqlx::AssertSqlSafe(setup.clone()))
+                .await
+                .map_err(open_failed)?;
+            // WAL lets readers read while a sync writes; it is a property of the file.
+            // Switching needs a lock nobody waits for, so it is done only when needed.
+            let mode: String = sqlx::query("PRAGMA journal_mode")
+                .fetch_one(&mut first)
+                .await?
+                .try_get(0)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                first.execute("PRAGMA journal_mode = WAL;").await?;
+            }
+        }
+        first.close().await.ok();
         let max = match backend {
-            Backend::Sqlite => 1,
+            Backend::Sqlite => SQLITE_CONNECTIONS,
             Backend::Postgres => options.max_connections.max(1),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            // A connection may be held by a writer waiting its turn: allow that wait.
+            .acquire_timeout(options.busy_timeout + Duration::from_secs(30))
             .after_connect(move |conn, _meta| {
+                let setup = setup.clone();
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
-                            .await?;
+                        conn.execute(sqlx::AssertSqlSafe(setup)).await?;
                     }
                     Ok(())
                 })
             })
-            .connect(&url)
+            .connect_with(connect.clone())
             .await
-            .map_err(|source| StoreError::Open {
-                url: redact_url(&options.url),
-                source,
-            })?;
-        if backend == Backend::Sqlite {
-            // WAL lets readers (the console, the CLI) read while a sync writes; it is
-            // a property of the file, so setting it once per open is enough.
-            pool.execute("PRAGMA journal_mode = WAL;").await?;
-        }
-        migrations::run(&pool, backend).await?;
-        let key_beside = sqlite_path.map(|p| key_path_beside(&p));
-        let secrets = SecretBox::load(&options.key, key_beside.as_deref())?;
-        Ok(Store {
+            .map_err(open_failed)?;
+        migrations::run(&pool, backend, &target.shown)
+            .await
+            .map_err(|e| explain_busy(e, options.busy_timeout, None))?;
+        let location = KeyLocation::resolve(&options.key, target.sqlite_path.as_deref());
+        let secrets = SecretBox::load(&options.key, location)?;
+        let store = Store {
             pool,
             backend,
             secrets,
-        })
+            busy_timeout: options.busy_timeout,
+        };
+        if options.verify_key {
+            store.verify_key().await?;
+        }
+        Ok(store)
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
+    /// Where the key for secrets is, and whether this process generated it.
+    pub fn key(&self) -> &SecretBox {
+        &self.secrets
+    }
+
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
 
-/// The default key file for a SQLite database `x.db` is `x.db.key` beside it.
-fn key_path_beside(db: &Path) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".key");
-    db.with_file_name(name)
-}
-
-fn parse_url(url: &str) -> Result<(Backend, String, Option<PathBuf>), StoreError> {
-    if let Some(rest) = url.strip_prefix("sqlite:") {
-        let path_part = rest.trim_start_matches("//");
-        let (path, query) = path_part.split_once('?').unwrap_or((path_part, ""));
-        if path.is_empty() || path == ":memory:" {
-            return Err(StoreError::BadUrl {
-                url: url.to_string(),
-                problem: "give a file path, such as sqlite://usersync.db".into(),
-            });
-        }
-        // mode=rwc: create the file on first use.
-        let query = if query.contains("mode=") {
-            query.to_string()
-        } else if query.is_empty() {
-            "mode=rwc".to_string()
-        } else {
-            format!("{query}&mode=rwc")
-        };
-        Ok((
-            Backend::Sqlite,
-            format!("sqlite://{path}?{query}"),
-            Some(PathBuf::from(path)),
-        ))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok((Backend::Postgres, url.to_string(), None))
-    } else {
-        Err(StoreError::BadUrl {
-            url: redact_url(url),
-            problem: "use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
+    /// A transaction that writes: on SQLite it takes the write lock at once (waiting its
+    /// turn), so it never fails half-way because another writer came first.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
         })
     }
-}
 
-/// Creates the PostgreSQL database the URL names when it does not exist yet.
-async fn ensure_postgres_database(url: &str) -> Result<(), StoreError> {
-    use sqlx::Connection;
-    let Some((server, rest)) = url.rsplit_once('/') else {
-        return Ok(());
-    };
-    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Ok(());
+    /// Completes a "database is busy" error with the wait and the runs in progress; other
+    /// errors pass unchanged. Reading the runs never waits for the writer (WAL).
+    pub async fn explain(&self, error: StoreError) -> StoreError {
+        if !error.is_busy() {
+            return error;
+        }
+        let running = self.describe_running().await;
+        explain_busy(error, self.busy_timeout, running)
     }
-    let maintenance = if query.is_empty() {
-        format!("{server}/postgres")
-    } else {
-        format!("{server}/postgres?{query}")
-    };
-    // Connecting to the database itself says at once what is wrong (refused, bad password);
-    // only "does not exist" (3D000) is ours to fix.
-    match sqlx::AnyConnection::connect(url).await {
-        Ok(conn) => {
-            conn.close().await.ok();
+
+    /// Checks that the key opens this database's secrets. A database that holds none yet
+    /// accepts any key (and a missing key file is generated with the first secret).
+    async fn verify_key(&self) -> Result<(), StoreError> {
+        let check = self.meta("key_check").await?;
+        let sealed: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sources WHERE secret IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        if check.is_none() && sealed == 0 {
             return Ok(());
         }
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
-        Err(source) => {
-            return Err(StoreError::Open {
-                url: redact_url(url),
-                source,
-            });
+        let lost_key_help = format!(
+            "Use the key this database was made with: restore its key file, or point \
+             USERSYNC_SECRET_KEY_FILE (or USERSYNC_SECRET_KEY) at it. If that key is lost for good, \
+             `usersync key reset` forgets the stored secrets ({sealed} source(s)) so that a new key \
+             is used from now on; then set each source's secret again with \
+             `usersync source set-secret SOURCE_ID`"
+        );
+        if !self.secrets.is_available() {
+            return match self.secrets.location() {
+                // The key file was deleted or the database copied without it: a new key
+                // generated now would make every stored secret unreadable.
+                KeyLocation::File { path, .. } => Err(StoreError::Key(format!(
+                    "this database holds secrets, but the key file {} does not exist, so no \
+                     new key is generated. {lost_key_help}",
+                    path.display()
+                ))),
+                // PostgreSQL without a key: an error the first time a secret is needed.
+                _ => Ok(()),
+            };
         }
+        let matches = match &check {
+            Some(check) => self.secrets.matches(check),
+            // Stored by a version without a check value: the first secret tells.
+            None => self.first_secret_opens().await?,
+        };
+        if !matches {
+            return Err(StoreError::Key(format!(
+                "{} does not open this database's secrets: they were sealed with another key. {lost_key_help}",
+                self.secrets.describe()
+            )));
+        }
+        if check.is_none() {
+            let value = self.secrets.check_value()?;
+            // Best effort: another process may be writing; the check is made again next time.
+            let _ = sqlx::query(
+                "INSERT INTO store_meta (name, value) VALUES ('key_check', $1) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(value)
+            .execute(&self.pool)
+            .await;
+        }
+        Ok(())
     }
-    let mut conn = sqlx::AnyConnection::connect(&maintenance)
-        .await
-        .map_err(|source| StoreError::Open {
-            url: redact_url(&maintenance),
-            source,
-        })?;
-    let exists: Option<(i64,)> =
-        sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM pg_database WHERE datname = $1")
+
+    /// Whether the first stored secret opens with the key (databases from before the key
+    /// check was kept).
+    async fn first_secret_opens(&self) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, secret FROM sources WHERE secret IS NOT NULL ORDER BY id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(true) };
+        let id: i64 = row.try_get("id")?;
+        let sealed: String = row.try_get("secret")?;
+        Ok(self
+            .secrets
+            .open(&sealed, &sources::secret_context(id))
+            .is_ok())
+    }
+
+    async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query("SELECT value FROM store_meta WHERE name = $1")
             .bind(name)
-            .fetch_optional(&mut conn)
-            .await?;
-    if exists.is_none() {
-        tracing::info!(database = name, "creating the PostgreSQL database");
-        // The name was checked above to be letters, digits and underscores only.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await?;
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get("value"))
+            .transpose()?)
     }
-    conn.close().await.ok();
-    Ok(())
 }
 
-/// The URL without a password (in the user part or a `password` parameter), for messages.
-pub fn redact_url(text: &str) -> String {
-    let Ok(mut url) = url::Url::parse(text) else {
-        // Not parseable: show only the scheme, in case a password hides in the rest.
-        return text.split_once("://").map_or_else(
-            || "(unparseable URL)".to_string(),
-            |(scheme, _)| format!("{scheme}://***"),
-        );
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
+/// Fills in what a "database is busy" error leaves open.
+fn explain_busy(error: StoreError, waited: Duration, running: Option<String>) -> StoreError {
+    match error {
+        StoreError::Busy {
+            waited: None,
+            running: None,
+        } => StoreError::Busy {
+            waited: Some(waited),
+            running,
+        },
+        other => other,
     }
-    let secret_params = ["password", "sslpassword"];
-    if url
-        .query_pairs()
-        .any(|(k, _)| secret_params.contains(&k.as_ref()))
-    {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if secret_params.contains(&k.as_ref()) {
-                    "***".to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string().replace("%2A%2A%2A", "***")
+}
+
+/// A time for people: to the second, UTC.
+pub fn format_time(time: std::time::SystemTime) -> String {
+    let t = OffsetDateTime::from(time);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 pub(crate) fn now() -> String {
@@ -274,47 +355,4 @@ pub(crate) fn query_dyn(
 pub(crate) fn parse_enum<T: FromStr>(text: &str, column: &str) -> Result<T, StoreError> {
     text.parse()
         .map_err(|_| StoreError::Corrupt(format!("{column} holds the unknown value '{text}'")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_urls_create_the_file_and_postgres_urls_pass_through() {
-        let (b, url, path) = parse_url("sqlite://data/usersync.db").unwrap();
-        assert_eq!(b, Backend::Sqlite);
-        assert_eq!(url, "sqlite://data/usersync.db?mode=rwc");
-        assert_eq!(path.unwrap(), PathBuf::from("data/usersync.db"));
-        let (b, _, path) = parse_url("postgres://root@127.0.0.1/test").unwrap();
-        assert_eq!(b, Backend::Postgres);
-        assert!(path.is_none());
-        assert!(parse_url("mysql://x").is_err());
-        assert!(parse_url("sqlite://").is_err());
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
-        assert_eq!(
-            redact_url("postgres://app@db/x?sslmode=require&password=s3cret"),
-            "postgres://app@db/x?sslmode=require&password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p@ss@h/db"),
-            "postgres://u:***@h/db"
-        );
-    }
-
-    #[test]
-    fn the_key_file_sits_beside_the_database() {
-        assert_eq!(
-            key_path_beside(Path::new("/var/lib/usersync.db")),
-            PathBuf::from("/var/lib/usersync.db.key")
-        );
-    }
 }

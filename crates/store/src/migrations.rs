@@ -1,20 +1,109 @@
-//! One set of migrations for both backends; `{id}` is the only word that differs.
+//! One set of migrations for both backends; `{id}` is the only word that differs, and where
+//! SQLite cannot alter a table in place a migration has a text for each backend.
 
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row};
 
 use crate::{Backend, StoreError, now};
 
+/// One migration: the same SQL for both backends, or one text each.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const fn both(version: i64, name: &'static str, sql: &'static str) -> Migration {
+    Migration {
+        version,
+        name,
+        sqlite: sql,
+        postgres: sql,
+    }
+}
+
 /// Each migration once, in order; never edit one that has shipped: add another.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "directory, sources and runs", V1),
-    (2, "filter rules", V2),
-    (
+const MIGRATIONS: &[Migration] = &[
+    both(1, "directory, sources and runs", V1),
+    both(2, "filter rules", V2),
+    both(
         3,
         "domain protection, managers, new-mailbox settings, console group members",
         V3,
     ),
-    (4, "console groups made from tenant groups", V4),
+    both(4, "console groups made from tenant groups", V4),
+    Migration {
+        version: 5,
+        name: "removed sources, run owners and heartbeats, the key check",
+        sqlite: V5_SQLITE,
+        postgres: V5_POSTGRES,
+    },
 ];
+
+/// Every table the migrations make: any other table in the database is not ours.
+const OUR_TABLES: &[&str] = &[
+    "schema_migrations",
+    "customers",
+    "domains",
+    "console_groups",
+    "sources",
+    "users",
+    "user_aliases",
+    "runs",
+    "filter_rules",
+    "group_members",
+    "store_meta",
+];
+
+/// What both backends add in version 5.
+macro_rules! v5_common {
+    () => {
+        r#"
+ALTER TABLE runs ADD COLUMN owner_host TEXT;
+ALTER TABLE runs ADD COLUMN owner_pid BIGINT;
+ALTER TABLE runs ADD COLUMN owner_started TEXT;
+ALTER TABLE runs ADD COLUMN heartbeat_at BIGINT;
+CREATE INDEX runs_by_status ON runs (status);
+CREATE TABLE store_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE UNIQUE INDEX sources_one_customer_per_tenant ON sources (kind, tenant_id) WHERE removed_at IS NULL;
+"#
+    };
+}
+
+/// A removed source keeps its row (its runs and its users' history point at it), so the
+/// rule "one tenant, one customer" holds among sources that are not removed. SQLite cannot
+/// drop a table constraint: the table is rebuilt (with foreign keys off, see `migrate`).
+const V5_SQLITE: &str = concat!(
+    r#"
+CREATE TABLE sources_v5 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    customer_id BIGINT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    secret TEXT,
+    sync_state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    removed_at TEXT
+);
+INSERT INTO sources_v5 (id, customer_id, kind, tenant_id, settings, secret, sync_state, created_at)
+    SELECT id, customer_id, kind, tenant_id, settings, secret, sync_state, created_at FROM sources;
+DROP TABLE sources;
+ALTER TABLE sources_v5 RENAME TO sources;
+"#,
+    v5_common!()
+);
+
+const V5_POSTGRES: &str = concat!(
+    r#"
+ALTER TABLE sources ADD COLUMN removed_at TEXT;
+ALTER TABLE sources DROP CONSTRAINT IF EXISTS sources_kind_tenant_id_key;
+"#,
+    v5_common!()
+);
 
 const V4: &str = r#"
 ALTER TABLE console_groups ADD COLUMN source_object_id TEXT;
@@ -128,70 +217,163 @@ CREATE INDEX runs_by_source ON runs (source_id, id);
 /// An arbitrary key for PostgreSQL's advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7573_6572_7379_6e63; // "usersync"
 
-/// Brings the schema up to date, one transaction per migration. On PostgreSQL several
-/// processes may start at once: they take turns under an advisory lock.
-pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+/// Brings the schema up to date, one transaction per migration, after checking that the
+/// database is ours and not newer than this binary (before anything is written). On
+/// PostgreSQL several processes may start at once: they take turns under an advisory lock.
+pub(crate) async fn run(pool: &AnyPool, backend: Backend, shown: &str) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
     if backend == Backend::Postgres {
-        let mut conn = pool.acquire().await?;
         sqlx::query("SELECT CAST(pg_advisory_lock($1) AS TEXT) AS locked")
             .bind(MIGRATION_LOCK)
             .fetch_one(&mut *conn)
             .await?;
-        let result = migrate(pool, backend).await;
+        let result = migrate(&mut conn, backend, shown).await;
         sqlx::query("SELECT CAST(pg_advisory_unlock($1) AS TEXT) AS unlocked")
             .bind(MIGRATION_LOCK)
             .fetch_one(&mut *conn)
             .await?;
         return result;
     }
-    migrate(pool, backend).await
+    let result = migrate(&mut conn, backend, shown).await;
+    // The connection goes back to the pool: it must enforce foreign keys again.
+    if sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        Connection::close(conn.detach()).await.ok();
+    }
+    result
 }
 
-async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
-    pool.execute(
+/// The tables in the database's current schema.
+async fn tables(conn: &mut AnyConnection, backend: Backend) -> Result<Vec<String>, StoreError> {
+    let sql = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        }
+        Backend::Postgres => {
+            "SELECT CAST(tablename AS TEXT) AS name FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
+        }
+    };
+    let rows = sqlx::query(sql).fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("name").map_err(StoreError::from))
+        .collect()
+}
+
+async fn migrate(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    shown: &str,
+) -> Result<(), StoreError> {
+    let unusable = |problem: String| StoreError::Unusable {
+        url: shown.to_string(),
+        problem,
+    };
+    let existing = tables(conn, backend).await?;
+    let applied: Vec<i64> = if existing.iter().any(|t| t == "schema_migrations") {
+        sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get("version"))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let newest = applied.iter().copied().max().unwrap_or(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if newest > known {
+        return Err(unusable(format!(
+            "has schema version {newest}, newer than this usersync knows ({known}): upgrade usersync; nothing was changed"
+        )));
+    }
+    let foreign: Vec<&str> = existing
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !OUR_TABLES.contains(t))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(unusable(format!(
+            "holds tables that are not usersync's ({}); give usersync a database of its own \
+             (a new SQLite file, or a new PostgreSQL database: usersync creates it); nothing was changed",
+            foreign.join(", ")
+        )));
+    }
+    let pending: Vec<&Migration> = MIGRATIONS
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    if backend == Backend::Sqlite {
+        // Rebuilding a table drops the old one: with foreign keys on, that would delete
+        // or cascade every row that points at it. Checked again before each commit.
+        sqlx::query("PRAGMA foreign_keys = OFF")
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
     )
+    .execute(&mut *conn)
     .await?;
     let id_column = match backend {
         Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Backend::Postgres => "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
     };
-    for (version, name, sql) in MIGRATIONS {
-        let mut tx = pool.begin().await?;
-        let applied = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
-            .bind(version)
+    for migration in pending {
+        let mut tx = match backend {
+            Backend::Sqlite => Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?,
+            Backend::Postgres => Connection::begin(&mut *conn).await?,
+        };
+        // Another process may have applied it while this one waited for the lock.
+        let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(migration.version)
             .fetch_optional(&mut *tx)
             .await?;
-        if applied.is_some() {
+        if done.is_some() {
             continue;
         }
-        tracing::info!(version, name, "applying database migration");
-        let sql = sql.replace("{id}", id_column);
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applying database migration"
+        );
+        let text = match backend {
+            Backend::Sqlite => migration.sqlite,
+            Backend::Postgres => migration.postgres,
+        };
+        let sql = text.replace("{id}", id_column);
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             sqlx::query(AssertSqlSafe(statement.to_string()))
                 .execute(&mut *tx)
                 .await?;
         }
+        if backend == Backend::Sqlite {
+            let broken = sqlx::query("PRAGMA foreign_key_check")
+                .fetch_all(&mut *tx)
+                .await?;
+            if !broken.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {} would leave {} rows pointing at rows that do not exist; nothing was changed",
+                    migration.version,
+                    broken.len()
+                )));
+            }
+        }
         sqlx::query(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
         )
-        .bind(version)
-        .bind(*name)
+        .bind(migration.version)
+        .bind(migration.name)
         .bind(now())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-    }
-    let newest: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-        .fetch_one(pool)
-        .await?
-        .try_get("v")?;
-    let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    if newest > known {
-        return Err(StoreError::Invalid(format!(
-            "the database has schema version {newest}, newer than this usersync knows ({known}): upgrade usersync"
-        )));
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use usersync_core::Plan;
 
-use crate::{Store, StoreError, now, parse_enum, query_dyn};
+use crate::process::RunOwner;
+use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
 
 macro_rules! text_enum {
     ($name:ident { $($variant:ident => $text:literal),+ }) => {
@@ -24,7 +25,7 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(RunKind { Preview => "preview", Sync => "sync" });
+text_enum!(RunKind { Preview => "preview", Sync => "sync", Remove => "remove" });
 text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Failed => "failed" });
 
 /// A run about to start.
@@ -75,18 +76,47 @@ pub struct RunRecord {
     pub linked: i64,
     pub stats: Option<RunStats>,
     pub error: Option<String>,
+    /// The process that executes (or executed) the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<RunOwner>,
     /// Only filled by [`Store::run`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
 }
 
 const COLUMNS: &str = "r.id, r.source_id, c.name AS customer, r.kind, r.reason, r.status, r.started_at, \
-     r.finished_at, r.added, r.updated, r.removed, r.skipped, r.linked, r.stats, r.error";
+     r.finished_at, r.added, r.updated, r.removed, r.skipped, r.linked, r.stats, r.error, \
+     r.owner_host, r.owner_pid, r.owner_started";
+
+/// A running run is judged stopped when its owner's heartbeat is older than this (for
+/// owners on other hosts; on this host a dead process is seen at once).
+pub const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Backend {
+    /// The database's clock in whole seconds since 1970: one clock for every host.
+    pub(crate) fn epoch_now(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "CAST(strftime('%s', 'now') AS BIGINT)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)",
+        }
+    }
+}
 
 fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
     let status: String = row.try_get("status")?;
     let stats: Option<String> = row.try_get("stats")?;
+    let host: Option<String> = row.try_get("owner_host")?;
+    let pid: Option<i64> = row.try_get("owner_pid")?;
+    let started: Option<String> = row.try_get("owner_started")?;
+    let owner = match (host, pid) {
+        (Some(host), Some(pid)) => Some(RunOwner {
+            host,
+            pid: u32::try_from(pid).unwrap_or_default(),
+            started: started.unwrap_or_default(),
+        }),
+        _ => None,
+    };
     Ok(RunRecord {
         id: row.try_get("id")?,
         source_id: row.try_get("source_id")?,
@@ -106,26 +136,149 @@ fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("runs.stats: {e}")))?,
         error: row.try_get("error")?,
+        owner,
         plan: None,
     })
 }
 
 impl Store {
-    /// Records that a run started; it is `running` until finished.
-    pub async fn start_run(&self, run: &NewRun) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO runs (source_id, customer_id, kind, reason, status, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
+    /// Records that a run started in `owner`; it is `running` until finished, and its owner
+    /// keeps it so with [`Store::heartbeat`].
+    pub async fn start_run(&self, run: &NewRun, owner: &RunOwner) -> Result<i64, StoreError> {
+        let row = query_dyn(&format!(
+            "INSERT INTO runs (source_id, customer_id, kind, reason, status, started_at, \
+             owner_host, owner_pid, owner_started, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
+            self.backend.epoch_now()
+        ))
         .bind(run.source_id)
         .bind(run.customer_id)
         .bind(run.kind.as_str())
         .bind(&run.reason)
         .bind(RunStatus::Running.as_str())
         .bind(now())
+        .bind(&owner.host)
+        .bind(i64::from(owner.pid))
+        .bind(&owner.started)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("id")?)
+    }
+
+    /// Tells that the run's owner still works on it; false when the run is no longer
+    /// running as this owner's (another process judged it stopped).
+    pub async fn heartbeat(&self, run_id: i64, owner: &RunOwner) -> Result<bool, StoreError> {
+        let done = query_dyn(&format!(
+            "UPDATE runs SET heartbeat_at = {} WHERE id = $1 AND status = 'running' \
+             AND owner_host = $2 AND owner_pid = $3",
+            self.backend.epoch_now()
+        ))
+        .bind(run_id)
+        .bind(&owner.host)
+        .bind(i64::from(owner.pid))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks failed the runs whose process stopped without finishing them: an owner on this
+    /// host whose process is gone, or an owner whose last heartbeat is older than
+    /// `stale_after` by the database's clock. Returns their ids. Reads first, so a database
+    /// without stale runs is not written to.
+    pub async fn fail_stale_runs(
+        &self,
+        stale_after: std::time::Duration,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows = query_dyn(&format!(
+            "SELECT id, owner_host, owner_pid, owner_started, heartbeat_at, started_at, {} AS db_now \
+             FROM runs WHERE status = 'running' ORDER BY id",
+            self.backend.epoch_now()
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stale = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let host: Option<String> = row.try_get("owner_host")?;
+            let pid: Option<i64> = row.try_get("owner_pid")?;
+            let heartbeat: Option<i64> = row.try_get("heartbeat_at")?;
+            let db_now: i64 = row.try_get("db_now")?;
+            let silent_for = heartbeat.map(|h| db_now.saturating_sub(h));
+            let owner = match (&host, pid) {
+                (Some(host), Some(pid)) => Some(RunOwner {
+                    host: host.clone(),
+                    pid: u32::try_from(pid).unwrap_or_default(),
+                    started: row
+                        .try_get::<Option<String>, _>("owner_started")?
+                        .unwrap_or_default(),
+                }),
+                _ => None,
+            };
+            let too_old = |limit: i64| silent_for.is_none_or(|s| s > limit);
+            let gone = match owner.as_ref().and_then(RunOwner::is_alive) {
+                Some(alive) => !alive,
+                None => too_old(stale_after.as_secs() as i64),
+            };
+            if !gone {
+                continue;
+            }
+            let whose = match &owner {
+                Some(o) => format!("pid {} on {}", o.pid, o.host),
+                None => "a process of an older usersync".to_string(),
+            };
+            let heard = match silent_for {
+                Some(s) => format!(", last heard of {s} s ago"),
+                None => String::new(),
+            };
+            let message = format!(
+                "the process running it stopped ({whose}{heard}) before it finished; nothing of it was applied"
+            );
+            let done = sqlx::query(
+                "UPDATE runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4 AND status = 'running'",
+            )
+            .bind(RunStatus::Failed.as_str())
+            .bind(now())
+            .bind(&message)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                tracing::info!(run = id, %message, "marked a stale run failed");
+                stale.push(id);
+            }
+        }
+        Ok(stale)
+    }
+
+    /// The runs in progress, in words ("run 12, a sync of source #3 of 'Contoso' by pid
+    /// 4242 on host x, since 07:53:09 UTC"), for a message; `None` when there are none.
+    pub async fn describe_running(&self) -> Option<String> {
+        let runs = query_dyn(&format!(
+            "SELECT {COLUMNS} FROM runs r JOIN customers c ON c.id = r.customer_id \
+             WHERE r.status = 'running' ORDER BY r.id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .ok()?;
+        let texts: Vec<String> = runs
+            .iter()
+            .filter_map(|row| run_from(row).ok())
+            .map(|r| {
+                let by = r
+                    .owner
+                    .map(|o| format!(" by pid {} on {}", o.pid, o.host))
+                    .unwrap_or_default();
+                let since = r.started_at.get(11..19).unwrap_or(&r.started_at);
+                format!(
+                    "run {}, a {} of source #{} of '{}'{by}, since {since} UTC",
+                    r.id,
+                    r.kind.as_str(),
+                    r.source_id,
+                    r.customer
+                )
+            })
+            .collect();
+        (!texts.is_empty()).then(|| texts.join("; "))
     }
 
     /// Finishes a run that applies nothing: a preview, or a failed sync.
@@ -208,9 +361,10 @@ where
     let plan_json = plan.map(encode_plan).transpose()?;
     let stats_json =
         serde_json::to_string(stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE runs SET status = $1, finished_at = $2, added = $3, updated = $4, removed = $5, \
-         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10 WHERE id = $11",
+         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10 \
+         WHERE id = $11 AND status = 'running'",
     )
     .bind(status.as_str())
     .bind(now())
@@ -225,6 +379,13 @@ where
     .bind(run_id)
     .execute(executor)
     .await?;
+    if done.rows_affected() == 0 {
+        // Another process judged this run's owner gone and marked it failed: what this
+        // process did must not be recorded (or applied) over that.
+        return Err(StoreError::Conflict(format!(
+            "run {run_id} is no longer running: it was marked stopped while this process worked on it; nothing was applied"
+        )));
+    }
     Ok(())
 }
 

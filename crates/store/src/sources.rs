@@ -31,13 +31,26 @@ pub struct SourceRecord {
     pub has_secret: bool,
     pub sync_state: serde_json::Value,
     pub created_at: String,
+    /// When the source was removed (`usersync source remove`); a removed source keeps its
+    /// row for its runs' sake but reads nothing and holds no secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<String>,
 }
 
 const SELECT: &str = "SELECT s.id, s.customer_id, c.name AS customer, s.kind, s.tenant_id, s.settings, \
-     CASE WHEN s.secret IS NULL THEN 0 ELSE 1 END AS has_secret, s.sync_state, s.created_at \
+     CASE WHEN s.secret IS NULL THEN 0 ELSE 1 END AS has_secret, s.sync_state, s.created_at, s.removed_at \
      FROM sources s JOIN customers c ON c.id = s.customer_id";
 
-fn secret_context(source_id: i64) -> String {
+/// What removing a source changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SourceRemoval {
+    /// Users that no source manages any more (kept as they are).
+    pub unmanaged: u64,
+    /// Users removed (soft-deleted) with the source.
+    pub removed: u64,
+}
+
+pub(crate) fn secret_context(source_id: i64) -> String {
     format!("sources.secret:{source_id}")
 }
 
@@ -60,7 +73,22 @@ fn source_from(row: &AnyRow) -> Result<SourceRecord, StoreError> {
         has_secret: has_secret != 0,
         sync_state: json(&state, "sources.sync_state")?,
         created_at: row.try_get("created_at")?,
+        removed_at: row.try_get("removed_at")?,
     })
+}
+
+/// Stores the key check with the first sealed secret, in the transaction that seals it.
+pub(crate) async fn keep_key_check(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    check: String,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO store_meta (name, value) VALUES ('key_check', $1) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(check)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl Store {
@@ -68,7 +96,7 @@ impl Store {
     pub async fn add_source(&self, new: NewSource) -> Result<SourceRecord, StoreError> {
         if let Some(row) = sqlx::query(
             "SELECT s.id, c.name FROM sources s JOIN customers c ON c.id = s.customer_id \
-             WHERE s.kind = $1 AND s.tenant_id = $2",
+             WHERE s.kind = $1 AND s.tenant_id = $2 AND s.removed_at IS NULL",
         )
         .bind(new.kind.as_str())
         .bind(&new.tenant_id)
@@ -82,7 +110,7 @@ impl Store {
                 new.tenant_id
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "INSERT INTO sources (customer_id, kind, tenant_id, settings, sync_state, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -94,19 +122,94 @@ impl Store {
         .bind("{}")
         .bind(now())
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "the tenant {} was connected by another process at the same moment; one tenant belongs to one customer",
+                    new.tenant_id
+                ))
+            } else {
+                e.into()
+            }
+        })?;
         let id: i64 = row.try_get("id")?;
         if let Some(secret) = &new.secret {
             // The row id is part of the associated data, so the secret is sealed after insert.
-            let sealed = self.secrets.seal(secret, &secret_context(id))?;
-            sqlx::query("UPDATE sources SET secret = $1 WHERE id = $2")
-                .bind(sealed)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            self.seal_secret(&mut tx, id, secret).await?;
         }
         tx.commit().await?;
         self.source(id).await
+    }
+
+    /// Seals `secret` into the source's row, with the key check if it is the first secret.
+    async fn seal_secret(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: i64,
+        secret: &SecretString,
+    ) -> Result<(), StoreError> {
+        let sealed = self.secrets.seal(secret, &secret_context(id))?;
+        sqlx::query("UPDATE sources SET secret = $1 WHERE id = $2")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        keep_key_check(tx, self.secrets.check_value()?).await
+    }
+
+    /// Replaces the client secret of a source (a wrong or expired one, or one sealed with
+    /// a key that was lost and reset).
+    pub async fn set_source_secret(
+        &self,
+        id: i64,
+        secret: &SecretString,
+    ) -> Result<(), StoreError> {
+        let source = self.source(id).await?;
+        if let Some(when) = &source.removed_at {
+            return Err(StoreError::Invalid(format!(
+                "source #{id} was removed on {when}; connect the tenant again instead"
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        self.seal_secret(&mut tx, id, secret).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets every stored secret and the key check, so that a new key can be used after
+    /// the old one was lost. Returns how many sources held a secret.
+    pub async fn forget_secrets(&self) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("UPDATE sources SET secret = NULL WHERE secret IS NOT NULL")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM store_meta WHERE name = 'key_check'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Removes a source and lets its users go unmanaged: they stay as they are, and no sync
+    /// changes or removes them; console groups it made from tenant groups stay as
+    /// ordinary groups. The source keeps its row (its runs), without its secret.
+    pub async fn remove_source_keeping_users(&self, id: i64) -> Result<SourceRemoval, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let stamp = now();
+        let users = sqlx::query(
+            "UPDATE users SET source_id = NULL, source_object_id = NULL, updated_at = $2 WHERE source_id = $1",
+        )
+        .bind(id)
+        .bind(&stamp)
+        .execute(&mut *tx)
+        .await?;
+        mark_removed(&mut tx, id, &stamp).await?;
+        tx.commit().await?;
+        Ok(SourceRemoval {
+            unmanaged: users.rows_affected(),
+            removed: 0,
+        })
     }
 
     pub async fn source(&self, id: i64) -> Result<SourceRecord, StoreError> {
@@ -120,19 +223,28 @@ impl Store {
         source_from(&row)
     }
 
+    /// Sources of one customer or of all, removed ones only when asked.
     pub async fn list_sources(
         &self,
         customer_id: Option<i64>,
+        include_removed: bool,
     ) -> Result<Vec<SourceRecord>, StoreError> {
+        let live = if include_removed {
+            ""
+        } else {
+            " AND s.removed_at IS NULL"
+        };
         let rows = match customer_id {
             Some(c) => {
-                query_dyn(&format!("{SELECT} WHERE s.customer_id = $1 ORDER BY s.id"))
-                    .bind(c)
-                    .fetch_all(&self.pool)
-                    .await?
+                query_dyn(&format!(
+                    "{SELECT} WHERE s.customer_id = $1{live} ORDER BY s.id"
+                ))
+                .bind(c)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
-                query_dyn(&format!("{SELECT} ORDER BY s.id"))
+                query_dyn(&format!("{SELECT} WHERE 1 = 1{live} ORDER BY s.id"))
                     .fetch_all(&self.pool)
                     .await?
             }
@@ -153,7 +265,8 @@ impl Store {
             .transpose()
     }
 
-    /// Replaces the settings of a source.
+    /// Replaces the settings of a source (its options, or its connection: client id and
+    /// endpoints).
     pub async fn set_source_settings(
         &self,
         id: i64,
@@ -166,4 +279,32 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Marks a source removed, in the transaction that dealt with its users; its secret goes.
+pub(crate) async fn mark_removed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: i64,
+    stamp: &str,
+) -> Result<(), StoreError> {
+    // Groups it made from tenant groups become ordinary console groups.
+    sqlx::query(
+        "UPDATE console_groups SET source_id = NULL, source_object_id = NULL WHERE source_id = $1",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    let done = sqlx::query(
+        "UPDATE sources SET removed_at = $2, secret = NULL WHERE id = $1 AND removed_at IS NULL",
+    )
+    .bind(id)
+    .bind(stamp)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "source #{id} was removed already (or by another process at the same moment)"
+        )));
+    }
+    Ok(())
 }

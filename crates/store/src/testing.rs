@@ -8,10 +8,79 @@ pub fn postgres_server() -> String {
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_string())
 }
 
-/// A URL naming a PostgreSQL database that does not exist yet (the store creates it).
-pub fn fresh_postgres_url() -> String {
+/// Set (to anything but empty or 0) by `.ci/run`: a PostgreSQL test may not skip.
+pub const REQUIRE_POSTGRES: &str = "USERSYNC_REQUIRE_POSTGRES";
+
+/// A URL naming a PostgreSQL database that does not exist yet (the store creates it), or
+/// `None` when no PostgreSQL server answers: then the test skips, and the first skip in
+/// the process says so on stderr with how to run them. With `USERSYNC_REQUIRE_POSTGRES`
+/// set, an unreachable server fails the test instead.
+pub fn fresh_postgres_url() -> Option<String> {
+    if let Err(why) = postgres_reachable() {
+        let required = std::env::var(REQUIRE_POSTGRES).is_ok_and(|v| !v.is_empty() && v != "0");
+        if required {
+            panic!(
+                "PostgreSQL at {} is required ({REQUIRE_POSTGRES} is set) but not reachable: {why}",
+                postgres_server()
+            );
+        }
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            use std::io::Write;
+            // Straight to stderr: the test harness captures only print!/eprint!.
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: PostgreSQL at {} is not reachable ({why}): the PostgreSQL tests of {} are \
+                 SKIPPED. Start PostgreSQL, or set USERSYNC_TEST_POSTGRES=postgres://USER@HOST:PORT, \
+                 to run them; .ci/run starts it and requires them ({REQUIRE_POSTGRES}=1).",
+                postgres_server(),
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "this test binary".into())
+            );
+        });
+        return None;
+    }
     let name = format!("usersync_test_{}", random_suffix());
-    format!("{}/{name}", postgres_server())
+    Some(format!("{}/{name}", postgres_server()))
+}
+
+/// Whether something listens at the test server's address (checked once per process).
+fn postgres_reachable() -> Result<(), String> {
+    static REACHABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REACHABLE
+        .get_or_init(|| {
+            use std::net::ToSocketAddrs;
+            let url = url::Url::parse(&postgres_server()).map_err(|e| e.to_string())?;
+            let host = url
+                .host_str()
+                .unwrap_or("127.0.0.1")
+                .trim_matches(['[', ']']);
+            let port = url.port().unwrap_or(5432);
+            let address = (host, port)
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or_else(|| format!("{host} has no address"))?;
+            std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(3))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+/// Runs each named test (an async function of a database URL) on SQLite and PostgreSQL;
+/// the PostgreSQL one skips, saying so, when no server answers (see [`fresh_postgres_url`]).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite { $(#[tokio::test] async fn $name() { super::$name($crate::testing::fresh_sqlite_url()).await } )+ }
+        mod postgres { $(#[tokio::test] async fn $name() {
+            let Some(url) = $crate::testing::fresh_postgres_url() else { return };
+            super::$name(url).await
+        } )+ }
+    };
 }
 
 /// A URL naming a new SQLite file in the temporary directory.

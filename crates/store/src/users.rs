@@ -158,7 +158,7 @@ impl Store {
         let group = group.ok_or_else(|| {
             StoreError::not_found("group", &user.group, "every customer has the group Main")
         })?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let stamp = now();
         let row = sqlx::query(
             "INSERT INTO users (customer_id, address, display_name, given_name, surname, \
@@ -207,17 +207,46 @@ impl Store {
     }
 
     /// Applies a plan and marks its run succeeded, in one transaction: all of it or none.
+    /// The time it takes is added to `stats` (`apply_ms`, `duration_ms`) before they are
+    /// recorded with the run; only the commit itself is left out.
     pub async fn apply_plan(
         &self,
         run_id: i64,
         customer_id: i64,
         source_id: Option<i64>,
         plan: &Plan,
-        stats: &RunStats,
+        stats: &mut RunStats,
     ) -> Result<ApplyCounts, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let stamp = now();
+        self.apply(run_id, customer_id, source_id, plan, stats, false)
+            .await
+    }
+
+    /// Applies the plan of removing a source (its users' removals) and marks the source
+    /// removed, in one transaction with the run's outcome.
+    pub async fn apply_source_removal(
+        &self,
+        run_id: i64,
+        customer_id: i64,
+        source_id: i64,
+        plan: &Plan,
+        stats: &mut RunStats,
+    ) -> Result<ApplyCounts, StoreError> {
+        self.apply(run_id, customer_id, Some(source_id), plan, stats, true)
+            .await
+    }
+
+    async fn apply(
+        &self,
+        run_id: i64,
+        customer_id: i64,
+        source_id: Option<i64>,
+        plan: &Plan,
+        stats: &mut RunStats,
+        remove_source: bool,
+    ) -> Result<ApplyCounts, StoreError> {
         let started = std::time::Instant::now();
+        let mut tx = self.write_tx().await?;
+        let stamp = now();
         let lap = |phase: &str| {
             tracing::debug!(
                 phase,
@@ -426,6 +455,13 @@ impl Store {
             .await?;
         }
 
+        if let (true, Some(source_id)) = (remove_source, source_id) {
+            crate::sources::mark_removed(&mut tx, source_id, &stamp).await?;
+        }
+
+        // The wait for the write lock counts: it is part of what the run took.
+        stats.apply_ms = started.elapsed().as_millis() as u64;
+        stats.duration_ms += stats.apply_ms;
         finish(
             &mut *tx,
             run_id,

@@ -54,12 +54,15 @@ async fn setup(store: &Store) -> (i64, i64) {
 
 async fn new_run(store: &Store, customer: i64, source: i64) -> i64 {
     store
-        .start_run(&NewRun {
-            source_id: source,
-            customer_id: customer,
-            kind: RunKind::Sync,
-            reason: "manual".into(),
-        })
+        .start_run(
+            &NewRun {
+                source_id: source,
+                customer_id: customer,
+                kind: RunKind::Sync,
+                reason: "manual".into(),
+            },
+            &usersync_store::RunOwner::this_process(),
+        )
         .await
         .unwrap()
 }
@@ -126,12 +129,12 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
         ],
         ..Plan::default()
     };
-    let stats = RunStats {
+    let mut stats = RunStats {
         read_users: 2,
         ..RunStats::default()
     };
     let counts = store
-        .apply_plan(run, customer, Some(source), &plan, &stats)
+        .apply_plan(run, customer, Some(source), &plan, &mut stats)
         .await
         .unwrap();
     assert_eq!(counts.added, 2);
@@ -173,7 +176,13 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
         ..Plan::default()
     };
     store
-        .apply_plan(run2, customer, Some(source), &plan2, &RunStats::default())
+        .apply_plan(
+            run2,
+            customer,
+            Some(source),
+            &plan2,
+            &mut RunStats::default(),
+        )
         .await
         .unwrap();
     let active = store.users(customer, false).await.unwrap();
@@ -206,7 +215,7 @@ async fn a_plan_that_fails_part_way_applies_nothing(url: String) {
         ..Plan::default()
     };
     let err = store
-        .apply_plan(run, customer, Some(source), &plan, &RunStats::default())
+        .apply_plan(run, customer, Some(source), &plan, &mut RunStats::default())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
@@ -216,25 +225,23 @@ async fn a_plan_that_fails_part_way_applies_nothing(url: String) {
     discard(&url).await;
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),+) => {
-        mod sqlite { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_sqlite_url()).await } )+ }
-        mod postgres { $(#[tokio::test] async fn $name() { super::$name(usersync_store::testing::fresh_postgres_url()).await } )+ }
-    };
-}
-
-on_both_backends!(
+usersync_store::on_both_backends!(
     customers_domains_and_sources_are_kept_with_clear_conflicts,
     a_plan_is_applied_whole_and_recorded_with_its_run,
-    a_plan_that_fails_part_way_applies_nothing
+    a_plan_that_fails_part_way_applies_nothing,
+    a_database_is_refused_with_a_key_that_does_not_open_its_secrets,
+    a_run_whose_process_died_is_marked_failed,
+    a_database_that_is_not_ours_is_refused_unchanged
 );
 
 #[tokio::test]
 async fn two_processes_opening_a_fresh_postgres_database_at_once_both_succeed() {
-    let url = usersync_store::testing::fresh_postgres_url();
+    let Some(url) = usersync_store::testing::fresh_postgres_url() else {
+        return;
+    };
     // The database exists first (creating it twice at once is a different race).
     open_fresh(&url).await.close().await;
-    let other = usersync_store::testing::fresh_postgres_url();
+    let other = usersync_store::testing::fresh_postgres_url().unwrap();
     open_fresh(&other).await.close().await;
     let (a, b) = tokio::join!(open_fresh(&url), open_fresh(&url));
     a.add_customer("A").await.unwrap();
@@ -264,4 +271,382 @@ async fn an_unreachable_postgres_server_is_named_at_once() {
         "{text}"
     );
     assert!(text.to_lowercase().contains("refused"), "{text}");
+}
+
+const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY_B: &str = "HxwdHhscGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwI=";
+
+async fn open_with(url: &str, key: usersync_store::KeySource) -> Result<Store, StoreError> {
+    let mut options = usersync_store::StoreOptions::new(url);
+    options.key = key;
+    Store::open(options).await
+}
+
+async fn add_source_with_secret(store: &Store, tenant: &str) -> i64 {
+    let customer = store.add_customer(&format!("C {tenant}")).await.unwrap();
+    store
+        .add_source(NewSource {
+            customer_id: customer.id,
+            kind: SourceKind::Office365,
+            tenant_id: tenant.into(),
+            settings: serde_json::json!({}),
+            secret: Some(SecretString::new("the-client-secret")),
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// A database whose secrets were sealed with one key is refused with another, at once,
+/// naming the key in use; a lost key can be reset, after which the secrets must be set again.
+async fn a_database_is_refused_with_a_key_that_does_not_open_its_secrets(url: String) {
+    use usersync_store::KeySource;
+    let store = open_with(&url, KeySource::Base64(KEY_A.into()))
+        .await
+        .unwrap();
+    let source = add_source_with_secret(&store, "tenant-a").await;
+    store.close().await;
+
+    let err = open_with(&url, KeySource::Base64(KEY_B.into()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("USERSYNC_SECRET_KEY")
+            && err.contains("does not open this database's secrets"),
+        "{err}"
+    );
+    assert!(err.contains("usersync key reset"), "{err}");
+
+    // The operator who lost the key forgets the secrets, then uses a new key.
+    let mut options = usersync_store::StoreOptions::new(&url);
+    options.key = KeySource::Base64(KEY_B.into());
+    options.verify_key = false;
+    let store = Store::open(options).await.unwrap();
+    assert_eq!(store.forget_secrets().await.unwrap(), 1);
+    store.close().await;
+    let store = open_with(&url, KeySource::Base64(KEY_B.into()))
+        .await
+        .unwrap();
+    assert!(store.source_secret(source).await.unwrap().is_none());
+    store
+        .set_source_secret(source, &SecretString::new("new-secret"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.source_secret(source).await.unwrap().unwrap().expose(),
+        "new-secret"
+    );
+    store.close().await;
+    discard(&url).await;
+}
+
+#[tokio::test]
+async fn a_deleted_key_file_is_not_generated_anew_for_a_database_with_secrets() {
+    use usersync_store::KeySource;
+    let url = usersync_store::testing::fresh_sqlite_url();
+    let db = std::path::PathBuf::from(url.strip_prefix("sqlite://").unwrap());
+    let key_file = db.with_file_name("usersync.db.key");
+    let store = open_with(&url, KeySource::Default).await.unwrap();
+    assert!(!key_file.exists(), "no key file before the first secret");
+    add_source_with_secret(&store, "tenant-a").await;
+    assert!(key_file.exists(), "the first secret generates the key file");
+    assert_eq!(store.key().generated_file(), Some(key_file.as_path()));
+    store.close().await;
+
+    std::fs::remove_file(&key_file).unwrap();
+    let err = open_with(&url, KeySource::Default)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&key_file.display().to_string()) && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!key_file.exists(), "no new key was generated");
+
+    // A key file generated elsewhere (another folder, a copied database) is refused too.
+    let other = db.with_file_name("other.key");
+    std::fs::write(&other, format!("{KEY_B}\n")).unwrap();
+    let err = open_with(&url, KeySource::File(other.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("the key file {}", other.display()))
+            && err.contains("does not open this database's secrets"),
+        "{err}"
+    );
+    discard(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_no_key_file_and_names_the_missing_key_when_a_secret_is_needed() {
+    use usersync_store::KeySource;
+    let Some(url) = usersync_store::testing::fresh_postgres_url() else {
+        return;
+    };
+    let store = open_with(&url, KeySource::Default).await.unwrap();
+    assert_eq!(store.key().location(), &usersync_store::KeyLocation::Unset);
+    let customer = store.add_customer("Contoso").await.unwrap();
+    let err = store
+        .add_source(NewSource {
+            customer_id: customer.id,
+            kind: SourceKind::Office365,
+            tenant_id: "tenant-a".into(),
+            settings: serde_json::json!({}),
+            secret: Some(SecretString::new("the-client-secret")),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("USERSYNC_SECRET_KEY") && err.contains("USERSYNC_SECRET_KEY_FILE"),
+        "{err}"
+    );
+    assert!(
+        store.list_sources(None, true).await.unwrap().is_empty(),
+        "nothing is stored without a key"
+    );
+    store.close().await;
+    discard(&url).await;
+}
+
+/// A run whose process is gone is found and marked failed by a later command; a live one
+/// is left alone, and a run marked stopped can no longer record an outcome.
+async fn a_run_whose_process_died_is_marked_failed(url: String) {
+    let store = open_fresh(&url).await;
+    let (customer, source) = setup(&store).await;
+    let me = usersync_store::RunOwner::this_process();
+    let new = NewRun {
+        source_id: source,
+        customer_id: customer,
+        kind: RunKind::Sync,
+        reason: "manual".into(),
+    };
+    let live = store.start_run(&new, &me).await.unwrap();
+    let stale_after = std::time::Duration::from_secs(3600);
+    // A process of this host that is gone: the same pid with another start identity
+    // (on systems without /proc, an old heartbeat decides instead).
+    let dead_owner = usersync_store::RunOwner {
+        started: format!("{}-gone", me.started),
+        ..me.clone()
+    };
+    let dead = store.start_run(&new, &dead_owner).await.unwrap();
+    // A process on another host: only its heartbeat tells.
+    let remote = usersync_store::RunOwner {
+        host: "worker-elsewhere".into(),
+        pid: 77,
+        started: String::new(),
+    };
+    let quiet = store.start_run(&new, &remote).await.unwrap();
+    let stale = store.fail_stale_runs(stale_after).await.unwrap();
+    if !me.started.is_empty() {
+        assert_eq!(stale, vec![dead]);
+        let run = store.run(dead).await.unwrap();
+        assert_eq!(run.status, RunStatus::Failed);
+        assert!(
+            run.error
+                .as_deref()
+                .unwrap()
+                .contains("the process running it stopped"),
+            "{:?}",
+            run.error
+        );
+    }
+    assert_eq!(store.run(live).await.unwrap().status, RunStatus::Running);
+    assert_eq!(store.run(quiet).await.unwrap().status, RunStatus::Running);
+    // The remote owner stays silent past the limit.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(store.heartbeat(live, &me).await.unwrap());
+    let stale = store
+        .fail_stale_runs(std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(stale.contains(&quiet), "{stale:?}");
+    assert!(!stale.contains(&live), "a live owner's run stays running");
+    assert!(!store.heartbeat(quiet, &remote).await.unwrap());
+    // The remote process comes back and tries to record its result: refused.
+    let err = store
+        .finish_run(
+            quiet,
+            RunStatus::Succeeded,
+            None,
+            &RunStats::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no longer running"), "{err}");
+    store.close().await;
+    discard(&url).await;
+}
+
+/// Tables of another application are named and nothing is migrated into them; a schema
+/// newer than this binary is refused before anything is written.
+async fn a_database_that_is_not_ours_is_refused_unchanged(url: String) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    // A database holding someone else's table.
+    let store = open_fresh(&url).await;
+    store.close().await;
+    let raw = url.clone();
+    let mut conn = sqlx::AnyConnection::connect(&raw).await.unwrap();
+    sqlx::query("CREATE TABLE invoices (id BIGINT)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let err = Store::open(usersync_store::StoreOptions::new(&url))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not usersync's") && err.contains("invoices"),
+        "{err}"
+    );
+    let mut conn = sqlx::AnyConnection::connect(&raw).await.unwrap();
+    sqlx::query("DROP TABLE invoices")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 'x')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let err = Store::open(usersync_store::StoreOptions::new(&url))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("schema version 999") && err.contains("upgrade usersync"),
+        "{err}"
+    );
+    discard(&url).await;
+}
+
+#[tokio::test]
+async fn a_foreign_postgres_database_is_not_migrated() {
+    use sqlx::Connection;
+    let Some(url) = usersync_store::testing::fresh_postgres_url() else {
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    // An existing database of another application (the server's own "postgres" is one).
+    let (server, name) = url.rsplit_once('/').unwrap();
+    let mut admin = sqlx::AnyConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    for sql in [
+        "CREATE TABLE accounts (id BIGINT)",
+        "CREATE TABLE orders (id BIGINT)",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    let err = Store::open(usersync_store::StoreOptions::new(&url))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("accounts, orders"), "{err}");
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT CAST(tablename AS TEXT) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables.len(), 2, "nothing was migrated: {tables:?}");
+    conn.close().await.unwrap();
+    discard(&url).await;
+}
+
+#[tokio::test]
+async fn a_postgres_url_with_an_ipv6_loopback_host_works() {
+    let Some(url) = usersync_store::testing::fresh_postgres_url() else {
+        return;
+    };
+    let v6 = url.replace("127.0.0.1", "[::1]");
+    if v6 == url || std::net::TcpStream::connect("[::1]:5432").is_err() {
+        return; // the server does not listen on ::1 here
+    }
+    let store = open_fresh(&v6).await;
+    store.add_customer("Contoso").await.unwrap();
+    store.close().await;
+    discard(&url).await;
+}
+
+/// SQLite allows one writer: the others wait their turn (up to the busy timeout), then
+/// give up with one sentence that names the sync in progress. Readers never wait.
+#[tokio::test]
+async fn a_writer_waits_for_a_busy_sqlite_database_and_then_says_who_holds_it() {
+    use sqlx::Connection;
+    let url = usersync_store::testing::fresh_sqlite_url();
+    let store = open_fresh(&url).await;
+    let (customer, source) = setup(&store).await;
+    let run = store
+        .start_run(
+            &NewRun {
+                source_id: source,
+                customer_id: customer,
+                kind: RunKind::Sync,
+                reason: "manual".into(),
+            },
+            &usersync_store::RunOwner::this_process(),
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    let mut options = usersync_store::StoreOptions::new(&url);
+    options.key = usersync_store::KeySource::Base64(KEY_A.into());
+    options.busy_timeout = std::time::Duration::from_secs(1);
+    let store = Store::open(options.clone()).await.unwrap();
+
+    // Another process's sync holds the write lock.
+    let mut writer = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_customers().await.unwrap().len(),
+        1,
+        "reads go on"
+    );
+    let started = std::time::Instant::now();
+    let err = store.add_customer("Fabrikam").await.unwrap_err();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    let text = store.explain(err).await.to_string();
+    assert!(
+        text.contains("another sync of this database is running")
+            && text.contains(&format!(
+                "run {run}, a sync of source #{source} of 'Contoso'"
+            ))
+            && text.contains("within 1 s")
+            && text.contains("retry"),
+        "{text}"
+    );
+    assert_eq!(text.matches("locked").count(), 0, "{text}");
+
+    // With a longer wait, the writer gets its turn when the other commits.
+    options.busy_timeout = std::time::Duration::from_secs(30);
+    let patient = Store::open(options).await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+        writer.close().await.unwrap();
+    });
+    patient.add_customer("Fabrikam").await.unwrap();
+    release.await.unwrap();
+    assert_eq!(patient.list_customers().await.unwrap().len(), 2);
+    patient.close().await;
+    store.close().await;
+    discard(&url).await;
 }

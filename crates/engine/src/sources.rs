@@ -1,0 +1,266 @@
+//! Operations on a source beside its runs: options, secret, connection, test, removal.
+
+use serde::Serialize;
+use usersync_core::{Plan, Safeguard, SourceOptions, UserStatus};
+use usersync_store::{NewRun, RunKind, RunOwner, RunStats, RunStatus, SecretString, SourceRecord};
+
+use crate::office365::Office365Settings;
+use crate::source::{ConnectionReport, Source};
+use crate::{Engine, EngineError};
+
+/// New connection settings for a source; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct Reconnect {
+    pub client_id: Option<String>,
+    pub authority_url: Option<String>,
+    pub graph_url: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub allow_insecure_http: Option<bool>,
+}
+
+/// What removing a source did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRemovalOutcome {
+    pub source_id: i64,
+    /// The run that recorded the removal of its users (none with `keep_users`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
+    /// `succeeded`, or `failed` when the deletion safeguard held the removal back.
+    pub status: RunStatus,
+    /// Users that no source manages any more (with `keep_users`).
+    pub unmanaged: u64,
+    /// Users removed (kept as removed, restorable) with the source.
+    pub removed: u64,
+    pub error: Option<String>,
+}
+
+impl Engine {
+    /// Sets options of a source from `KEY=VALUE` texts, all or none, and returns them.
+    /// Tenant groups that `selected_groups` and `group_map` name are checked against the
+    /// tenant (read now), console groups that `group_map` names against the customer.
+    pub async fn set_source_options(
+        &self,
+        source_id: i64,
+        assignments: &[String],
+    ) -> Result<SourceOptions, EngineError> {
+        let record = self.live_source(source_id).await?;
+        let mut settings = office365_settings(&record)?;
+        let options = settings.options.apply(assignments)?;
+        // group_map maps onto existing console groups: a name that is not one is refused.
+        let groups = self.store.list_groups(record.customer_id).await?;
+        for (_, console) in &options.group_map {
+            if !groups.iter().any(|g| g.name == *console) {
+                let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+                return Err(EngineError::config(
+                    "group_map",
+                    format!(
+                        "the console group '{console}' does not exist in '{}'; existing groups: {}. \
+                         Create it with `usersync groups add '{console}' --customer '{}'`",
+                        record.customer,
+                        names.join(", "),
+                        record.customer
+                    ),
+                ));
+            }
+        }
+        let names_tenant_groups = assignments.iter().any(|a| {
+            let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k).trim();
+            key == "selected_groups" || key == "group_map"
+        });
+        if names_tenant_groups
+            && (!options.selected_groups.is_empty() || !options.group_map.is_empty())
+        {
+            let (source, _) = self.office365(&record).await?;
+            let tenant_groups = source.groups().await.map_err(|e| {
+                EngineError::config(
+                    "selected_groups",
+                    format!("the tenant's groups could not be read to check the option: {e}"),
+                )
+            })?;
+            options.check_tenant_groups(&tenant_groups)?;
+        }
+        settings.options = options;
+        self.save_settings(source_id, &settings).await?;
+        Ok(settings.options)
+    }
+
+    /// Replaces the client secret of a source (wrong, expired, or sealed with a lost key).
+    pub async fn set_source_secret(
+        &self,
+        source_id: i64,
+        secret: SecretString,
+    ) -> Result<(), EngineError> {
+        self.live_source(source_id).await?;
+        if secret.expose().trim().is_empty() {
+            return Err(EngineError::config(
+                "client secret",
+                "the secret is empty; paste the secret's value (not its id) from the app registration",
+            ));
+        }
+        Ok(self.store.set_source_secret(source_id, &secret).await?)
+    }
+
+    /// Changes how a source connects (app registration, endpoints), checked like a new
+    /// source; the tenant and the options stay.
+    pub async fn reconnect_source(
+        &self,
+        source_id: i64,
+        change: Reconnect,
+    ) -> Result<SourceRecord, EngineError> {
+        let record = self.live_source(source_id).await?;
+        let mut settings = office365_settings(&record)?;
+        if let Some(v) = change.client_id {
+            settings.client_id = v.trim().to_string();
+        }
+        if let Some(v) = change.authority_url {
+            settings.authority_url = v;
+        }
+        if let Some(v) = change.graph_url {
+            settings.graph_url = v;
+        }
+        if let Some(v) = change.ca_file {
+            settings.ca_file = Some(v);
+        }
+        if let Some(v) = change.allow_insecure_http {
+            settings.allow_insecure_http = v;
+        }
+        settings.check()?;
+        self.save_settings(source_id, &settings).await?;
+        Ok(self.store.source(source_id).await?)
+    }
+
+    /// Signs in to the source and tries one read of each kind a sync makes.
+    pub async fn test_source(&self, source_id: i64) -> Result<ConnectionReport, EngineError> {
+        let record = self.live_source(source_id).await?;
+        let (source, _) = self.office365(&record).await?;
+        Ok(source.check().await)
+    }
+
+    /// Removes a source. With `keep_users` its users stay as they are and become unmanaged
+    /// (no sync changes or removes them). Otherwise they are removed like users gone from
+    /// the tenant, through the deletion safeguard: a removal beyond it is recorded as a
+    /// failed run with its plan and nothing changes, unless `confirm_removals`. Either way
+    /// the source keeps its row and runs, loses its secret, and its tenant can be
+    /// connected again.
+    pub async fn remove_source(
+        &self,
+        source_id: i64,
+        keep_users: bool,
+        confirm_removals: bool,
+    ) -> Result<SourceRemovalOutcome, EngineError> {
+        let record = self.live_source(source_id).await?;
+        if keep_users {
+            let done = self.store.remove_source_keeping_users(source_id).await?;
+            tracing::info!(
+                source = source_id,
+                unmanaged = done.unmanaged,
+                "source removed, users kept"
+            );
+            return Ok(SourceRemovalOutcome {
+                source_id,
+                run_id: None,
+                status: RunStatus::Succeeded,
+                unmanaged: done.unmanaged,
+                removed: 0,
+                error: None,
+            });
+        }
+        let directory = self.store.directory(record.customer_id).await?;
+        let remove: Vec<_> = directory
+            .into_iter()
+            .filter(|u| u.is_managed_by(source_id) && u.status == UserStatus::Active)
+            .collect();
+        let managed = remove.len();
+        let plan = Plan {
+            remove,
+            ..Plan::default()
+        };
+        let owner = RunOwner::this_process();
+        let run_id = self
+            .store
+            .start_run(
+                &NewRun {
+                    source_id,
+                    customer_id: record.customer_id,
+                    kind: RunKind::Remove,
+                    reason: "manual".into(),
+                },
+                &owner,
+            )
+            .await?;
+        let mut stats = RunStats::default();
+        if !confirm_removals && let Some(why) = Safeguard::default().check(&plan, managed) {
+            let why = format!(
+                "{}; to remove the source and its users, confirm with --confirm-removals, or keep them with --keep-users",
+                why.split(". Check").next().unwrap_or(&why)
+            );
+            self.store
+                .finish_run(run_id, RunStatus::Failed, Some(&plan), &stats, Some(&why))
+                .await?;
+            return Ok(SourceRemovalOutcome {
+                source_id,
+                run_id: Some(run_id),
+                status: RunStatus::Failed,
+                unmanaged: 0,
+                removed: 0,
+                error: Some(why),
+            });
+        }
+        if let Err(error) = self
+            .store
+            .apply_source_removal(run_id, record.customer_id, source_id, &plan, &mut stats)
+            .await
+        {
+            let error = self.store.explain(error).await;
+            let message = format!("the source could not be removed: {error}");
+            let _ = self
+                .store
+                .finish_run(run_id, RunStatus::Failed, None, &stats, Some(&message))
+                .await;
+            return Err(error.into());
+        }
+        Ok(SourceRemovalOutcome {
+            source_id,
+            run_id: Some(run_id),
+            status: RunStatus::Succeeded,
+            unmanaged: 0,
+            removed: plan.remove.len() as u64,
+            error: None,
+        })
+    }
+
+    /// A source that has not been removed.
+    pub(crate) async fn live_source(&self, source_id: i64) -> Result<SourceRecord, EngineError> {
+        let record = self.store.source(source_id).await?;
+        if let Some(when) = &record.removed_at {
+            return Err(EngineError::config(
+                "source",
+                format!(
+                    "source #{source_id} was removed on {}; `usersync source list` shows the sources in use",
+                    when.get(..10).unwrap_or(when)
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    async fn save_settings(
+        &self,
+        source_id: i64,
+        settings: &Office365Settings,
+    ) -> Result<(), EngineError> {
+        let value = serde_json::to_value(settings)
+            .map_err(|e| EngineError::config("source settings", e.to_string()))?;
+        Ok(self.store.set_source_settings(source_id, &value).await?)
+    }
+}
+
+/// The stored settings of an office365 source.
+pub(crate) fn office365_settings(record: &SourceRecord) -> Result<Office365Settings, EngineError> {
+    serde_json::from_value(record.settings.clone()).map_err(|e| {
+        EngineError::config(
+            "source settings",
+            format!("source #{} has unreadable settings: {e}", record.id),
+        )
+    })
+}
