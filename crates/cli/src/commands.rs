@@ -145,6 +145,7 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             let secret = read_secret(*source_id)?;
             engine.set_source_secret(*source_id, secret).await?;
             outln!("Stored the new client secret of source #{source_id} (encrypted).");
+            key_generated_note(store);
             if !no_test {
                 let report = engine.test_source(*source_id).await?;
                 output::connection_report(*source_id, &report);
@@ -504,12 +505,7 @@ async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<
             source.tenant_id,
             customer.name
         );
-        if let Some(path) = store.key().generated_file() {
-            outln!(
-                "Generated the key file {} that encrypts secrets at rest: back it up with the database.",
-                path.display()
-            );
-        }
+        key_generated_note(store);
         match &report {
             Some(report) if !report.is_ready() => {
                 eprintln!(
@@ -525,6 +521,16 @@ async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says so when storing a secret generated the key file: it must be backed up.
+fn key_generated_note(store: &Store) {
+    if let Some(path) = store.key().generated_file() {
+        outln!(
+            "Generated the key file {} that encrypts secrets at rest: back it up with the database.",
+            path.display()
+        );
+    }
 }
 
 /// The new secret: from USERSYNC_M365_CLIENT_SECRET, else typed on the terminal (not

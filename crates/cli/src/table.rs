@@ -159,13 +159,16 @@ impl Table {
 
     fn fitted(&self, width: usize) -> Vec<String> {
         const GAP: usize = 2;
-        let mut visible: Vec<usize> = (0..self.columns.len())
-            .filter(|&i| self.columns[i].shown != Shown::PlainOnly)
-            .collect();
         let cells: Vec<Vec<String>> = self
             .rows
             .iter()
             .map(|row| row.iter().map(|c| one_line(c)).collect())
+            .collect();
+        // A column with nothing in it says nothing on a terminal (it stays in pipes, where
+        // columns are found by position).
+        let mut visible: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| self.columns[i].shown != Shown::PlainOnly)
+            .filter(|&i| self.columns[i].fit == Fit::Keep || cells.iter().any(|r| !r[i].is_empty()))
             .collect();
         let natural = |i: usize| {
             cells
@@ -206,6 +209,18 @@ impl Table {
             let excess = total(&visible, &widths) - width;
             let floor = self.columns[i].title.len().max(8);
             widths[i] = widths[i].saturating_sub(excess).max(floor);
+        }
+        // Still too wide (a very long address): the shortened columns go too, last first,
+        // rather than break a line or an address.
+        while total(&visible, &widths) > width {
+            let Some(&i) = visible
+                .iter()
+                .rev()
+                .find(|&&i| self.columns[i].fit == Fit::Shorten)
+            else {
+                break;
+            };
+            visible.retain(|&v| v != i);
         }
         let last = visible.last().copied();
         let line = |texts: Vec<String>| -> String {
@@ -313,6 +328,14 @@ mod tests {
             !lines[0].contains("ALIASES"),
             "the least useful column goes first"
         );
+    }
+
+    #[test]
+    fn an_empty_column_is_left_out_on_a_terminal_only() {
+        let mut t = Table::new().keep("run").shorten("error");
+        t.row(vec!["1".into(), String::new()]);
+        assert_eq!(t.render(Mode::Terminal(80)), vec!["RUN", "1"]);
+        assert_eq!(t.render(Mode::Plain), vec!["1\t"]);
     }
 
     #[test]

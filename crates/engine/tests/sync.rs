@@ -383,7 +383,101 @@ async fn the_https_path_works_with_the_simulators_certificate(url: String) {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Rule 2: an enabled, unlicensed account without `mail` or an `smtp:` proxy address has
+/// no mailbox: it is skipped as `no_mailbox`, except with the email method upn.
+async fn an_account_without_a_mailbox_is_skipped_unless_the_method_is_upn(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 30,
+            seed: 31,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let upn = format!("printer.scanner@{}", w.domain);
+    let mut account = SimUser::member("Printer Scanner", &upn);
+    account.mail = None;
+    account.proxy_addresses.clear();
+    account.assigned_licenses.clear();
+    account.user_purpose = None;
+    let id = w.sim.tenant().add_user(account).unwrap();
+    let preview = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    let skip = preview
+        .plan
+        .skip
+        .iter()
+        .find(|s| s.source_object_id == id)
+        .expect("the account is skipped");
+    assert_eq!(skip.code, "no_mailbox", "{skip:?}");
+    assert!(!preview.plan.add.iter().any(|u| u.address.as_str() == upn));
+
+    w.set(&["email_method=upn"]).await;
+    let preview = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    assert!(
+        preview.plan.add.iter().any(|u| u.address.as_str() == upn),
+        "upn syncs accounts by their user principal name"
+    );
+    w.close().await;
+}
+
+/// A run's recorded figures include the apply, and `skipped` counts only objects that
+/// were not synced: an alias left out of an added entry is a warning.
+async fn a_run_records_its_apply_and_counts_only_real_skips(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 3000,
+            seed: 32,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    // Two new users: the second lists the first's address as an alias.
+    let first = format!("pat.first@{}", w.domain);
+    w.sim
+        .tenant()
+        .add_user(SimUser::member("Pat First", &first))
+        .unwrap();
+    let second = w
+        .sim
+        .tenant()
+        .add_user(
+            SimUser::member("Sam Second", &format!("sam.second@{}", w.domain)).with_alias(&first),
+        )
+        .unwrap();
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert!(
+        !outcome
+            .plan
+            .skip
+            .iter()
+            .any(|s| s.source_object_id == second),
+        "an added object is not skipped"
+    );
+    let warning = outcome
+        .plan
+        .warnings
+        .iter()
+        .find(|s| s.source_object_id == second)
+        .expect("the dropped alias is a warning");
+    assert_eq!(warning.code, "alias_conflict");
+    assert!(warning.reason.contains("is the address of"), "{warning:?}");
+    let run = w.store.run(outcome.run_id).await.unwrap();
+    assert_eq!(run.skipped as usize, outcome.plan.skip.len());
+    let stats = run.stats.unwrap();
+    assert!(stats.apply_ms > 0, "{stats:?}");
+    assert!(
+        stats.duration_ms >= stats.read_ms + stats.plan_ms + stats.apply_ms,
+        "{stats:?}"
+    );
+    w.close().await;
+}
+
 on_both_backends!(
+    an_account_without_a_mailbox_is_skipped_unless_the_method_is_upn,
+    a_run_records_its_apply_and_counts_only_real_skips,
     a_first_sync_imports_the_tenant_by_the_mapping_rules,
     preview_reads_and_plans_but_writes_nothing,
     a_user_deleted_in_the_tenant_is_removed_on_the_next_sync_and_kept_as_removed,

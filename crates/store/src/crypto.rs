@@ -101,7 +101,8 @@ impl KeyLocation {
                         .unwrap_or_else(|_| "at an unknown time".into())
                 ),
                 Err(_) => format!(
-                    "the key file {} (it does not exist yet; it is generated when the first secret is stored)",
+                    "the key file {} (it does not exist: it is generated when the first secret is \
+                     stored, never for a database that already holds secrets)",
                     path.display()
                 ),
             },

@@ -16,16 +16,41 @@ pub const REQUIRE_POSTGRES: &str = "USERSYNC_REQUIRE_POSTGRES";
 /// the process says so on stderr with how to run them. With `USERSYNC_REQUIRE_POSTGRES`
 /// set, an unreachable server fails the test instead.
 pub fn fresh_postgres_url() -> Option<String> {
-    if let Err(why) = postgres_reachable() {
-        let required = std::env::var(REQUIRE_POSTGRES).is_ok_and(|v| !v.is_empty() && v != "0");
-        if required {
-            panic!(
-                "PostgreSQL at {} is required ({REQUIRE_POSTGRES} is set) but not reachable: {why}",
-                postgres_server()
-            );
+    let required = std::env::var(REQUIRE_POSTGRES).is_ok_and(|v| !v.is_empty() && v != "0");
+    match decide(postgres_reachable(), required) {
+        Decision::Run => {}
+        Decision::Fail(why) => panic!("PostgreSQL at {}: {why}", postgres_server()),
+        Decision::Skip(why) => {
+            say_skipped(&why);
+            return None;
         }
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
+    }
+    let name = format!("usersync_test_{}", random_suffix());
+    Some(format!("{}/{name}", postgres_server()))
+}
+
+/// What a PostgreSQL test does.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    Run,
+    Skip(String),
+    Fail(String),
+}
+
+fn decide(reachable: Result<(), String>, required: bool) -> Decision {
+    match (reachable, required) {
+        (Ok(()), _) => Decision::Run,
+        (Err(why), true) => Decision::Fail(format!(
+            "required ({REQUIRE_POSTGRES} is set) but not reachable: {why}"
+        )),
+        (Err(why), false) => Decision::Skip(why),
+    }
+}
+
+/// Says once per test binary that its PostgreSQL tests are skipped, and how to run them.
+fn say_skipped(why: &str) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
             use std::io::Write;
             // Straight to stderr: the test harness captures only print!/eprint!.
             let _ = writeln!(
@@ -38,12 +63,8 @@ pub fn fresh_postgres_url() -> Option<String> {
                     .ok()
                     .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                     .unwrap_or_else(|| "this test binary".into())
-            );
-        });
-        return None;
-    }
-    let name = format!("usersync_test_{}", random_suffix());
-    Some(format!("{}/{name}", postgres_server()))
+        );
+    });
 }
 
 /// Whether something listens at the test server's address (checked once per process).
@@ -122,4 +143,23 @@ pub async fn discard(url: &str) {
 fn random_suffix() -> String {
     use rand::RngCore;
     format!("{}_{:08x}", std::process::id(), rand::rng().next_u32())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_server_skips_unless_postgres_is_required() {
+        assert_eq!(decide(Ok(()), false), Decision::Run);
+        assert_eq!(decide(Ok(()), true), Decision::Run);
+        assert_eq!(
+            decide(Err("refused".into()), false),
+            Decision::Skip("refused".into())
+        );
+        assert!(matches!(
+            decide(Err("refused".into()), true),
+            Decision::Fail(why) if why.contains(REQUIRE_POSTGRES) && why.contains("refused")
+        ));
+    }
 }
