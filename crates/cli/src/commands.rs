@@ -442,6 +442,7 @@ pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
         "updated": applied(p.update.len()),
         "removed": applied(p.remove.len()),
         "skipped": applied(p.skip.len()),
+        "warnings": applied(p.warnings.len()),
         "linked": applied(p.linked()),
         "duration_ms": outcome.stats.duration_ms,
         "requests": outcome.stats.requests,
