@@ -261,29 +261,6 @@ async fn bad_input_is_refused_with_the_field_and_the_fix(database: String) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_the_commands_scripts_use_work_end_to_end() {
-    let url = usersync_store::testing::fresh_sqlite_url();
-    the_commands_scripts_use_work_end_to_end(url.clone()).await;
-    usersync_store::testing::discard(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_the_commands_scripts_use_work_end_to_end() {
-    let Some(url) = usersync_store::testing::fresh_postgres_url() else {
-        return;
-    };
-    the_commands_scripts_use_work_end_to_end(url.clone()).await;
-    usersync_store::testing::discard(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_bad_input_is_refused_with_the_field_and_the_fix() {
-    let url = usersync_store::testing::fresh_sqlite_url();
-    bad_input_is_refused_with_the_field_and_the_fix(url.clone()).await;
-    usersync_store::testing::discard(&url).await;
-}
-
 #[test]
 fn the_demo_runs_with_no_flags_and_shows_a_removal() {
     let dir = std::env::temp_dir().join(format!("usersync-demo-{}", std::process::id()));
@@ -514,18 +491,8 @@ async fn the_wizard_options_work_from_the_command_line(database: String) {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_the_wizard_options_work_from_the_command_line() {
-    let url = usersync_store::testing::fresh_sqlite_url();
-    the_wizard_options_work_from_the_command_line(url.clone()).await;
-    usersync_store::testing::discard(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_the_wizard_options_work_from_the_command_line() {
-    let Some(url) = usersync_store::testing::fresh_postgres_url() else {
-        return;
-    };
-    the_wizard_options_work_from_the_command_line(url.clone()).await;
-    usersync_store::testing::discard(&url).await;
-}
+on_both_backends!(
+    the_commands_scripts_use_work_end_to_end,
+    bad_input_is_refused_with_the_field_and_the_fix,
+    the_wizard_options_work_from_the_command_line,
+);

@@ -199,20 +199,6 @@ async fn a_source_is_repaired_tested_and_removed(database: String) {
     assert_eq!(users.len(), synced);
     assert!(users.iter().all(|u| u["source_id"].is_null()), "{users:?}");
     sim.shutdown().await;
-    discard(&database).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_source_is_repaired_tested_and_removed() {
-    a_source_is_repaired_tested_and_removed(fresh_sqlite_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_source_is_repaired_tested_and_removed() {
-    let Some(url) = fresh_postgres_url() else {
-        return;
-    };
-    a_source_is_repaired_tested_and_removed(url).await;
 }
 
 /// Item 1: a permission the tenant did not grant is named; an optional one still syncs.
@@ -378,20 +364,6 @@ async fn a_sync_killed_mid_read_is_marked_failed_by_the_next_command(database: S
     );
     assert!(active_users(&cli).is_empty(), "nothing was applied");
     sim.shutdown().await;
-    discard(&database).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_sync_killed_mid_read_is_marked_failed_by_the_next_command() {
-    a_sync_killed_mid_read_is_marked_failed_by_the_next_command(fresh_sqlite_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_sync_killed_mid_read_is_marked_failed_by_the_next_command() {
-    let Some(url) = fresh_postgres_url() else {
-        return;
-    };
-    a_sync_killed_mid_read_is_marked_failed_by_the_next_command(url).await;
 }
 
 /// Item 4: while another process holds the write lock, a write waits its turn and then
@@ -600,20 +572,6 @@ async fn input_that_should_not_be_accepted_is_refused(database: String) {
             .is_empty()
     );
     sim.shutdown().await;
-    discard(&database).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_input_that_should_not_be_accepted_is_refused() {
-    input_that_should_not_be_accepted_is_refused(fresh_sqlite_url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_input_that_should_not_be_accepted_is_refused() {
-    let Some(url) = fresh_postgres_url() else {
-        return;
-    };
-    input_that_should_not_be_accepted_is_refused(url).await;
 }
 
 /// Item 9: a closed pipe ends the command quietly; tables fit an 80-column terminal with
@@ -741,3 +699,9 @@ fn a_simulator_too_large_for_memory_is_refused() {
         "{err}"
     );
 }
+
+on_both_backends!(
+    a_source_is_repaired_tested_and_removed,
+    a_sync_killed_mid_read_is_marked_failed_by_the_next_command,
+    input_that_should_not_be_accepted_is_refused,
+);

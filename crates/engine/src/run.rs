@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::Instrument;
-use usersync_core::filter::{Expression, FilterRule};
 use usersync_core::{MappingContext, Plan, Safeguard, SourceKind, UserStatus, plan_sync};
 use usersync_graph::{GraphError, RetryPolicy, TokenErrorKind};
 use usersync_store::{
@@ -176,37 +175,24 @@ impl Engine {
             .execute(&run, source.as_ref(), &ctx, progress)
             .instrument(span)
             .await;
-        match outcome {
-            Err(EngineError::Store(error)) => {
-                let error = self.store.explain(error).await;
-                // The run started, so it ends recorded, whatever went wrong.
-                let _ = self
-                    .store
-                    .finish_run(
-                        run_id,
-                        RunStatus::Failed,
-                        None,
-                        &RunStats::default(),
-                        Some(&error_text(&error)),
-                    )
-                    .await;
-                Err(error.into())
-            }
-            Err(error) => {
-                let _ = self
-                    .store
-                    .finish_run(
-                        run_id,
-                        RunStatus::Failed,
-                        None,
-                        &RunStats::default(),
-                        Some(&error_text(&error)),
-                    )
-                    .await;
-                Err(error)
-            }
-            ok => ok,
+        let outcome = match outcome {
+            Err(EngineError::Store(error)) => Err(self.store.explain(error).await.into()),
+            other => other,
+        };
+        if let Err(error) = &outcome {
+            // The run started, so it ends recorded, whatever went wrong.
+            let _ = self
+                .store
+                .finish_run(
+                    run_id,
+                    RunStatus::Failed,
+                    None,
+                    &RunStats::default(),
+                    Some(&error_text(error)),
+                )
+                .await;
         }
+        outcome
     }
 
     /// Tells the database every `heartbeat_every` that this process still runs `run_id`.
@@ -491,33 +477,6 @@ impl Engine {
             self.options.retry.clone(),
         )?;
         Ok((source, settings))
-    }
-
-    /// Adds a filter rule after checking it: the text parses, and every group a `memberOf`
-    /// clause names exists in the tenant (read now). Nothing is saved when a check fails.
-    pub async fn add_filter_rule(
-        &self,
-        source_id: i64,
-        group: &str,
-        text: &str,
-        create_group: bool,
-    ) -> Result<FilterRule, EngineError> {
-        let expression = Expression::parse(text)?;
-        let record = self.store.source(source_id).await?;
-        if expression.mentions_member_of() {
-            let (source, _) = self.office365(&record).await?;
-            let groups = source.groups().await.map_err(|e| {
-                EngineError::config(
-                    "memberOf",
-                    format!("the tenant's groups could not be read to check the rule: {e}"),
-                )
-            })?;
-            expression.check_groups(&groups)?;
-        }
-        Ok(self
-            .store
-            .add_filter_rule(source_id, group, &expression, create_group)
-            .await?)
     }
 }
 

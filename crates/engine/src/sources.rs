@@ -1,7 +1,8 @@
 //! Operations on a source beside its runs: options, secret, connection, test, removal.
 
 use serde::Serialize;
-use usersync_core::{Plan, Safeguard, SourceOptions, UserStatus};
+use usersync_core::filter::{Expression, FilterRule};
+use usersync_core::{Plan, Safeguard, SourceGroup, SourceOptions, UserStatus};
 use usersync_store::{NewRun, RunKind, RunOwner, RunStats, RunStatus, SecretString, SourceRecord};
 
 use crate::office365::Office365Settings;
@@ -70,18 +71,51 @@ impl Engine {
         if names_tenant_groups
             && (!options.selected_groups.is_empty() || !options.group_map.is_empty())
         {
-            let (source, _) = self.office365(&record).await?;
-            let tenant_groups = source.groups().await.map_err(|e| {
-                EngineError::config(
-                    "selected_groups",
-                    format!("the tenant's groups could not be read to check the option: {e}"),
-                )
-            })?;
+            let tenant_groups = self
+                .tenant_groups(&record, "selected_groups", "the option")
+                .await?;
             options.check_tenant_groups(&tenant_groups)?;
         }
         settings.options = options;
         self.save_settings(source_id, &settings).await?;
         Ok(settings.options)
+    }
+
+    /// Adds a filter rule after checking it: the text parses, and every group a `memberOf`
+    /// clause names exists in the tenant (read now). Nothing is saved when a check fails.
+    pub async fn add_filter_rule(
+        &self,
+        source_id: i64,
+        group: &str,
+        text: &str,
+        create_group: bool,
+    ) -> Result<FilterRule, EngineError> {
+        let expression = Expression::parse(text)?;
+        let record = self.live_source(source_id).await?;
+        if expression.mentions_member_of() {
+            let groups = self.tenant_groups(&record, "memberOf", "the rule").await?;
+            expression.check_groups(&groups)?;
+        }
+        Ok(self
+            .store
+            .add_filter_rule(source_id, group, &expression, create_group)
+            .await?)
+    }
+
+    /// The tenant's groups, read now to check what `field` names.
+    async fn tenant_groups(
+        &self,
+        record: &SourceRecord,
+        field: &str,
+        checking: &str,
+    ) -> Result<Vec<SourceGroup>, EngineError> {
+        let (source, _) = self.office365(record).await?;
+        source.groups().await.map_err(|e| {
+            EngineError::config(
+                field,
+                format!("the tenant's groups could not be read to check {checking}: {e}"),
+            )
+        })
     }
 
     /// Replaces the client secret of a source (wrong, expired, or sealed with a lost key).

@@ -191,3 +191,29 @@ pub fn connect(cli: &Cli, info: &usersync_sim::SimInfo) -> String {
     ])["id"]
         .to_string()
 }
+
+/// Runs each named test (an async function of a database URL) on SQLite and on
+/// PostgreSQL, then drops its database. A multi-thread runtime: the simulator serves
+/// requests while the test blocks on the command. The PostgreSQL one skips, saying so,
+/// when no server answers (see `usersync_store::testing::fresh_postgres_url`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let url = usersync_store::testing::fresh_sqlite_url();
+                super::$name(url.clone()).await;
+                usersync_store::testing::discard(&url).await;
+            }
+        )+ }
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(url) = usersync_store::testing::fresh_postgres_url() else { return };
+                super::$name(url.clone()).await;
+                usersync_store::testing::discard(&url).await;
+            }
+        )+ }
+    };
+}
