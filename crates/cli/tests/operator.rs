@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Cli, connect};
 use serde_json::Value;
 use usersync_sim::{SimConfig, SimUser, Simulator};
-use usersync_store::testing::{discard, fresh_postgres_url, fresh_sqlite_url};
+use usersync_store::testing::{discard, fresh_sqlite_url};
 
 async fn sim(users: usize, seed: u64) -> Simulator {
     Simulator::start(SimConfig {
