@@ -111,8 +111,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
-    /// Forget every stored client secret, so that a database whose key was lost can be used
-    /// with a new key; then set each source's secret again with `usersync source set-secret`.
+    /// Forget every stored client secret, after the key was lost.
+    ///
+    /// Then the database can be used with a new key; set each source's secret again with
+    /// `usersync source set-secret SOURCE_ID`.
     Reset {
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -175,17 +177,21 @@ enum SourceCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Replace the client secret of a source (wrong or expired, or after `usersync key
-    /// reset`). Read from USERSYNC_M365_CLIENT_SECRET if set, else from the terminal (not
-    /// shown), else from stdin; never from an argument.
+    /// Replace the client secret of a source (wrong, expired, or after `key reset`).
+    ///
+    /// The secret is read from USERSYNC_M365_CLIENT_SECRET if set, else from the terminal
+    /// (not shown), else from stdin; never from an argument. The connection is tested
+    /// afterwards.
     SetSecret {
         source_id: i64,
         /// Do not test the connection with the new secret.
         #[arg(long)]
         no_test: bool,
     },
-    /// Change how a source connects (app registration, endpoints); its tenant and options
-    /// stay. The connection is tested afterwards.
+    /// Change how a source connects: app registration, endpoints.
+    ///
+    /// Its tenant and options stay. The new settings are checked like a new source's, and
+    /// the connection is tested afterwards.
     Reconnect {
         source_id: i64,
         /// The application (client) id of the app registered in Microsoft Entra ID.
@@ -207,9 +213,12 @@ enum SourceCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Remove a source. Its users are removed like users gone from the tenant (kept as
-    /// removed, restorable), through the deletion safeguard; with --keep-users they stay
-    /// and no sync manages them any more. Its runs are kept; the tenant can be connected again.
+    /// Remove a source, with its users or keeping them.
+    ///
+    /// Its users are removed like users gone from the tenant (kept as removed,
+    /// restorable), through the deletion safeguard; with --keep-users they stay and no sync
+    /// manages them any more. Its runs are kept, its secret erased; the tenant can be
+    /// connected again.
     Remove {
         source_id: i64,
         /// Keep the source's users, unmanaged.
@@ -221,14 +230,17 @@ enum SourceCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Sign in to the tenant and try one read of each kind a sync makes: reports each
-    /// permission the sync needs as granted or missing. Exit code 1 when it cannot sync.
+    /// Test the connection: each permission the sync needs, granted or missing.
+    ///
+    /// Signs in to the tenant and tries one read of each kind a sync makes (a page of
+    /// users, of groups, the domains, one mailbox setting). Exit code 1 when it cannot sync.
     Test {
         source_id: i64,
         #[command(flatten)]
         json: JsonFlag,
     },
     /// Set options of a source, e.g. `exclude_guests=true deny_list=ceo@contoso.com`.
+    ///
     /// All are applied or none; an unknown key or bad value lists the valid ones.
     Set {
         source_id: i64,
