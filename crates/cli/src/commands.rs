@@ -172,7 +172,8 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                         authority_url: authority_url.clone(),
                         graph_url: graph_url.clone(),
                         ca_file: ca_file.clone(),
-                        allow_insecure_http: allow_insecure_http.then_some(true),
+                        // Restated each time: a reconnect without it withdraws the permission.
+                        allow_insecure_http: Some(*allow_insecure_http),
                     },
                 )
                 .await?;
@@ -534,16 +535,12 @@ fn key_generated_note(store: &Store) {
     }
 }
 
-/// The new secret: from USERSYNC_M365_CLIENT_SECRET, else typed on the terminal (not
-/// shown), else the first line of stdin. Never an argument: it would show in `ps`.
+/// The new secret: typed on the terminal (not shown); else the first line of stdin; else,
+/// when stdin gives nothing, USERSYNC_M365_CLIENT_SECRET (said so). Never an argument: it
+/// would show in `ps` and the shell's history.
 fn read_secret(source_id: i64) -> anyhow::Result<SecretString> {
     use std::io::{BufRead, IsTerminal};
-    if let Ok(secret) = std::env::var("USERSYNC_M365_CLIENT_SECRET")
-        && !secret.is_empty()
-    {
-        return Ok(SecretString::new(secret));
-    }
-    let secret = if std::io::stdin().is_terminal() {
+    let mut secret = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(format!(
             "Client secret of source #{source_id} (the secret's value, not shown): "
         ))
@@ -556,6 +553,13 @@ fn read_secret(source_id: i64) -> anyhow::Result<SecretString> {
             .context("reading the secret from stdin")?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
+    if secret.trim().is_empty()
+        && let Ok(from_env) = std::env::var("USERSYNC_M365_CLIENT_SECRET")
+        && !from_env.trim().is_empty()
+    {
+        eprintln!("Using the secret in USERSYNC_M365_CLIENT_SECRET.");
+        secret = from_env;
+    }
     if secret.trim().is_empty() {
         anyhow::bail!(
             "no secret was given: type it when asked, pipe it on stdin, or set USERSYNC_M365_CLIENT_SECRET"

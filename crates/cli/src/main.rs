@@ -179,9 +179,9 @@ enum SourceCommand {
     },
     /// Replace the client secret of a source (wrong, expired, or after `key reset`).
     ///
-    /// The secret is read from USERSYNC_M365_CLIENT_SECRET if set, else from the terminal
-    /// (not shown), else from stdin; never from an argument. The connection is tested
-    /// afterwards.
+    /// The secret is read from the terminal (not shown), or from stdin when it is not a
+    /// terminal, or, when stdin gives nothing, from USERSYNC_M365_CLIENT_SECRET; never from
+    /// an argument. The connection is tested afterwards.
     SetSecret {
         source_id: i64,
         /// Do not test the connection with the new secret.
@@ -207,7 +207,7 @@ enum SourceCommand {
         #[arg(long)]
         ca_file: Option<std::path::PathBuf>,
         /// Allow plain http:// endpoints on a host other than this machine (secrets and
-        /// tokens travel unencrypted).
+        /// tokens travel unencrypted). Given or not at each reconnect.
         #[arg(long)]
         allow_insecure_http: bool,
         #[command(flatten)]

@@ -19,8 +19,10 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::write_line(format_args!($($arg)*)) };
 }
 
-/// Writes one line to stdout. A closed pipe ends the command at once, quietly and with
-/// success (what was asked for was read); any other write error ends it with a message.
+/// Writes one line to stdout. A closed pipe ends the command at once, quietly, with the
+/// status a Unix tool killed by SIGPIPE has (141): `| head` is fine, and a script that asks
+/// (`set -o pipefail`) still learns the output was cut. Any other write error ends it
+/// with a message.
 pub fn write_line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let written = out
@@ -29,7 +31,7 @@ pub fn write_line(args: std::fmt::Arguments<'_>) {
         .and_then(|()| out.flush());
     if let Err(e) = written {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            std::process::exit(141);
         }
         let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
         std::process::exit(1);

@@ -194,10 +194,36 @@ impl fmt::Display for DomainName {
     }
 }
 
+impl DomainName {
+    /// A domain read back from storage (the database, a stored plan or options): what
+    /// [`DomainName::parse`] accepts, and also what earlier versions accepted (`_`, a
+    /// numeric last label), so that data stored before the rules grew stricter still loads.
+    /// Input is checked with `parse`; this is only for reading.
+    pub fn stored(text: &str) -> Result<Self, AddressError> {
+        Self::parse(text).or_else(|e| legacy_domain(text).map(Self).ok_or(e))
+    }
+}
+
+/// The domain rules before IP addresses, `_` and numeric last labels were refused.
+fn legacy_domain(text: &str) -> Option<String> {
+    let name = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= MAX_LABEL
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    (name.len() <= MAX_NAME && name.contains('.') && labels_ok).then_some(name)
+}
+
 impl TryFrom<String> for DomainName {
     type Error = AddressError;
+    /// Deserialising reads stored data: see [`DomainName::stored`].
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
+        Self::stored(&value)
     }
 }
 
@@ -263,10 +289,27 @@ impl fmt::Display for EmailAddress {
     }
 }
 
+impl EmailAddress {
+    /// An address read back from storage: what [`EmailAddress::parse`] accepts, and also
+    /// what earlier versions accepted in the domain part (see [`DomainName::stored`]).
+    pub fn stored(text: &str) -> Result<Self, AddressError> {
+        Self::parse(text).or_else(|e| {
+            let lower = text.trim().to_lowercase();
+            let (local, domain) = lower.split_once('@').ok_or_else(|| e.clone())?;
+            if local.is_empty() || domain.contains('@') || local.chars().any(char::is_whitespace) {
+                return Err(e);
+            }
+            let domain = legacy_domain(domain).ok_or(e)?;
+            Ok(Self(format!("{local}@{domain}")))
+        })
+    }
+}
+
 impl TryFrom<String> for EmailAddress {
     type Error = AddressError;
+    /// Deserialising reads stored data: see [`EmailAddress::stored`].
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
+        Self::stored(&value)
     }
 }
 
@@ -457,5 +500,26 @@ mod tests {
                 .unwrap()
                 .is_onmicrosoft()
         );
+    }
+
+    #[test]
+    fn data_stored_under_the_earlier_rules_still_loads() {
+        assert!(DomainName::parse("mail_relay.contoso.com").is_err());
+        assert_eq!(
+            DomainName::stored("Mail_Relay.contoso.com")
+                .unwrap()
+                .as_str(),
+            "mail_relay.contoso.com"
+        );
+        assert_eq!(
+            EmailAddress::stored("anne@mail_relay.contoso.com")
+                .unwrap()
+                .as_str(),
+            "anne@mail_relay.contoso.com"
+        );
+        let from_json: EmailAddress = serde_json::from_str("\"bob@host.10\"").unwrap();
+        assert_eq!(from_json.as_str(), "bob@host.10");
+        assert!(DomainName::stored("no dot").is_err());
+        assert!(EmailAddress::stored("not an address").is_err());
     }
 }

@@ -41,11 +41,23 @@ impl Default for EngineOptions {
 }
 
 /// Stops the heartbeat of a run when the run ends, however it ends.
-struct Heartbeat(tokio::task::JoinHandle<()>);
+struct Heartbeat {
+    task: tokio::task::JoinHandle<()>,
+    /// Set when this process records the run's outcome: the heartbeat then finds the run
+    /// no longer running, and that is no news.
+    finishing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Heartbeat {
+    fn finishing(&self) {
+        self.finishing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -134,7 +146,7 @@ impl Engine {
 
     /// Marks failed the runs whose process stopped; best effort (a busy database only
     /// delays it to the next command).
-    async fn fail_stale_runs(&self) {
+    pub(crate) async fn fail_stale_runs(&self) {
         if let Err(e) = self.store.fail_stale_runs(self.options.stale_after).await {
             tracing::debug!(error = %e, "could not check for stale runs");
         }
@@ -163,7 +175,7 @@ impl Engine {
                 &owner,
             )
             .await?;
-        let _heartbeat = self.heartbeat(run_id, owner);
+        let heartbeat = self.heartbeat(run_id, owner);
         let span = tracing::info_span!("run", run = run_id, kind = kind.as_str(), customer = %record.customer, source = source_id);
         let run = RunSpec {
             run_id,
@@ -172,14 +184,17 @@ impl Engine {
             customer_id: record.customer_id,
         };
         let outcome = self
-            .execute(&run, source.as_ref(), &ctx, progress)
+            .execute(&run, source.as_ref(), &ctx, progress, &heartbeat)
             .instrument(span)
             .await;
         let outcome = match outcome {
-            Err(EngineError::Store(error)) => Err(self.store.explain(error).await.into()),
+            Err(EngineError::Store(error)) => {
+                Err(self.store.explain_for(error, Some(run_id)).await.into())
+            }
             other => other,
         };
         if let Err(error) = &outcome {
+            heartbeat.finishing();
             // The run started, so it ends recorded, whatever went wrong.
             let _ = self
                 .store
@@ -199,7 +214,9 @@ impl Engine {
     fn heartbeat(&self, run_id: i64, owner: RunOwner) -> Heartbeat {
         let store = self.store.clone();
         let every = self.options.heartbeat_every;
-        Heartbeat(tokio::spawn(async move {
+        let finishing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ours = finishing.clone();
+        let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.tick().await;
             loop {
@@ -207,16 +224,19 @@ impl Engine {
                 match store.heartbeat(run_id, &owner).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(
-                            run = run_id,
-                            "another process marked this run stopped; its outcome will not be recorded"
-                        );
+                        if !ours.load(std::sync::atomic::Ordering::Relaxed) {
+                            tracing::warn!(
+                                run = run_id,
+                                "another process marked this run stopped; its outcome will not be recorded"
+                            );
+                        }
                         return;
                     }
                     Err(e) => tracing::debug!(run = run_id, error = %e, "heartbeat not recorded"),
                 }
             }
-        }))
+        });
+        Heartbeat { task, finishing }
     }
 
     async fn execute(
@@ -225,6 +245,7 @@ impl Engine {
         source: &dyn Source,
         ctx: &MappingContext,
         progress: &dyn Progress,
+        heartbeat: &Heartbeat,
     ) -> Result<RunOutcome, EngineError> {
         let RunSpec {
             run_id,
@@ -242,6 +263,7 @@ impl Engine {
                     ..RunStats::default()
                 };
                 let message = read_error_text(ctx.source_id, error.as_ref());
+                heartbeat.finishing();
                 return self.failed(run_id, kind, None, stats, message).await;
             }
         };
@@ -270,6 +292,8 @@ impl Engine {
             ..RunStats::default()
         };
         drop(read.snapshot);
+        // From here this process records the outcome (a long apply included).
+        heartbeat.finishing();
         match kind {
             RunKind::Preview => {
                 stats.duration_ms = elapsed_ms(started);
@@ -309,7 +333,7 @@ impl Engine {
                     .apply_plan(run_id, customer_id, Some(ctx.source_id), &plan, &mut stats)
                     .await
                 {
-                    let error = self.store.explain(error).await;
+                    let error = self.store.explain_for(error, Some(run_id)).await;
                     let message = format!("the plan could not be saved: {}", error_text(&error));
                     stats.apply_ms = 0;
                     stats.duration_ms = elapsed_ms(started);

@@ -183,6 +183,16 @@ impl Engine {
         confirm_removals: bool,
     ) -> Result<SourceRemovalOutcome, EngineError> {
         let record = self.live_source(source_id).await?;
+        self.fail_stale_runs().await;
+        let running = self.store.running_runs(source_id).await?;
+        if let Some(run) = running.first() {
+            return Err(EngineError::config(
+                "source",
+                format!(
+                    "run {run} of source #{source_id} is in progress; remove the source when it has finished"
+                ),
+            ));
+        }
         if keep_users {
             let done = self.store.remove_source_keeping_users(source_id).await?;
             tracing::info!(
@@ -245,7 +255,7 @@ impl Engine {
             .apply_source_removal(run_id, record.customer_id, source_id, &plan, &mut stats)
             .await
         {
-            let error = self.store.explain(error).await;
+            let error = self.store.explain_for(error, Some(run_id)).await;
             let message = format!("the source could not be removed: {error}");
             let _ = self
                 .store

@@ -475,7 +475,90 @@ async fn a_run_records_its_apply_and_counts_only_real_skips(url: String) {
     w.close().await;
 }
 
+/// A progress that remembers what it was told.
+#[derive(Default)]
+struct Recorded {
+    totals: std::sync::Mutex<Vec<u64>>,
+    phases: std::sync::Mutex<Vec<String>>,
+}
+
+impl usersync_engine::Progress for Recorded {
+    fn phase(&self, name: &str) {
+        self.phases.lock().unwrap().push(name.to_string());
+    }
+    fn advance(&self, _count: usize) {}
+    fn total(&self, total: u64) {
+        self.totals.lock().unwrap().push(total);
+    }
+}
+
+/// A long read knows its total from `/users/$count`, so a surface can show a bar with the
+/// time left.
+async fn a_read_tells_the_progress_its_total(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 250,
+            seed: 33,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let progress = Recorded::default();
+    let outcome = w.engine.preview(w.source, &progress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_eq!(*progress.totals.lock().unwrap(), vec![250]);
+    assert!(
+        progress
+            .phases
+            .lock()
+            .unwrap()
+            .contains(&"reading users and groups".to_string())
+    );
+    w.close().await;
+}
+
+/// A source whose sync is in progress is not removed under it.
+async fn a_source_with_a_running_sync_is_not_removed(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 20,
+            seed: 34,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let run = w
+        .store
+        .start_run(
+            &usersync_store::NewRun {
+                source_id: w.source,
+                customer_id: w.customer,
+                kind: usersync_store::RunKind::Sync,
+                reason: "manual".into(),
+            },
+            &usersync_store::RunOwner::this_process(),
+        )
+        .await
+        .unwrap();
+    let err = w
+        .engine
+        .remove_source(w.source, true, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("run {run}")) && err.contains("in progress"),
+        "{err}"
+    );
+    assert!(w.store.source(w.source).await.unwrap().removed_at.is_none());
+    w.close().await;
+}
+
 on_both_backends!(
+    a_read_tells_the_progress_its_total,
+    a_source_with_a_running_sync_is_not_removed,
     an_account_without_a_mailbox_is_skipped_unless_the_method_is_upn,
     a_run_records_its_apply_and_counts_only_real_skips,
     a_first_sync_imports_the_tenant_by_the_mapping_rules,

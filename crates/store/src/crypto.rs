@@ -184,7 +184,7 @@ impl SecretBox {
             }
             (KeyLocation::File { path, .. }, _) => match std::fs::read_to_string(path) {
                 Ok(text) => {
-                    let key = decode_key(&text, &format!("the key file {}", path.display()))?;
+                    let key = decode_key_file(&text, path)?;
                     let _ = cipher.set(XChaCha20Poly1305::new(Key::from_slice(&key)));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -350,35 +350,66 @@ fn decode_key(text: &str, origin: &str) -> Result<[u8; 32], StoreError> {
 }
 
 /// Reads the key file, or creates it with a new key when it does not exist (and another
-/// process did not create it first).
+/// process did not create it first). The file appears whole or not at all: written and
+/// synced under a temporary name, then linked into place (which never overwrites), then
+/// the folder synced; so neither a concurrent reader nor a crash sees half a key.
 fn load_or_create(path: &Path) -> Result<[u8; 32], StoreError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => decode_key(&text, &format!("the key file {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            rand::rng().fill_bytes(&mut key);
-            match write_private(path, &STANDARD.encode(key)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return load_or_create(path);
-                }
-                Err(e) => {
-                    return Err(StoreError::Key(format!(
-                        "cannot create the key file {}: {e}",
-                        path.display()
-                    )));
-                }
-            }
-            tracing::info!(path = %path.display(), "generated a new key for secrets at rest; back it up with the database: without it the stored secrets cannot be read");
-            Ok(key)
+        Ok(text) => return decode_key_file(&text, path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StoreError::Key(format!(
+                "cannot read the key file {}: {e}",
+                path.display()
+            )));
         }
-        Err(e) => Err(StoreError::Key(format!(
-            "cannot read the key file {}: {e}",
-            path.display()
-        ))),
     }
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let cannot = |e: std::io::Error| {
+        StoreError::Key(format!(
+            "cannot create the key file {}: {e}",
+            path.display()
+        ))
+    };
+    let mut temporary = path.as_os_str().to_os_string();
+    temporary.push(format!(
+        ".new-{}-{:08x}",
+        std::process::id(),
+        rand::rng().next_u32()
+    ));
+    let temporary = PathBuf::from(temporary);
+    write_private(&temporary, &STANDARD.encode(key)).map_err(cannot)?;
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {}
+        // Another process made it first: that key is the one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return load_or_create(path),
+        Err(e) => return Err(cannot(e)),
+    }
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(dir) = std::fs::File::open(folder) {
+        let _ = dir.sync_all();
+    }
+    tracing::info!(path = %path.display(), "generated a new key for secrets at rest; back it up with the database: without it the stored secrets cannot be read");
+    Ok(key)
 }
 
+fn decode_key_file(text: &str, path: &Path) -> Result<[u8; 32], StoreError> {
+    decode_key(text, &format!("the key file {}", path.display())).map_err(|e| match e {
+        StoreError::Key(why) => StoreError::Key(format!(
+            "{why}. Restore the key file from the backup made with the database; if the key is \
+             lost, move the file away and run `usersync key reset`"
+        )),
+        other => other,
+    })
+}
+
+/// Writes a new file readable by its owner only, and syncs it to disk.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -390,7 +421,8 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     }
     let mut file = options.open(path)?;
     file.write_all(text.as_bytes())?;
-    file.write_all(b"\n")
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ fn domain_from(row: &AnyRow) -> Result<Domain, StoreError> {
         id: row.try_get("id")?,
         customer_id: row.try_get("customer_id")?,
         customer: row.try_get("customer")?,
-        name: DomainName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        name: DomainName::stored(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         origin: if origin == "source" {
             DomainOrigin::Source
         } else {
@@ -96,6 +96,9 @@ fn customer_from(row: &AnyRow) -> Result<Customer, StoreError> {
     })
 }
 
+/// PostgreSQL advisory lock that serialises adding customers ("customer" in ASCII).
+const CUSTOMER_NAMES_LOCK: i64 = 0x0063_7573_746f_6d65;
+
 impl Store {
     /// Creates a customer together with its group "Main". Names are checked (length,
     /// control characters) and unique whatever their case: "contoso" and "Contoso" would
@@ -105,6 +108,14 @@ impl Store {
             check_name(NameKind::Customer, name).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let name = name.as_str();
         let mut tx = self.write_tx().await?;
+        if self.backend == crate::Backend::Postgres {
+            // Two processes adding "contoso" and "Contoso" at once take turns (SQLite's
+            // writers do already), so the check below sees the other's customer.
+            sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT) AS locked")
+                .bind(CUSTOMER_NAMES_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
         for row in sqlx::query("SELECT name FROM customers")
             .fetch_all(&mut *tx)
             .await?

@@ -74,10 +74,14 @@ impl Target {
         })
     }
 
-    /// The PostgreSQL database's name.
+    /// The PostgreSQL database's name, decoded (`user%20sync` is `user sync`).
     pub fn database_name(&self) -> Option<String> {
         let url = url::Url::parse(&self.connect_url).ok()?;
-        Some(url.path().trim_start_matches('/').to_string())
+        let encoded = url.path().trim_start_matches('/');
+        percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .ok()
+            .map(|name| name.into_owned())
     }
 }
 
@@ -256,6 +260,8 @@ mod tests {
         assert_eq!(t.backend, Backend::Postgres);
         assert!(t.sqlite_path.is_none());
         assert_eq!(t.database_name().as_deref(), Some("test"));
+        let t = Target::parse("postgres://root@127.0.0.1/user%20sync").unwrap();
+        assert_eq!(t.database_name().as_deref(), Some("user sync"));
         assert!(Target::parse("mysql://x").is_err());
         assert!(Target::parse("sqlite://").is_err());
     }

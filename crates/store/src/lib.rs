@@ -141,10 +141,15 @@ impl Store {
             .await
             .map_err(open_failed)?;
         if backend == Backend::Sqlite {
+            // Settings of this connection only: nothing is written to the file yet.
             first
                 .execute(sqlx::AssertSqlSafe(setup.clone()))
                 .await
                 .map_err(open_failed)?;
+        }
+        // Whose database this is, reading only: a foreign or newer one is refused unchanged.
+        let found = migrations::inspect(&mut first, backend, &target.shown).await?;
+        if backend == Backend::Sqlite {
             // WAL lets readers read while a sync writes; it is a property of the file.
             // Switching needs a lock nobody waits for, so it is done only when needed.
             let mode: String = sqlx::query("PRAGMA journal_mode")
@@ -176,9 +181,6 @@ impl Store {
             .connect_with(connect.clone())
             .await
             .map_err(open_failed)?;
-        migrations::run(&pool, backend, &target.shown)
-            .await
-            .map_err(|e| explain_busy(e, options.busy_timeout, None))?;
         let location = KeyLocation::resolve(&options.key, target.sqlite_path.as_deref());
         let secrets = SecretBox::load(&options.key, location)?;
         let store = Store {
@@ -187,8 +189,17 @@ impl Store {
             secrets,
             busy_timeout: options.busy_timeout,
         };
-        if options.verify_key {
-            store.verify_key().await?;
+        // The key before any migration: a wrong key leaves the database as it was.
+        let keep_check = if options.verify_key {
+            store.verify_key(&found).await?
+        } else {
+            false
+        };
+        migrations::run(&store.pool, backend, &target.shown)
+            .await
+            .map_err(|e| explain_busy(e, options.busy_timeout, None))?;
+        if keep_check {
+            store.keep_key_check().await;
         }
         Ok(store)
     }
@@ -221,24 +232,38 @@ impl Store {
     /// Completes a "database is busy" error with the wait and the runs in progress; other
     /// errors pass unchanged. Reading the runs never waits for the writer (WAL).
     pub async fn explain(&self, error: StoreError) -> StoreError {
+        self.explain_for(error, None).await
+    }
+
+    /// [`Store::explain`] for a run that met the error: it is not "another" sync.
+    pub async fn explain_for(&self, error: StoreError, own_run: Option<i64>) -> StoreError {
         if !error.is_busy() {
             return error;
         }
-        let running = self.describe_running().await;
+        let running = self.describe_running(own_run).await;
         explain_busy(error, self.busy_timeout, running)
     }
 
-    /// Checks that the key opens this database's secrets. A database that holds none yet
-    /// accepts any key (and a missing key file is generated with the first secret).
-    async fn verify_key(&self) -> Result<(), StoreError> {
-        let check = self.meta("key_check").await?;
+    /// Checks that the key opens this database's secrets, before anything is written. A
+    /// database that holds none accepts any key (and a missing key file is generated with
+    /// the first secret). Returns whether the check value should be stored now (a database
+    /// from before it was kept, whose first secret opened).
+    async fn verify_key(&self, found: &migrations::Inspection) -> Result<bool, StoreError> {
+        if !found.has("sources") {
+            return Ok(false);
+        }
         let sealed: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sources WHERE secret IS NOT NULL")
             .fetch_one(&self.pool)
             .await?
             .try_get("n")?;
-        if check.is_none() && sealed == 0 {
-            return Ok(());
+        if sealed == 0 {
+            return Ok(false);
         }
+        let check = if found.has("store_meta") {
+            self.meta("key_check").await?
+        } else {
+            None
+        };
         let lost_key_help = format!(
             "Use the key this database was made with: restore its key file, or point \
              USERSYNC_SECRET_KEY_FILE (or USERSYNC_SECRET_KEY) at it. If that key is lost for good, \
@@ -256,7 +281,7 @@ impl Store {
                     path.display()
                 ))),
                 // PostgreSQL without a key: an error the first time a secret is needed.
-                _ => Ok(()),
+                _ => Ok(false),
             };
         }
         let matches = match &check {
@@ -270,17 +295,21 @@ impl Store {
                 self.secrets.describe()
             )));
         }
-        if check.is_none() {
-            let value = self.secrets.check_value()?;
-            // Best effort: another process may be writing; the check is made again next time.
-            let _ = sqlx::query(
-                "INSERT INTO store_meta (name, value) VALUES ('key_check', $1) ON CONFLICT (name) DO NOTHING",
-            )
-            .bind(value)
-            .execute(&self.pool)
-            .await;
-        }
-        Ok(())
+        Ok(check.is_none())
+    }
+
+    /// Stores the key's check value; best effort (another process may be writing; the
+    /// first secret opened, and it is tried again at the next open).
+    async fn keep_key_check(&self) {
+        let Ok(value) = self.secrets.check_value() else {
+            return;
+        };
+        let _ = sqlx::query(
+            "INSERT INTO store_meta (name, value) VALUES ('key_check', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(value)
+        .execute(&self.pool)
+        .await;
     }
 
     /// Whether the first stored secret opens with the key (databases from before the key

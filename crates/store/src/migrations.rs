@@ -262,17 +262,32 @@ async fn tables(conn: &mut AnyConnection, backend: Backend) -> Result<Vec<String
         .collect()
 }
 
-async fn migrate(
+/// What is in a database before usersync writes to it.
+#[derive(Debug, Clone)]
+pub(crate) struct Inspection {
+    pub tables: Vec<String>,
+    pub applied: Vec<i64>,
+}
+
+impl Inspection {
+    pub fn has(&self, table: &str) -> bool {
+        self.tables.iter().any(|t| t == table)
+    }
+}
+
+/// Reads which tables and migrations a database has, and refuses (reading only) one that
+/// holds tables that are not ours or a schema newer than this binary.
+pub(crate) async fn inspect(
     conn: &mut AnyConnection,
     backend: Backend,
     shown: &str,
-) -> Result<(), StoreError> {
+) -> Result<Inspection, StoreError> {
     let unusable = |problem: String| StoreError::Unusable {
         url: shown.to_string(),
         problem,
     };
-    let existing = tables(conn, backend).await?;
-    let applied: Vec<i64> = if existing.iter().any(|t| t == "schema_migrations") {
+    let tables = tables(conn, backend).await?;
+    let applied: Vec<i64> = if tables.iter().any(|t| t == "schema_migrations") {
         sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
             .fetch_all(&mut *conn)
             .await?
@@ -289,7 +304,7 @@ async fn migrate(
             "has schema version {newest}, newer than this usersync knows ({known}): upgrade usersync; nothing was changed"
         )));
     }
-    let foreign: Vec<&str> = existing
+    let foreign: Vec<&str> = tables
         .iter()
         .map(String::as_str)
         .filter(|t| !OUR_TABLES.contains(t))
@@ -301,6 +316,16 @@ async fn migrate(
             foreign.join(", ")
         )));
     }
+    Ok(Inspection { tables, applied })
+}
+
+async fn migrate(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    shown: &str,
+) -> Result<(), StoreError> {
+    // Again under the lock: another process may have migrated meanwhile.
+    let applied = inspect(conn, backend, shown).await?.applied;
     let pending: Vec<&Migration> = MIGRATIONS
         .iter()
         .filter(|m| !applied.contains(&m.version))

@@ -4,12 +4,14 @@
 use serde::Serialize;
 
 /// The process that executes a run: host, pid, and an identity that survives pid reuse
-/// and reboots (on Linux the boot id and the process's start tick).
+/// and reboots: on Linux `MACHINE:PID_NAMESPACE:BOOT:START_TICK` (the machine id, the
+/// pid namespace's inode, the boot id and the process's start tick).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunOwner {
     pub host: String,
     pub pid: u32,
     /// Empty where the system does not tell (then only the heartbeat decides).
+    #[serde(skip)]
     pub started: String,
 }
 
@@ -24,17 +26,49 @@ impl RunOwner {
         }
     }
 
-    /// Whether the owner is certainly gone: `Some(false)` when it ran on this host and its
-    /// process no longer exists (or the pid now belongs to another process, or the host
-    /// rebooted); `None` when this host cannot tell (another host, or no `/proc`).
+    /// Whether the owner is certainly gone: `Some(false)` when it ran in this machine's
+    /// pid namespace and its process no longer exists, the pid now belongs to another
+    /// process, or the machine rebooted since. `None` when this process cannot tell: the
+    /// owner ran elsewhere (another host, another machine under the same host name, a
+    /// container with its own pids), or there is no `/proc`; then its heartbeat decides.
     pub fn is_alive(&self) -> Option<bool> {
-        if self.host != host_name() || self.started.is_empty() {
+        if self.host != host_name() {
             return None;
         }
-        // This host has /proc if it recorded an identity; no identity now means no process.
+        let (machine, namespace, boot, _) = split_identity(&self.started)?;
+        let (here_machine, here_namespace, here_boot) = place()?;
+        if machine != here_machine || namespace != here_namespace {
+            return None;
+        }
+        if boot != here_boot {
+            return Some(false);
+        }
         let now = process_identity(self.pid);
         Some(now.as_deref() == Some(self.started.as_str()))
     }
+}
+
+/// The four parts of an identity, when it has them.
+fn split_identity(identity: &str) -> Option<(&str, &str, &str, &str)> {
+    let mut parts = identity.split(':');
+    let found = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    parts.next().is_none().then_some(found)
+}
+
+/// Where processes of this one's kind live: machine id, pid namespace, boot id.
+fn place() -> Option<(String, String, String)> {
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .or_else(|_| std::fs::read_to_string("/var/lib/dbus/machine-id"))
+        .map(|m| m.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string());
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .ok()?
+        .to_string_lossy()
+        .trim_start_matches("pid:")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some((machine, namespace, boot.trim().to_string()))
 }
 
 fn host_name() -> String {
@@ -46,18 +80,18 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// `BOOT_ID:START_TICK` of a process on Linux; `None` where there is no such process (or
-/// no `/proc`).
+/// `MACHINE:PID_NAMESPACE:BOOT:START_TICK` of a process of this pid namespace on Linux;
+/// `None` where there is no such process (or no `/proc`).
 fn process_identity(pid: u32) -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let (machine, namespace, boot) = place()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let start = start_tick(&stat)?;
-    Some(format!("{}:{start}", boot.trim()))
+    Some(format!("{machine}:{namespace}:{boot}:{start}"))
 }
 
 /// Field 22 of `/proc/PID/stat` (the start time in clock ticks since boot). The second
 /// field is the command name in parentheses and may itself hold spaces and parentheses.
-fn start_tick(stat: &str) -> Option<u64> {
+pub(crate) fn start_tick(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     // after_name starts with field 3 (the state).
     after_name.split_whitespace().nth(19)?.parse().ok()

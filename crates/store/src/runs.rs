@@ -92,6 +92,13 @@ const COLUMNS: &str = "r.id, r.source_id, c.name AS customer, r.kind, r.reason, 
 /// owners on other hosts; on this host a dead process is seen at once).
 pub const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Seconds since an RFC 3339 time, by this machine's clock.
+fn age_seconds(rfc3339: &str) -> Option<i64> {
+    let then = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some((time::OffsetDateTime::now_utc() - then).whole_seconds())
+}
+
 impl Backend {
     /// The database's clock in whole seconds since 1970: one clock for every host.
     pub(crate) fn epoch_now(self) -> &'static str {
@@ -214,10 +221,15 @@ impl Store {
                 }),
                 _ => None,
             };
-            let too_old = |limit: i64| silent_for.is_none_or(|s| s > limit);
-            let gone = match owner.as_ref().and_then(RunOwner::is_alive) {
-                Some(alive) => !alive,
-                None => too_old(stale_after.as_secs() as i64),
+            let limit = stale_after.as_secs() as i64;
+            let gone = match (owner.as_ref().and_then(RunOwner::is_alive), silent_for) {
+                (Some(alive), _) => !alive,
+                (None, Some(silent)) => silent > limit,
+                // Started by a version without heartbeats: old enough to be over.
+                (None, None) => {
+                    let started: String = row.try_get("started_at")?;
+                    age_seconds(&started).is_none_or(|age| age > limit)
+                }
             };
             if !gone {
                 continue;
@@ -233,13 +245,23 @@ impl Store {
             let message = format!(
                 "the process running it stopped ({whose}{heard}) before it finished; nothing of it was applied"
             );
-            let done = sqlx::query(
-                "UPDATE runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4 AND status = 'running'",
-            )
+            // Only if no heartbeat came in since it was read: a live owner wins the race.
+            let beat = match heartbeat {
+                Some(_) => "heartbeat_at = $5",
+                None => "heartbeat_at IS NULL",
+            };
+            let done = query_dyn(&format!(
+                "UPDATE runs SET status = $1, finished_at = $2, error = $3 \
+                 WHERE id = $4 AND status = 'running' AND {beat}"
+            ))
             .bind(RunStatus::Failed.as_str())
             .bind(now())
             .bind(&message)
-            .bind(id)
+            .bind(id);
+            let done = match heartbeat {
+                Some(h) => done.bind(h),
+                None => done,
+            }
             .execute(&self.pool)
             .await?;
             if done.rows_affected() == 1 {
@@ -250,13 +272,40 @@ impl Store {
         Ok(stale)
     }
 
-    /// The runs in progress, in words ("run 12, a sync of source #3 of 'Contoso' by pid
-    /// 4242 on host x, since 07:53:09 UTC"), for a message; `None` when there are none.
-    pub async fn describe_running(&self) -> Option<String> {
+    /// The ids of the runs of a source that are in progress.
+    pub async fn running_runs(&self, source_id: i64) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM runs WHERE source_id = $1 AND status = 'running' ORDER BY id",
+        )
+        .bind(source_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("id").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Whether a run is still `running` (and not marked stopped or finished).
+    pub async fn run_is_running(&self, run_id: i64) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<String, _>("status")? == RunStatus::Running.as_str(),
+            None => false,
+        })
+    }
+
+    /// The runs in progress but `except`, in words ("run 12, a sync of source #3 of
+    /// 'Contoso' by pid 4242 on host x, since 07:53:09 UTC"), for a message; `None` when
+    /// there are none.
+    pub async fn describe_running(&self, except: Option<i64>) -> Option<String> {
         let runs = query_dyn(&format!(
             "SELECT {COLUMNS} FROM runs r JOIN customers c ON c.id = r.customer_id \
-             WHERE r.status = 'running' ORDER BY r.id"
+             WHERE r.status = 'running' AND r.id <> $1 ORDER BY r.id"
         ))
+        .bind(except.unwrap_or(0))
         .fetch_all(&self.pool)
         .await
         .ok()?;

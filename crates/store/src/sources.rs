@@ -77,13 +77,16 @@ fn source_from(row: &AnyRow) -> Result<SourceRecord, StoreError> {
     })
 }
 
-/// Stores the key check with the first sealed secret, in the transaction that seals it.
+/// Stores the key check with a sealed secret, in the transaction that seals it. It replaces
+/// any check there: the store opened only if its key opens the secrets held, and a check
+/// left from a key whose secrets are all gone must not outlive them.
 pub(crate) async fn keep_key_check(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     check: String,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO store_meta (name, value) VALUES ('key_check', $1) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO store_meta (name, value) VALUES ('key_check', $1) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
     )
     .bind(check)
     .execute(&mut **tx)
@@ -314,5 +317,12 @@ pub(crate) async fn mark_removed(
             "source #{id} was removed already (or by another process at the same moment)"
         )));
     }
+    // With the last secret gone, the database holds none: any key may seal the next one.
+    sqlx::query(
+        "DELETE FROM store_meta WHERE name = 'key_check' \
+         AND NOT EXISTS (SELECT 1 FROM sources WHERE secret IS NOT NULL)",
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

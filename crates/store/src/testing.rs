@@ -47,24 +47,40 @@ fn decide(reachable: Result<(), String>, required: bool) -> Decision {
     }
 }
 
-/// Says once per test binary that its PostgreSQL tests are skipped, and how to run them.
+/// Says once per `cargo test` (the first test binary that skips says it for all) that the
+/// PostgreSQL tests are skipped, and how to run them.
 fn say_skipped(why: &str) {
     static SAID: std::sync::Once = std::sync::Once::new();
     SAID.call_once(|| {
+        if !first_to_say() {
+            return;
+        }
             use std::io::Write;
             // Straight to stderr: the test harness captures only print!/eprint!.
             let _ = writeln!(
                 std::io::stderr(),
-                "note: PostgreSQL at {} is not reachable ({why}): the PostgreSQL tests of {} are \
+                "note: PostgreSQL at {} is not reachable ({why}): the tests that need it are \
                  SKIPPED. Start PostgreSQL, or set USERSYNC_TEST_POSTGRES=postgres://USER@HOST:PORT, \
                  to run them; .ci/run starts it and requires them ({REQUIRE_POSTGRES}=1).",
-                postgres_server(),
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .unwrap_or_else(|| "this test binary".into())
+                postgres_server()
         );
     });
+}
+
+/// Whether this test binary is the first of its `cargo test` to skip: test binaries are
+/// children of one cargo process, identified by its pid and start tick (pids are reused).
+fn first_to_say() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    let tick = std::fs::read_to_string(format!("/proc/{parent}/stat"))
+        .ok()
+        .and_then(|stat| crate::process::start_tick(&stat))
+        .unwrap_or_default();
+    let marker = std::env::temp_dir().join(format!("usersync-postgres-skipped-{parent}-{tick}"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok()
 }
 
 /// Whether something listens at the test server's address (checked once per process).

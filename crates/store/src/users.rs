@@ -63,7 +63,7 @@ fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, 
     let services: Option<String> = row.try_get("services")?;
     Ok(DirectoryUser {
         id: Some(row.try_get("id")?),
-        address: EmailAddress::parse(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        address: EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         display_name: row.try_get("display_name")?,
         given_name: row.try_get("given_name")?,
         surname: row.try_get("surname")?,
@@ -75,7 +75,7 @@ fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, 
         source_object_id: row.try_get("source_object_id")?,
         status: parse_enum(&status, "users.status")?,
         manager: manager
-            .map(|m| EmailAddress::parse(&m))
+            .map(|m| EmailAddress::stored(&m))
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         services: services.and_then(|s| serde_json::from_str(&s).ok()),
@@ -119,7 +119,7 @@ impl Store {
         for row in &alias_rows {
             let address: String = row.try_get("address")?;
             aliases.entry(row.try_get("user_id")?).or_default().push(
-                EmailAddress::parse(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             );
         }
         let rows = query_dyn(&format!(
@@ -254,6 +254,21 @@ impl Store {
                 "applying the plan"
             )
         };
+        if let Some(source_id) = source_id {
+            // The source may have been removed while this run read it. Touching its row
+            // also makes a removal and a sync of one source (on PostgreSQL) take turns.
+            let live = sqlx::query(
+                "UPDATE sources SET sync_state = sync_state WHERE id = $1 AND removed_at IS NULL",
+            )
+            .bind(source_id)
+            .execute(&mut *tx)
+            .await?;
+            if live.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "source #{source_id} was removed while this run worked on it; nothing was applied"
+                )));
+            }
+        }
 
         for domain in &plan.import_domains {
             sqlx::query(
@@ -418,7 +433,31 @@ impl Store {
 
         lap("aliases");
         // Rule 9: removal is a soft delete; the entry stays, restorable.
-        for chunk in plan.remove.chunks(CHUNK) {
+        if let (true, Some(source_id)) = (remove_source, source_id) {
+            // Every active user of the source, as it is now: what the plan lists, unless a
+            // sync changed them since it was made.
+            let done = sqlx::query(
+                "UPDATE users SET status = $1, removed_at = $2, updated_at = $2 \
+                 WHERE source_id = $3 AND status = 'active'",
+            )
+            .bind(UserStatus::Removed.as_str())
+            .bind(&stamp)
+            .bind(source_id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != plan.remove.len() as u64 {
+                return Err(StoreError::Conflict(format!(
+                    "the users of source #{source_id} changed while it was being removed (a sync \
+                     ran); nothing was changed, remove it again"
+                )));
+            }
+        }
+        let removals = if remove_source {
+            &[][..]
+        } else {
+            &plan.remove[..]
+        };
+        for chunk in removals.chunks(CHUNK) {
             let ids: Vec<i64> = chunk.iter().filter_map(|u| u.id).collect();
             let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(

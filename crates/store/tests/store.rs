@@ -225,7 +225,111 @@ async fn a_plan_that_fails_part_way_applies_nothing(url: String) {
     discard(&url).await;
 }
 
+/// A schema newer than this binary is refused before any migration runs: nothing of ours
+/// is created in the database.
+async fn a_newer_schema_is_refused_before_anything_is_migrated(url: String) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    create_empty(&url).await;
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    for sql in [
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'from the future', 'x')",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    let err = Store::open(usersync_store::StoreOptions::new(&url))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("schema version 999"), "{err}");
+    let customers = sqlx::query("SELECT 1 FROM customers")
+        .fetch_all(&mut conn)
+        .await;
+    assert!(customers.is_err(), "no migration ran");
+    conn.close().await.unwrap();
+    discard(&url).await;
+}
+
+/// An empty database for a test that builds its own tables.
+async fn create_empty(url: &str) {
+    use sqlx::Connection;
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        sqlx::AnyConnection::connect(&format!("sqlite://{path}?mode=rwc"))
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+        return;
+    }
+    let (server, name) = url.rsplit_once('/').unwrap();
+    let mut admin = sqlx::AnyConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+}
+
+/// A sync that read a source before it was removed cannot apply afterwards: its users
+/// would belong to a source that no longer exists.
+async fn a_run_of_a_source_removed_meanwhile_applies_nothing(url: String) {
+    let store = open_fresh(&url).await;
+    let (customer, source) = setup(&store).await;
+    let run = new_run(&store, customer, source).await;
+    store.remove_source_keeping_users(source).await.unwrap();
+    let plan = Plan {
+        add: vec![entry("anne@contoso.com", "a", source)],
+        ..Plan::default()
+    };
+    let err = store
+        .apply_plan(run, customer, Some(source), &plan, &mut RunStats::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("was removed while this run"),
+        "{err}"
+    );
+    assert!(store.users(customer, true).await.unwrap().is_empty());
+    store.close().await;
+    discard(&url).await;
+}
+
+/// When every secret is gone with its source, the database holds none: another key may
+/// seal the next one, and the database then opens with that key.
+async fn a_database_whose_secrets_are_all_gone_takes_a_new_key(url: String) {
+    use usersync_store::KeySource;
+    let store = open_with(&url, KeySource::Base64(KEY_A.into()))
+        .await
+        .unwrap();
+    let source = add_source_with_secret(&store, "tenant-a").await;
+    store.remove_source_keeping_users(source).await.unwrap();
+    store.close().await;
+    let store = open_with(&url, KeySource::Base64(KEY_B.into()))
+        .await
+        .unwrap();
+    let again = add_source_with_secret(&store, "tenant-b").await;
+    store.close().await;
+    let store = open_with(&url, KeySource::Base64(KEY_B.into()))
+        .await
+        .unwrap();
+    assert!(store.source_secret(again).await.unwrap().is_some());
+    store.close().await;
+    assert!(
+        open_with(&url, KeySource::Base64(KEY_A.into()))
+            .await
+            .is_err()
+    );
+    discard(&url).await;
+}
+
 usersync_store::on_both_backends!(
+    a_newer_schema_is_refused_before_anything_is_migrated,
+    a_run_of_a_source_removed_meanwhile_applies_nothing,
+    a_database_whose_secrets_are_all_gone_takes_a_new_key,
     customers_domains_and_sources_are_kept_with_clear_conflicts,
     a_plan_is_applied_whole_and_recorded_with_its_run,
     a_plan_that_fails_part_way_applies_nothing,
@@ -525,6 +629,37 @@ async fn a_database_that_is_not_ours_is_refused_unchanged(url: String) {
         err.contains("schema version 999") && err.contains("upgrade usersync"),
         "{err}"
     );
+    discard(&url).await;
+}
+
+#[tokio::test]
+async fn another_applications_sqlite_file_is_left_exactly_as_it_was() {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = usersync_store::testing::fresh_sqlite_url();
+    let path = std::path::PathBuf::from(url.strip_prefix("sqlite://").unwrap());
+    let mut conn = sqlx::AnyConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE invoices (id BIGINT)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = Store::open(usersync_store::StoreOptions::new(&url))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invoices"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+    let mut wal = path.as_os_str().to_os_string();
+    wal.push("-wal");
+    assert!(!std::path::Path::new(&wal).exists(), "not switched to WAL");
     discard(&url).await;
 }
 
