@@ -579,7 +579,8 @@ async fn input_that_should_not_be_accepted_is_refused(database: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_behaves_like_a_unix_tool() {
     let database = fresh_sqlite_url();
-    let sim = sim(400, 26).await;
+    // Enough users that the list outgrows a pipe's buffer (64 KiB): the reader leaves first.
+    let sim = sim(3000, 26).await;
     let info = sim.info().clone();
     let cli = Cli::connected_to(&database, &info);
     let id = connect(&cli, &info);
