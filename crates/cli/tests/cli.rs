@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::Cli;
+use common::{Cli, add_source};
 use serde_json::Value;
 use usersync_sim::{SimConfig, Simulator};
 
@@ -336,17 +336,7 @@ async fn the_wizard_options_work_from_the_command_line(database: String) {
         "Contoso",
         "--json",
     ]);
-    let id = cli.ok_json(&[
-        "source",
-        "add",
-        "office365",
-        "--customer",
-        "Contoso",
-        "--tenant",
-        &info.tenant_id,
-        "--json",
-    ])["id"]
-        .to_string();
+    let id = add_source(&cli, &info.tenant_id);
 
     // Options: set, shown, and a bad one refused with the valid keys, changing nothing.
     let options = cli.ok_json(&[

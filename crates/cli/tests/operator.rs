@@ -10,7 +10,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Cli, connect};
+use common::{Cli, add_source, connect};
 use serde_json::Value;
 use usersync_sim::{SimConfig, SimUser, Simulator};
 use usersync_store::testing::{discard, fresh_sqlite_url};
@@ -175,17 +175,7 @@ async fn a_source_is_repaired_tested_and_removed(database: String) {
     assert!(err.contains("was removed"), "{err}");
 
     // The tenant can be connected again; its first sync restores the removed users.
-    let again = cli.ok_json(&[
-        "source",
-        "add",
-        "office365",
-        "--customer",
-        "Contoso",
-        "--tenant",
-        &info.tenant_id,
-        "--json",
-    ])["id"]
-        .to_string();
+    let again = add_source(&cli, &info.tenant_id);
     assert_ne!(again, id);
     let sync = cli.ok_json(&["sync", &again, "--json"]);
     assert_eq!(sync["status"], "succeeded", "{sync}");
@@ -529,17 +519,7 @@ async fn input_that_should_not_be_accepted_is_refused(database: String) {
     for domain in &info.mail_domains {
         cli.ok_json(&["domain", "add", domain, "--customer", "Contoso", "--json"]);
     }
-    let id = cli.ok_json(&[
-        "source",
-        "add",
-        "office365",
-        "--customer",
-        "Contoso",
-        "--tenant",
-        &info.tenant_id,
-        "--json",
-    ])["id"]
-        .to_string();
+    let id = add_source(&cli, &info.tenant_id);
     let err = cli.fails(&["source", "set", &id, "defaults.timezone=Mars/Base"]);
     assert!(err.contains("IANA") && err.contains("Mars/Base"), "{err}");
     let set = cli.ok_json(&[

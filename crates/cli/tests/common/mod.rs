@@ -179,6 +179,11 @@ pub fn connect(cli: &Cli, info: &usersync_sim::SimInfo) -> String {
     for domain in &info.mail_domains {
         cli.ok_json(&["domain", "add", domain, "--customer", "Contoso", "--json"]);
     }
+    add_source(cli, &info.tenant_id)
+}
+
+/// `usersync source add office365 --customer Contoso --tenant TENANT`; the new source's id.
+pub fn add_source(cli: &Cli, tenant: &str) -> String {
     cli.ok_json(&[
         "source",
         "add",
@@ -186,7 +191,7 @@ pub fn connect(cli: &Cli, info: &usersync_sim::SimInfo) -> String {
         "--customer",
         "Contoso",
         "--tenant",
-        &info.tenant_id,
+        tenant,
         "--json",
     ])["id"]
         .to_string()
