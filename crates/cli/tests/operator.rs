@@ -399,6 +399,43 @@ async fn a_command_waits_for_a_busy_sqlite_database_and_explains_a_timeout() {
     discard(&database).await;
 }
 
+/// Item 8: a statement that waits for a lock is no reason for the database driver to print
+/// its whole SQL at the default log level (a losing concurrent sync once wrote a
+/// 477,660-byte stderr line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_statement_is_not_logged_at_the_default_level() {
+    use sqlx::Connection;
+    let Some(database) = usersync_store::testing::fresh_postgres_url() else {
+        return;
+    };
+    let cli = Cli::new(&database);
+    cli.ok_json(&["customer", "add", "Contoso", "--json"]);
+    sqlx::any::install_default_drivers();
+    let mut holder = sqlx::AnyConnection::connect(&database).await.unwrap();
+    for sql in ["BEGIN", "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"] {
+        sqlx::query(sql).execute(&mut holder).await.unwrap();
+    }
+    let mut waiting = cli.command(&["customer", "add", "Fabrikam"]);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    };
+    let (out, ()) = tokio::join!(
+        tokio::task::spawn_blocking(move || waiting.output()),
+        release
+    );
+    let out = out.unwrap().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("slow statement") && !err.contains("SELECT"),
+        "{} bytes on stderr: {err}",
+        err.len()
+    );
+    holder.close().await.unwrap();
+    discard(&database).await;
+}
+
 /// Item 5: databases that are not usersync's are refused at once, unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_databases_are_refused_at_once() {
