@@ -670,16 +670,8 @@ async fn a_foreign_postgres_database_is_not_migrated() {
         return;
     };
     sqlx::any::install_default_drivers();
-    // An existing database of another application (the server's own "postgres" is one).
-    let (server, name) = url.rsplit_once('/').unwrap();
-    let mut admin = sqlx::AnyConnection::connect(&format!("{server}/postgres"))
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
+    // An existing database of another application.
+    create_empty(&url).await;
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
     for sql in [
         "CREATE TABLE accounts (id BIGINT)",
