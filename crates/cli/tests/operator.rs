@@ -356,6 +356,23 @@ async fn a_sync_killed_mid_read_is_marked_failed_by_the_next_command(database: S
     sim.shutdown().await;
 }
 
+/// Runs `command` while `holder` keeps a transaction open, and commits it after `hold`.
+async fn run_until_released(
+    mut command: std::process::Command,
+    holder: &mut sqlx::AnyConnection,
+    hold: Duration,
+) -> std::process::Output {
+    let release = async {
+        tokio::time::sleep(hold).await;
+        sqlx::query("COMMIT").execute(&mut *holder).await.unwrap();
+    };
+    let (out, ()) = tokio::join!(
+        tokio::task::spawn_blocking(move || command.output()),
+        release
+    );
+    out.unwrap().unwrap()
+}
+
 /// Item 4: while another process holds the write lock, a write waits its turn and then
 /// succeeds; with a short wait it says in one sentence that a sync is running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,16 +401,12 @@ async fn a_command_waits_for_a_busy_sqlite_database_and_explains_a_timeout() {
         "{err}"
     );
     // With the default wait, the command gets its turn when the other writer commits.
-    let mut waiting = cli.command(&["customer", "add", "Fabrikam", "--json"]);
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
-    };
-    let (out, ()) = tokio::join!(
-        tokio::task::spawn_blocking(move || waiting.output()),
-        release
-    );
-    let out = out.unwrap().unwrap();
+    let out = run_until_released(
+        cli.command(&["customer", "add", "Fabrikam", "--json"]),
+        &mut writer,
+        Duration::from_millis(700),
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     writer.close().await.unwrap();
     discard(&database).await;
@@ -415,16 +428,12 @@ async fn a_slow_statement_is_not_logged_at_the_default_level() {
     for sql in ["BEGIN", "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"] {
         sqlx::query(sql).execute(&mut holder).await.unwrap();
     }
-    let mut waiting = cli.command(&["customer", "add", "Fabrikam"]);
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
-    };
-    let (out, ()) = tokio::join!(
-        tokio::task::spawn_blocking(move || waiting.output()),
-        release
-    );
-    let out = out.unwrap().unwrap();
+    let out = run_until_released(
+        cli.command(&["customer", "add", "Fabrikam"]),
+        &mut holder,
+        Duration::from_millis(1500),
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
