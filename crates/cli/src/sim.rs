@@ -1,10 +1,13 @@
 //! `usersync sim`: the Microsoft 365 simulator as a long-running process.
 
+use std::ffi::OsString;
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use crate::outln;
@@ -15,12 +18,20 @@ pub struct SimArgs {
     /// Address to listen on; port 0 picks a free port (the printed URLs show it).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Users in the generated tenant.
+    /// Users in the generated tenant (in each, with --tenants).
     #[arg(long, default_value_t = 50)]
     users: usize,
     /// Seed of the generated tenant: the same users and seed give the same tenant.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Tenants served, each with its own id, app credentials, domains and users; the
+    /// start line shows the first.
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// Write every tenant's connection details here, as a JSON array of objects shaped
+    /// like the start line.
+    #[arg(long, value_name = "FILE")]
+    tenants_out: Option<PathBuf>,
     /// Largest page served, whatever $top asks for.
     #[arg(long)]
     page_size_cap: Option<usize>,
@@ -58,6 +69,7 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         users: args.users,
         seed: args.seed,
+        tenants: args.tenants,
         page_size_cap: args.page_size_cap,
         latency: Duration::from_millis(args.latency_ms),
         throttle: Throttle {
@@ -73,11 +85,28 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         ..SimConfig::default()
     };
     let sim = Simulator::start(config).await?;
+    // Written before the start line, so whoever reads that line finds the file.
+    if let Some(path) = &args.tenants_out {
+        let json = serde_json::to_vec_pretty(sim.tenants())?;
+        write_atomically(path, &json)
+            .with_context(|| format!("--tenants-out {}", path.display()))?;
+    }
     outln!("{}", serde_json::to_string(sim.info())?);
-    eprintln!(
-        "Simulator running with {} users; Ctrl-C stops it.",
-        args.users
-    );
+    if args.tenants > 1 {
+        let file = match &args.tenants_out {
+            Some(path) => format!("their connection details are in {}", path.display()),
+            None => "the start line shows the first (--tenants-out writes them all)".into(),
+        };
+        eprintln!(
+            "Simulator running with {} tenants of {} users each; {file}. Ctrl-C stops it.",
+            args.tenants, args.users
+        );
+    } else {
+        eprintln!(
+            "Simulator running with {} users; Ctrl-C stops it.",
+            args.users
+        );
+    }
     tokio::signal::ctrl_c().await?;
     let stats = sim.stats();
     sim.shutdown().await;
@@ -86,4 +115,23 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         stats.http_requests, stats.throttled
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `contents` to `path` whole or not at all (a temporary file beside it, then
+/// a rename), so a script waiting for the file never reads half of it.
+fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let name = path.file_name().context("not a file name")?;
+    let mut temp_name = OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = std::fs::File::create(&temp).and_then(|mut f| {
+        f.write_all(contents)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&temp, path)) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e.into());
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! OpenID metadata, and bearer-token validation for Graph requests.
 
 use crate::server::Shared;
+use crate::tenant::Tenant;
 use crate::util::{aad_time, b64url, new_guid, parse_query, unix_now};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -16,12 +17,23 @@ use std::time::{Duration, Instant};
 
 const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 
+/// Issued tokens, for every tenant of the simulator.
 pub(crate) struct AuthState {
-    tokens: Mutex<HashMap<String, Instant>>,
+    tokens: Mutex<HashMap<String, Issued>>,
+    lifetime: Mutex<Duration>,
+}
+
+struct Issued {
+    expires: Instant,
+    /// Index of the tenant the token was issued for: Graph answers from it.
+    tenant: usize,
+}
+
+/// One tenant's consent to the app and the application permissions granted.
+pub(crate) struct Grant {
     configured: Vec<String>,
     granted: RwLock<Vec<String>>,
     consented: AtomicBool,
-    lifetime: Mutex<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -49,14 +61,12 @@ impl TokenProblem {
     }
 }
 
-impl AuthState {
-    pub(crate) fn new(granted: Vec<String>, consented: bool, lifetime: Duration) -> AuthState {
-        AuthState {
-            tokens: Mutex::new(HashMap::new()),
+impl Grant {
+    pub(crate) fn new(granted: Vec<String>, consented: bool) -> Grant {
+        Grant {
             configured: granted.clone(),
             granted: RwLock::new(granted),
             consented: AtomicBool::new(consented),
-            lifetime: Mutex::new(lifetime),
         }
     }
 
@@ -88,19 +98,33 @@ impl AuthState {
         self.consented.store(c, Ordering::Relaxed);
     }
 
+    fn consented(&self) -> bool {
+        self.consented.load(Ordering::Relaxed)
+    }
+}
+
+impl AuthState {
+    pub(crate) fn new(lifetime: Duration) -> AuthState {
+        AuthState {
+            tokens: Mutex::new(HashMap::new()),
+            lifetime: Mutex::new(lifetime),
+        }
+    }
+
     pub(crate) fn set_lifetime(&self, d: Duration) {
         *lock(&self.lifetime) = d;
     }
 
     pub(crate) fn expire_all(&self) {
         let now = Instant::now();
-        for v in lock(&self.tokens).values_mut() {
-            *v = now;
+        for t in lock(&self.tokens).values_mut() {
+            t.expires = now;
         }
     }
 
-    /// Checks an `Authorization` header value.
-    pub(crate) fn check(&self, authorization: Option<&str>) -> Result<(), TokenProblem> {
+    /// Checks an `Authorization` header value; a valid token gives the index
+    /// of the tenant it was issued for.
+    pub(crate) fn check(&self, authorization: Option<&str>) -> Result<usize, TokenProblem> {
         let value = authorization.unwrap_or("").trim();
         let token = match value.split_once(' ') {
             Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
@@ -110,14 +134,15 @@ impl AuthState {
             return Err(TokenProblem::Empty);
         }
         match lock(&self.tokens).get(token) {
-            Some(exp) if Instant::now() < *exp => Ok(()),
+            Some(t) if Instant::now() < t.expires => Ok(t.tenant),
             Some(_) => Err(TokenProblem::Expired),
             None if !token.contains('.') => Err(TokenProblem::Malformed),
             None => Err(TokenProblem::Unknown),
         }
     }
 
-    fn issue(&self, tenant_id: &str, client_id: &str) -> (String, u64) {
+    fn issue(&self, tenant: &Tenant) -> (String, u64) {
+        let (tenant_id, client_id) = (&tenant.bp.tenant_id, &tenant.bp.client_id);
         let lifetime = *lock(&self.lifetime);
         let now = unix_now();
         let secs = lifetime.as_secs().max(1);
@@ -130,7 +155,7 @@ impl AuthState {
             "appid": client_id,
             "appidacr": "1",
             "idtyp": "app",
-            "roles": self.granted(),
+            "roles": tenant.grant.granted(),
             "tid": tenant_id,
             "uti": new_guid(),
             "ver": "1.0",
@@ -145,9 +170,15 @@ impl AuthState {
         let mut tokens = lock(&self.tokens);
         if tokens.len() > 10_000 {
             let now = Instant::now();
-            tokens.retain(|_, exp| *exp > now);
+            tokens.retain(|_, t| t.expires > now);
         }
-        tokens.insert(token.clone(), Instant::now() + lifetime);
+        tokens.insert(
+            token.clone(),
+            Issued {
+                expires: Instant::now() + lifetime,
+                tenant: tenant.index,
+            },
+        );
         (token, lifetime.as_secs())
     }
 }
@@ -183,18 +214,6 @@ fn aad_error(
         body.to_string(),
     )
         .into_response()
-}
-
-fn tenant_known(shared: &Shared, tenant: &str) -> bool {
-    if tenant.eq_ignore_ascii_case(&shared.tenant_id) {
-        return true;
-    }
-    shared
-        .dir()
-        .bp
-        .domains
-        .iter()
-        .any(|d| d.is_verified && d.id.eq_ignore_ascii_case(tenant))
 }
 
 fn tenant_not_found(tenant: &str, corr: &str) -> Response {
@@ -268,7 +287,7 @@ pub(crate) async fn token_endpoint(
 
 fn token_response(
     shared: &Shared,
-    tenant: &str,
+    tenant_name: &str,
     method: &Method,
     headers: &HeaderMap,
     body: &[u8],
@@ -287,9 +306,10 @@ fn token_response(
             &corr,
         );
     }
-    if !tenant_known(shared, tenant) {
-        return tenant_not_found(tenant, &corr);
-    }
+    // The path names the tenant by id or by one of its verified domains.
+    let Some(tenant) = shared.tenant_named(tenant_name) else {
+        return tenant_not_found(tenant_name, &corr);
+    };
     let form: HashMap<String, String> = parse_query(&String::from_utf8_lossy(body))
         .into_iter()
         .collect();
@@ -363,7 +383,7 @@ fn token_response(
         && !resource.eq_ignore_ascii_case(GRAPH_APP_ID)
         && !is_own_resource(&shared.base_for(host), resource)
     {
-        let name = shared.dir().bp.org_name.clone();
+        let name = &tenant.bp.org_name;
         return aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_resource",
@@ -374,10 +394,9 @@ fn token_response(
             &corr,
         );
     }
-    if !client_id.eq_ignore_ascii_case(&shared.client_id)
-        || !shared.auth.consented.load(Ordering::Relaxed)
-    {
-        let name = shared.dir().bp.org_name.clone();
+    // Another tenant's app is unknown here, exactly as in Entra ID.
+    if !client_id.eq_ignore_ascii_case(&tenant.bp.client_id) || !tenant.grant.consented() {
+        let name = &tenant.bp.org_name;
         return aad_error(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
@@ -400,19 +419,19 @@ fn token_response(
             &corr,
         );
     };
-    if secret != shared.client_secret {
+    if secret != tenant.bp.client_secret {
         return aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             7_000_215,
             &format!(
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
-                shared.client_id
+                tenant.bp.client_id
             ),
             &corr,
         );
     }
-    let (token, expires_in) = shared.auth.issue(&shared.tenant_id, &shared.client_id);
+    let (token, expires_in) = shared.auth.issue(tenant);
     let body = json!({
         "token_type": "Bearer",
         "expires_in": expires_in,
@@ -444,11 +463,11 @@ pub(crate) async fn openid_configuration(
             .entry("openid-configuration".into())
             .or_default() += 1;
     });
-    if !tenant_known(&shared, &tenant) {
+    let Some(known) = shared.tenant_named(&tenant) else {
         return tenant_not_found(&tenant, &new_guid());
-    }
+    };
     let base = shared.base_for(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
-    let tid = &shared.tenant_id;
+    let tid = &known.bp.tenant_id;
     let body = json!({
         "token_endpoint": format!("{base}/{tid}/oauth2/v2.0/token"),
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],

@@ -39,13 +39,15 @@ async fn envelope(shared: &Shared, req: &GReq<'_>, body: &[u8]) -> GResp {
         }
         return r;
     }
-    if let Err(p) = shared.auth.check(
+    // Sub-requests are answered from the tenant the envelope's token names.
+    let tenant = match shared.auth.check(
         req.headers
             .get("authorization")
             .and_then(|v| v.to_str().ok()),
     ) {
-        return unauthorized(req, &p);
-    }
+        Ok(index) => &shared.tenants[index],
+        Err(p) => return unauthorized(req, &p),
+    };
     if req.method != "POST" {
         return error(
             req,
@@ -170,7 +172,7 @@ async fn envelope(shared: &Shared, req: &GReq<'_>, body: &[u8]) -> GResp {
             )
         } else {
             shared.knobs.record(|s| s.batch_subrequests += 1);
-            serve(shared, &sreq, false).await
+            serve(shared, &sreq, Some(tenant)).await
         };
         results.push((sub.id.clone(), resp));
     }

@@ -1,4 +1,5 @@
-//! Deterministic tenant generation from (users, seed).
+//! Deterministic tenant generation from (users, seed), and for a simulator
+//! serving several tenants, the tenant's index.
 //!
 //! Users are never materialized up front: user `i` is a pure function of the
 //! seed and `i`, so a 100,000-user tenant costs a few index maps and its
@@ -336,6 +337,7 @@ const S_GROUPS: u64 = 4;
 const S_GROUP_DEF: u64 = 5;
 const S_ID: u64 = 6;
 const S_ADDR: u64 = 7;
+const S_TENANT: u64 = 8;
 
 struct PersonAddr {
     first: &'static str,
@@ -445,6 +447,7 @@ pub(crate) enum MemberRef {
 }
 
 /// The generated, immutable starting point of a tenant.
+#[derive(Clone)]
 pub(crate) struct Blueprint {
     seed: u64,
     pub n: u64,
@@ -480,7 +483,21 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl Blueprint {
-    fn new(n: u64, seed: u64) -> Blueprint {
+    /// Tenant `index` of a simulator serving several. Tenant 0 is exactly the
+    /// single tenant of (n, seed); each other tenant has a seed of its own and
+    /// a `t{index}` prefix on its domain names, because a slug and a four-digit
+    /// tag alone would repeat among a thousand tenants.
+    pub(crate) fn for_tenant(n: u64, seed: u64, index: usize) -> Blueprint {
+        if index == 0 {
+            Blueprint::new(n, seed, "")
+        } else {
+            let seed = Rng::new(seed, S_TENANT, index as u64).next();
+            Blueprint::new(n, seed, &format!("t{index}"))
+        }
+    }
+
+    /// Identity, names and domains only: cheap, whatever `n` is.
+    fn new(n: u64, seed: u64, prefix: &str) -> Blueprint {
         let mut r = Rng::new(seed, 0, 0);
         let slug = *r.pick(SLUGS);
         let tag = format!("{:04x}", r.below(0x10000));
@@ -498,8 +515,13 @@ impl Blueprint {
             "{org} {}",
             r.pick(&["Ltd", "Inc.", "GmbH", "Group", "Corporation"])
         );
-        let initial_domain = format!("{slug}{tag}.onmicrosoft.com");
-        let base = format!("{slug}-{tag}");
+        // Initial domain names are letters and digits only.
+        let initial_domain = format!("{prefix}{slug}{tag}.onmicrosoft.com");
+        let base = if prefix.is_empty() {
+            format!("{slug}-{tag}")
+        } else {
+            format!("{prefix}-{slug}-{tag}")
+        };
         let dom = |id: String, default: bool, verified: bool, services: &[&str]| SimDomain {
             id,
             authentication_type: "Managed".into(),
@@ -1029,8 +1051,14 @@ impl Blueprint {
 }
 
 impl Generated {
+    #[cfg(test)]
     pub(crate) fn new(n: usize, seed: u64) -> Generated {
-        let bp = Blueprint::new(n as u64, seed);
+        Generated::from_blueprint(Blueprint::for_tenant(n as u64, seed, 0))
+    }
+
+    /// The one pass over all users: licence counts, group memberships and
+    /// the id and UPN indexes.
+    pub(crate) fn from_blueprint(bp: Blueprint) -> Generated {
         let n = bp.n;
         let gcount = bp.group_count();
         let groups: Vec<SimGroup> = (0..gcount).map(|g| bp.group(g)).collect();
@@ -1150,6 +1178,29 @@ mod tests {
         }
         assert_eq!(a.members, b.members);
         assert_eq!(a.skus, b.skus);
+    }
+
+    #[test]
+    fn tenants_have_their_own_identity_domains_and_users() {
+        let first = Blueprint::for_tenant(50, 1, 0);
+        assert_eq!(
+            first.initial_domain,
+            Blueprint::new(50, 1, "").initial_domain
+        );
+        let mut ids = HashSet::new();
+        let mut domains = HashSet::new();
+        for k in 0..1000 {
+            let bp = Blueprint::for_tenant(50, 1, k);
+            assert!(ids.insert(bp.tenant_id.clone()));
+            assert!(ids.insert(bp.client_id.clone()));
+            for d in &bp.domains {
+                assert!(domains.insert(d.id.clone()), "tenant {k}: {} again", d.id);
+            }
+        }
+        let second = Blueprint::for_tenant(50, 1, 1);
+        assert!(second.initial_domain.starts_with("t1"));
+        assert!(second.mail_domains[0].starts_with("t1-"));
+        assert_ne!(first.user(0).id, second.user(0).id);
     }
 
     #[test]

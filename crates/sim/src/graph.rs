@@ -2,8 +2,8 @@
 //! manager, mailbox settings, domains, organization, subscribed SKUs; query
 //! options ($select, $top, $skiptoken, $filter subset, $count, $expand=manager)
 //! and Graph's error shapes. Requests go through `serve`, which applies
-//! faults, authentication, throttling and statistics; `$batch` sub-requests
-//! use the same path.
+//! faults, authentication (the token names the tenant to answer from),
+//! throttling and statistics; `$batch` sub-requests use the same path.
 
 use crate::auth::TokenProblem;
 use crate::directory::{Change, Directory};
@@ -14,6 +14,7 @@ use crate::model::{
     write_group_prop, write_user_prop,
 };
 use crate::server::Shared;
+use crate::tenant::Tenant;
 use crate::util::{
     Obj, b64url, b64url_decode, iso_time, new_guid, parse_query, unix_now, url_decode,
 };
@@ -22,7 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 
 pub(crate) const JSON_CT: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
@@ -305,24 +306,45 @@ pub(crate) async fn entry(
     if lower == "/v1.0/$batch" {
         return crate::batch::handle(&shared, &req, &body).await;
     }
-    serve(&shared, &req, true).await.into_response(&req)
+    serve(&shared, &req, None).await.into_response(&req)
 }
 
-/// Faults, authentication, throttling, statistics, then routing.
-pub(crate) async fn serve(shared: &Shared, req: &GReq<'_>, check_auth: bool) -> GResp {
+/// What a Graph route answers from: the tenant the bearer token was issued
+/// for (Graph v1.0 paths name no tenant) and the simulator-wide settings.
+struct Ctx<'a> {
+    shared: &'a Shared,
+    tenant: &'a Tenant,
+}
+
+impl Ctx<'_> {
+    fn dir(&self) -> RwLockReadGuard<'_, Directory> {
+        self.tenant.dir()
+    }
+    fn has_any(&self, perms: &[&str]) -> bool {
+        self.tenant.grant.has_any(perms)
+    }
+    fn page_cap(&self) -> Option<usize> {
+        self.shared.page_cap()
+    }
+}
+
+/// Faults, authentication, throttling, statistics, then routing. `tenant` is
+/// given for `$batch` sub-requests, whose envelope's token named it; otherwise
+/// the request's own bearer token names it.
+pub(crate) async fn serve(shared: &Shared, req: &GReq<'_>, tenant: Option<&Tenant>) -> GResp {
     let kind = classify(req.path);
     shared.knobs.record(|s| {
         s.graph_requests += 1;
         *s.by_endpoint.entry(kind).or_default() += 1;
     });
-    let resp = serve_inner(shared, req, check_auth).await;
+    let resp = serve_inner(shared, req, tenant).await;
     if resp.status >= 400 {
         shared.knobs.record(|s| s.errors += 1);
     }
     resp
 }
 
-async fn serve_inner(shared: &Shared, req: &GReq<'_>, check_auth: bool) -> GResp {
+async fn serve_inner(shared: &Shared, req: &GReq<'_>, tenant: Option<&Tenant>) -> GResp {
     match shared.knobs.fault(req.path, &url_decode(req.raw_query)) {
         Some(FaultAction::Status {
             status,
@@ -337,14 +359,18 @@ async fn serve_inner(shared: &Shared, req: &GReq<'_>, check_auth: bool) -> GResp
         }
         None => {}
     }
-    if check_auth && let Err(p) = shared.auth.check(header_str(req.headers, "authorization")) {
-        return unauthorized(req, &p);
-    }
+    let tenant = match tenant {
+        Some(t) => t,
+        None => match shared.auth.check(header_str(req.headers, "authorization")) {
+            Ok(index) => &shared.tenants[index],
+            Err(p) => return unauthorized(req, &p),
+        },
+    };
     if let Some(retry) = shared.knobs.throttle() {
         shared.knobs.record(|s| s.throttled += 1);
         return throttled(req, retry);
     }
-    route(shared, req)
+    route(&Ctx { shared, tenant }, req)
 }
 
 pub(crate) fn unauthorized(req: &GReq<'_>, p: &TokenProblem) -> GResp {
@@ -452,8 +478,8 @@ fn prefer_max_page(h: &HeaderMap) -> Option<usize> {
         .map(|n| n.clamp(1, MAX_PAGE))
 }
 
-fn capped(shared: &Shared, n: usize) -> usize {
-    match shared.page_cap() {
+fn capped(cx: &Ctx<'_>, n: usize) -> usize {
+    match cx.page_cap() {
         Some(c) => n.min(c.max(1)),
         None => n,
     }
@@ -613,19 +639,19 @@ struct PageState {
     di: bool,
 }
 
-fn fingerprint(shared: &Shared) -> u32 {
-    (crate::util::hash_lower(&shared.tenant_id) & 0xffff_ffff) as u32
+fn fingerprint(cx: &Ctx<'_>) -> u32 {
+    (crate::util::hash_lower(&cx.tenant.bp.tenant_id) & 0xffff_ffff) as u32
 }
 
 impl PageState {
     fn encode(&self) -> String {
         b64url(serde_json::to_string(self).unwrap_or_default().as_bytes())
     }
-    fn decode(shared: &Shared, req: &GReq<'_>, token: &str, res: &str) -> Result<PageState, GResp> {
+    fn decode(cx: &Ctx<'_>, req: &GReq<'_>, token: &str, res: &str) -> Result<PageState, GResp> {
         let st: Option<PageState> =
             b64url_decode(token.trim()).and_then(|b| serde_json::from_slice(&b).ok());
         match st {
-            Some(st) if st.t == fingerprint(shared) && st.r == res => Ok(st),
+            Some(st) if st.t == fingerprint(cx) && st.r == res => Ok(st),
             _ => Err(bad_request(
                 req,
                 "The specified page token value has expired or is invalid.",
@@ -1069,7 +1095,7 @@ fn eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
+fn route(cx: &Ctx<'_>, req: &GReq<'_>) -> GResp {
     let segs: Vec<String> = req.path[5..]
         .split('/')
         .filter(|s| !s.is_empty())
@@ -1104,20 +1130,20 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
         Err(e) => return e,
     };
     let r = match s.as_slice() {
-        [u] if eq(u, "users") => list_users(shared, req, &q),
-        [u, d] if eq(u, "users") && is_delta(d) => users_delta(shared, req, &q),
+        [u] if eq(u, "users") => list_users(cx, req, &q),
+        [u, d] if eq(u, "users") && is_delta(d) => users_delta(cx, req, &q),
         [u, c] if eq(u, "users") && eq(c, "$count") => {
-            count(shared, req, USER_READ, |d| d.user_count())
+            count(cx, req, USER_READ, |d| d.user_count())
         }
-        [u, id] if eq(u, "users") => get_user(shared, req, &q, id),
-        [u, id, m] if eq(u, "users") && eq(m, "manager") => manager(shared, req, &q, id),
+        [u, id] if eq(u, "users") => get_user(cx, req, &q, id),
+        [u, id, m] if eq(u, "users") && eq(m, "manager") => manager(cx, req, &q, id),
         [u, id, m, rest @ .., c]
             if eq(u, "users")
                 && (eq(m, "memberOf") || eq(m, "transitiveMemberOf"))
                 && eq(c, "$count")
                 && rest.iter().all(|c| eq(c, "microsoft.graph.group")) =>
         {
-            member_of_count(shared, req, id, eq(m, "transitiveMemberOf"))
+            member_of_count(cx, req, id, eq(m, "transitiveMemberOf"))
         }
         [u, id, m, rest @ ..]
             if eq(u, "users")
@@ -1125,15 +1151,15 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
                 && rest.iter().all(|c| eq(c, "microsoft.graph.group")) =>
         {
             // Only groups are modelled, so the group cast changes nothing.
-            member_of(shared, req, &q, id, eq(m, "transitiveMemberOf"))
+            member_of(cx, req, &q, id, eq(m, "transitiveMemberOf"))
         }
-        [u, id, m] if eq(u, "users") && eq(m, "mailboxSettings") => mailbox(shared, req, id, None),
+        [u, id, m] if eq(u, "users") && eq(m, "mailboxSettings") => mailbox(cx, req, id, None),
         [u, id, m, p] if eq(u, "users") && eq(m, "mailboxSettings") => {
-            mailbox(shared, req, id, Some(p))
+            mailbox(cx, req, id, Some(p))
         }
-        [g] if eq(g, "groups") => list_groups(shared, req, &q),
-        [g, d] if eq(g, "groups") && is_delta(d) => groups_delta(shared, req, &q),
-        [g, c] if eq(g, "groups") && eq(c, "$count") => count(shared, req, GROUP_READ, |d| {
+        [g] if eq(g, "groups") => list_groups(cx, req, &q),
+        [g, d] if eq(g, "groups") && is_delta(d) => groups_delta(cx, req, &q),
+        [g, c] if eq(g, "groups") && eq(c, "$count") => count(cx, req, GROUP_READ, |d| {
             let mut n = 0;
             let mut from = 0;
             while let Some((o, _)) = d.next_group(from) {
@@ -1142,7 +1168,7 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
             }
             n
         }),
-        [g, id] if eq(g, "groups") => get_group(shared, req, &q, id),
+        [g, id] if eq(g, "groups") => get_group(cx, req, &q, id),
         [g, id, m, rest @ .., c]
             if eq(g, "groups")
                 && (eq(m, "members") || eq(m, "transitiveMembers"))
@@ -1150,7 +1176,7 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
                 && rest.len() <= 1 =>
         {
             members_count(
-                shared,
+                cx,
                 req,
                 id,
                 eq(m, "transitiveMembers"),
@@ -1163,7 +1189,7 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
                 && rest.len() <= 1 =>
         {
             members(
-                shared,
+                cx,
                 req,
                 &q,
                 id,
@@ -1171,11 +1197,11 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
                 rest.first().copied(),
             )
         }
-        [d] if eq(d, "domains") => domains(shared, req, None),
-        [d, id] if eq(d, "domains") => domains(shared, req, Some(id)),
-        [o] if eq(o, "organization") => organization(shared, req, None),
-        [o, id] if eq(o, "organization") => organization(shared, req, Some(id)),
-        [k] if eq(k, "subscribedSkus") => skus(shared, req),
+        [d] if eq(d, "domains") => domains(cx, req, None),
+        [d, id] if eq(d, "domains") => domains(cx, req, Some(id)),
+        [o] if eq(o, "organization") => organization(cx, req, None),
+        [o, id] if eq(o, "organization") => organization(cx, req, Some(id)),
+        [k] if eq(k, "subscribedSkus") => skus(cx, req),
         _ => Err(error(
             req,
             400,
@@ -1186,8 +1212,8 @@ fn route(shared: &Shared, req: &GReq<'_>) -> GResp {
     r.unwrap_or_else(|e| e)
 }
 
-fn need(shared: &Shared, req: &GReq<'_>, perms: &[&str]) -> Result<(), GResp> {
-    if shared.auth.has_any(perms) {
+fn need(cx: &Ctx<'_>, req: &GReq<'_>, perms: &[&str]) -> Result<(), GResp> {
+    if cx.has_any(perms) {
         Ok(())
     } else {
         Err(denied(req))
@@ -1224,14 +1250,14 @@ fn wants_count(req: &GReq<'_>, q: &Query) -> Result<bool, GResp> {
 }
 
 fn count(
-    shared: &Shared,
+    cx: &Ctx<'_>,
     req: &GReq<'_>,
     perms: &[&str],
     f: impl Fn(&Directory) -> u64,
 ) -> Result<GResp, GResp> {
-    need(shared, req, perms)?;
+    need(cx, req, perms)?;
     need_eventual(req)?;
-    Ok(count_body(f(&shared.dir())))
+    Ok(count_body(f(&cx.dir())))
 }
 
 /// `$count` on directory objects is an advanced query: it needs
@@ -1256,13 +1282,13 @@ fn count_body(n: u64) -> GResp {
     }
 }
 
-fn list_users(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
-    need(shared, req, USER_READ)?;
+fn list_users(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
+    need(cx, req, USER_READ)?;
     reject_unsupported(req, q)?;
     let st = match &q.skiptoken {
-        Some(t) => PageState::decode(shared, req, t, "users")?,
+        Some(t) => PageState::decode(cx, req, t, "users")?,
         None => PageState {
-            t: fingerprint(shared),
+            t: fingerprint(cx),
             r: "users".into(),
             s: q.select.clone(),
             f: q.filter.clone(),
@@ -1275,8 +1301,8 @@ fn list_users(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp
     let filter = parse_filter(req, st.f.as_deref(), "User")?;
     let expand = parse_expand(req, st.x.as_deref())?;
     let want_count = wants_count(req, q)?;
-    let size = capped(shared, st.n);
-    let dir = shared.dir();
+    let size = capped(cx, st.n);
+    let dir = cx.dir();
     let mut items = String::with_capacity(size * 512);
     let mut cursor = st.c;
     let mut n = 0;
@@ -1327,9 +1353,9 @@ fn list_users(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp
     Ok(GResp::json(collection(&ctx, total, next, &items)))
 }
 
-fn get_user(shared: &Shared, req: &GReq<'_>, q: &Query, key: &str) -> Result<GResp, GResp> {
-    need(shared, req, USER_READ)?;
-    let dir = shared.dir();
+fn get_user(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query, key: &str) -> Result<GResp, GResp> {
+    need(cx, req, USER_READ)?;
+    let dir = cx.dir();
     let ord = dir.user_ord(key).ok_or_else(|| not_found(req, key))?;
     let u = dir.user(ord).ok_or_else(|| not_found(req, key))?;
     // mailboxSettings may be selected on a single user.
@@ -1352,7 +1378,7 @@ fn get_user(shared: &Shared, req: &GReq<'_>, q: &Query, key: &str) -> Result<GRe
     let mut v: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&body).unwrap_or_default();
     if with_mailbox {
-        if !shared.auth.has_any(MAILBOX_READ) {
+        if !cx.has_any(MAILBOX_READ) {
             return Err(mailbox_denied(req));
         }
         if let Some(m) = mailbox_json(&u) {
@@ -1369,9 +1395,9 @@ fn get_user(shared: &Shared, req: &GReq<'_>, q: &Query, key: &str) -> Result<GRe
     Ok(GResp::json(serde_json::Value::Object(out).to_string()))
 }
 
-fn manager(shared: &Shared, req: &GReq<'_>, q: &Query, key: &str) -> Result<GResp, GResp> {
-    need(shared, req, USER_READ)?;
-    let dir = shared.dir();
+fn manager(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query, key: &str) -> Result<GResp, GResp> {
+    need(cx, req, USER_READ)?;
+    let dir = cx.dir();
     let ord = dir.user_ord(key).ok_or_else(|| not_found(req, key))?;
     let u = dir.user(ord).ok_or_else(|| not_found(req, key))?;
     let m = u
@@ -1392,19 +1418,19 @@ fn manager(shared: &Shared, req: &GReq<'_>, q: &Query, key: &str) -> Result<GRes
     Ok(GResp::json(body))
 }
 
-fn users_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
-    need(shared, req, USER_READ)?;
+fn users_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
+    need(cx, req, USER_READ)?;
     if q.orderby.is_some() || q.search.is_some() || q.count.is_some() || q.skip.is_some() {
         return Err(unsupported(req));
     }
-    let dir = shared.dir();
+    let dir = cx.dir();
     let prefer = prefer_max_page(req.headers);
     let mut st = if let Some(t) = &q.skiptoken {
-        PageState::decode(shared, req, t, "udelta")?
+        PageState::decode(cx, req, t, "udelta")?
     } else if let Some(t) = &q.deltatoken {
         if eq(t, "latest") {
             let st = PageState {
-                t: fingerprint(shared),
+                t: fingerprint(cx),
                 r: "udelta".into(),
                 s: q.select.clone(),
                 f: q.filter.clone(),
@@ -1422,14 +1448,14 @@ fn users_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRes
                 "",
             )));
         }
-        let mut st = PageState::decode(shared, req, t, "udelta")?;
+        let mut st = PageState::decode(cx, req, t, "udelta")?;
         st.du = dir.seq;
         st.c = 0;
         st.di = false;
         st
     } else {
         PageState {
-            t: fingerprint(shared),
+            t: fingerprint(cx),
             r: "udelta".into(),
             s: q.select.clone(),
             f: q.filter.clone(),
@@ -1456,7 +1482,7 @@ fn users_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRes
         ids.as_ref()
             .is_none_or(|v| v.iter().any(|x| x.eq_ignore_ascii_case(id)))
     };
-    let size = capped(shared, st.n);
+    let size = capped(cx, st.n);
     let mut items = String::with_capacity(size * 512);
     let mut n = 0;
     let more;
@@ -1525,16 +1551,16 @@ fn write_removed(items: &mut String, id: &str, reason: &str, odata_type: Option<
     o.end();
 }
 
-fn list_groups(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
-    need(shared, req, GROUP_READ)?;
+fn list_groups(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
+    need(cx, req, GROUP_READ)?;
     reject_unsupported(req, q)?;
     if q.expand.is_some() {
         return Err(unsupported(req));
     }
     let st = match &q.skiptoken {
-        Some(t) => PageState::decode(shared, req, t, "groups")?,
+        Some(t) => PageState::decode(cx, req, t, "groups")?,
         None => PageState {
-            t: fingerprint(shared),
+            t: fingerprint(cx),
             r: "groups".into(),
             s: q.select.clone(),
             f: q.filter.clone(),
@@ -1545,8 +1571,8 @@ fn list_groups(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRes
     let (props, _) = group_select(req, st.s.as_deref(), false)?;
     let filter = parse_filter(req, st.f.as_deref(), "Group")?;
     let want_count = wants_count(req, q)?;
-    let size = capped(shared, st.n);
-    let dir = shared.dir();
+    let size = capped(cx, st.n);
+    let dir = cx.dir();
     let mut items = String::new();
     let mut cursor = st.c;
     let mut n = 0;
@@ -1591,10 +1617,10 @@ fn list_groups(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRes
     )))
 }
 
-fn get_group(shared: &Shared, req: &GReq<'_>, q: &Query, key: &str) -> Result<GResp, GResp> {
-    need(shared, req, GROUP_READ)?;
+fn get_group(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query, key: &str) -> Result<GResp, GResp> {
+    need(cx, req, GROUP_READ)?;
     let (props, _) = group_select(req, q.select.as_deref(), false)?;
-    let dir = shared.dir();
+    let dir = cx.dir();
     let rec = dir
         .group_ord(key)
         .and_then(|o| dir.group(o))
@@ -1631,8 +1657,8 @@ fn write_member_ref(items: &mut String, dir: &Directory, m: MemberRef, removed: 
     }
 }
 
-fn groups_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
-    need(shared, req, GROUP_READ)?;
+fn groups_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GResp, GResp> {
+    need(cx, req, GROUP_READ)?;
     if q.orderby.is_some()
         || q.search.is_some()
         || q.count.is_some()
@@ -1641,10 +1667,10 @@ fn groups_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRe
     {
         return Err(unsupported(req));
     }
-    let dir = shared.dir();
+    let dir = cx.dir();
     let prefer = prefer_max_page(req.headers);
     let fresh = |ds: u64| PageState {
-        t: fingerprint(shared),
+        t: fingerprint(cx),
         r: "gdelta".into(),
         s: q.select.clone(),
         f: q.filter.clone(),
@@ -1653,7 +1679,7 @@ fn groups_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRe
         ..PageState::default()
     };
     let mut st = if let Some(t) = &q.skiptoken {
-        PageState::decode(shared, req, t, "gdelta")?
+        PageState::decode(cx, req, t, "gdelta")?
     } else if let Some(t) = &q.deltatoken {
         if eq(t, "latest") {
             let st = fresh(dir.seq);
@@ -1666,7 +1692,7 @@ fn groups_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRe
                 "",
             )));
         }
-        let mut st = PageState::decode(shared, req, t, "gdelta")?;
+        let mut st = PageState::decode(cx, req, t, "gdelta")?;
         st.du = dir.seq;
         st.c = 0;
         st.di = false;
@@ -1690,7 +1716,7 @@ fn groups_delta(shared: &Shared, req: &GReq<'_>, q: &Query) -> Result<GResp, GRe
         ids.as_ref()
             .is_none_or(|v| v.iter().any(|x| x.eq_ignore_ascii_case(id)))
     };
-    let size = capped(shared, st.n);
+    let size = capped(cx, st.n);
     let mut items = String::new();
     let mut n = 0;
     let write_full = |items: &mut String, rec: &crate::directory::GroupRec| {
@@ -1827,14 +1853,14 @@ fn delta_page(
 }
 
 fn members(
-    shared: &Shared,
+    cx: &Ctx<'_>,
     req: &GReq<'_>,
     q: &Query,
     key: &str,
     transitive: bool,
     cast: Option<&str>,
 ) -> Result<GResp, GResp> {
-    need(shared, req, GROUP_READ)?;
+    need(cx, req, GROUP_READ)?;
     reject_unsupported(req, q)?;
     if q.filter.is_some() || q.expand.is_some() {
         return Err(unsupported(req));
@@ -1847,9 +1873,9 @@ fn members(
         cast.unwrap_or("")
     );
     let st = match &q.skiptoken {
-        Some(t) => PageState::decode(shared, req, t, &res)?,
+        Some(t) => PageState::decode(cx, req, t, &res)?,
         None => PageState {
-            t: fingerprint(shared),
+            t: fingerprint(cx),
             r: res,
             s: q.select.clone(),
             n: page_size(req, q.top.as_deref())?,
@@ -1858,10 +1884,10 @@ fn members(
     };
     let sel = object_select(req, st.s.as_deref())?;
     let want_count = wants_count(req, q)?;
-    let dir = shared.dir();
+    let dir = cx.dir();
     let ord = dir.group_ord(key).ok_or_else(|| not_found(req, key))?;
     let list = member_list(&dir, ord, transitive, want_user);
-    let size = capped(shared, st.n);
+    let size = capped(cx, st.n);
     let start = (st.c as usize).min(list.len());
     let end = (start + size).min(list.len());
     let mut items = String::with_capacity((end - start) * 400);
@@ -1929,16 +1955,16 @@ fn member_list(
 /// `GET /groups/{id}/members[/microsoft.graph.user|group]/$count` (and
 /// `transitiveMembers`), as Graph serves it with `ConsistencyLevel: eventual`.
 fn members_count(
-    shared: &Shared,
+    cx: &Ctx<'_>,
     req: &GReq<'_>,
     key: &str,
     transitive: bool,
     cast: Option<&str>,
 ) -> Result<GResp, GResp> {
-    need(shared, req, GROUP_READ)?;
+    need(cx, req, GROUP_READ)?;
     let want_user = member_cast(req, cast)?;
     need_eventual(req)?;
-    let dir = shared.dir();
+    let dir = cx.dir();
     let ord = dir.group_ord(key).ok_or_else(|| not_found(req, key))?;
     Ok(count_body(
         member_list(&dir, ord, transitive, want_user).len() as u64,
@@ -1965,14 +1991,14 @@ fn user_groups(dir: &Directory, ord: u64, transitive: bool) -> Vec<u64> {
 /// `GET /users/{id}/memberOf[/microsoft.graph.group]/$count` (and
 /// `transitiveMemberOf`).
 fn member_of_count(
-    shared: &Shared,
+    cx: &Ctx<'_>,
     req: &GReq<'_>,
     key: &str,
     transitive: bool,
 ) -> Result<GResp, GResp> {
-    need(shared, req, USER_READ)?;
+    need(cx, req, USER_READ)?;
     need_eventual(req)?;
-    let dir = shared.dir();
+    let dir = cx.dir();
     let ord = dir.user_ord(key).ok_or_else(|| not_found(req, key))?;
     Ok(count_body(user_groups(&dir, ord, transitive).len() as u64))
 }
@@ -2005,13 +2031,13 @@ fn write_objects(
 }
 
 fn member_of(
-    shared: &Shared,
+    cx: &Ctx<'_>,
     req: &GReq<'_>,
     q: &Query,
     key: &str,
     transitive: bool,
 ) -> Result<GResp, GResp> {
-    need(shared, req, USER_READ)?;
+    need(cx, req, USER_READ)?;
     reject_unsupported(req, q)?;
     if q.filter.is_some() || q.expand.is_some() {
         return Err(unsupported(req));
@@ -2022,9 +2048,9 @@ fn member_of(
         key.to_lowercase()
     );
     let st = match &q.skiptoken {
-        Some(t) => PageState::decode(shared, req, t, &res)?,
+        Some(t) => PageState::decode(cx, req, t, &res)?,
         None => PageState {
-            t: fingerprint(shared),
+            t: fingerprint(cx),
             r: res,
             s: q.select.clone(),
             n: page_size(req, q.top.as_deref())?,
@@ -2032,11 +2058,11 @@ fn member_of(
         },
     };
     let sel = object_select(req, st.s.as_deref())?;
-    let dir = shared.dir();
+    let dir = cx.dir();
     let ord = dir.user_ord(key).ok_or_else(|| not_found(req, key))?;
     let groups = user_groups(&dir, ord, transitive);
     let list: Vec<MemberRef> = groups.into_iter().map(MemberRef::Group).collect();
-    let size = capped(shared, st.n);
+    let size = capped(cx, st.n);
     let start = (st.c as usize).min(list.len());
     let end = (start + size).min(list.len());
     let mut items = String::new();
@@ -2105,12 +2131,12 @@ fn mailbox_json(u: &SimUser) -> Option<serde_json::Value> {
     }))
 }
 
-fn mailbox(shared: &Shared, req: &GReq<'_>, key: &str, sub: Option<&str>) -> Result<GResp, GResp> {
+fn mailbox(cx: &Ctx<'_>, req: &GReq<'_>, key: &str, sub: Option<&str>) -> Result<GResp, GResp> {
     // Exchange checks its own permission and answers in its own words.
-    if !shared.auth.has_any(MAILBOX_READ) {
+    if !cx.has_any(MAILBOX_READ) {
         return Err(mailbox_denied(req));
     }
-    let dir = shared.dir();
+    let dir = cx.dir();
     let u = dir.user_ord(key).and_then(|o| dir.user(o)).ok_or_else(|| {
         error(
             req,
@@ -2223,9 +2249,9 @@ fn single(req: &GReq<'_>, set: &str, item: serde_json::Value) -> GResp {
     GResp::json(serde_json::Value::Object(out).to_string())
 }
 
-fn domains(shared: &Shared, req: &GReq<'_>, key: Option<&str>) -> Result<GResp, GResp> {
-    need(shared, req, DOMAIN_READ)?;
-    let dir = shared.dir();
+fn domains(cx: &Ctx<'_>, req: &GReq<'_>, key: Option<&str>) -> Result<GResp, GResp> {
+    need(cx, req, DOMAIN_READ)?;
+    let dir = cx.dir();
     let items: Vec<serde_json::Value> = dir
         .bp
         .domains
@@ -2258,9 +2284,9 @@ fn domains(shared: &Shared, req: &GReq<'_>, key: Option<&str>) -> Result<GResp, 
     }
 }
 
-fn organization(shared: &Shared, req: &GReq<'_>, key: Option<&str>) -> Result<GResp, GResp> {
-    need(shared, req, ORG_READ)?;
-    let dir = shared.dir();
+fn organization(cx: &Ctx<'_>, req: &GReq<'_>, key: Option<&str>) -> Result<GResp, GResp> {
+    need(cx, req, ORG_READ)?;
+    let dir = cx.dir();
     let bp = &dir.bp;
     let verified: Vec<serde_json::Value> = bp
         .domains
@@ -2319,9 +2345,9 @@ fn organization(shared: &Shared, req: &GReq<'_>, key: Option<&str>) -> Result<GR
     }
 }
 
-fn skus(shared: &Shared, req: &GReq<'_>) -> Result<GResp, GResp> {
-    need(shared, req, SKU_READ)?;
-    let dir = shared.dir();
+fn skus(cx: &Ctx<'_>, req: &GReq<'_>) -> Result<GResp, GResp> {
+    need(cx, req, SKU_READ)?;
+    let dir = cx.dir();
     let bp = &dir.bp;
     let items: Vec<serde_json::Value> = dir
         .skus

@@ -1,6 +1,9 @@
 //! A faithful Microsoft 365 simulator: the Microsoft identity platform token
 //! endpoint (client credentials) and the parts of Microsoft Graph v1.0 a
-//! directory sync reads, over a deterministic generated tenant of any size.
+//! directory sync reads, over deterministic generated tenants of any size:
+//! one, or many behind one listener (`SimConfig::tenants`), each with its own
+//! id, app credentials, domains and users; a token carries its tenant and
+//! Graph answers from that tenant's directory.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), usersync_sim::SimError> {
@@ -15,7 +18,8 @@
 //! ```
 //!
 //! Modules: `generate` (tenant generation), `directory` (state, change
-//! tracking, [`TenantHandle`]), `auth` (token endpoint, bearer checks),
+//! tracking, [`TenantHandle`]), `tenant` (one tenant's identity, grant and
+//! lazily generated directory), `auth` (token endpoint, bearer checks),
 //! `graph` (Graph routes), `batch` (`$batch`), `knobs` (throttling, faults,
 //! stats), `tls` (self-signed certificates), `server` (listener).
 
@@ -27,6 +31,7 @@ mod graph;
 mod knobs;
 mod model;
 mod server;
+mod tenant;
 mod tls;
 mod util;
 
@@ -52,16 +57,20 @@ pub const DEFAULT_PERMISSIONS: &[&str] = &[
     "Directory.Read.All",
 ];
 
-/// Start-up configuration. Everything but the tenant itself can also be
+/// Start-up configuration. Everything but the tenants themselves can also be
 /// changed at run time through [`Simulator`] methods.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     /// Where to listen; default 127.0.0.1:0 (an ephemeral port).
     pub listen: SocketAddr,
-    /// Number of generated users (default 50).
+    /// Number of generated users, in each tenant (default 50).
     pub users: usize,
-    /// Generation seed (default 1). Same (users, seed) → same tenant.
+    /// Generation seed (default 1). Same (users, seed) → same tenant; the
+    /// other tenants derive their seeds from it and their index.
     pub seed: u64,
+    /// Number of tenants served (default 1). The first is the tenant of
+    /// (users, seed); the others are generated on first use.
+    pub tenants: usize,
     /// Server-side maximum page size, applied even when `$top` asks for more.
     pub page_size_cap: Option<usize>,
     /// Added to every HTTP request (token, Graph, `$batch` envelope).
@@ -73,7 +82,7 @@ pub struct SimConfig {
     pub tls_cert_out: Option<PathBuf>,
     /// Lifetime of issued access tokens (default one hour).
     pub token_lifetime: Duration,
-    /// Whether the tenant has consented to the app; if not, the token
+    /// Whether the tenants have consented to the app; if not, the token
     /// endpoint answers unauthorized_client (AADSTS700016).
     pub consented: bool,
     /// Permissions removed from [`DEFAULT_PERMISSIONS`] (or from `permissions`).
@@ -88,6 +97,7 @@ impl Default for SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             users: 50,
             seed: 1,
+            tenants: 1,
             page_size_cap: None,
             latency: Duration::ZERO,
             throttle: Throttle::default(),
@@ -101,7 +111,8 @@ impl Default for SimConfig {
     }
 }
 
-/// What a client needs to connect; printed by the CLI as one JSON line.
+/// What a client needs to connect to one tenant; printed by the CLI as one
+/// JSON line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SimInfo {
     /// Root of the server: clients call `{authority_url}/{tenant}/oauth2/v2.0/token`.
@@ -123,9 +134,15 @@ pub struct SimInfo {
 /// Memory a generated tenant takes per user (measured: about 280 bytes).
 const BYTES_PER_USER: u64 = 300;
 
-/// Refuses a tenant that cannot be generated here, before trying: user numbers are 32-bit,
-/// and a tenant larger than the memory available would abort the process.
-pub(crate) fn check_tenant_size(users: usize) -> Result<(), SimError> {
+/// Refuses tenants that cannot be generated here, before trying: user numbers are 32-bit,
+/// and tenants larger than the memory available would abort the process once all are
+/// read (tenants after the first are generated on first use, but a schedule reads them all).
+pub(crate) fn check_tenant_size(users: usize, tenants: usize) -> Result<(), SimError> {
+    if tenants == 0 {
+        return Err(SimError::Invalid(
+            "--tenants 0: the simulator serves at least one tenant".into(),
+        ));
+    }
     let users = users as u64;
     if users > u64::from(u32::MAX) {
         return Err(SimError::Invalid(format!(
@@ -133,17 +150,29 @@ pub(crate) fn check_tenant_size(users: usize) -> Result<(), SimError> {
             u32::MAX
         )));
     }
-    let needed = users.saturating_mul(BYTES_PER_USER);
+    let needed = users
+        .saturating_mul(tenants as u64)
+        .saturating_mul(BYTES_PER_USER);
     if let Some(available) = available_memory()
         && needed > available
     {
-        return Err(SimError::Invalid(format!(
-            "--users {users}: a generated tenant of that size needs about {} of memory and this \
-             machine has {} available; at most about {} users fit",
-            bytes_text(needed),
-            bytes_text(available),
-            available / BYTES_PER_USER
-        )));
+        let fit = available / BYTES_PER_USER;
+        return Err(SimError::Invalid(if tenants == 1 {
+            format!(
+                "--users {users}: a generated tenant of that size needs about {} of memory and this \
+                 machine has {} available; at most about {fit} users fit",
+                bytes_text(needed),
+                bytes_text(available),
+            )
+        } else {
+            format!(
+                "--tenants {tenants} --users {users}: that many generated tenants need about {} of \
+                 memory and this machine has {} available; at most about {} users per tenant fit",
+                bytes_text(needed),
+                bytes_text(available),
+                fit / tenants as u64
+            )
+        }));
     }
     Ok(())
 }

@@ -1,24 +1,30 @@
 //! The listener: binds, builds the router, runs the accept loop (plain HTTP
 //! or TLS, HTTP/1.1 and HTTP/2) and owns the [`Simulator`] handle.
 
-use crate::auth::AuthState;
-use crate::directory::{Directory, TenantHandle};
+use crate::auth::{AuthState, Grant};
+use crate::directory::TenantHandle;
+use crate::generate::Blueprint;
 use crate::knobs::{Fault, Knobs, SimStats, Throttle};
+use crate::tenant::Tenant;
 use crate::{SimConfig, SimError, SimInfo};
 use axum::Router;
 use axum::routing::{any, get};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// State shared by all request handlers.
 pub(crate) struct Shared {
-    pub dir: Arc<RwLock<Directory>>,
+    pub tenants: Vec<Arc<Tenant>>,
+    /// Tenant index by lower-cased tenant id and verified domain name, the
+    /// names the token endpoint accepts in its path.
+    names: HashMap<String, usize>,
     pub knobs: Knobs,
     pub auth: AuthState,
     /// `scheme://host:port` the server listens on.
@@ -28,14 +34,13 @@ pub(crate) struct Shared {
     pub wildcard: bool,
     /// 0 = no cap.
     pub page_cap: AtomicUsize,
-    pub tenant_id: String,
-    pub client_id: String,
-    pub client_secret: String,
 }
 
 impl Shared {
-    pub(crate) fn dir(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
-        self.dir.read().unwrap_or_else(|e| e.into_inner())
+    /// The tenant a token endpoint path names, by id or verified domain.
+    pub(crate) fn tenant_named(&self, name: &str) -> Option<&Tenant> {
+        let index = *self.names.get(&name.to_ascii_lowercase())?;
+        Some(&self.tenants[index])
     }
 
     /// Base URL for links in a response to a request with this Host header.
@@ -58,7 +63,8 @@ impl Shared {
 /// waits until it has stopped.
 pub struct Simulator {
     shared: Arc<Shared>,
-    info: crate::SimInfo,
+    /// One per tenant, in tenant order.
+    infos: Vec<SimInfo>,
     ca_pem: Option<String>,
     addr: std::net::SocketAddr,
     task: Option<JoinHandle<()>>,
@@ -66,11 +72,40 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    /// Generates the tenant, binds `config.listen` and starts serving.
+    /// Generates the first tenant, binds `config.listen` and starts serving.
+    /// Further tenants (`config.tenants`) are generated on first use.
     pub async fn start(config: SimConfig) -> Result<Simulator, SimError> {
-        crate::check_tenant_size(config.users)?;
+        crate::check_tenant_size(config.users, config.tenants)?;
+        let mut permissions: Vec<String> = config.permissions.clone().unwrap_or_else(|| {
+            crate::DEFAULT_PERMISSIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
+        permissions.retain(|p| {
+            !config
+                .denied_permissions
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(p))
+        });
+        let tenants: Vec<Arc<Tenant>> = (0..config.tenants)
+            .map(|index| {
+                let bp = Blueprint::for_tenant(config.users as u64, config.seed, index);
+                let grant = Grant::new(permissions.clone(), config.consented);
+                Arc::new(Tenant::new(index, bp, grant))
+            })
+            .collect();
+        let mut names = HashMap::new();
+        for t in &tenants {
+            names.insert(t.bp.tenant_id.to_ascii_lowercase(), t.index);
+            for d in t.bp.domains.iter().filter(|d| d.is_verified) {
+                names.insert(d.id.to_ascii_lowercase(), t.index);
+            }
+        }
+        // The first tenant is generated now, as the single tenant always
+        // was: `generation_time` measures it and no first request waits.
         let t0 = Instant::now();
-        let dir = Directory::new(config.users, config.seed);
+        tenants[0].directory();
         let generated_in = t0.elapsed();
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -93,36 +128,12 @@ impl Simulator {
         } else {
             (None, None)
         };
-        let bp = &dir.bp;
-        let info = SimInfo {
-            authority_url: base_url.clone(),
-            graph_url: base_url.clone(),
-            tenant_id: bp.tenant_id.clone(),
-            client_id: bp.client_id.clone(),
-            client_secret: bp.client_secret.clone(),
-            domains: bp.domains.iter().map(|d| d.id.clone()).collect(),
-            mail_domains: bp.mail_domains.clone(),
-            initial_domain: bp.initial_domain.clone(),
-        };
-        let mut permissions: Vec<String> = config.permissions.clone().unwrap_or_else(|| {
-            crate::DEFAULT_PERMISSIONS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        });
-        permissions.retain(|p| {
-            !config
-                .denied_permissions
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(p))
-        });
+        let infos = tenants.iter().map(|t| t.info(&base_url)).collect();
         let shared = Arc::new(Shared {
-            tenant_id: info.tenant_id.clone(),
-            client_id: info.client_id.clone(),
-            client_secret: info.client_secret.clone(),
-            dir: Arc::new(RwLock::new(dir)),
+            tenants,
+            names,
             knobs: Knobs::new(config.throttle.clone(), config.latency),
-            auth: AuthState::new(permissions, config.consented, config.token_lifetime),
+            auth: AuthState::new(config.token_lifetime),
             base_url,
             scheme,
             wildcard,
@@ -130,10 +141,10 @@ impl Simulator {
         });
         let router = router(shared.clone());
         let task = tokio::spawn(accept_loop(listener, acceptor, router));
-        tracing::debug!(%addr, ?generated_in, "simulator listening");
+        tracing::debug!(%addr, tenants = config.tenants, ?generated_in, "simulator listening");
         Ok(Simulator {
             shared,
-            info,
+            infos,
             ca_pem,
             addr,
             task: Some(task),
@@ -141,22 +152,43 @@ impl Simulator {
         })
     }
 
+    /// How to connect to the first tenant.
     pub fn info(&self) -> &SimInfo {
-        &self.info
+        &self.infos[0]
+    }
+    /// How to connect to each tenant, in order (`config.tenants` entries; the
+    /// first is [`Simulator::info`]).
+    pub fn tenants(&self) -> &[SimInfo] {
+        &self.infos
     }
     /// The address actually bound.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.addr
     }
-    /// How long generating the tenant took.
+    /// How long generating the first tenant took.
     pub fn generation_time(&self) -> Duration {
         self.generated_in
     }
-    /// In-process access to the tenant (add/change/delete users and groups).
+    /// In-process access to the first tenant (add/change/delete users and groups).
     pub fn tenant(&self) -> TenantHandle {
         TenantHandle {
-            dir: self.shared.dir.clone(),
+            tenant: self.shared.tenants[0].clone(),
         }
+    }
+    /// In-process access to tenant `index` (0-based, as in [`Simulator::tenants`]);
+    /// `None` past the last tenant.
+    pub fn tenant_at(&self, index: usize) -> Option<TenantHandle> {
+        let tenant = self.shared.tenants.get(index)?.clone();
+        Some(TenantHandle { tenant })
+    }
+    /// How many tenants have had their directory generated so far: the first
+    /// at start, each other one on its first Graph request or in-process read.
+    pub fn generated_tenants(&self) -> usize {
+        self.shared
+            .tenants
+            .iter()
+            .filter(|t| t.is_generated())
+            .count()
     }
     pub fn stats(&self) -> SimStats {
         self.shared.knobs.stats()
@@ -192,16 +224,23 @@ impl Simulator {
             .page_cap
             .store(cap.unwrap_or(0), Ordering::Relaxed);
     }
-    /// Replaces the set of removed permissions (relative to the configured grant).
+    /// Replaces the set of removed permissions (relative to the configured
+    /// grant) in every tenant; [`TenantHandle::set_denied_permissions`] does
+    /// it for one.
     pub fn set_denied_permissions(&self, denied: &[&str]) {
-        self.shared.auth.set_denied(denied)
+        for t in &self.shared.tenants {
+            t.grant.set_denied(denied)
+        }
     }
-    /// Currently granted application permissions.
+    /// Currently granted application permissions in the first tenant.
     pub fn permissions(&self) -> Vec<String> {
-        self.shared.auth.granted()
+        self.shared.tenants[0].grant.granted()
     }
+    /// Consent in every tenant; [`TenantHandle::set_consented`] sets it for one.
     pub fn set_consented(&self, consented: bool) {
-        self.shared.auth.set_consented(consented)
+        for t in &self.shared.tenants {
+            t.grant.set_consented(consented)
+        }
     }
     /// Lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {

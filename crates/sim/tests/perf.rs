@@ -113,3 +113,65 @@ async fn serve_100k_users() {
     println!("RSS after serving: +{} MiB", (rss_kib() - rss0) / 1024);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn serve_1000_tenants_of_1000_users() {
+    let rss0 = rss_kib();
+    let t0 = Instant::now();
+    let sim = Simulator::start(SimConfig {
+        tenants: 1000,
+        users: 1000,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    println!(
+        "start (1000 tenants, first generated): {:?}, RSS +{} MiB",
+        t0.elapsed(),
+        (rss_kib() - rss0) / 1024
+    );
+    let http = reqwest::Client::new();
+    let t = Instant::now();
+    let mut users = 0;
+    for info in sim.tenants() {
+        let tok: Value = http
+            .post(format!(
+                "{}/{}/oauth2/v2.0/token",
+                info.authority_url, info.tenant_id
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", info.client_id.as_str()),
+                ("client_secret", info.client_secret.as_str()),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let count: u64 = http
+            .get(format!("{}/v1.0/users/$count", info.graph_url))
+            .bearer_auth(tok["access_token"].as_str().unwrap())
+            .header("ConsistencyLevel", "eventual")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        users += count;
+    }
+    assert_eq!(users, 1_000_000);
+    assert_eq!(sim.generated_tenants(), 1000);
+    println!(
+        "token + $count in every tenant (generates each): {:?}, RSS +{} MiB",
+        t.elapsed(),
+        (rss_kib() - rss0) / 1024
+    );
+    sim.shutdown().await;
+}
