@@ -6,11 +6,13 @@ use anyhow::Context;
 use serde_json::json;
 use usersync_core::DomainName;
 use usersync_engine::{
-    ConnectionReport, Engine, EngineError, EngineOptions, NewOffice365Source, Office365Settings,
-    Reconnect, RunOutcome, connect_office365,
+    ConnectionReport, Engine, EngineError, NewOffice365Source, Office365Settings, Reconnect,
+    RunOutcome, connect_office365,
 };
 use usersync_graph::{GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL};
-use usersync_store::{DomainOrigin, KeyLocation, RunStatus, SecretString, Store, StoreError};
+use usersync_store::{
+    DomainOrigin, Enqueued, KeyLocation, RunStatus, SecretString, Store, StoreError,
+};
 
 use crate::output::{self, print_json};
 use crate::progress::TerminalProgress;
@@ -26,10 +28,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => return crate::demo::run(&cli, args).await,
         Command::Bench(args) => return crate::bench::run(&cli, args).await,
         Command::Key(KeyCommand::Reset { yes }) => return reset_key(&cli, *yes).await,
+        Command::Serve(args) => {
+            let engine = Engine::new(cli.open_store().await?, cli.engine_options());
+            return crate::serve::serve(engine, args).await;
+        }
+        Command::Worker(args) => {
+            let engine = Engine::new(cli.open_store().await?, cli.engine_options());
+            return crate::serve::worker(engine, args).await;
+        }
         _ => {}
     }
     let store = cli.open_store().await?;
-    let code = match dispatch(&cli.command, &store).await {
+    let code = match dispatch(&cli, &store).await {
         Err(error) => Err(explain(&store, error).await),
         ok => ok,
     };
@@ -50,8 +60,9 @@ async fn explain(store: &Store, error: anyhow::Error) -> anyhow::Error {
     }
 }
 
-async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> {
-    let engine = Engine::new(store.clone(), EngineOptions::default());
+async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
+    let command = &cli.command;
+    let engine = Engine::new(store.clone(), cli.engine_options());
     match command {
         Command::Customer(CustomerCommand::Add { name, json }) => {
             let customer = store.add_customer(name).await?;
@@ -304,7 +315,7 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
             let outcome = engine.preview(*source_id, &progress).await?;
             progress.finish();
             if outcome.status == RunStatus::Failed {
-                return report_failure(&outcome, json.json);
+                return report_failure(&outcome, *source_id, json.json);
             }
             if json.json {
                 let mut value = serde_json::to_value(&outcome.plan)?;
@@ -321,19 +332,12 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
         } => {
             let progress = TerminalProgress::new(!json.json);
             let outcome = if *confirm_removals {
-                engine.sync_confirmed(*source_id, &progress).await?
+                engine.confirm_source(*source_id, &progress).await?
             } else {
                 engine.sync(*source_id, &progress).await?
             };
             progress.finish();
-            if json.json {
-                print_json(&sync_json(&outcome))?;
-            } else {
-                output::sync_report(&outcome);
-            }
-            if outcome.status == RunStatus::Failed {
-                return Ok(ExitCode::FAILURE);
-            }
+            return sync_result(&outcome, Some(*source_id), json.json);
         }
         Command::Users(UsersCommand::Add {
             address,
@@ -397,10 +401,11 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
         }
         Command::Runs(RunsCommand::List {
             source,
+            status,
             limit,
             json,
         }) => {
-            let runs = engine.runs(*source, *limit).await?;
+            let runs = engine.runs(*source, status, *limit).await?;
             if json.json {
                 print_json(&runs)?;
             } else {
@@ -415,7 +420,68 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
                 output::run_details(&run);
             }
         }
+        Command::Runs(RunsCommand::Cancel { run_id }) => {
+            let was = engine.cancel(*run_id).await?;
+            match was {
+                RunStatus::Running => outln!(
+                    "Cancelled run {run_id}: it was running; nothing more of it is applied or recorded."
+                ),
+                _ => outln!("Cancelled run {run_id} (it was {was})."),
+            }
+        }
+        Command::Runs(RunsCommand::Confirm { run_id, json }) => {
+            let progress = TerminalProgress::new(!json.json);
+            let outcome = engine.confirm(*run_id, &progress).await?;
+            progress.finish();
+            return sync_result(&outcome, None, json.json);
+        }
+        Command::Source(SourceCommand::RunNow {
+            source_id,
+            wait,
+            json,
+        }) => {
+            let queued = engine.run_now(*source_id).await?;
+            let run_id = queued.run_id();
+            if !wait {
+                if json.json {
+                    print_json(&queued)?;
+                } else {
+                    match queued {
+                        Enqueued::Queued(_) => outln!(
+                            "Queued run {run_id} of source #{source_id}; a worker (`usersync serve`) runs it."
+                        ),
+                        Enqueued::Folded(_) => outln!(
+                            "A sync of source #{source_id} was queued already (run {run_id}); it is due now."
+                        ),
+                        Enqueued::Running(_) => {
+                            outln!("Source #{source_id} is being synced now (run {run_id}).")
+                        }
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !json.json {
+                eprintln!("Waiting for run {run_id} (a worker runs it: `usersync serve`)...");
+            }
+            let run = loop {
+                let run = engine.run_record(run_id).await?;
+                if run.status.is_final() {
+                    break run;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            };
+            if json.json {
+                print_json(&run)?;
+            } else {
+                output::run_details(&run);
+            }
+            if run.status == RunStatus::Failed || run.status == RunStatus::Cancelled {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Config { .. }
+        | Command::Serve(_)
+        | Command::Worker(_)
         | Command::Sim(_)
         | Command::Demo(_)
         | Command::Bench(_)
@@ -429,10 +495,10 @@ async fn dispatch(command: &Command, store: &Store) -> anyhow::Result<ExitCode> 
 /// The `sync --json` shape that scripts rely on: counts of what was applied.
 pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
     let applied = |n: usize| {
-        if outcome.status == RunStatus::Failed {
-            0
-        } else {
+        if matches!(outcome.status, RunStatus::Succeeded | RunStatus::Held) {
             n
+        } else {
+            0
         }
     };
     let p = &outcome.plan;
@@ -445,18 +511,43 @@ pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
         "skipped": applied(p.skip.len()),
         "warnings": applied(p.warnings.len()),
         "linked": applied(p.linked()),
+        "held": applied(p.held.len()),
         "duration_ms": outcome.stats.duration_ms,
         "requests": outcome.stats.requests,
         "error": outcome.error,
+        "retry_in_secs": outcome.retry_in_secs,
+        "remedy": outcome.remedy,
     })
 }
 
-fn report_failure(outcome: &RunOutcome, as_json: bool) -> anyhow::Result<ExitCode> {
+/// Prints how a sync ended; exit 1 unless it applied (held counts: it applied its adds
+/// and updates, and says what waits).
+fn sync_result(
+    outcome: &RunOutcome,
+    source_id: Option<i64>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    if as_json {
+        print_json(&sync_json(outcome))?;
+    } else {
+        output::sync_report(outcome, source_id);
+    }
+    Ok(match outcome.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::Held => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn report_failure(outcome: &RunOutcome, source_id: i64, as_json: bool) -> anyhow::Result<ExitCode> {
     let error = outcome.error.as_deref().unwrap_or("unknown error");
     if as_json {
-        print_json(&json!({"run_id": outcome.run_id, "status": outcome.status, "error": error}))?;
+        print_json(
+            &json!({"run_id": outcome.run_id, "status": outcome.status, "error": error, "remedy": outcome.remedy}),
+        )?;
     } else {
         eprintln!("error: run {} failed: {error}", outcome.run_id);
+        output::remedy_hint(outcome, Some(source_id));
     }
     Ok(ExitCode::FAILURE)
 }

@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod output;
 mod progress;
+mod serve;
 mod sim;
 mod table;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use usersync_core::EmailMethod;
-use usersync_store::{DEFAULT_DATABASE_URL, KeySource, Store, StoreOptions};
+use usersync_store::{DEFAULT_DATABASE_URL, KeySource, RunStatus, Store, StoreOptions};
 
 /// Keeps an email-security console's users in step with Microsoft 365 tenants.
 #[derive(Debug, Parser)]
@@ -42,6 +43,16 @@ struct Cli {
     /// database before it gives up, e.g. 120s, 10m.
     #[arg(long, global = true, env = "USERSYNC_BUSY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     busy_timeout: Duration,
+    /// Log lines as text for people, or as JSON objects for a log collector.
+    #[arg(long, global = true, env = "USERSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// How long a claimed run holds without its worker renewing the lease; then another
+    /// worker takes it over.
+    #[arg(long, global = true, env = "USERSYNC_LEASE", default_value = "120s", value_parser = parse_duration, hide = true)]
+    lease: Duration,
+    /// How often a run renews its lease.
+    #[arg(long, global = true, env = "USERSYNC_HEARTBEAT", default_value = "15s", value_parser = parse_duration, hide = true)]
+    heartbeat: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,10 +86,13 @@ enum Command {
         json: JsonFlag,
     },
     /// Sync & Save: read the source and apply the plan, all of it or nothing.
+    ///
+    /// Removals beyond the source's deletion threshold are held (the rest applies) and the
+    /// run ends "held"; `usersync runs confirm RUN_ID` applies them.
     Sync {
         source_id: i64,
-        /// Apply removals beyond the deletion safeguard (more than 10% of the source's
-        /// users and at least 20), after checking them with a preview.
+        /// Apply the removals the deletion safeguard holds for this source (what
+        /// `usersync runs confirm` does for its held run), checked against the tenant now.
         #[arg(long)]
         confirm_removals: bool,
         #[command(flatten)]
@@ -107,6 +121,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure full syncs of simulated tenants (10,000 and 100,000 users by default).
     Bench(bench::BenchArgs),
+    /// Run as a service: the scheduler, workers, and /healthz, /readyz, /metrics.
+    ///
+    /// Sources with auto_sync=true sync every interval; queued syncs (run-now, retries)
+    /// are executed. SQLite: one serve process. PostgreSQL: any number of serve and worker
+    /// processes on one database, with the same secret key.
+    Serve(serve::ServeArgs),
+    /// Run workers only: execute queued syncs (more machines on one PostgreSQL database).
+    Worker(serve::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +269,17 @@ enum SourceCommand {
         /// KEY=VALUE pairs; `usersync source show ID` lists every key with its value.
         #[arg(required = true, value_name = "KEY=VALUE")]
         assignments: Vec<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Queue a sync of the source for the service's workers, due now.
+    ///
+    /// A sync already queued absorbs it. With --wait, waits until the run has ended and
+    /// exits 1 when it failed.
+    RunNow {
+        source_id: i64,
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -420,6 +453,10 @@ enum RunsCommand {
     List {
         #[arg(long)]
         source: Option<i64>,
+        /// Only runs of these statuses: queued, running, succeeded, failed, held, cancelled
+        /// (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', value_parser = parse_status)]
+        status: Vec<RunStatus>,
         /// How many runs at most.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
@@ -432,6 +469,26 @@ enum RunsCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Cancel a queued or running run; a running one applies nothing from then on.
+    Cancel { run_id: i64 },
+    /// Apply the removals a held run held, those the tenant still agrees with.
+    ///
+    /// The tenant is read again now; what a sync would do besides is applied too.
+    Confirm {
+        run_id: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    text.trim().parse().map_err(|()| {
+        let all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!(
+            "'{text}' is not a run status; use one of: {}",
+            all.join(", ")
+        )
+    })
 }
 
 impl Cli {
@@ -446,9 +503,28 @@ impl Cli {
         options
     }
 
+    /// How the engine runs, from the global options; runs and changes are recorded as made
+    /// by the operating-system user.
+    fn engine_options(&self) -> usersync_engine::EngineOptions {
+        usersync_engine::EngineOptions {
+            lease: self.lease,
+            heartbeat_every: self.heartbeat.min(self.lease / 2),
+            actor: os_user(),
+            ..Default::default()
+        }
+    }
+
     async fn open_store(&self) -> anyhow::Result<Store> {
         Ok(Store::open(self.store_options()).await?)
     }
+}
+
+/// The operating-system user running the command, as recorded with runs and changes.
+fn os_user() -> String {
+    ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown user".to_string())
 }
 
 /// Colour only where a person reads it: stderr is a terminal and NO_COLOR is not set.
@@ -458,14 +534,21 @@ fn log_colours() -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("USERSYNC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(log_colours())
-        .init();
+    // A service logs what it does; a command only what went wrong.
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("USERSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.with_ansi(log_colours()).init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -139,11 +139,7 @@ pub fn sources_table(sources: &[SourceRecord]) {
             .get("graph_url")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        let status = match &s.removed_at {
-            Some(when) => format!("removed {}", time(when)),
-            None if !s.has_secret => "no secret".to_string(),
-            None => "connected".to_string(),
-        };
+        let status = source_status(s);
         t.row(vec![
             s.id.to_string(),
             s.customer.clone(),
@@ -156,11 +152,56 @@ pub fn sources_table(sources: &[SourceRecord]) {
     t.print();
 }
 
+/// A source's state in a few words: removed, needs attention, removals held, no secret,
+/// connected.
+fn source_status(s: &SourceRecord) -> String {
+    let h = &s.health;
+    match &s.removed_at {
+        Some(when) => format!("removed {}", time(when)),
+        None if h.attention.is_some() => "needs attention".to_string(),
+        None if h.hold_run_id.is_some() => {
+            format!("removals held (run {})", h.hold_run_id.unwrap_or_default())
+        }
+        None if !s.has_secret => "no secret".to_string(),
+        None => "connected".to_string(),
+    }
+}
+
 pub fn source_details(s: &SourceRecord) {
     outln!("Source #{} ({}) of '{}'", s.id, s.kind, s.customer);
     outln!("  tenant:        {}", s.tenant_id);
     if let Some(when) = &s.removed_at {
         outln!("  removed:       {}", time(when));
+    }
+    let h = &s.health;
+    outln!("  status:        {}", source_status(s));
+    if let Some(attention) = &h.attention {
+        outln!(
+            "  attention:     since {}: {attention}",
+            h.attention_since.as_deref().map(time).unwrap_or_default()
+        );
+    }
+    if let Some(held) = h.hold_run_id {
+        outln!(
+            "  held:          removals held since run {held}; see `usersync runs show {held}`, apply with `usersync runs confirm RUN_ID`"
+        );
+    }
+    if h.failures > 0 {
+        outln!(
+            "  failures:      {} in a row; last: {}",
+            h.failures,
+            h.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    outln!(
+        "  next sync:     {}",
+        h.next_run_at
+            .as_deref()
+            .map(time)
+            .unwrap_or_else(|| "by hand (auto_sync=false)".into())
+    );
+    if let Some(when) = &h.last_success_at {
+        outln!("  last success:  {}", time(when));
     }
     if let Some(settings) = s.settings.as_object() {
         for (key, value) in settings.iter().filter(|(k, _)| *k != "options") {
@@ -427,13 +468,43 @@ fn notes(stats: &RunStats) {
     }
 }
 
-pub fn sync_report(outcome: &RunOutcome) {
+/// The command that mends a failed run, when the engine knows one.
+pub fn remedy_hint(outcome: &RunOutcome, source_id: Option<i64>) {
+    let id = source_id.map_or("SOURCE_ID".to_string(), |i| i.to_string());
+    let hint = match outcome.remedy {
+        Some(usersync_engine::Remedy::SetSecret) => {
+            format!("Set the source's client secret with `usersync source set-secret {id}`.")
+        }
+        Some(usersync_engine::Remedy::GrantConsent) => format!(
+            "Grant the app admin consent (and the permissions it lacks) in the tenant, then check with `usersync source test {id}`."
+        ),
+        Some(usersync_engine::Remedy::AddDomain) => {
+            "Add the customer's mail domains with `usersync domain add DOMAIN --customer NAME`."
+                .to_string()
+        }
+        None => return,
+    };
+    eprintln!("{hint}");
+}
+
+pub fn sync_report(outcome: &RunOutcome, source_id: Option<i64>) {
     match outcome.status {
         RunStatus::Failed => {
             eprintln!(
                 "Sync failed (run {}); nothing was changed: {}",
                 outcome.run_id,
                 outcome.error.as_deref().unwrap_or("unknown error")
+            );
+            remedy_hint(outcome, source_id);
+        }
+        RunStatus::Queued => {
+            eprintln!(
+                "Not synced (run {}): {}. A worker (`usersync serve`) runs it then, or run this command again.",
+                outcome.run_id,
+                outcome
+                    .error
+                    .as_deref()
+                    .unwrap_or("the tenant is throttled")
             );
         }
         _ => {
@@ -459,6 +530,15 @@ pub fn sync_report(outcome: &RunOutcome) {
             if !p.skip.is_empty() || !p.warnings.is_empty() {
                 outln!(
                     "See why each was skipped: `usersync runs show {}`.",
+                    outcome.run_id
+                );
+            }
+            if outcome.status == RunStatus::Held {
+                outln!(
+                    "Held {} removal(s): {}. Check them with `usersync runs show {}`, then apply them with `usersync runs confirm {}`.",
+                    p.held.len(),
+                    outcome.error.as_deref().unwrap_or("deletion safeguard"),
+                    outcome.run_id,
                     outcome.run_id
                 );
             }
@@ -527,6 +607,12 @@ pub fn run_details(r: &RunRecord) {
     if let Some(owner) = &r.owner {
         outln!("  process:  pid {} on {}", owner.pid, owner.host);
     }
+    if let Some(by) = &r.requested_by {
+        outln!("  by:       {by} ({}, attempt {})", r.reason, r.attempts);
+    }
+    if let Some(held) = r.confirms {
+        outln!("  confirms: the removals held by run {held}");
+    }
     if let Some(s) = &r.stats {
         outln!(
             "  read:     {} users, {} groups, {} requests ({} throttled)",
@@ -553,7 +639,20 @@ pub fn run_details(r: &RunRecord) {
         r.skipped
     );
     if let Some(e) = &r.error {
-        outln!("  error:    {e}");
+        let label = if r.status == RunStatus::Held {
+            "held:    "
+        } else {
+            "error:   "
+        };
+        outln!("  {label} {e}");
+    }
+    if r.status == RunStatus::Held {
+        outln!(
+            "  {} removal(s) held; apply them with `usersync runs confirm {}`, or change the threshold (`usersync source set {} deletion_threshold=PERCENT,MIN`).",
+            r.held,
+            r.id,
+            r.source_id
+        );
     }
     if let Some(plan) = &r.plan {
         plan_tables(plan);
@@ -614,7 +713,8 @@ pub fn connection_report(source_id: i64, report: &ConnectionReport) {
 pub fn removal_report(outcome: &SourceRemovalOutcome) {
     match (outcome.status, outcome.run_id) {
         (RunStatus::Failed, Some(run)) => eprintln!(
-            "Source #{} was not removed (run {run}); nothing was changed: {}",
+            "Source #{} was not removed (run {run}); nothing was changed: {}.\n\
+             To remove it and its users, add --confirm-removals; to keep its users, --keep-users.",
             outcome.source_id,
             outcome.error.as_deref().unwrap_or("unknown error")
         ),

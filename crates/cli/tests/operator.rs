@@ -307,9 +307,10 @@ async fn a_copied_database_is_refused_without_its_key_and_a_lost_key_is_reset() 
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Item 3: a sync killed with kill -9 does not stay "running": the next command marks it
-/// failed, and the next sync is right.
-async fn a_sync_killed_mid_read_is_marked_failed_by_the_next_command(database: String) {
+/// A sync killed with kill -9 does not stay "running": the next command takes it back to
+/// the queue (the lost claim counts as an attempt), and the next sync completes that same
+/// run, applied once and whole.
+async fn a_sync_killed_mid_read_is_taken_back_and_completed_once(database: String) {
     let sim = Simulator::start(SimConfig {
         users: 3000,
         seed: 24,
@@ -344,7 +345,8 @@ async fn a_sync_killed_mid_read_is_marked_failed_by_the_next_command(database: S
     child.kill().unwrap();
     child.wait().unwrap();
     let runs = cli.ok_json(&["runs", "list", "--json"]);
-    assert_eq!(runs[0]["status"], "failed", "{runs}");
+    assert_eq!(runs[0]["status"], "queued", "{runs}");
+    assert_eq!(runs[0]["attempts"], 1, "{runs}");
     assert!(
         runs[0]["error"]
             .as_str()
@@ -353,6 +355,24 @@ async fn a_sync_killed_mid_read_is_marked_failed_by_the_next_command(database: S
         "{runs}"
     );
     assert!(active_users(&cli).is_empty(), "nothing was applied");
+    let killed = runs[0]["id"].clone();
+    let done = cli.ok_json(&["sync", &id, "--json"]);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["run_id"], killed, "the queued run itself is completed");
+    let run = cli.ok_json(&["runs", "show", &killed.to_string(), "--json"]);
+    assert_eq!(run["attempts"], 2, "{run}");
+    assert_eq!(
+        cli.ok_json(&["runs", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "one run, not two"
+    );
+    assert_eq!(
+        active_users(&cli).len() as u64,
+        done["added"].as_u64().unwrap()
+    );
     sim.shutdown().await;
 }
 
@@ -730,6 +750,6 @@ fn a_simulator_too_large_for_memory_is_refused() {
 
 on_both_backends!(
     a_source_is_repaired_tested_and_removed,
-    a_sync_killed_mid_read_is_marked_failed_by_the_next_command,
+    a_sync_killed_mid_read_is_taken_back_and_completed_once,
     input_that_should_not_be_accepted_is_refused,
 );

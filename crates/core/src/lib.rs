@@ -12,6 +12,7 @@ pub mod model;
 pub mod names;
 pub mod options;
 pub mod plan;
+pub mod schedule;
 pub mod snapshot;
 
 pub use address::{AddressError, DomainName, DomainProblem, EmailAddress};

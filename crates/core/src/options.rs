@@ -119,6 +119,8 @@ pub struct SourceOptions {
     pub auto_sync: bool,
     /// Minutes between automatic syncs.
     pub interval_minutes: u32,
+    /// Removals beyond it are held until confirmed (rule 9).
+    pub deletion_threshold: crate::plan::Safeguard,
     pub defaults: MailboxDefaults,
 }
 
@@ -141,6 +143,7 @@ impl Default for SourceOptions {
             remove_deleted: true,
             auto_sync: false,
             interval_minutes: 6 * 60,
+            deletion_threshold: crate::plan::Safeguard::default(),
             defaults: MailboxDefaults::default(),
         }
     }
@@ -264,6 +267,7 @@ impl SourceOptions {
         "remove_deleted",
         "auto_sync",
         "interval",
+        "deletion_threshold",
         "defaults.incoming",
         "defaults.outgoing",
         "defaults.archiving",
@@ -336,6 +340,9 @@ impl SourceOptions {
             "remove_deleted" => self.remove_deleted = boolean(key, value)?,
             "auto_sync" => self.auto_sync = boolean(key, value)?,
             "interval" => self.interval_minutes = parse_interval(key, value)?,
+            "deletion_threshold" => {
+                self.deletion_threshold = crate::plan::Safeguard::parse(key, value)?
+            }
             "defaults.incoming" => self.defaults.incoming = boolean(key, value)?,
             "defaults.outgoing" => self.defaults.outgoing = boolean(key, value)?,
             "defaults.archiving" => self.defaults.archiving = boolean(key, value)?,
@@ -410,6 +417,7 @@ impl SourceOptions {
             self.remove_deleted.to_string(),
             self.auto_sync.to_string(),
             format_interval(self.interval_minutes),
+            self.deletion_threshold.to_string(),
             self.defaults.incoming.to_string(),
             self.defaults.outgoing.to_string(),
             self.defaults.archiving.to_string(),

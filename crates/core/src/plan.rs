@@ -95,6 +95,10 @@ pub struct Plan {
     /// (options include_groups and group_map). `None` when the source manages no groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<PlannedGroup>>,
+    /// Removals the deletion safeguard holds: not applied until an operator confirms them
+    /// (`runs confirm`), which applies those the tenant still agrees with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<DirectoryUser>,
 }
 
 /// A console group kept in step with a tenant group.
@@ -142,26 +146,72 @@ impl Default for Safeguard {
 }
 
 impl Safeguard {
-    /// Why the plan must wait for a confirmation, if it must. `managed` is how many active
-    /// entries the source manages before the run.
+    /// Why the plan's removals must wait for a confirmation, if they must. `managed` is how
+    /// many active entries the source manages before the run. The text says what was
+    /// found; how to confirm is for the surface to say.
     pub fn check(&self, plan: &Plan, managed: usize) -> Option<String> {
         let removing = plan.remove.len();
         if removing > 0 && removing == managed {
             return Some(format!(
                 "deletion safeguard: this sync would remove every one of the source's {managed} users \
-                 (did the source return nobody, or are the customer's domains missing?); nothing was \
-                 applied. Check with a preview, then confirm with `--confirm-removals`"
+                 (did the source return nobody, or are the customer's domains missing?)"
             ));
         }
         let over_share = removing as u128 * 100 > managed as u128 * u128::from(self.percent);
         (removing >= self.minimum && over_share).then(|| {
             format!(
                 "deletion safeguard: this sync would remove {removing} of the source's {managed} users \
-                 (more than {}% and at least {}); nothing was applied. Check the plan with \
-                 `usersync runs show RUN_ID` or a preview, then confirm with `--confirm-removals`",
+                 (more than {}% and at least {})",
                 self.percent, self.minimum
             )
         })
+    }
+
+    /// The threshold as `deletion_threshold` takes it: `PERCENT,MIN`.
+    pub fn parse(key: &str, value: &str) -> Result<Safeguard, crate::options::OptionError> {
+        let bad = || crate::options::OptionError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: "use PERCENT,MIN, e.g. 10,20: removals are held when they are more than \
+                       PERCENT % (1 to 100) of the source's users and at least MIN (1 or more)"
+                .to_string(),
+        };
+        let (percent, minimum) = value.split_once(',').ok_or_else(bad)?;
+        let percent: u32 = percent
+            .trim()
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| bad())?;
+        let minimum: usize = minimum.trim().parse().map_err(|_| bad())?;
+        if !(1..=100).contains(&percent) || minimum == 0 {
+            return Err(bad());
+        }
+        Ok(Safeguard { percent, minimum })
+    }
+}
+
+impl std::fmt::Display for Safeguard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.percent, self.minimum)
+    }
+}
+
+impl Plan {
+    /// Moves every removal to [`Plan::held`]: the deletion safeguard holds them until an
+    /// operator confirms; adds and updates still apply.
+    pub fn hold_removals(&mut self) {
+        let removals = std::mem::take(&mut self.remove);
+        self.held.extend(removals);
+    }
+
+    /// Keeps held only the removals whose entries `confirmed` lists (by entry id): those
+    /// were held before and confirmed; the others wait again.
+    pub fn release_confirmed(&mut self, confirmed: &HashSet<i64>) {
+        let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut self.remove)
+            .into_iter()
+            .partition(|u| u.id.is_some_and(|id| confirmed.contains(&id)));
+        self.remove = go;
+        self.held.extend(stay);
     }
 }
 
@@ -996,7 +1046,7 @@ mod tests {
         // 20 of 100 is 20 %: stopped, and the message says how to go on.
         let why = guard.check(&plan_removing(20), 100).unwrap();
         assert!(
-            why.contains("20 of the source's 100") && why.contains("--confirm-removals"),
+            why.contains("20 of the source's 100") && why.contains("more than 10%"),
             "{why}"
         );
         // An empty read would remove everyone: stopped.

@@ -20,6 +20,69 @@ pub enum EngineError {
     /// A setting of a source is missing or wrong; names the setting and the fix.
     #[error("{field}: {problem}")]
     Config { field: String, problem: String },
+    /// The operation collides with the state of things (a run in progress, a run that is
+    /// not held).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// What kind of error it is, for every surface to map without reading text (an exit code,
+/// an HTTP status, a hint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Bad input; `field` names it when known.
+    Invalid,
+    NotFound,
+    Conflict,
+    /// The tenant refused: consent or a permission missing, a secret wrong or expired.
+    Consent,
+    /// Throttled, busy or unreachable: retry later.
+    Unavailable,
+    /// Stored data cannot be read, or a key does not open it.
+    Corrupt,
+    /// Anything else (a database error).
+    Internal,
+}
+
+impl EngineError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Store(e) => match e {
+                StoreError::BadUrl { .. } | StoreError::Invalid(_) => ErrorKind::Invalid,
+                StoreError::NotFound { .. } => ErrorKind::NotFound,
+                StoreError::Conflict(_) | StoreError::DirectoryChanged { .. } => {
+                    ErrorKind::Conflict
+                }
+                StoreError::Busy { .. } | StoreError::Open { .. } => ErrorKind::Unavailable,
+                StoreError::Corrupt(_) | StoreError::Key(_) | StoreError::Unusable { .. } => {
+                    ErrorKind::Corrupt
+                }
+                StoreError::Database(_) => ErrorKind::Internal,
+            },
+            EngineError::Option(_) | EngineError::Filter(_) | EngineError::Config { .. } => {
+                ErrorKind::Invalid
+            }
+            EngineError::TenantGroup(_) => ErrorKind::Invalid,
+            EngineError::Conflict(_) => ErrorKind::Conflict,
+        }
+    }
+
+    /// The input field at fault, when the error is about one.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            EngineError::Config { field, .. } => Some(field.clone()),
+            EngineError::Option(usersync_core::OptionError::BadValue { key, .. }) => {
+                Some(key.clone())
+            }
+            EngineError::Option(usersync_core::OptionError::UnknownKey { key }) => {
+                Some(key.clone())
+            }
+            EngineError::TenantGroup(e) => Some(e.key.to_string()),
+            _ => None,
+        }
+    }
 }
 
 impl EngineError {

@@ -7,16 +7,18 @@
 mod error;
 mod office365;
 mod run;
+mod service;
 mod source;
 mod sources;
 
-pub use error::{EngineError, error_text};
+pub use error::{EngineError, ErrorKind, error_text};
 pub use office365::{
     NewOffice365Source, Office365Settings, Office365Source, ReadNeeds, connect_office365,
 };
-pub use run::{Engine, EngineOptions, RunOutcome};
+pub use run::{Engine, EngineOptions, Remedy, RunOutcome};
+pub use service::{DURATION_BUCKETS, Metrics, MetricsInner, ServiceOptions, run_service};
 pub use source::{
-    CheckStatus, ConnectionReport, NoProgress, PermissionCheck, Progress, Source, SourceError,
-    SourceRead,
+    CheckStatus, ConnectionReport, FailureKind, NoProgress, PermissionCheck, Progress, Source,
+    SourceError, SourceRead,
 };
 pub use sources::{Reconnect, SourceRemovalOutcome};

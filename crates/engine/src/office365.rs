@@ -16,7 +16,8 @@ use usersync_store::{NewSource, SecretString, SourceRecord, Store};
 
 use crate::EngineError;
 use crate::source::{
-    CheckStatus, ConnectionReport, PermissionCheck, Progress, Source, SourceError, SourceRead,
+    CheckStatus, ConnectionReport, FailureKind, PermissionCheck, Progress, Source, SourceError,
+    SourceRead,
 };
 
 fn not_checked(permission: &str, needed_for: &str, required: bool) -> PermissionCheck {
@@ -434,6 +435,36 @@ impl Office365Source {
 
 #[async_trait]
 impl Source for Office365Source {
+    fn failure_kind(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) -> FailureKind {
+        use usersync_graph::TokenErrorKind as T;
+        match error.downcast_ref::<usersync_graph::GraphError>() {
+            Some(usersync_graph::GraphError::Throttled {
+                status: 429 | 503,
+                retry_after,
+                ..
+            }) => FailureKind::Throttled {
+                retry_after: *retry_after,
+            },
+            Some(
+                usersync_graph::GraphError::Forbidden { .. }
+                | usersync_graph::GraphError::Unauthorized { .. },
+            ) => FailureKind::Consent,
+            Some(usersync_graph::GraphError::Token {
+                kind: T::InvalidClientSecret | T::ExpiredClientSecret,
+                ..
+            }) => FailureKind::Secret,
+            Some(usersync_graph::GraphError::Token {
+                kind:
+                    T::AppNotConsented
+                    | T::ConsentRequired
+                    | T::AppDisabled
+                    | T::BlockedByConditionalAccess,
+                ..
+            }) => FailureKind::Consent,
+            _ => FailureKind::Other,
+        }
+    }
+
     async fn check(&self) -> ConnectionReport {
         let mut checks = Vec::new();
         let sign_in = self.client.check_credentials().await;

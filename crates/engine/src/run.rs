@@ -1,32 +1,38 @@
 //! The one operation behind preview and Sync & Save: read, plan, then record or apply.
+//! A sync is a job: queued, claimed under a lease, executed here, finished by the holder of
+//! the lease only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::Instrument;
-use usersync_core::{MappingContext, Plan, Safeguard, SourceKind, UserStatus, plan_sync};
-use usersync_graph::{GraphError, RetryPolicy, TokenErrorKind};
+use usersync_core::{MappingContext, Plan, SourceKind, UserStatus, plan_sync};
+use usersync_graph::RetryPolicy;
 use usersync_store::{
-    DEFAULT_STALE_AFTER, NewRun, RunKind, RunOwner, RunRecord, RunStats, RunStatus, SourceRecord,
-    Store, StoreError,
+    Apply, Claim, DEFAULT_LEASE, Enqueued, NewJob, NewRun, RunEnd, RunKind, RunLease, RunOwner,
+    RunReason, RunRecord, RunStats, RunStatus, Settle, SourceRecord, Store, StoreError,
 };
 
 use crate::office365::{Office365Settings, Office365Source, ReadNeeds};
-use crate::source::{Progress, Source};
+use crate::source::{FailureKind, Progress, Source};
 use crate::sources::office365_settings;
 use crate::{EngineError, error_text};
 
-/// How the engine talks to sources.
+/// How the engine talks to sources and keeps its runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Requests in flight at once per tenant.
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
-    /// How often a running run tells the database that its process still works on it.
+    /// How often a running run renews its lease (and tells it still works on it).
     pub heartbeat_every: Duration,
-    /// A run whose owner (on another host) was silent this long is judged stopped.
-    pub stale_after: Duration,
+    /// How long a claim holds without renewal: then another worker takes the run over.
+    pub lease: Duration,
+    /// Claims of one sync before it ends failed (a run that keeps killing workers).
+    pub max_attempts: i64,
+    /// Who asks, recorded with runs and changes: the operating-system user on the CLI.
+    pub actor: String,
 }
 
 impl Default for EngineOptions {
@@ -35,12 +41,14 @@ impl Default for EngineOptions {
             max_in_flight: 4,
             retry: RetryPolicy::default(),
             heartbeat_every: Duration::from_secs(15),
-            stale_after: DEFAULT_STALE_AFTER,
+            lease: DEFAULT_LEASE,
+            max_attempts: 3,
+            actor: "usersync".into(),
         }
     }
 }
 
-/// Stops the heartbeat of a run when the run ends, however it ends.
+/// Renews the lease of a run while it executes; stops when the run ends, however it ends.
 struct Heartbeat {
     task: tokio::task::JoinHandle<()>,
     /// Set when this process records the run's outcome: the heartbeat then finds the run
@@ -66,28 +74,80 @@ impl Drop for Heartbeat {
 pub struct RunOutcome {
     pub run_id: i64,
     pub kind: RunKind,
+    /// `succeeded`, `held` (applied, removals held), `failed`, or `queued` (given back: the
+    /// tenant throttled it; it runs again after `retry_in_secs`).
     pub status: RunStatus,
     /// The plan; empty when the read failed.
     #[serde(skip)]
     pub plan: Plan,
     pub stats: RunStats,
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_secs: Option<u64>,
+    /// What mends a failed run, for a surface to say how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<Remedy>,
+}
+
+/// What an operator does about a failed run; each surface says it its own way (a command,
+/// a button).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remedy {
+    /// Store the source's new client secret.
+    SetSecret,
+    /// Grant the app admin consent (or the missing permission) in the tenant, then test.
+    GrantConsent,
+    /// Give the customer a mail domain.
+    AddDomain,
+}
+
+impl Remedy {
+    /// The remedy for an error that stopped a run before it read anything.
+    pub fn of(error: &EngineError) -> Option<Remedy> {
+        match error {
+            EngineError::Config { field, .. } if field == "domains" => Some(Remedy::AddDomain),
+            EngineError::Config { field, .. } if field == "client secret" => {
+                Some(Remedy::SetSecret)
+            }
+            EngineError::Store(StoreError::Key(_)) => Some(Remedy::SetSecret),
+            _ => None,
+        }
+    }
+
+    fn of_read(kind: FailureKind) -> Option<Remedy> {
+        match kind {
+            FailureKind::Secret => Some(Remedy::SetSecret),
+            FailureKind::Consent => Some(Remedy::GrantConsent),
+            _ => None,
+        }
+    }
 }
 
 /// Which run is executing, and how.
 #[derive(Debug, Clone, Copy)]
 struct RunSpec {
-    run_id: i64,
+    lease: RunLease,
     kind: RunKind,
-    confirm_removals: bool,
+    /// The held run whose removals this run applies.
+    confirms: Option<i64>,
     customer_id: i64,
+    source_id: i64,
+}
+
+/// What the deletion safeguard decided for a plan.
+struct Verdict {
+    status: RunStatus,
+    reason: Option<String>,
+    attention: Option<String>,
+    clears_hold: bool,
 }
 
 /// The sync engine: every surface calls these operations.
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub(crate) store: Store,
-    options: EngineOptions,
+    pub(crate) options: EngineOptions,
 }
 
 impl Engine {
@@ -99,121 +159,270 @@ impl Engine {
         &self.store
     }
 
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
     /// Reads the source and records what a sync would do, changing nothing in the directory.
     pub async fn preview(
         &self,
         source_id: i64,
         progress: &dyn Progress,
     ) -> Result<RunOutcome, EngineError> {
-        self.run(source_id, RunKind::Preview, false, progress).await
-    }
-
-    /// Sync & Save after the operator confirmed removals beyond the deletion safeguard.
-    pub async fn sync_confirmed(
-        &self,
-        source_id: i64,
-        progress: &dyn Progress,
-    ) -> Result<RunOutcome, EngineError> {
-        self.run(source_id, RunKind::Sync, true, progress).await
-    }
-
-    /// Sync & Save: reads the source and applies the plan in one transaction, or nothing.
-    /// A plan that removes more than the deletion safeguard allows is not applied.
-    pub async fn sync(
-        &self,
-        source_id: i64,
-        progress: &dyn Progress,
-    ) -> Result<RunOutcome, EngineError> {
-        self.run(source_id, RunKind::Sync, false, progress).await
-    }
-
-    /// The newest runs first, of one source or of all; runs whose process died are marked
-    /// failed first, so none shows "running" for ever.
-    pub async fn runs(
-        &self,
-        source_id: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<RunRecord>, EngineError> {
-        self.fail_stale_runs().await;
-        Ok(self.store.list_runs(source_id, limit).await?)
-    }
-
-    /// One run with its plan (after marking runs whose process died failed).
-    pub async fn run_record(&self, run_id: i64) -> Result<RunRecord, EngineError> {
-        self.fail_stale_runs().await;
-        Ok(self.store.run(run_id).await?)
-    }
-
-    /// Marks failed the runs whose process stopped; best effort (a busy database only
-    /// delays it to the next command).
-    pub(crate) async fn fail_stale_runs(&self) {
-        if let Err(e) = self.store.fail_stale_runs(self.options.stale_after).await {
-            tracing::debug!(error = %e, "could not check for stale runs");
-        }
-    }
-
-    async fn run(
-        &self,
-        source_id: i64,
-        kind: RunKind,
-        confirm_removals: bool,
-        progress: &dyn Progress,
-    ) -> Result<RunOutcome, EngineError> {
         let record = self.live_source(source_id).await?;
-        let (source, ctx) = self.prepare(&record).await?;
-        self.fail_stale_runs().await;
-        let owner = RunOwner::this_process();
-        let run_id = self
+        self.recover_runs().await;
+        let lease = self
             .store
             .start_run(
                 &NewRun {
                     source_id,
                     customer_id: record.customer_id,
-                    kind,
-                    reason: "manual".into(),
+                    kind: RunKind::Preview,
+                    reason: RunReason::Manual,
+                    requested_by: self.options.actor.clone(),
                 },
-                &owner,
+                &RunOwner::this_process(),
+                self.options.lease,
             )
             .await?;
-        let heartbeat = self.heartbeat(run_id, owner);
-        let span = tracing::info_span!("run", run = run_id, kind = kind.as_str(), customer = %record.customer, source = source_id);
-        let run = RunSpec {
-            run_id,
-            kind,
-            confirm_removals,
+        let spec = RunSpec {
+            lease,
+            kind: RunKind::Preview,
+            confirms: None,
             customer_id: record.customer_id,
+            source_id,
         };
-        let outcome = self
-            .execute(&run, source.as_ref(), &ctx, progress, &heartbeat)
-            .instrument(span)
-            .await;
-        let outcome = match outcome {
-            Err(EngineError::Store(error)) => {
-                Err(self.store.explain_for(error, Some(run_id)).await.into())
+        self.run(spec, record, progress).await
+    }
+
+    /// Sync & Save, in this process: queues a sync of the source (or takes the one queued
+    /// already), claims it and executes it. A sync of the source running elsewhere is a
+    /// conflict that names it.
+    pub async fn sync(
+        &self,
+        source_id: i64,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        self.sync_job(source_id, RunReason::Manual, None, progress)
+            .await
+    }
+
+    /// Applies the removals a held run held, those the tenant still agrees with (the
+    /// tenant is read again now), together with whatever else a sync would do now.
+    pub async fn confirm(
+        &self,
+        run_id: i64,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        self.recover_runs().await;
+        let run = self.store.run(run_id).await?;
+        if run.status != RunStatus::Held {
+            return Err(EngineError::Conflict(format!(
+                "run {run_id} is {}: only a held run's removals can be confirmed",
+                run.status
+            )));
+        }
+        let health = self.store.source_health(run.source_id).await?;
+        if health.hold_run_id.is_none() {
+            return Err(EngineError::Conflict(format!(
+                "the removals of source #{} are no longer held (confirmed already, or its threshold changed)",
+                run.source_id
+            )));
+        }
+        self.sync_job(run.source_id, RunReason::Confirm, Some(run_id), progress)
+            .await
+    }
+
+    /// Confirms the removals the source holds (its held run), as [`Engine::confirm`] does.
+    pub async fn confirm_source(
+        &self,
+        source_id: i64,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        let health = self.store.source_health(source_id).await?;
+        let Some(held) = health.hold_run_id else {
+            return Err(EngineError::Conflict(format!(
+                "source #{source_id} holds no removals, so there is nothing to confirm; a sync holds \
+                 removals beyond the deletion threshold and they can be confirmed then"
+            )));
+        };
+        // The newest held run lists every removal held so far.
+        let newest = self
+            .store
+            .list_runs(Some(source_id), &[RunStatus::Held], 1)
+            .await?
+            .first()
+            .map_or(held, |r| r.id);
+        self.confirm(newest, progress).await
+    }
+
+    /// Queues a sync of the source for a worker, due now; a queued one absorbs it.
+    pub async fn run_now(&self, source_id: i64) -> Result<Enqueued, EngineError> {
+        self.live_source(source_id).await?;
+        self.recover_runs().await;
+        Ok(self
+            .store
+            .enqueue_sync(&NewJob {
+                source_id,
+                reason: RunReason::RunNow,
+                confirms: None,
+                requested_by: self.options.actor.clone(),
+            })
+            .await?)
+    }
+
+    async fn sync_job(
+        &self,
+        source_id: i64,
+        reason: RunReason,
+        confirms: Option<i64>,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        self.live_source(source_id).await?;
+        self.recover_runs().await;
+        let queued = self
+            .store
+            .enqueue_sync(&NewJob {
+                source_id,
+                reason,
+                confirms,
+                requested_by: self.options.actor.clone(),
+            })
+            .await?;
+        let busy = |run: i64| {
+            EngineError::Conflict(format!(
+                "source #{source_id} is being synced already (run {run}); wait for it to finish"
+            ))
+        };
+        let run_id = match queued {
+            Enqueued::Running(run) => return Err(busy(run)),
+            Enqueued::Queued(run) | Enqueued::Folded(run) => run,
+        };
+        let claim = self
+            .store
+            .claim_run(run_id, &RunOwner::this_process(), self.options.lease)
+            .await?
+            .ok_or_else(|| busy(run_id))?;
+        self.execute(&claim, progress).await
+    }
+
+    /// Executes a claimed sync (a worker's, or this process's own) and records its outcome.
+    pub async fn execute(
+        &self,
+        claim: &Claim,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        let spec = RunSpec {
+            lease: claim.lease,
+            kind: claim.kind,
+            confirms: claim.confirms,
+            customer_id: claim.customer_id,
+            source_id: claim.source_id,
+        };
+        let record = match self.live_source(claim.source_id).await {
+            Ok(record) => record,
+            Err(error) => {
+                // A failure before the run could start is recorded like any other.
+                let text = error_text(&error);
+                return self
+                    .failed(&spec, None, RunStats::default(), text, Remedy::of(&error))
+                    .await;
             }
+        };
+        self.run(spec, record, progress).await
+    }
+
+    /// The newest runs first, of one source or of all, of some statuses or all; runs whose
+    /// process died are taken back first, so none shows "running" for ever.
+    pub async fn runs(
+        &self,
+        source_id: Option<i64>,
+        statuses: &[RunStatus],
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, EngineError> {
+        self.recover_runs().await;
+        Ok(self.store.list_runs(source_id, statuses, limit).await?)
+    }
+
+    /// One run with its plan (after taking back runs whose process died).
+    pub async fn run_record(&self, run_id: i64) -> Result<RunRecord, EngineError> {
+        self.recover_runs().await;
+        Ok(self.store.run(run_id).await?)
+    }
+
+    /// Cancels a queued or running run; a running one can apply nothing from now on.
+    pub async fn cancel(&self, run_id: i64) -> Result<RunStatus, EngineError> {
+        Ok(self.store.cancel_run(run_id, &self.options.actor).await?)
+    }
+
+    /// Takes back runs whose process stopped; best effort (a busy database only delays it
+    /// to the next command).
+    pub(crate) async fn recover_runs(&self) {
+        if let Err(e) = self.store.recover_runs(self.options.max_attempts).await {
+            tracing::debug!(error = %e, "could not check for stopped runs");
+        }
+    }
+
+    async fn run(
+        &self,
+        spec: RunSpec,
+        record: SourceRecord,
+        progress: &dyn Progress,
+    ) -> Result<RunOutcome, EngineError> {
+        let heartbeat = self.heartbeat(spec.lease);
+        let span = tracing::info_span!("run", run = spec.lease.run_id, kind = spec.kind.as_str(), customer = %record.customer, source = spec.source_id);
+        let outcome = async {
+            let (source, ctx) = match self.prepare(&record).await {
+                Ok(prepared) => prepared,
+                // No domains, no secret, unreadable settings: recorded as the run's failure.
+                Err(error) => {
+                    heartbeat.finishing();
+                    let text = error_text(&error);
+                    let remedy = Remedy::of(&error);
+                    return self
+                        .failed(&spec, None, RunStats::default(), text, remedy)
+                        .await;
+                }
+            };
+            self.read_plan_apply(&spec, source.as_ref(), &ctx, progress, &heartbeat)
+                .await
+        }
+        .instrument(span)
+        .await;
+        let outcome = match outcome {
+            Err(EngineError::Store(error)) => Err(self
+                .store
+                .explain_for(error, Some(spec.lease.run_id))
+                .await
+                .into()),
             other => other,
         };
         if let Err(error) = &outcome {
             heartbeat.finishing();
             // The run started, so it ends recorded, whatever went wrong.
+            let text = error_text(error);
             let _ = self
                 .store
                 .finish_run(
-                    run_id,
-                    RunStatus::Failed,
-                    None,
-                    &RunStats::default(),
-                    Some(&error_text(error)),
+                    &spec.lease,
+                    &RunEnd {
+                        status: RunStatus::Failed,
+                        plan: None,
+                        stats: &RunStats::default(),
+                        error: Some(&text),
+                    },
+                    &self.settle_failed(&spec, &text, false),
                 )
                 .await;
         }
         outcome
     }
 
-    /// Tells the database every `heartbeat_every` that this process still runs `run_id`.
-    fn heartbeat(&self, run_id: i64, owner: RunOwner) -> Heartbeat {
+    /// Renews the run's lease every `heartbeat_every` while this process works on it.
+    fn heartbeat(&self, lease: RunLease) -> Heartbeat {
         let store = self.store.clone();
         let every = self.options.heartbeat_every;
+        let lease_for = self.options.lease;
         let finishing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ours = finishing.clone();
         let task = tokio::spawn(async move {
@@ -221,38 +430,34 @@ impl Engine {
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                match store.heartbeat(run_id, &owner).await {
+                match store.heartbeat(&lease, lease_for).await {
                     Ok(true) => {}
                     Ok(false) => {
                         if !ours.load(std::sync::atomic::Ordering::Relaxed) {
                             tracing::warn!(
-                                run = run_id,
-                                "another process marked this run stopped; its outcome will not be recorded"
+                                run = lease.run_id,
+                                "this process lost the run (cancelled, or taken over after its lease expired); its outcome will not be recorded"
                             );
                         }
                         return;
                     }
-                    Err(e) => tracing::debug!(run = run_id, error = %e, "heartbeat not recorded"),
+                    Err(e) => {
+                        tracing::debug!(run = lease.run_id, error = %e, "lease not renewed")
+                    }
                 }
             }
         });
         Heartbeat { task, finishing }
     }
 
-    async fn execute(
+    async fn read_plan_apply(
         &self,
-        run: &RunSpec,
+        spec: &RunSpec,
         source: &dyn Source,
         ctx: &MappingContext,
         progress: &dyn Progress,
         heartbeat: &Heartbeat,
     ) -> Result<RunOutcome, EngineError> {
-        let RunSpec {
-            run_id,
-            kind,
-            confirm_removals,
-            customer_id,
-        } = *run;
         let started = Instant::now();
         tracing::info!("run started");
         let mut read = match source.read(progress).await {
@@ -262,9 +467,15 @@ impl Engine {
                     duration_ms: elapsed_ms(started),
                     ..RunStats::default()
                 };
-                let message = read_error_text(ctx.source_id, error.as_ref());
                 heartbeat.finishing();
-                return self.failed(run_id, kind, None, stats, message).await;
+                let kind = source.failure_kind(error.as_ref());
+                let text = error_text(error.as_ref());
+                if let (FailureKind::Throttled { retry_after }, RunKind::Sync) = (kind, spec.kind) {
+                    return self.throttled(spec, stats, text, retry_after).await;
+                }
+                return self
+                    .failed(spec, None, stats, text, Remedy::of_read(kind))
+                    .await;
             }
         };
         let read_ms = elapsed_ms(started);
@@ -273,121 +484,305 @@ impl Engine {
         let (import, ctx) = self
             .domains_to_import(&read.snapshot, ctx, &mut notes)
             .await?;
-        let directory = self.store.directory(customer_id).await?;
-        let mut plan = plan_sync(&read.snapshot, &directory, &ctx);
-        plan.import_domains = import;
-        let managed = directory
-            .iter()
-            .filter(|u| u.is_managed_by(ctx.source_id) && u.status == UserStatus::Active)
-            .count();
-        drop(directory);
         let mut stats = RunStats {
             read_users: read.snapshot.users.len() as u64,
             read_groups: read.snapshot.groups.len() as u64,
             requests: read.requests,
             throttled: read.throttled,
             read_ms,
-            plan_ms: elapsed_ms(started) - read_ms,
             notes,
             ..RunStats::default()
         };
-        drop(read.snapshot);
-        // From here this process records the outcome (a long apply included).
-        heartbeat.finishing();
-        match kind {
-            RunKind::Preview => {
+        let confirmed: HashSet<i64> = match spec.confirms {
+            Some(held) => self
+                .store
+                .run(held)
+                .await?
+                .plan
+                .map(|p| p.held.iter().filter_map(|u| u.id).collect())
+                .unwrap_or_default(),
+            None => HashSet::new(),
+        };
+        // The plan is made from the directory as it is when it is applied: if another run
+        // of the customer applied in between, it is made again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let planning = Instant::now();
+            let (directory, version) = self.store.directory_versioned(spec.customer_id).await?;
+            let mut plan = plan_sync(&read.snapshot, &directory, &ctx);
+            plan.import_domains = import.clone();
+            let managed = directory
+                .iter()
+                .filter(|u| u.is_managed_by(ctx.source_id) && u.status == UserStatus::Active)
+                .count();
+            drop(directory);
+            let verdict = self
+                .judge(
+                    spec,
+                    &ctx,
+                    &mut plan,
+                    managed,
+                    read.snapshot.users.is_empty(),
+                    &confirmed,
+                )
+                .await?;
+            stats.plan_ms += elapsed_ms(planning);
+            if spec.kind == RunKind::Preview {
+                heartbeat.finishing();
                 stats.duration_ms = elapsed_ms(started);
-                self.store
-                    .finish_run(run_id, RunStatus::Succeeded, Some(&plan), &stats, None)
-                    .await?;
-            }
-            // A source's removal is its own operation (`Engine::remove_source`).
-            RunKind::Sync | RunKind::Remove => {
-                if !confirm_removals && let Some(why) = Safeguard::default().check(&plan, managed) {
-                    stats.duration_ms = elapsed_ms(started);
-                    // The plan is kept with the failed run so the operator can see what
-                    // would have been removed before confirming.
-                    self.store
-                        .finish_run(run_id, RunStatus::Failed, Some(&plan), &stats, Some(&why))
-                        .await?;
-                    tracing::info!(
-                        removing = plan.remove.len(),
-                        managed,
-                        "deletion safeguard stopped the run"
-                    );
-                    return Ok(RunOutcome {
-                        run_id,
-                        kind,
-                        status: RunStatus::Failed,
-                        plan,
-                        stats,
-                        error: Some(why),
-                    });
+                if let Some(why) = &verdict.reason {
+                    stats
+                        .notes
+                        .push(format!("a sync now would hold its removals: {why}"));
                 }
-                progress.phase("saving");
-                // The store adds the apply to the recorded figures; only the commit is
-                // left out of them.
-                stats.duration_ms = elapsed_ms(started);
-                if let Err(error) = self
-                    .store
-                    .apply_plan(run_id, customer_id, Some(ctx.source_id), &plan, &mut stats)
-                    .await
-                {
-                    let error = self.store.explain_for(error, Some(run_id)).await;
+                self.store
+                    .finish_run(
+                        &spec.lease,
+                        &RunEnd {
+                            status: RunStatus::Succeeded,
+                            plan: Some(&plan),
+                            stats: &stats,
+                            error: None,
+                        },
+                        &Settle::Nothing,
+                    )
+                    .await?;
+                return Ok(self.outcome(spec, RunStatus::Succeeded, plan, stats, None));
+            }
+            progress.phase("saving");
+            heartbeat.finishing();
+            stats.duration_ms = elapsed_ms(started);
+            let settle = match (verdict.status, &verdict.attention) {
+                (RunStatus::Held, attention) => Settle::Held {
+                    attention: attention.as_deref(),
+                },
+                _ => Settle::Succeeded {
+                    clears_hold: verdict.clears_hold,
+                },
+            };
+            let applied = self
+                .store
+                .apply_plan(
+                    &Apply {
+                        lease: spec.lease,
+                        customer_id: spec.customer_id,
+                        source_id: Some(ctx.source_id),
+                        plan: &plan,
+                        directory_version: version,
+                        status: verdict.status,
+                        error: verdict.reason.as_deref(),
+                        settle,
+                    },
+                    &mut stats,
+                )
+                .await;
+            match applied {
+                Ok(_) => {}
+                Err(StoreError::DirectoryChanged { .. }) if tries < 5 => {
+                    tracing::info!("the directory changed while planning; planning again");
+                    stats.duration_ms = 0;
+                    continue;
+                }
+                Err(error) => {
+                    let error = self.store.explain_for(error, Some(spec.lease.run_id)).await;
+                    if let StoreError::Conflict(_) = error {
+                        // The run is no longer ours: nothing to record over its new state.
+                        return Err(error.into());
+                    }
                     let message = format!("the plan could not be saved: {}", error_text(&error));
                     stats.apply_ms = 0;
                     stats.duration_ms = elapsed_ms(started);
-                    return self.failed(run_id, kind, Some(plan), stats, message).await;
+                    return self.failed(spec, Some(plan), stats, message, None).await;
                 }
-                // The caller sees the whole run, commit included.
-                stats.duration_ms = elapsed_ms(started);
             }
+            // The caller sees the whole run, commit included.
+            stats.duration_ms = elapsed_ms(started);
+            tracing::info!(
+                added = plan.add.len(),
+                updated = plan.update.len(),
+                removed = plan.remove.len(),
+                held = plan.held.len(),
+                skipped = plan.skip.len(),
+                ms = stats.duration_ms,
+                status = verdict.status.as_str(),
+                "run finished"
+            );
+            return Ok(self.outcome(spec, verdict.status, plan, stats, verdict.reason));
         }
-        tracing::info!(
-            added = plan.add.len(),
-            updated = plan.update.len(),
-            removed = plan.remove.len(),
-            skipped = plan.skip.len(),
-            ms = stats.duration_ms,
-            "run succeeded"
-        );
-        Ok(RunOutcome {
-            run_id,
-            kind,
+    }
+
+    /// The deletion safeguard (rule 9, per source): removals beyond the threshold, removals
+    /// of a source that holds removals already or is in error, and a tenant that suddenly
+    /// returns nobody are held (moved to `plan.held`); a confirming run applies the held
+    /// removals the tenant still agrees with.
+    async fn judge(
+        &self,
+        spec: &RunSpec,
+        ctx: &MappingContext,
+        plan: &mut Plan,
+        managed: usize,
+        read_nobody: bool,
+        confirmed: &HashSet<i64>,
+    ) -> Result<Verdict, EngineError> {
+        let health = self.store.source_health(spec.source_id).await?;
+        let mut verdict = Verdict {
             status: RunStatus::Succeeded,
+            reason: None,
+            attention: None,
+            clears_hold: spec.confirms.is_some(),
+        };
+        if plan.remove.is_empty() {
+            return Ok(verdict);
+        }
+        // Confirmed removals go; the others are judged as usual.
+        let (go, judged): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.remove)
+            .into_iter()
+            .partition(|u| u.id.is_some_and(|id| confirmed.contains(&id)));
+        plan.remove = judged;
+        let why = if read_nobody && managed > 0 {
+            let why = format!(
+                "the source returned no users at all, after it had {managed}; nobody is removed until this is confirmed"
+            );
+            verdict.attention = Some(why.clone());
+            Some(why)
+        } else if let (Some(held), None) = (health.hold_run_id, spec.confirms) {
+            Some(format!(
+                "the removals of this source are held since run {held}, until they are confirmed or the threshold is changed"
+            ))
+        } else if let (Some(attention), None) = (&health.attention, spec.confirms) {
+            Some(format!(
+                "the source needs attention ({attention}); nothing of it is removed while it is in error"
+            ))
+        } else {
+            ctx.options
+                .deletion_threshold
+                .check(plan, managed)
+                .map(|why| {
+                    format!(
+                        "{why}, over the threshold {}",
+                        ctx.options.deletion_threshold
+                    )
+                })
+        };
+        if let Some(why) = why {
+            plan.hold_removals();
+            verdict.status = RunStatus::Held;
+            verdict.reason = Some(why);
+            verdict.clears_hold = false;
+        }
+        let mut go = go;
+        go.append(&mut plan.remove);
+        plan.remove = go;
+        Ok(verdict)
+    }
+
+    fn outcome(
+        &self,
+        spec: &RunSpec,
+        status: RunStatus,
+        plan: Plan,
+        stats: RunStats,
+        error: Option<String>,
+    ) -> RunOutcome {
+        RunOutcome {
+            run_id: spec.lease.run_id,
+            kind: spec.kind,
+            status,
             plan,
             stats,
-            error: None,
+            error,
+            retry_in_secs: None,
+            remedy: None,
+        }
+    }
+
+    /// The source's health after a failed run of this kind (previews leave it alone).
+    fn settle_failed<'a>(&self, spec: &RunSpec, error: &'a str, at_once: bool) -> Settle<'a> {
+        match spec.kind {
+            RunKind::Sync => Settle::Failed { error, at_once },
+            _ => Settle::Nothing,
+        }
+    }
+
+    /// Gives a throttled sync back to the queue, due after the tenant's Retry-After (or a
+    /// minute), without spending an attempt.
+    async fn throttled(
+        &self,
+        spec: &RunSpec,
+        stats: RunStats,
+        error: String,
+        retry_after: Option<Duration>,
+    ) -> Result<RunOutcome, EngineError> {
+        let delay = retry_after
+            .unwrap_or(Duration::from_secs(60))
+            .max(Duration::from_secs(1));
+        let note = format!(
+            "the tenant is throttled or unavailable ({error}); queued again for {} s later",
+            delay.as_secs()
+        );
+        tracing::info!(%note, "run given back");
+        if !self
+            .store
+            .release_run(&spec.lease, delay, Some(&note))
+            .await?
+        {
+            return Err(EngineError::Conflict(format!(
+                "run {} is no longer this process's; nothing was applied",
+                spec.lease.run_id
+            )));
+        }
+        Ok(RunOutcome {
+            run_id: spec.lease.run_id,
+            kind: spec.kind,
+            status: RunStatus::Queued,
+            plan: Plan::default(),
+            stats,
+            error: Some(note),
+            retry_in_secs: Some(delay.as_secs()),
+            remedy: None,
         })
     }
 
     async fn failed(
         &self,
-        run_id: i64,
-        kind: RunKind,
+        spec: &RunSpec,
         plan: Option<Plan>,
         stats: RunStats,
         error: String,
+        remedy: Option<Remedy>,
     ) -> Result<RunOutcome, EngineError> {
+        let at_once = matches!(remedy, Some(Remedy::SetSecret | Remedy::GrantConsent));
         // Info, not warn: the outcome carries the error to the caller, which reports it.
         tracing::info!(%error, "run failed");
         // A failed run records why, but not a plan: nothing of it was applied. A run that
-        // another process marked stopped meanwhile keeps that verdict.
+        // another process took over or cancelled meanwhile keeps that verdict.
         match self
             .store
-            .finish_run(run_id, RunStatus::Failed, None, &stats, Some(&error))
+            .finish_run(
+                &spec.lease,
+                &RunEnd {
+                    status: RunStatus::Failed,
+                    plan: None,
+                    stats: &stats,
+                    error: Some(&error),
+                },
+                &self.settle_failed(spec, &error, at_once),
+            )
             .await
         {
             Ok(()) | Err(StoreError::Conflict(_)) => {}
             Err(e) => return Err(e.into()),
         }
         Ok(RunOutcome {
-            run_id,
-            kind,
+            run_id: spec.lease.run_id,
+            kind: spec.kind,
             status: RunStatus::Failed,
             plan: plan.unwrap_or_default(),
             stats,
             error: Some(error),
+            retry_in_secs: None,
+            remedy,
         })
     }
 
@@ -408,8 +803,8 @@ impl Engine {
             return Err(EngineError::config(
                 "domains",
                 format!(
-                    "the customer '{}' has no domains, so no address could be synced; add one with `usersync domain add DOMAIN --customer '{}'`",
-                    record.customer, record.customer
+                    "the customer '{}' has no domains, so no address could be synced; add one",
+                    record.customer
                 ),
             ));
         }
@@ -487,10 +882,7 @@ impl Engine {
         let secret = self.store.source_secret(record.id).await?.ok_or_else(|| {
             EngineError::config(
                 "client secret",
-                format!(
-                    "source #{} has no client secret; set it with `usersync source set-secret {}`",
-                    record.id, record.id
-                ),
+                format!("source #{} has no client secret; set it again", record.id),
             )
         })?;
         let source = Office365Source::new(
@@ -506,24 +898,4 @@ impl Engine {
 
 fn elapsed_ms(started: Instant) -> u64 {
     started.elapsed().as_millis() as u64
-}
-
-/// Why a read failed, with the command that repairs a wrong or expired secret.
-fn read_error_text(
-    source_id: i64,
-    error: &(dyn std::error::Error + Send + Sync + 'static),
-) -> String {
-    let text = error_text(error);
-    let secret_problem = matches!(
-        error.downcast_ref::<GraphError>(),
-        Some(GraphError::Token {
-            kind: TokenErrorKind::InvalidClientSecret | TokenErrorKind::ExpiredClientSecret,
-            ..
-        })
-    );
-    if secret_problem {
-        format!("{text}; set the new secret with `usersync source set-secret {source_id}`")
-    } else {
-        text
-    }
 }

@@ -45,6 +45,31 @@ pub trait Source: Send + Sync {
     /// Signs in and tries one small read of each kind a sync makes, reporting each
     /// permission it needs as granted or missing. Never fails: a failure is a finding.
     async fn check(&self) -> ConnectionReport;
+
+    /// What kind of failure a read error is, so the scheduler knows what to do with it.
+    fn failure_kind(
+        &self,
+        _error: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> FailureKind {
+        FailureKind::Other
+    }
+}
+
+/// Kinds of read failures the scheduler treats differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Throttled or unavailable (HTTP 429, 503): tried again after `retry_after`, without
+    /// spending an attempt.
+    Throttled {
+        retry_after: Option<std::time::Duration>,
+    },
+    /// Consent revoked, a permission missing, the app unknown or disabled: no retry mends
+    /// it, the source needs attention at once.
+    Consent,
+    /// The client secret is wrong or expired: attention at once; a new secret mends it.
+    Secret,
+    /// Anything else: retried with backoff; needs attention after three in a row.
+    Other,
 }
 
 /// What a connection test found, check by check.

@@ -2,8 +2,11 @@
 
 use serde::Serialize;
 use usersync_core::filter::{Expression, FilterRule};
-use usersync_core::{Plan, Safeguard, SourceGroup, SourceOptions, UserStatus};
-use usersync_store::{NewRun, RunKind, RunOwner, RunStats, RunStatus, SecretString, SourceRecord};
+use usersync_core::{Plan, SourceGroup, SourceOptions, UserStatus};
+use usersync_store::{
+    Apply, NewRun, RunEnd, RunKind, RunOwner, RunReason, RunStats, RunStatus, SecretString, Settle,
+    SourceRecord,
+};
 
 use crate::office365::Office365Settings;
 use crate::source::{ConnectionReport, Source};
@@ -17,6 +20,13 @@ pub struct Reconnect {
     pub graph_url: Option<String>,
     pub ca_file: Option<std::path::PathBuf>,
     pub allow_insecure_http: Option<bool>,
+}
+
+/// How often a source syncs by itself, or `None`.
+pub(crate) fn schedule_of(options: &SourceOptions) -> Option<std::time::Duration> {
+    options
+        .auto_sync
+        .then(|| std::time::Duration::from_secs(u64::from(options.interval_minutes) * 60))
 }
 
 /// What removing a source did.
@@ -76,8 +86,16 @@ impl Engine {
                 .await?;
             options.check_tenant_groups(&tenant_groups)?;
         }
+        let threshold_changed = settings.options.deletion_threshold != options.deletion_threshold;
         settings.options = options;
         self.save_settings(source_id, &settings).await?;
+        self.store
+            .set_source_schedule(source_id, schedule_of(&settings.options))
+            .await?;
+        if threshold_changed {
+            // The held removals are judged anew by the next run, against the new threshold.
+            self.store.clear_hold(source_id).await?;
+        }
         Ok(settings.options)
     }
 
@@ -183,15 +201,12 @@ impl Engine {
         confirm_removals: bool,
     ) -> Result<SourceRemovalOutcome, EngineError> {
         let record = self.live_source(source_id).await?;
-        self.fail_stale_runs().await;
-        let running = self.store.running_runs(source_id).await?;
-        if let Some(run) = running.first() {
-            return Err(EngineError::config(
-                "source",
-                format!(
-                    "run {run} of source #{source_id} is in progress; remove the source when it has finished"
-                ),
-            ));
+        self.recover_runs().await;
+        let active = self.store.active_runs(source_id).await?;
+        if let Some((run, status)) = active.first() {
+            return Err(EngineError::Conflict(format!(
+                "run {run} of source #{source_id} is {status}; remove the source when it has finished (or cancel it)"
+            )));
         }
         if keep_users {
             let done = self.store.remove_source_keeping_users(source_id).await?;
@@ -209,7 +224,7 @@ impl Engine {
                 error: None,
             });
         }
-        let directory = self.store.directory(record.customer_id).await?;
+        let (directory, version) = self.store.directory_versioned(record.customer_id).await?;
         let remove: Vec<_> = directory
             .into_iter()
             .filter(|u| u.is_managed_by(source_id) && u.status == UserStatus::Active)
@@ -219,27 +234,36 @@ impl Engine {
             remove,
             ..Plan::default()
         };
-        let owner = RunOwner::this_process();
-        let run_id = self
+        let lease = self
             .store
             .start_run(
                 &NewRun {
                     source_id,
                     customer_id: record.customer_id,
                     kind: RunKind::Remove,
-                    reason: "manual".into(),
+                    reason: RunReason::Manual,
+                    requested_by: self.options.actor.clone(),
                 },
-                &owner,
+                &RunOwner::this_process(),
+                self.options.lease,
             )
             .await?;
+        let run_id = lease.run_id;
         let mut stats = RunStats::default();
-        if !confirm_removals && let Some(why) = Safeguard::default().check(&plan, managed) {
-            let why = format!(
-                "{}; to remove the source and its users, confirm with --confirm-removals, or keep them with --keep-users",
-                why.split(". Check").next().unwrap_or(&why)
-            );
+        let threshold = office365_settings(&record)?.options.deletion_threshold;
+        if !confirm_removals && let Some(why) = threshold.check(&plan, managed) {
+            let why = format!("{why}; the source was not removed");
             self.store
-                .finish_run(run_id, RunStatus::Failed, Some(&plan), &stats, Some(&why))
+                .finish_run(
+                    &lease,
+                    &RunEnd {
+                        status: RunStatus::Failed,
+                        plan: Some(&plan),
+                        stats: &stats,
+                        error: Some(&why),
+                    },
+                    &Settle::Nothing,
+                )
                 .await?;
             return Ok(SourceRemovalOutcome {
                 source_id,
@@ -250,16 +274,37 @@ impl Engine {
                 error: Some(why),
             });
         }
-        if let Err(error) = self
+        let applied = self
             .store
-            .apply_source_removal(run_id, record.customer_id, source_id, &plan, &mut stats)
-            .await
-        {
+            .apply_source_removal(
+                &Apply {
+                    lease,
+                    customer_id: record.customer_id,
+                    source_id: Some(source_id),
+                    plan: &plan,
+                    directory_version: version,
+                    status: RunStatus::Succeeded,
+                    error: None,
+                    settle: Settle::Nothing,
+                },
+                &mut stats,
+            )
+            .await;
+        if let Err(error) = applied {
             let error = self.store.explain_for(error, Some(run_id)).await;
             let message = format!("the source could not be removed: {error}");
             let _ = self
                 .store
-                .finish_run(run_id, RunStatus::Failed, None, &stats, Some(&message))
+                .finish_run(
+                    &lease,
+                    &RunEnd {
+                        status: RunStatus::Failed,
+                        plan: None,
+                        stats: &stats,
+                        error: Some(&message),
+                    },
+                    &Settle::Nothing,
+                )
                 .await;
             return Err(error.into());
         }

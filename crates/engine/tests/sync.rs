@@ -155,37 +155,67 @@ async fn the_deletion_safeguard_stops_mass_removals_until_confirmed(url: String)
             .delete_user(v.source_object_id.as_deref().unwrap())
             .unwrap();
     }
+    // A newcomer in the same run: adds are not held with the removals.
+    let newcomer = tenant.new_member("Nora Newcomer");
+    tenant.add_user(newcomer).unwrap();
     let before = w.store.users(w.customer, true).await.unwrap();
-    let stopped = w.engine.sync(w.source, &NoProgress).await.unwrap();
-    assert_eq!(stopped.status, RunStatus::Failed);
+    let held = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(held.status, RunStatus::Held);
     assert!(
-        stopped
-            .error
+        held.error
             .as_deref()
             .unwrap()
-            .contains("deletion safeguard")
+            .contains("deletion safeguard"),
+        "{:?}",
+        held.error
+    );
+    assert_eq!(held.plan.held.len(), 25);
+    assert_eq!(held.plan.add.len(), 1, "the newcomer is added at once");
+    let after = w.store.users(w.customer, true).await.unwrap();
+    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(
+        after
+            .iter()
+            .filter(|u| u.status == UserStatus::Removed)
+            .count(),
+        0,
+        "nobody removed"
+    );
+    let recorded = w.store.run(held.run_id).await.unwrap();
+    assert_eq!(recorded.status, RunStatus::Held);
+    assert_eq!(
+        recorded.held, 25,
+        "the held removals are kept to be checked"
     );
     assert_eq!(
-        w.store.users(w.customer, true).await.unwrap(),
-        before,
-        "nothing applied"
-    );
-    let recorded = w.store.run(stopped.run_id).await.unwrap();
-    assert_eq!(
-        recorded.plan.unwrap().remove.len(),
-        25,
-        "the plan is kept to be checked"
+        w.store.source_health(w.source).await.unwrap().hold_run_id,
+        Some(held.run_id)
     );
 
-    let confirmed = w
-        .engine
-        .sync_confirmed(w.source, &NoProgress)
-        .await
-        .unwrap();
+    // While the hold lasts, the next run holds its removals too.
+    let again = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(again.status, RunStatus::Held);
+    assert_eq!(again.plan.held.len(), 25);
+
+    // The confirmation reads the tenant again and applies the held removals it still
+    // agrees with.
+    let confirmed = w.engine.confirm(again.run_id, &NoProgress).await.unwrap();
     assert_eq!(confirmed.status, RunStatus::Succeeded);
     assert_eq!(confirmed.plan.remove.len(), 25);
-    assert_eq!(w.addresses(true).await.len(), before.len());
-    assert_eq!(w.addresses(false).await.len(), before.len() - 25);
+    assert_eq!(w.addresses(true).await.len(), before.len() + 1);
+    assert_eq!(w.addresses(false).await.len(), before.len() + 1 - 25);
+    assert_eq!(
+        w.store.source_health(w.source).await.unwrap().hold_run_id,
+        None,
+        "the hold is over"
+    );
+    let err = w
+        .engine
+        .confirm(again.run_id, &NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no longer held"), "{err}");
     w.close().await;
 }
 
@@ -264,18 +294,29 @@ async fn a_page_that_keeps_failing_applies_nothing(url: String) {
     let newcomer = tenant.new_member("Nadia Newcomer");
     tenant.add_user(newcomer).unwrap();
     w.sim
-        .inject_fault(Fault::status("/v1.0/users", 503).with_query("$skiptoken"));
+        .inject_fault(Fault::status("/v1.0/users", 500).with_query("$skiptoken"));
     let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.clone().unwrap();
-    assert!(
-        error.contains("503") || error.to_lowercase().contains("unavailable"),
-        "{error}"
-    );
+    assert!(error.contains("500"), "{error}");
     assert_eq!(w.store.users(w.customer, true).await.unwrap(), before);
     let run = w.store.run(outcome.run_id).await.unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.error.as_deref(), Some(error.as_str()));
+    assert_eq!(w.store.source_health(w.source).await.unwrap().failures, 1);
+
+    // Unavailable (503 after the client's own retries): the run goes back to the queue
+    // for later, spends no attempt, and is not counted as a failure of the source.
+    w.sim.clear_faults();
+    w.sim
+        .inject_fault(Fault::status("/v1.0/users", 503).with_query("$skiptoken"));
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Queued, "{:?}", outcome.error);
+    assert!(outcome.retry_in_secs.is_some());
+    assert_eq!(w.store.users(w.customer, true).await.unwrap(), before);
+    let run = w.store.run(outcome.run_id).await.unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Queued, 0));
+    assert_eq!(w.store.source_health(w.source).await.unwrap().failures, 1);
     w.close().await;
 }
 
@@ -529,19 +570,18 @@ async fn a_source_with_a_running_sync_is_not_removed(url: String) {
         },
     )
     .await;
-    let run = w
+    let queued = w.engine.run_now(w.source).await.unwrap();
+    let claim = w
         .store
-        .start_run(
-            &usersync_store::NewRun {
-                source_id: w.source,
-                customer_id: w.customer,
-                kind: usersync_store::RunKind::Sync,
-                reason: "manual".into(),
-            },
+        .claim_run(
+            queued.run_id(),
             &usersync_store::RunOwner::this_process(),
+            std::time::Duration::from_secs(60),
         )
         .await
+        .unwrap()
         .unwrap();
+    let run = claim.lease.run_id;
     let err = w
         .engine
         .remove_source(w.source, true, false)
@@ -549,7 +589,7 @@ async fn a_source_with_a_running_sync_is_not_removed(url: String) {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(&format!("run {run}")) && err.contains("in progress"),
+        err.contains(&format!("run {run}")) && err.contains("is running"),
         "{err}"
     );
     assert!(w.store.source(w.source).await.unwrap().removed_at.is_none());

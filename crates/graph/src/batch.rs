@@ -263,6 +263,7 @@ impl GraphClient {
                 url: url_without_query(&url),
                 status: r.status,
                 attempts: self.inner.config.retry.max_retries + 1,
+                retry_after: None,
             };
         }
         let body = GraphErrorBody::from_json(&r.body);

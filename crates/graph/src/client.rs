@@ -609,6 +609,7 @@ impl GraphClient {
                         url: url_without_query(url),
                         status: code,
                         attempts: retries + 1,
+                        retry_after: header_retry_after(&headers),
                     });
                 }
                 let retry_after = header_retry_after(&headers);
@@ -749,6 +750,7 @@ impl GraphClient {
                     url: url_without_query(url),
                     status: code,
                     attempts: retries + 1,
+                    retry_after: header_retry_after(&headers),
                 });
             }
             let err = error::token_error(

@@ -100,6 +100,8 @@ pub enum GraphError {
         status: u16,
         /// Attempts made (first try + retries).
         attempts: u32,
+        /// The last answer's Retry-After, when it had one: when to try again.
+        retry_after: Option<std::time::Duration>,
     },
 
     /// Any other unsuccessful HTTP answer.

@@ -188,6 +188,7 @@ async fn a_page_that_always_fails_gives_up_with_a_typed_error() {
             url,
             status,
             attempts,
+            ..
         } => {
             assert_eq!(*status, 503);
             assert_eq!(*attempts, 4);

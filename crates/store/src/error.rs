@@ -24,6 +24,9 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// The customer's directory changed after a plan was made from it: plan again.
+    #[error("the directory of customer {customer_id} changed while the plan was made")]
+    DirectoryChanged { customer_id: i64 },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]

@@ -13,6 +13,7 @@ mod customers;
 mod database;
 mod error;
 mod filters;
+mod jobs;
 mod migrations;
 mod process;
 mod runs;
@@ -32,10 +33,14 @@ pub use crypto::{KeyLocation, KeySource, SecretBox, SecretString};
 pub use customers::{Customer, Domain, DomainOrigin, Group};
 pub use database::mask_password;
 pub use error::{DEFAULT_BUSY_TIMEOUT, StoreError};
+pub use jobs::{Claim, Enqueued, NewJob, QueueStats, Recovered, SourceHealth};
 pub use process::RunOwner;
-pub use runs::{DEFAULT_STALE_AFTER, NewRun, RunKind, RunRecord, RunStats, RunStatus};
+pub use runs::{
+    DEFAULT_LEASE, NewRun, RunEnd, RunKind, RunLease, RunReason, RunRecord, RunStats, RunStatus,
+    Settle,
+};
 pub use sources::{NewSource, SourceRecord};
-pub use users::ApplyCounts;
+pub use users::{Apply, ApplyCounts};
 
 use database::Target;
 
@@ -92,6 +97,8 @@ pub struct Store {
     backend: Backend,
     secrets: SecretBox,
     busy_timeout: Duration,
+    /// Seconds added to the database's clock by tests ([`Store::advance_clock`]).
+    clock: jobs::ClockOffset,
 }
 
 impl std::fmt::Debug for Store {
@@ -188,6 +195,7 @@ impl Store {
             backend,
             secrets,
             busy_timeout: options.busy_timeout,
+            clock: Default::default(),
         };
         // The key before any migration: a wrong key leaves the database as it was.
         let keep_check = if options.verify_key {
@@ -329,6 +337,46 @@ impl Store {
             .is_ok())
     }
 
+    /// For a long-running process (`serve`, `worker`): refuses a key that is missing or does
+    /// not match the key check value the database holds, at start rather than at the first
+    /// run that needs a secret. Every process on one database must have the same key.
+    pub async fn require_key(&self) -> Result<(), StoreError> {
+        let Some(check) = self.meta("key_check").await? else {
+            return Ok(());
+        };
+        let same_key = "give every process that uses this database the same key \
+             (USERSYNC_SECRET_KEY_FILE pointing at a copy of the same key file, or the same \
+             USERSYNC_SECRET_KEY)";
+        if !self.secrets.is_available() {
+            return Err(StoreError::Key(format!(
+                "this database holds secrets, but this process has no key to open them: {same_key}"
+            )));
+        }
+        if !self.secrets.matches(&check) {
+            return Err(StoreError::Key(format!(
+                "{} is not the key this database's secrets were sealed with: {same_key}",
+                self.secrets.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers and its schema is the one this binary knows (/readyz).
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        let newest: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("v")?;
+        let known = migrations::latest();
+        if newest != Some(known) {
+            return Err(StoreError::Invalid(format!(
+                "the database's schema is at version {}, this usersync expects {known}",
+                newest.unwrap_or(0)
+            )));
+        }
+        Ok(())
+    }
+
     async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query("SELECT value FROM store_meta WHERE name = $1")
             .bind(name)
@@ -365,6 +413,14 @@ pub fn format_time(time: std::time::SystemTime) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// Seconds since 1970 as RFC 3339 text.
+pub(crate) fn epoch_text(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 pub(crate) fn now() -> String {

@@ -38,7 +38,17 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: V5_SQLITE,
         postgres: V5_POSTGRES,
     },
+    both(
+        6,
+        "runs as jobs (queue, leases, attempts), schedules and source health, deletion holds, retention, audit log",
+        V6,
+    ),
 ];
+
+/// The newest schema version this binary knows.
+pub(crate) fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
 
 /// Every table the migrations make: any other table in the database is not ours.
 const OUR_TABLES: &[&str] = &[
@@ -53,6 +63,7 @@ const OUR_TABLES: &[&str] = &[
     "filter_rules",
     "group_members",
     "store_meta",
+    "audit_log",
 ];
 
 /// What both backends add in version 5.
@@ -104,6 +115,53 @@ ALTER TABLE sources DROP CONSTRAINT IF EXISTS sources_kind_tenant_id_key;
 "#,
     v5_common!()
 );
+
+/// Runs become jobs: a queued run waits for `due_at`, a claimed one is leased (`lease_token`
+/// grows with every claim, `lease_until` is on the database's clock), `attempts` counts
+/// claims. At most one sync of a source is queued or running (older versions could leave
+/// two running: all but the newest are marked failed first). Sources get their schedule
+/// (`next_run_at`), their health (`failures`, `attention`) and their deletion hold. Every
+/// time the database compares is an integer of seconds since 1970.
+const V6: &str = r#"
+ALTER TABLE runs ADD COLUMN queued_at TEXT;
+ALTER TABLE runs ADD COLUMN due_at BIGINT;
+ALTER TABLE runs ADD COLUMN lease_token BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN lease_until BIGINT;
+ALTER TABLE runs ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN confirms BIGINT;
+ALTER TABLE runs ADD COLUMN requested_by TEXT;
+ALTER TABLE runs ADD COLUMN finished_epoch BIGINT;
+UPDATE runs SET status = 'failed', error = 'another run of this source was running at the same time (before runs were jobs)', finished_at = started_at
+    WHERE status = 'running' AND kind = 'sync'
+    AND id NOT IN (SELECT MAX(id) FROM runs WHERE status = 'running' AND kind = 'sync' GROUP BY source_id);
+CREATE UNIQUE INDEX runs_one_active_sync_per_source ON runs (source_id) WHERE status IN ('queued', 'running') AND kind = 'sync';
+CREATE INDEX runs_queue ON runs (due_at, id) WHERE status = 'queued';
+ALTER TABLE sources ADD COLUMN interval_secs BIGINT;
+ALTER TABLE sources ADD COLUMN next_run_at BIGINT;
+ALTER TABLE sources ADD COLUMN failures BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sources ADD COLUMN last_error TEXT;
+ALTER TABLE sources ADD COLUMN attention TEXT;
+ALTER TABLE sources ADD COLUMN attention_since TEXT;
+ALTER TABLE sources ADD COLUMN hold_run_id BIGINT;
+ALTER TABLE sources ADD COLUMN last_success_at TEXT;
+CREATE INDEX sources_due ON sources (next_run_at) WHERE next_run_at IS NOT NULL AND removed_at IS NULL;
+ALTER TABLE customers ADD COLUMN retention_days BIGINT NOT NULL DEFAULT 30;
+ALTER TABLE customers ADD COLUMN directory_version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN removed_epoch BIGINT;
+CREATE INDEX users_removed ON users (removed_epoch) WHERE status = 'removed';
+CREATE TABLE audit_log (
+    id {id},
+    at TEXT NOT NULL,
+    customer_id BIGINT,
+    actor TEXT NOT NULL,
+    run_id BIGINT,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+);
+CREATE INDEX audit_by_customer ON audit_log (customer_id, id);
+"#;
 
 const V4: &str = r#"
 ALTER TABLE console_groups ADD COLUMN source_object_id TEXT;

@@ -1,4 +1,5 @@
 //! Sync runs: every preview and sync is recorded with its plan, counts, figures and error.
+//! A sync run is a job (see `jobs.rs`): queued, claimed under a lease, then finished.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -6,14 +7,15 @@ use sqlx::any::AnyRow;
 use usersync_core::Plan;
 
 use crate::process::RunOwner;
-use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
+use crate::{Store, StoreError, now, parse_enum, query_dyn};
 
 macro_rules! text_enum {
     ($name:ident { $($variant:ident => $text:literal),+ }) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
         impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
             pub fn as_str(self) -> &'static str { match self { $($name::$variant => $text),+ } }
         }
         impl std::str::FromStr for $name {
@@ -22,20 +24,56 @@ macro_rules! text_enum {
                 match s { $($text => Ok($name::$variant),)+ _ => Err(()) }
             }
         }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
     };
 }
 
 text_enum!(RunKind { Preview => "preview", Sync => "sync", Remove => "remove" });
-text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Failed => "failed" });
+text_enum!(RunStatus {
+    Queued => "queued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Held => "held",
+    Cancelled => "cancelled"
+});
+text_enum!(RunReason {
+    Manual => "manual",
+    Schedule => "schedule",
+    RunNow => "run-now",
+    Confirm => "confirm",
+    Retry => "retry"
+});
 
-/// A run about to start.
+impl RunStatus {
+    /// Whether the run is over (it will not change any more).
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+/// A run about to start at once (a preview, a source's removal).
 #[derive(Debug, Clone)]
 pub struct NewRun {
     pub source_id: i64,
     pub customer_id: i64,
     pub kind: RunKind,
-    /// Why it runs: `manual` now; `schedule` and `notification` later.
-    pub reason: String,
+    pub reason: RunReason,
+    /// Who asked for it (an operating-system user, later a console account).
+    pub requested_by: String,
+}
+
+/// The right to finish a run: its id and the lease token of the claim. Every write of a
+/// run's outcome checks the token, so a process whose lease was taken over (or whose run
+/// was cancelled) can never record or apply anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RunLease {
+    pub run_id: i64,
+    pub token: i64,
 }
 
 /// What a run read and how it went, beside the plan's counts.
@@ -67,6 +105,9 @@ pub struct RunRecord {
     pub kind: RunKind,
     pub reason: String,
     pub status: RunStatus,
+    /// When it was queued (runs that were jobs) and when it started (or was claimed last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub added: i64,
@@ -74,6 +115,16 @@ pub struct RunRecord {
     pub removed: i64,
     pub skipped: i64,
     pub linked: i64,
+    /// Removals the deletion safeguard held (status `held`).
+    pub held: i64,
+    /// Claims of the run by a worker (a run whose workers keep dying ends failed).
+    pub attempts: i64,
+    /// The held run whose removals this run confirms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirms: Option<i64>,
+    /// Who asked for it: an operating-system user, `scheduler`, later a console account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     pub stats: Option<RunStats>,
     pub error: Option<String>,
     /// The process that executes (or executed) the run.
@@ -84,32 +135,14 @@ pub struct RunRecord {
     pub plan: Option<Plan>,
 }
 
-const COLUMNS: &str = "r.id, r.source_id, c.name AS customer, r.kind, r.reason, r.status, r.started_at, \
+pub(crate) const COLUMNS: &str = "r.id, r.source_id, c.name AS customer, r.kind, r.reason, r.status, r.started_at, \
      r.finished_at, r.added, r.updated, r.removed, r.skipped, r.linked, r.stats, r.error, \
-     r.owner_host, r.owner_pid, r.owner_started";
+     r.owner_host, r.owner_pid, r.owner_started, r.queued_at, r.attempts, r.confirms, r.requested_by";
 
-/// A running run is judged stopped when its owner's heartbeat is older than this (for
-/// owners on other hosts; on this host a dead process is seen at once).
-pub const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+/// A claimed run's lease lasts this long unless its owner renews it (every heartbeat).
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Seconds since an RFC 3339 time, by this machine's clock.
-fn age_seconds(rfc3339: &str) -> Option<i64> {
-    let then = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .ok()?;
-    Some((time::OffsetDateTime::now_utc() - then).whole_seconds())
-}
-
-impl Backend {
-    /// The database's clock in whole seconds since 1970: one clock for every host.
-    pub(crate) fn epoch_now(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "CAST(strftime('%s', 'now') AS BIGINT)",
-            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)",
-        }
-    }
-}
-
-fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
+pub(crate) fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
     let status: String = row.try_get("status")?;
     let stats: Option<String> = row.try_get("stats")?;
@@ -124,13 +157,19 @@ fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
         }),
         _ => None,
     };
+    let stats: Option<RunStats> = stats
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("runs.stats: {e}")))?;
+    let status: RunStatus = parse_enum(&status, "runs.status")?;
     Ok(RunRecord {
         id: row.try_get("id")?,
         source_id: row.try_get("source_id")?,
         customer: row.try_get("customer")?,
         kind: parse_enum(&kind, "runs.kind")?,
         reason: row.try_get("reason")?,
-        status: parse_enum(&status, "runs.status")?,
+        status,
+        queued_at: row.try_get("queued_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         added: row.try_get("added")?,
@@ -138,10 +177,11 @@ fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
         removed: row.try_get("removed")?,
         skipped: row.try_get("skipped")?,
         linked: row.try_get("linked")?,
-        stats: stats
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("runs.stats: {e}")))?,
+        held: 0,
+        attempts: row.try_get("attempts")?,
+        confirms: row.try_get("confirms")?,
+        requested_by: row.try_get("requested_by")?,
+        stats,
         error: row.try_get("error")?,
         owner,
         plan: None,
@@ -149,152 +189,84 @@ fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
 }
 
 impl Store {
-    /// Records that a run started in `owner`; it is `running` until finished, and its owner
-    /// keeps it so with [`Store::heartbeat`].
-    pub async fn start_run(&self, run: &NewRun, owner: &RunOwner) -> Result<i64, StoreError> {
+    /// Records that a run started at once in `owner` (a preview, a source's removal): it is
+    /// `running`, leased to `owner` for `lease`, until finished.
+    pub async fn start_run(
+        &self,
+        run: &NewRun,
+        owner: &RunOwner,
+        lease: std::time::Duration,
+    ) -> Result<RunLease, StoreError> {
+        let now_s = self.db_now();
         let row = query_dyn(&format!(
             "INSERT INTO runs (source_id, customer_id, kind, reason, status, started_at, \
-             owner_host, owner_pid, owner_started, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
-            self.backend.epoch_now()
+             owner_host, owner_pid, owner_started, heartbeat_at, lease_token, lease_until, attempts, requested_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {now_s}, 1, {now_s} + $10, 1, $11) RETURNING id"
         ))
         .bind(run.source_id)
         .bind(run.customer_id)
         .bind(run.kind.as_str())
-        .bind(&run.reason)
+        .bind(run.reason.as_str())
         .bind(RunStatus::Running.as_str())
         .bind(now())
         .bind(&owner.host)
         .bind(i64::from(owner.pid))
         .bind(&owner.started)
+        .bind(lease.as_secs() as i64)
+        .bind(&run.requested_by)
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.try_get("id")?)
+        Ok(RunLease {
+            run_id: row.try_get("id")?,
+            token: 1,
+        })
     }
 
-    /// Tells that the run's owner still works on it; false when the run is no longer
-    /// running as this owner's (another process judged it stopped).
-    pub async fn heartbeat(&self, run_id: i64, owner: &RunOwner) -> Result<bool, StoreError> {
+    /// Renews the lease of a run its owner still works on; false when the lease is no longer
+    /// this owner's (taken over after it expired, or the run was cancelled).
+    pub async fn heartbeat(
+        &self,
+        lease: &RunLease,
+        lease_for: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now_s = self.db_now();
         let done = query_dyn(&format!(
-            "UPDATE runs SET heartbeat_at = {} WHERE id = $1 AND status = 'running' \
-             AND owner_host = $2 AND owner_pid = $3",
-            self.backend.epoch_now()
+            "UPDATE runs SET heartbeat_at = {now_s}, lease_until = {now_s} + $3 \
+             WHERE id = $1 AND status = 'running' AND lease_token = $2"
         ))
-        .bind(run_id)
-        .bind(&owner.host)
-        .bind(i64::from(owner.pid))
+        .bind(lease.run_id)
+        .bind(lease.token)
+        .bind(lease_for.as_secs() as i64)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Marks failed the runs whose process stopped without finishing them: an owner on this
-    /// host whose process is gone, or an owner whose last heartbeat is older than
-    /// `stale_after` by the database's clock. Returns their ids. Reads first, so a database
-    /// without stale runs is not written to.
-    pub async fn fail_stale_runs(
-        &self,
-        stale_after: std::time::Duration,
-    ) -> Result<Vec<i64>, StoreError> {
-        let rows = query_dyn(&format!(
-            "SELECT id, owner_host, owner_pid, owner_started, heartbeat_at, started_at, {} AS db_now \
-             FROM runs WHERE status = 'running' ORDER BY id",
-            self.backend.epoch_now()
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut stale = Vec::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let host: Option<String> = row.try_get("owner_host")?;
-            let pid: Option<i64> = row.try_get("owner_pid")?;
-            let heartbeat: Option<i64> = row.try_get("heartbeat_at")?;
-            let db_now: i64 = row.try_get("db_now")?;
-            let silent_for = heartbeat.map(|h| db_now.saturating_sub(h));
-            let owner = match (&host, pid) {
-                (Some(host), Some(pid)) => Some(RunOwner {
-                    host: host.clone(),
-                    pid: u32::try_from(pid).unwrap_or_default(),
-                    started: row
-                        .try_get::<Option<String>, _>("owner_started")?
-                        .unwrap_or_default(),
-                }),
-                _ => None,
-            };
-            let limit = stale_after.as_secs() as i64;
-            let gone = match (owner.as_ref().and_then(RunOwner::is_alive), silent_for) {
-                (Some(alive), _) => !alive,
-                (None, Some(silent)) => silent > limit,
-                // Started by a version without heartbeats: old enough to be over.
-                (None, None) => {
-                    let started: String = row.try_get("started_at")?;
-                    age_seconds(&started).is_none_or(|age| age > limit)
-                }
-            };
-            if !gone {
-                continue;
-            }
-            let whose = match &owner {
-                Some(o) => format!("pid {} on {}", o.pid, o.host),
-                None => "a process of an older usersync".to_string(),
-            };
-            let heard = match silent_for {
-                Some(s) => format!(", last heard of {s} s ago"),
-                None => String::new(),
-            };
-            let message = format!(
-                "the process running it stopped ({whose}{heard}) before it finished; nothing of it was applied"
-            );
-            // Only if no heartbeat came in since it was read: a live owner wins the race.
-            let beat = match heartbeat {
-                Some(_) => "heartbeat_at = $5",
-                None => "heartbeat_at IS NULL",
-            };
-            let done = query_dyn(&format!(
-                "UPDATE runs SET status = $1, finished_at = $2, error = $3 \
-                 WHERE id = $4 AND status = 'running' AND {beat}"
-            ))
-            .bind(RunStatus::Failed.as_str())
-            .bind(now())
-            .bind(&message)
-            .bind(id);
-            let done = match heartbeat {
-                Some(h) => done.bind(h),
-                None => done,
-            }
-            .execute(&self.pool)
-            .await?;
-            if done.rows_affected() == 1 {
-                tracing::info!(run = id, %message, "marked a stale run failed");
-                stale.push(id);
-            }
-        }
-        Ok(stale)
-    }
-
-    /// The ids of the runs of a source that are in progress.
-    pub async fn running_runs(&self, source_id: i64) -> Result<Vec<i64>, StoreError> {
+    /// The ids of the runs of a source that are queued or in progress.
+    pub async fn active_runs(&self, source_id: i64) -> Result<Vec<(i64, RunStatus)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id FROM runs WHERE source_id = $1 AND status = 'running' ORDER BY id",
+            "SELECT id, status FROM runs WHERE source_id = $1 AND status IN ('queued', 'running') ORDER BY id",
         )
         .bind(source_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| r.try_get("id").map_err(StoreError::from))
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok((r.try_get("id")?, parse_enum(&status, "runs.status")?))
+            })
             .collect()
     }
 
-    /// Whether a run is still `running` (and not marked stopped or finished).
-    pub async fn run_is_running(&self, run_id: i64) -> Result<bool, StoreError> {
+    /// A run's status.
+    pub async fn run_status(&self, run_id: i64) -> Result<RunStatus, StoreError> {
         let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(row) => row.try_get::<String, _>("status")? == RunStatus::Running.as_str(),
-            None => false,
-        })
+            .await?
+            .ok_or_else(|| StoreError::not_found("run", run_id, ""))?;
+        let status: String = row.try_get("status")?;
+        parse_enum(&status, "runs.status")
     }
 
     /// The runs in progress but `except`, in words ("run 12, a sync of source #3 of
@@ -312,60 +284,58 @@ impl Store {
         let texts: Vec<String> = runs
             .iter()
             .filter_map(|row| run_from(row).ok())
-            .map(|r| {
-                let by = r
-                    .owner
-                    .map(|o| format!(" by pid {} on {}", o.pid, o.host))
-                    .unwrap_or_default();
-                let since = r.started_at.get(11..19).unwrap_or(&r.started_at);
-                format!(
-                    "run {}, a {} of source #{} of '{}'{by}, since {since} UTC",
-                    r.id,
-                    r.kind.as_str(),
-                    r.source_id,
-                    r.customer
-                )
-            })
+            .map(|r| describe(&r))
             .collect();
         (!texts.is_empty()).then(|| texts.join("; "))
     }
 
-    /// Finishes a run that applies nothing: a preview, or a failed sync.
+    /// Finishes a run that applies nothing (a preview, a failed run), with what it means
+    /// for its source, in one transaction.
     pub async fn finish_run(
         &self,
-        run_id: i64,
-        status: RunStatus,
-        plan: Option<&Plan>,
-        stats: &RunStats,
-        error: Option<&str>,
+        lease: &RunLease,
+        end: &RunEnd<'_>,
+        settle: &Settle<'_>,
     ) -> Result<(), StoreError> {
-        finish(&self.pool, run_id, status, plan, stats, error).await
+        let mut tx = self.write_tx().await?;
+        let source_id = finish(&mut tx, lease, end).await?;
+        self.settle_source(&mut tx, source_id, lease.run_id, settle)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
-    /// The newest runs first, of one source or of all.
+    /// The newest runs first, of one source or of all, of some statuses or all.
     pub async fn list_runs(
         &self,
         source_id: Option<i64>,
+        statuses: &[RunStatus],
         limit: i64,
     ) -> Result<Vec<RunRecord>, StoreError> {
-        let base = format!("SELECT {COLUMNS} FROM runs r JOIN customers c ON c.id = r.customer_id");
-        let rows = match source_id {
-            Some(s) => {
-                query_dyn(&format!(
-                    "{base} WHERE r.source_id = $1 ORDER BY r.id DESC LIMIT $2"
-                ))
-                .bind(s)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                query_dyn(&format!("{base} ORDER BY r.id DESC LIMIT $1"))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM runs r JOIN customers c ON c.id = r.customer_id WHERE 1 = 1"
+        );
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
         };
+        if source_id.is_some() {
+            sql.push_str(&format!(" AND r.source_id = {}", next()));
+        }
+        if !statuses.is_empty() {
+            let marks: Vec<String> = statuses.iter().map(|_| next()).collect();
+            sql.push_str(&format!(" AND r.status IN ({})", marks.join(", ")));
+        }
+        sql.push_str(&format!(" ORDER BY r.id DESC LIMIT {}", next()));
+        let mut query = query_dyn(&sql);
+        if let Some(s) = source_id {
+            query = query.bind(s);
+        }
+        for status in statuses {
+            query = query.bind(status.as_str());
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(run_from).collect()
     }
 
@@ -377,28 +347,64 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::not_found("run", id, "`usersync runs list` shows the runs"))?;
+        .ok_or_else(|| StoreError::not_found("run", id, ""))?;
         let mut run = run_from(&row)?;
         let plan: Option<String> = row.try_get("plan")?;
         run.plan = plan.map(|p| decode_plan(&p)).transpose()?;
+        run.held = run.plan.as_ref().map_or(0, |p| p.held.len() as i64);
         Ok(run)
     }
 }
 
-/// Writes a run's outcome; used alone, and inside the transaction that applies a plan.
-pub(crate) async fn finish<'e, E>(
-    executor: E,
-    run_id: i64,
-    status: RunStatus,
-    plan: Option<&Plan>,
-    stats: &RunStats,
-    error: Option<&str>,
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+/// A run in words, for messages.
+pub(crate) fn describe(r: &RunRecord) -> String {
+    let by = r
+        .owner
+        .as_ref()
+        .map(|o| format!(" by pid {} on {}", o.pid, o.host))
+        .unwrap_or_default();
+    let since = r.started_at.get(11..19).unwrap_or(&r.started_at);
+    format!(
+        "run {}, a {} of source #{} of '{}'{by}, since {since} UTC",
+        r.id,
+        r.kind.as_str(),
+        r.source_id,
+        r.customer
+    )
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy)]
+pub struct RunEnd<'a> {
+    pub status: RunStatus,
+    pub plan: Option<&'a Plan>,
+    pub stats: &'a RunStats,
+    pub error: Option<&'a str>,
+}
+
+/// What a run's end means for its source's health and schedule.
+#[derive(Debug, Clone, Copy)]
+pub enum Settle<'a> {
+    /// Nothing (a preview).
+    Nothing,
+    /// It synced: failures forgiven, attention cleared; with `clears_hold`, the deletion
+    /// hold too (the run applied the confirmed removals).
+    Succeeded { clears_hold: bool },
+    /// It applied but held its removals; with `attention`, the source needs a person.
+    Held { attention: Option<&'a str> },
+    /// It failed; `at_once` when no retry mends it (consent or permission missing).
+    Failed { error: &'a str, at_once: bool },
+}
+
+/// Writes a run's outcome inside `tx`, only while the lease is still the caller's; returns
+/// the run's source.
+pub(crate) async fn finish(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    lease: &RunLease,
+    end: &RunEnd<'_>,
+) -> Result<i64, StoreError> {
     let count = |n: usize| n as i64;
-    let (added, updated, removed, skipped, linked) = plan.map_or((0, 0, 0, 0, 0), |p| {
+    let (added, updated, removed, skipped, linked) = end.plan.map_or((0, 0, 0, 0, 0), |p| {
         (
             count(p.add.len()),
             count(p.update.len()),
@@ -407,15 +413,15 @@ where
             count(p.linked()),
         )
     });
-    let plan_json = plan.map(encode_plan).transpose()?;
+    let plan_json = end.plan.map(encode_plan).transpose()?;
     let stats_json =
-        serde_json::to_string(stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let done = sqlx::query(
+        serde_json::to_string(end.stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let row = sqlx::query(
         "UPDATE runs SET status = $1, finished_at = $2, added = $3, updated = $4, removed = $5, \
-         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10 \
-         WHERE id = $11 AND status = 'running'",
+         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10, lease_until = NULL \
+         WHERE id = $11 AND status = 'running' AND lease_token = $12 RETURNING source_id",
     )
-    .bind(status.as_str())
+    .bind(end.status.as_str())
     .bind(now())
     .bind(added)
     .bind(updated)
@@ -423,19 +429,35 @@ where
     .bind(skipped)
     .bind(linked)
     .bind(stats_json)
-    .bind(error)
+    .bind(end.error)
     .bind(plan_json)
-    .bind(run_id)
-    .execute(executor)
+    .bind(lease.run_id)
+    .bind(lease.token)
+    .fetch_optional(&mut **tx)
     .await?;
-    if done.rows_affected() == 0 {
-        // Another process judged this run's owner gone and marked it failed: what this
-        // process did must not be recorded (or applied) over that.
-        return Err(StoreError::Conflict(format!(
-            "run {run_id} is no longer running: it was marked stopped while this process worked on it; nothing was applied"
-        )));
+    match row {
+        Some(row) => Ok(row.try_get("source_id")?),
+        None => {
+            let status: Option<String> = sqlx::query("SELECT status FROM runs WHERE id = $1")
+                .bind(lease.run_id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|r| r.try_get("status"))
+                .transpose()?;
+            let why = match status.as_deref() {
+                Some("cancelled") => "it was cancelled",
+                Some("running") | Some("queued") => {
+                    "its lease expired and another process took it over"
+                }
+                _ => "it was marked stopped while this process worked on it",
+            };
+            // What this process did must not be recorded (or applied) over that.
+            Err(StoreError::Conflict(format!(
+                "run {} is no longer this process's: {why}; nothing was applied",
+                lease.run_id
+            )))
+        }
     }
-    Ok(())
 }
 
 /// Plans are kept gzip-compressed (base64, so one text column serves both databases): the

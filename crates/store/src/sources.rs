@@ -35,10 +35,13 @@ pub struct SourceRecord {
     /// row for its runs' sake but reads nothing and holds no secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_at: Option<String>,
+    /// Its schedule, failures in a row, whether it needs attention, its deletion hold.
+    pub health: crate::SourceHealth,
 }
 
 const SELECT: &str = "SELECT s.id, s.customer_id, c.name AS customer, s.kind, s.tenant_id, s.settings, \
-     CASE WHEN s.secret IS NULL THEN 0 ELSE 1 END AS has_secret, s.sync_state, s.created_at, s.removed_at \
+     CASE WHEN s.secret IS NULL THEN 0 ELSE 1 END AS has_secret, s.sync_state, s.created_at, s.removed_at, \
+     s.next_run_at, s.failures, s.last_error, s.attention, s.attention_since, s.hold_run_id, s.last_success_at \
      FROM sources s JOIN customers c ON c.id = s.customer_id";
 
 /// What removing a source changed.
@@ -74,6 +77,7 @@ fn source_from(row: &AnyRow) -> Result<SourceRecord, StoreError> {
         sync_state: json(&state, "sources.sync_state")?,
         created_at: row.try_get("created_at")?,
         removed_at: row.try_get("removed_at")?,
+        health: crate::jobs::health_from(row)?,
     })
 }
 
@@ -205,6 +209,13 @@ impl Store {
         )
         .bind(id)
         .bind(&stamp)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE customers SET directory_version = directory_version + 1 \
+             WHERE id = (SELECT customer_id FROM sources WHERE id = $1)",
+        )
+        .bind(id)
         .execute(&mut *tx)
         .await?;
         mark_removed(&mut tx, id, &stamp).await?;

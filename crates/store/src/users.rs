@@ -7,7 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 
-use crate::runs::{RunStats, RunStatus, finish};
+use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
 use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
 
 /// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's parameter limits.
@@ -23,6 +23,35 @@ pub struct ApplyCounts {
     pub added: usize,
     pub updated: usize,
     pub removed: usize,
+}
+
+/// Marks a change of a customer's directory made outside a plan, so that a plan made
+/// before it is made again.
+pub(crate) async fn bump_directory(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    customer_id: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE customers SET directory_version = directory_version + 1 WHERE id = $1")
+        .bind(customer_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A plan to apply, with the run it belongs to and what the run's end means.
+#[derive(Debug, Clone, Copy)]
+pub struct Apply<'a> {
+    pub lease: RunLease,
+    pub customer_id: i64,
+    pub source_id: Option<i64>,
+    pub plan: &'a Plan,
+    /// The version of the customer's directory the plan was made from.
+    pub directory_version: i64,
+    /// `succeeded`, or `held` when the safeguard holds the plan's removals.
+    pub status: RunStatus,
+    /// Why it was held.
+    pub error: Option<&'a str>,
+    pub settle: Settle<'a>,
 }
 
 /// `($1, $2, ...), (...)` for `rows` rows of `columns` parameters.
@@ -89,12 +118,29 @@ impl Store {
         self.users(customer_id, true).await
     }
 
+    /// [`Store::directory`] with the version it is at: a plan made from it applies only
+    /// while the directory is still at that version ([`Apply::directory_version`]).
+    pub async fn directory_versioned(
+        &self,
+        customer_id: i64,
+    ) -> Result<(Vec<DirectoryUser>, i64), StoreError> {
+        self.read_users(customer_id, true).await
+    }
+
     /// A customer's users ordered by address; removed ones only when asked.
     pub async fn users(
         &self,
         customer_id: i64,
         include_removed: bool,
     ) -> Result<Vec<DirectoryUser>, StoreError> {
+        Ok(self.read_users(customer_id, include_removed).await?.0)
+    }
+
+    async fn read_users(
+        &self,
+        customer_id: i64,
+        include_removed: bool,
+    ) -> Result<(Vec<DirectoryUser>, i64), StoreError> {
         let status_filter = if include_removed {
             ""
         } else {
@@ -132,13 +178,22 @@ impl Store {
         .bind(customer_id)
         .fetch_all(&mut *tx)
         .await?;
+        let version: i64 = sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
+            .bind(customer_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get("directory_version"))
+            .transpose()?
+            .unwrap_or_default();
         tx.commit().await?;
-        rows.iter()
+        let users = rows
+            .iter()
             .map(|row| {
                 let id: i64 = row.try_get("id")?;
                 user_from(row, aliases.remove(&id).unwrap_or_default())
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        Ok((users, version))
     }
 
     /// Adds a user by hand: no source manages it, so no sync changes or removes it.
@@ -189,6 +244,7 @@ impl Store {
             }
         })?;
         let id: i64 = row.try_get("id")?;
+        bump_directory(&mut tx, customer_id).await?;
         for alias in &user.aliases {
             sqlx::query("INSERT INTO user_aliases (user_id, address) VALUES ($1, $2)")
                 .bind(id)
@@ -206,47 +262,62 @@ impl Store {
         })
     }
 
-    /// Applies a plan and marks its run succeeded, in one transaction: all of it or none.
-    /// The time it takes is added to `stats` (`apply_ms`, `duration_ms`) before they are
-    /// recorded with the run; only the commit itself is left out.
+    /// Applies a plan and records its run's outcome (`succeeded`, or `held` with the
+    /// removals the safeguard holds) and what it means for the source, in one transaction:
+    /// all of it or none. Refused with [`StoreError::DirectoryChanged`] when the customer's
+    /// directory is no longer the one the plan was made from (plan again), and with a
+    /// conflict when the run's lease is no longer the caller's. Applies of one customer
+    /// take turns. The time it takes is added to `stats` (`apply_ms`, `duration_ms`).
     pub async fn apply_plan(
         &self,
-        run_id: i64,
-        customer_id: i64,
-        source_id: Option<i64>,
-        plan: &Plan,
+        apply: &Apply<'_>,
         stats: &mut RunStats,
     ) -> Result<ApplyCounts, StoreError> {
-        self.apply(run_id, customer_id, source_id, plan, stats, false)
-            .await
+        self.apply(apply, stats, false).await
     }
 
     /// Applies the plan of removing a source (its users' removals) and marks the source
     /// removed, in one transaction with the run's outcome.
     pub async fn apply_source_removal(
         &self,
-        run_id: i64,
-        customer_id: i64,
-        source_id: i64,
-        plan: &Plan,
+        apply: &Apply<'_>,
         stats: &mut RunStats,
     ) -> Result<ApplyCounts, StoreError> {
-        self.apply(run_id, customer_id, Some(source_id), plan, stats, true)
-            .await
+        self.apply(apply, stats, true).await
     }
 
     async fn apply(
         &self,
-        run_id: i64,
-        customer_id: i64,
-        source_id: Option<i64>,
-        plan: &Plan,
+        apply: &Apply<'_>,
         stats: &mut RunStats,
         remove_source: bool,
     ) -> Result<ApplyCounts, StoreError> {
+        let Apply {
+            lease,
+            customer_id,
+            source_id,
+            plan,
+            directory_version,
+            status,
+            error,
+            settle,
+        } = *apply;
         let started = std::time::Instant::now();
         let mut tx = self.write_tx().await?;
         let stamp = now();
+        // The plan was made from this version of the directory; the update also makes
+        // applies of one customer take turns (PostgreSQL locks the row until commit).
+        let current = sqlx::query(
+            "UPDATE customers SET directory_version = directory_version + 1 \
+             WHERE id = $1 AND directory_version = $2",
+        )
+        .bind(customer_id)
+        .bind(directory_version)
+        .execute(&mut *tx)
+        .await?;
+        if current.rows_affected() == 0 {
+            return Err(StoreError::DirectoryChanged { customer_id });
+        }
         let lap = |phase: &str| {
             tracing::debug!(
                 phase,
@@ -385,15 +456,17 @@ impl Store {
 
         lap("added");
         // Updates are few after the first sync: one statement each.
+        let now_s = self.db_now();
         for update in &plan.update {
             let Some(after) = &update.after else { continue };
             let removed_at = (after.status == UserStatus::Removed).then_some(stamp.as_str());
-            sqlx::query(
+            query_dyn(&format!(
                 "UPDATE users SET address = $1, display_name = $2, given_name = $3, surname = $4, \
                  mailbox_type = $5, billable = $6, group_id = $7, source_id = $8, \
                  source_object_id = $9, status = $10, removed_at = $11, updated_at = $12, \
-                 manager = $14 WHERE id = $13",
-            )
+                 manager = $14, removed_epoch = CASE WHEN $10 = 'removed' THEN COALESCE(removed_epoch, {now_s}) ELSE NULL END \
+                 WHERE id = $13"
+            ))
             .bind(after.address.as_str())
             .bind(&after.display_name)
             .bind(after.given_name.as_deref())
@@ -436,9 +509,9 @@ impl Store {
         if let (true, Some(source_id)) = (remove_source, source_id) {
             // Every active user of the source, as it is now: what the plan lists, unless a
             // sync changed them since it was made.
-            let done = sqlx::query(
-                "UPDATE users SET status = $1, removed_at = $2, updated_at = $2 \
-                 WHERE source_id = $3 AND status = 'active'",
+            let done = query_dyn(
+                &format!("UPDATE users SET status = $1, removed_at = $2, updated_at = $2, removed_epoch = {} \
+                 WHERE source_id = $3 AND status = 'active'", self.db_now()),
             )
             .bind(UserStatus::Removed.as_str())
             .bind(&stamp)
@@ -461,7 +534,8 @@ impl Store {
             let ids: Vec<i64> = chunk.iter().filter_map(|u| u.id).collect();
             let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
-                "UPDATE users SET status = $1, removed_at = $2, updated_at = $2 WHERE id IN ({})",
+                "UPDATE users SET status = $1, removed_at = $2, updated_at = $2, removed_epoch = {} WHERE id IN ({})",
+                self.db_now(),
                 placeholders.join(", ")
             );
             let mut query = query_dyn(&sql)
@@ -502,14 +576,20 @@ impl Store {
         stats.apply_ms = started.elapsed().as_millis() as u64;
         stats.duration_ms += stats.apply_ms;
         finish(
-            &mut *tx,
-            run_id,
-            RunStatus::Succeeded,
-            Some(plan),
-            stats,
-            None,
+            &mut tx,
+            &lease,
+            &RunEnd {
+                status,
+                plan: Some(plan),
+                stats,
+                error,
+            },
         )
         .await?;
+        if let Some(source_id) = source_id {
+            self.settle_source(&mut tx, source_id, lease.run_id, &settle)
+                .await?;
+        }
         lap("recorded");
         tx.commit().await?;
         lap("committed");

@@ -6,7 +6,8 @@ use usersync_core::{
 };
 use usersync_store::testing::{discard, open_fresh};
 use usersync_store::{
-    DomainOrigin, NewRun, NewSource, RunKind, RunStats, RunStatus, SecretString, Store, StoreError,
+    Apply, DomainOrigin, Enqueued, NewJob, NewRun, NewSource, RunEnd, RunKind, RunLease, RunReason,
+    RunStats, RunStatus, SecretString, Settle, Store, StoreError,
 };
 
 fn entry(address: &str, object: &str, source: i64) -> DirectoryUser {
@@ -52,19 +53,58 @@ async fn setup(store: &Store) -> (i64, i64) {
     (customer.id, source.id)
 }
 
-async fn new_run(store: &Store, customer: i64, source: i64) -> i64 {
+const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A sync of the source, queued and claimed by this process.
+async fn new_run(store: &Store, customer: i64, source: i64) -> RunLease {
+    let _ = customer;
+    let queued = store.enqueue_sync(&job(source)).await.unwrap();
     store
-        .start_run(
-            &NewRun {
-                source_id: source,
-                customer_id: customer,
-                kind: RunKind::Sync,
-                reason: "manual".into(),
-            },
+        .claim_run(
+            queued.run_id(),
             &usersync_store::RunOwner::this_process(),
+            LEASE,
         )
         .await
         .unwrap()
+        .expect("claimed")
+        .lease
+}
+
+fn job(source: i64) -> NewJob {
+    NewJob {
+        source_id: source,
+        reason: RunReason::Manual,
+        confirms: None,
+        requested_by: "tester".into(),
+    }
+}
+
+/// Applies `plan` as the run's success, from the directory as it is now.
+async fn apply(
+    store: &Store,
+    lease: RunLease,
+    customer: i64,
+    source: i64,
+    plan: &Plan,
+    stats: &mut RunStats,
+) -> Result<usersync_store::ApplyCounts, StoreError> {
+    let (_, version) = store.directory_versioned(customer).await.unwrap();
+    store
+        .apply_plan(
+            &Apply {
+                lease,
+                customer_id: customer,
+                source_id: Some(source),
+                plan,
+                directory_version: version,
+                status: RunStatus::Succeeded,
+                error: None,
+                settle: Settle::Succeeded { clears_hold: false },
+            },
+            stats,
+        )
+        .await
 }
 
 async fn customers_domains_and_sources_are_kept_with_clear_conflicts(url: String) {
@@ -133,8 +173,7 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
         read_users: 2,
         ..RunStats::default()
     };
-    let counts = store
-        .apply_plan(run, customer, Some(source), &plan, &mut stats)
+    let counts = apply(&store, run, customer, source, &plan, &mut stats)
         .await
         .unwrap();
     assert_eq!(counts.added, 2);
@@ -144,7 +183,7 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
     assert_eq!(users[0].aliases[0].as_str(), "alias.anne@contoso.com");
     assert_eq!(users[0].given_name.as_deref(), Some("Given"));
     assert!(users[0].billable);
-    let recorded = store.run(run).await.unwrap();
+    let recorded = store.run(run.run_id).await.unwrap();
     assert_eq!(recorded.status, RunStatus::Succeeded);
     assert_eq!(recorded.added, 2);
     assert_eq!(recorded.plan.unwrap().add.len(), 2);
@@ -175,16 +214,16 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
         remove: vec![users[1].clone()],
         ..Plan::default()
     };
-    store
-        .apply_plan(
-            run2,
-            customer,
-            Some(source),
-            &plan2,
-            &mut RunStats::default(),
-        )
-        .await
-        .unwrap();
+    apply(
+        &store,
+        run2,
+        customer,
+        source,
+        &plan2,
+        &mut RunStats::default(),
+    )
+    .await
+    .unwrap();
     let active = store.users(customer, false).await.unwrap();
     assert_eq!(active.len(), 1);
     assert!(active[0].aliases.is_empty());
@@ -192,10 +231,10 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
     let all = store.users(customer, true).await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].status, UserStatus::Removed);
-    let runs = store.list_runs(Some(source), 10).await.unwrap();
+    let runs = store.list_runs(Some(source), &[], 10).await.unwrap();
     assert_eq!(
         runs.iter().map(|r| r.id).collect::<Vec<_>>(),
-        vec![run2, run]
+        vec![run2.run_id, run.run_id]
     );
     store.close().await;
     discard(&url).await;
@@ -214,13 +253,22 @@ async fn a_plan_that_fails_part_way_applies_nothing(url: String) {
         add,
         ..Plan::default()
     };
-    let err = store
-        .apply_plan(run, customer, Some(source), &plan, &mut RunStats::default())
-        .await
-        .unwrap_err();
+    let err = apply(
+        &store,
+        run,
+        customer,
+        source,
+        &plan,
+        &mut RunStats::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert!(store.users(customer, true).await.unwrap().is_empty());
-    assert_eq!(store.run(run).await.unwrap().status, RunStatus::Running);
+    assert_eq!(
+        store.run(run.run_id).await.unwrap().status,
+        RunStatus::Running
+    );
     store.close().await;
     discard(&url).await;
 }
@@ -285,10 +333,16 @@ async fn a_run_of_a_source_removed_meanwhile_applies_nothing(url: String) {
         add: vec![entry("anne@contoso.com", "a", source)],
         ..Plan::default()
     };
-    let err = store
-        .apply_plan(run, customer, Some(source), &plan, &mut RunStats::default())
-        .await
-        .unwrap_err();
+    let err = apply(
+        &store,
+        run,
+        customer,
+        source,
+        &plan,
+        &mut RunStats::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         err.to_string().contains("was removed while this run"),
         "{err}"
@@ -334,7 +388,9 @@ usersync_store::on_both_backends!(
     a_plan_is_applied_whole_and_recorded_with_its_run,
     a_plan_that_fails_part_way_applies_nothing,
     a_database_is_refused_with_a_key_that_does_not_open_its_secrets,
-    a_run_whose_process_died_is_marked_failed,
+    a_run_whose_process_died_is_taken_back,
+    syncs_are_queued_once_claimed_once_and_cancelled,
+    the_schedule_queues_a_due_source_once_per_slot,
     a_database_that_is_not_ours_is_refused_unchanged
 );
 
@@ -516,38 +572,45 @@ async fn postgres_keeps_no_key_file_and_names_the_missing_key_when_a_secret_is_n
     discard(&url).await;
 }
 
-/// A run whose process is gone is found and marked failed by a later command; a live one
-/// is left alone, and a run marked stopped can no longer record an outcome.
-async fn a_run_whose_process_died_is_marked_failed(url: String) {
+/// A run whose process is gone is taken back by a later command: a sync goes back to the
+/// queue (the claim counted as an attempt), a preview ends failed; a live one is left
+/// alone, and a process whose lease was taken over can no longer record an outcome.
+async fn a_run_whose_process_died_is_taken_back(url: String) {
     let store = open_fresh(&url).await;
     let (customer, source) = setup(&store).await;
     let me = usersync_store::RunOwner::this_process();
-    let new = NewRun {
+    let preview = NewRun {
         source_id: source,
         customer_id: customer,
-        kind: RunKind::Sync,
-        reason: "manual".into(),
+        kind: RunKind::Preview,
+        reason: RunReason::Manual,
+        requested_by: "tester".into(),
     };
-    let live = store.start_run(&new, &me).await.unwrap();
-    let stale_after = std::time::Duration::from_secs(3600);
+    let live = store.start_run(&preview, &me, LEASE).await.unwrap();
     // A process of this host that is gone: the same pid with another start identity
-    // (on systems without /proc, an old heartbeat decides instead).
+    // (on systems without /proc, an expired lease decides instead).
     let dead_owner = usersync_store::RunOwner {
         started: format!("{}-gone", me.started),
         ..me.clone()
     };
-    let dead = store.start_run(&new, &dead_owner).await.unwrap();
-    // A process on another host: only its heartbeat tells.
+    let dead = store.start_run(&preview, &dead_owner, LEASE).await.unwrap();
+    // A sync claimed by a process on another host: only its lease tells.
     let remote = usersync_store::RunOwner {
         host: "worker-elsewhere".into(),
         pid: 77,
         started: String::new(),
     };
-    let quiet = store.start_run(&new, &remote).await.unwrap();
-    let stale = store.fail_stale_runs(stale_after).await.unwrap();
+    let queued = store.enqueue_sync(&job(source)).await.unwrap();
+    let quiet = store
+        .claim_run(queued.run_id(), &remote, LEASE)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease;
+    let taken = store.recover_runs(3).await.unwrap();
     if !me.started.is_empty() {
-        assert_eq!(stale, vec![dead]);
-        let run = store.run(dead).await.unwrap();
+        assert_eq!(taken.failed, vec![dead.run_id]);
+        let run = store.run(dead.run_id).await.unwrap();
         assert_eq!(run.status, RunStatus::Failed);
         assert!(
             run.error
@@ -558,30 +621,178 @@ async fn a_run_whose_process_died_is_marked_failed(url: String) {
             run.error
         );
     }
-    assert_eq!(store.run(live).await.unwrap().status, RunStatus::Running);
-    assert_eq!(store.run(quiet).await.unwrap().status, RunStatus::Running);
-    // The remote owner stays silent past the limit.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert!(store.heartbeat(live, &me).await.unwrap());
-    let stale = store
-        .fail_stale_runs(std::time::Duration::from_secs(1))
+    assert_eq!(
+        store.run(live.run_id).await.unwrap().status,
+        RunStatus::Running
+    );
+    assert_eq!(
+        store.run(quiet.run_id).await.unwrap().status,
+        RunStatus::Running
+    );
+    // The remote owner stays silent past its lease (the test clock moves on).
+    store.advance_clock(std::time::Duration::from_secs(61));
+    assert!(store.heartbeat(&live, LEASE).await.unwrap());
+    let taken = store.recover_runs(3).await.unwrap();
+    assert_eq!(taken.requeued, vec![quiet.run_id], "{taken:?}");
+    let run = store.run(quiet.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.attempts, 1, "the lost claim counted");
+    assert!(!store.heartbeat(&quiet, LEASE).await.unwrap());
+    // Another worker claims it: a new token, attempt 2.
+    let second = store
+        .claim_runs(&me, 5, LEASE)
         .await
+        .unwrap()
+        .pop()
         .unwrap();
-    assert!(stale.contains(&quiet), "{stale:?}");
-    assert!(!stale.contains(&live), "a live owner's run stays running");
-    assert!(!store.heartbeat(quiet, &remote).await.unwrap());
+    assert_eq!(second.lease.run_id, quiet.run_id);
+    assert!(second.lease.token > quiet.token);
+    assert_eq!(second.attempt, 2);
     // The remote process comes back and tries to record its result: refused.
     let err = store
         .finish_run(
-            quiet,
-            RunStatus::Succeeded,
-            None,
-            &RunStats::default(),
-            None,
+            &quiet,
+            &RunEnd {
+                status: RunStatus::Succeeded,
+                plan: None,
+                stats: &RunStats::default(),
+                error: None,
+            },
+            &Settle::Nothing,
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("no longer running"), "{err}");
+    assert!(
+        err.to_string().contains("another process took it over"),
+        "{err}"
+    );
+    // A run that keeps losing its worker ends failed after the last attempt.
+    store.advance_clock(std::time::Duration::from_secs(61));
+    store.recover_runs(2).await.unwrap();
+    let run = store.run(quiet.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("not tried again"));
+    assert_eq!(store.source_health(source).await.unwrap().failures, 1);
+    store.close().await;
+    discard(&url).await;
+}
+
+/// One sync per source is queued or running: a second request folds into the queued one,
+/// a request while one runs names it; claims take due runs once each; a cancelled running
+/// run records nothing.
+async fn syncs_are_queued_once_claimed_once_and_cancelled(url: String) {
+    let store = open_fresh(&url).await;
+    let (_customer, source) = setup(&store).await;
+    let me = usersync_store::RunOwner::this_process();
+    let first = store.enqueue_sync(&job(source)).await.unwrap();
+    assert!(matches!(first, Enqueued::Queued(_)));
+    let again = store.enqueue_sync(&job(source)).await.unwrap();
+    assert_eq!(again, Enqueued::Folded(first.run_id()));
+    assert_eq!(store.queue_stats().await.unwrap().queued_due, 1);
+    let claims = store.claim_runs(&me, 10, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].attempt, 1);
+    assert!(store.claim_runs(&me, 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(
+        store.enqueue_sync(&job(source)).await.unwrap(),
+        Enqueued::Running(first.run_id())
+    );
+    assert_eq!(
+        store.cancel_run(first.run_id(), "tester").await.unwrap(),
+        RunStatus::Running
+    );
+    let err = store
+        .finish_run(
+            &claims[0].lease,
+            &RunEnd {
+                status: RunStatus::Succeeded,
+                plan: None,
+                stats: &RunStats::default(),
+                error: None,
+            },
+            &Settle::Nothing,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    assert_eq!(
+        store.run(first.run_id()).await.unwrap().status,
+        RunStatus::Cancelled
+    );
+    // Given back without spending an attempt (throttled, or shutting down).
+    let next = store.enqueue_sync(&job(source)).await.unwrap();
+    let claim = store
+        .claim_run(next.run_id(), &me, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .release_run(
+                &claim.lease,
+                std::time::Duration::from_secs(30),
+                Some("throttled")
+            )
+            .await
+            .unwrap()
+    );
+    let run = store.run(next.run_id()).await.unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Queued, 0));
+    assert!(
+        store.claim_runs(&me, 10, LEASE).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    store.advance_clock(std::time::Duration::from_secs(31));
+    assert_eq!(store.claim_runs(&me, 10, LEASE).await.unwrap().len(), 1);
+    store.close().await;
+    discard(&url).await;
+}
+
+/// A source with automatic sync is queued when its slot comes, once per slot; slots missed
+/// while nothing ran are skipped, not queued in a burst.
+async fn the_schedule_queues_a_due_source_once_per_slot(url: String) {
+    let store = open_fresh(&url).await;
+    let (_customer, source) = setup(&store).await;
+    let hour = std::time::Duration::from_secs(3600);
+    store.set_source_schedule(source, Some(hour)).await.unwrap();
+    // The first slot is within a tenth of the interval.
+    store.advance_clock(std::time::Duration::from_secs(361));
+    let queued = store.enqueue_due(100).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert!(
+        store.enqueue_due(100).await.unwrap().is_empty(),
+        "once per slot"
+    );
+    let health = store.source_health(source).await.unwrap();
+    let next = health.next_run_at.unwrap();
+    let now = store.clock().await.unwrap();
+    let next_epoch =
+        time::OffsetDateTime::parse(&next, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp();
+    let ahead = next_epoch - now;
+    assert!(
+        (3600..=3960).contains(&ahead),
+        "next slot in {ahead} s: interval plus up to 10 %"
+    );
+    // Nothing runs for five intervals: one sync is queued, not five.
+    store.advance_clock(std::time::Duration::from_secs(5 * 3600));
+    assert!(store.queue_stats().await.unwrap().most_overdue_secs >= 3 * 3600);
+    let me = usersync_store::RunOwner::this_process();
+    let claim = store.claim_runs(&me, 10, LEASE).await.unwrap();
+    assert_eq!(claim.len(), 1);
+    let queued = store.enqueue_due(100).await.unwrap();
+    assert!(
+        queued.is_empty(),
+        "a sync of the source is running: no second one"
+    );
+    assert_eq!(
+        store.queue_stats().await.unwrap().most_overdue_secs,
+        0,
+        "the missed slots were skipped"
+    );
+    store.set_source_schedule(source, None).await.unwrap();
+    assert_eq!(store.source_health(source).await.unwrap().next_run_at, None);
     store.close().await;
     discard(&url).await;
 }
@@ -718,18 +929,7 @@ async fn a_writer_waits_for_a_busy_sqlite_database_and_then_says_who_holds_it() 
     let url = usersync_store::testing::fresh_sqlite_url();
     let store = open_fresh(&url).await;
     let (customer, source) = setup(&store).await;
-    let run = store
-        .start_run(
-            &NewRun {
-                source_id: source,
-                customer_id: customer,
-                kind: RunKind::Sync,
-                reason: "manual".into(),
-            },
-            &usersync_store::RunOwner::this_process(),
-        )
-        .await
-        .unwrap();
+    let run = new_run(&store, customer, source).await.run_id;
     store.close().await;
     let mut options = usersync_store::StoreOptions::new(&url);
     options.key = usersync_store::KeySource::Base64(KEY_A.into());

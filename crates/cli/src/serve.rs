@@ -1,0 +1,280 @@
+//! `usersync serve` and `usersync worker`: the scheduler and workers as a long-running
+//! process, with /healthz, /readyz and /metrics for the service manager and Prometheus.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use clap::Args;
+use tokio::sync::watch;
+use usersync_engine::{DURATION_BUCKETS, Engine, Metrics, ServiceOptions, run_service};
+use usersync_store::Store;
+
+use crate::parse_duration;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP listener (/healthz, /readyz, /metrics); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    workers: WorkerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Runs executing at once in this process.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+    /// After SIGTERM, how long runs in flight may take to finish before they are given
+    /// back to the queue, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace: Duration,
+    /// How often an idle worker (and the scheduler) looks for work.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, hide = true)]
+    poll: Duration,
+}
+
+struct App {
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+/// `usersync serve`: HTTP listener, scheduler and workers.
+pub async fn serve(engine: Engine, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    run(engine, &args.workers, true, Some(args.listen)).await
+}
+
+/// `usersync worker`: workers only (more machines on one PostgreSQL database).
+pub async fn worker(engine: Engine, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    run(engine, args, false, None).await
+}
+
+async fn run(
+    engine: Engine,
+    args: &WorkerArgs,
+    scheduler: bool,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let store = engine.store().clone();
+    // Every process on the database must open its secrets: refused now, not at the first run.
+    store.require_key().await?;
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = watch::channel(false);
+    let mut http = None;
+    if let Some(listen) = listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (--listen)"))?;
+        let address = listener.local_addr()?;
+        let app = Arc::new(App {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        });
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/readyz", axum::routing::get(readyz))
+            .route("/metrics", axum::routing::get(metrics_text))
+            .with_state(app);
+        let mut until = stopped.clone();
+        http = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = until.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+        eprintln!("Listening on http://{address} (/healthz, /readyz, /metrics).");
+    }
+    let options = ServiceOptions {
+        workers: usize::from(args.workers),
+        scheduler,
+        poll: args.poll,
+        grace: args.grace,
+    };
+    eprintln!(
+        "{} with {} worker(s); SIGTERM or Ctrl-C stops it (runs in flight get {} s to finish).",
+        if scheduler {
+            "Scheduler running"
+        } else {
+            "Worker running"
+        },
+        options.workers,
+        args.grace.as_secs()
+    );
+    let service = tokio::spawn(run_service(engine, options, metrics, stopped));
+    signal().await;
+    eprintln!("Stopping: no new runs are started.");
+    let _ = stop.send(true);
+    let _ = service.await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    store.close().await;
+    eprintln!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for SIGTERM (the service manager) or SIGINT (Ctrl-C).
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    match app.store.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", usersync_engine::error_text(&e)),
+        ),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let m = app.metrics.snapshot();
+    let mut out = String::new();
+    let metric = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(
+            out,
+            "# HELP usersync_{name} {help}\n# TYPE usersync_{name} {kind}"
+        );
+    };
+    metric(
+        &mut out,
+        "runs_total",
+        "counter",
+        "Runs finished by this process, by kind and status.",
+    );
+    for ((kind, status), n) in &m.runs {
+        let _ = writeln!(
+            out,
+            "usersync_runs_total{{kind=\"{kind}\",status=\"{status}\"}} {n}"
+        );
+    }
+    metric(
+        &mut out,
+        "run_duration_seconds",
+        "histogram",
+        "How long runs executed by this process took.",
+    );
+    let mut cumulative = 0;
+    for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+        cumulative += m.duration_buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "usersync_run_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "usersync_run_duration_seconds_bucket{{le=\"+Inf\"}} {}\nusersync_run_duration_seconds_sum {:.3}\nusersync_run_duration_seconds_count {}",
+        m.duration_count, m.duration_sum, m.duration_count
+    );
+    let counters = [
+        (
+            "graph_requests_total",
+            "Requests made to Microsoft Graph by runs of this process.",
+            m.graph_requests,
+        ),
+        (
+            "graph_throttled_total",
+            "Graph requests answered 429/503 and retried.",
+            m.throttled,
+        ),
+        (
+            "runs_requeued_throttled_total",
+            "Runs given back to the queue because the tenant throttled them (no attempt spent).",
+            m.requeued_throttled,
+        ),
+        (
+            "claims_total",
+            "Runs claimed by the workers of this process.",
+            m.claims,
+        ),
+        (
+            "scheduled_total",
+            "Syncs queued by this process's scheduler.",
+            m.scheduled,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP usersync_{name} {help}\n# TYPE usersync_{name} counter\nusersync_{name} {value}"
+        );
+    }
+    match app.store.queue_stats().await {
+        Ok(q) => {
+            let gauges = [
+                ("queue_depth", "Runs queued and due now.", q.queued_due),
+                (
+                    "queue_waiting",
+                    "Runs queued for later (retries after throttling).",
+                    q.queued_later,
+                ),
+                (
+                    "runs_running",
+                    "Runs executing now, in every process.",
+                    q.running,
+                ),
+                (
+                    "schedule_most_overdue_seconds",
+                    "How late the most overdue source is.",
+                    q.most_overdue_secs,
+                ),
+                (
+                    "sources_needing_attention",
+                    "Sources that failed 3 runs in a row or lost consent.",
+                    q.needs_attention,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(
+                    out,
+                    "# HELP usersync_{name} {help}\n# TYPE usersync_{name} gauge\nusersync_{name} {value}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP usersync_up Whether the database answers.\n# TYPE usersync_up gauge\nusersync_up 1"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %usersync_engine::error_text(&e), "metrics: the database did not answer");
+            let _ = writeln!(
+                out,
+                "# HELP usersync_up Whether the database answers.\n# TYPE usersync_up gauge\nusersync_up 0"
+            );
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}

@@ -1,0 +1,317 @@
+//! `usersync serve` and `usersync worker` as processes: health and metrics, run-now, a
+//! clean SIGTERM, a worker killed mid-run whose run another worker completes, and several
+//! processes on one PostgreSQL database running each due source once.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use usersync_sim::{SimConfig, Simulator};
+
+/// A `serve` or `worker` process, killed if the test ends early.
+struct Service {
+    child: Child,
+    /// The HTTP listener's address (serve only).
+    address: Option<String>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn start(cli: &Cli, args: &[&str]) -> Service {
+        let mut child = cli
+            .command(args)
+            .env("USERSYNC_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut address = None;
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        // The banner says where it listens, then that it runs.
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("Listening on http://") {
+                address = rest.split_whitespace().next().map(str::to_string);
+            }
+            if line.contains("running with") {
+                break;
+            }
+        }
+        // Keep draining stderr so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Service { child, address }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (up to a minute); its exit code.
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "the process did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET a path of the HTTP listener: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(self.address.as_ref().unwrap()).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// Polls until `check` holds, up to `limit`.
+fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_of(cli: &Cli, id: &Value) -> Value {
+    cli.ok_json(&["runs", "show", &id.to_string(), "--json"])
+}
+
+async fn serve_answers_health_runs_what_is_queued_and_stops_cleanly(database: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 200,
+        seed: 41,
+        page_size_cap: Some(50),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cli = Cli::connected_to(&database, sim.info());
+    let id = connect(&cli, sim.info());
+    let mut serve = Service::start(
+        &cli,
+        &["serve", "--listen", "127.0.0.1:0", "--workers", "2"],
+    );
+    assert_eq!(serve.get("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(serve.get("/readyz").0, 200);
+
+    let done = cli.ok_json(&["source", "run-now", &id, "--wait", "--json"]);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["reason"], "run-now");
+    assert!(done["added"].as_i64().unwrap() > 100);
+    let (status, metrics) = serve.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "usersync_runs_total{kind=\"sync\",status=\"succeeded\"} 1",
+        "usersync_queue_depth 0",
+        "usersync_up 1",
+        "usersync_run_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(metrics.contains("usersync_graph_requests_total "));
+
+    // SIGTERM while a run is in flight: it finishes, then the process exits 0.
+    sim.set_latency(Duration::from_millis(300));
+    sim.tenant()
+        .add_user(sim.tenant().new_member("Late Arrival"))
+        .unwrap();
+    let queued = cli.ok_json(&["source", "run-now", &id, "--json"]);
+    let run = queued["run_id"].clone();
+    eventually("the run starts", Duration::from_secs(30), || {
+        run_of(&cli, &run)["status"] == "running"
+    });
+    serve.signal("TERM");
+    assert_eq!(serve.wait(), 0, "a clean stop");
+    let finished = run_of(&cli, &run);
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    assert_eq!(finished["added"], 1);
+    sim.shutdown().await;
+}
+
+async fn a_worker_killed_mid_run_leaves_it_to_another_that_applies_it_once(database: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 600,
+        seed: 42,
+        page_size_cap: Some(50),
+        latency: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cli = Cli::connected_to(&database, sim.info());
+    let id = connect(&cli, sim.info());
+    let first = Service::start(&cli, &["worker", "--workers", "1"]);
+    let queued = cli.ok_json(&["source", "run-now", &id, "--json"]);
+    let run = queued["run_id"].clone();
+    eventually(
+        "the first worker claims the run",
+        Duration::from_secs(30),
+        || {
+            let r = run_of(&cli, &run);
+            r["status"] == "running" && r["owner"]["pid"] == first.pid()
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = first.pid();
+    drop(first); // SIGKILL, mid-read
+    sim.set_latency(Duration::ZERO);
+    let second = Service::start(&cli, &["worker", "--workers", "1"]);
+    eventually(
+        "another worker completes the run",
+        Duration::from_secs(60),
+        || run_of(&cli, &run)["status"] == "succeeded",
+    );
+    let done = run_of(&cli, &run);
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_ne!(done["owner"]["pid"], killed);
+    assert_eq!(
+        cli.ok_json(&["runs", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "one run, taken over, not a second one"
+    );
+    let users = cli.ok_json(&["users", "list", "--customer", "Contoso", "--json"]);
+    assert_eq!(
+        users.as_array().unwrap().len() as i64,
+        done["added"].as_i64().unwrap(),
+        "applied once and whole"
+    );
+    drop(second);
+    sim.shutdown().await;
+}
+
+on_both_backends!(
+    serve_answers_health_runs_what_is_queued_and_stops_cleanly,
+    a_worker_killed_mid_run_leaves_it_to_another_that_applies_it_once,
+);
+
+/// Fifty due sources, two schedulers and three worker processes on one PostgreSQL
+/// database: every source is synced exactly once for its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_processes_on_postgres_sync_each_due_source_exactly_once() {
+    use sqlx::Connection;
+    let Some(database) = usersync_store::testing::fresh_postgres_url() else {
+        return;
+    };
+    const SOURCES: usize = 50;
+    let sim = Simulator::start(SimConfig {
+        users: 20,
+        seed: 43,
+        tenants: SOURCES,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cli = Cli::new(&database);
+    for (i, tenant) in sim.tenants().iter().enumerate() {
+        let customer = format!("Customer {i}");
+        cli.ok_json(&["customer", "add", &customer, "--json"]);
+        for domain in &tenant.mail_domains {
+            cli.ok_json(&["domain", "add", domain, "--customer", &customer, "--json"]);
+        }
+        let tenant_cli = Cli::connected_to(&database, tenant);
+        tenant_cli.ok_json(&[
+            "source",
+            "add",
+            "office365",
+            "--customer",
+            &customer,
+            "--tenant",
+            &tenant.tenant_id,
+            "--no-test",
+            "--json",
+        ]);
+    }
+    // Every source's slot has come (as if the service had been down for a while).
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&database).await.unwrap();
+    sqlx::query("UPDATE sources SET interval_secs = 3600, next_run_at = 0")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let services = vec![
+        Service::start(
+            &cli,
+            &["serve", "--listen", "127.0.0.1:0", "--workers", "1"],
+        ),
+        Service::start(
+            &cli,
+            &["serve", "--listen", "127.0.0.1:0", "--workers", "1"],
+        ),
+        Service::start(&cli, &["worker", "--workers", "2"]),
+        Service::start(&cli, &["worker", "--workers", "2"]),
+        Service::start(&cli, &["worker", "--workers", "2"]),
+    ];
+    eventually("every source synced", Duration::from_secs(240), || {
+        let runs = cli.ok_json(&[
+            "runs",
+            "list",
+            "--status",
+            "succeeded",
+            "--limit",
+            "500",
+            "--json",
+        ]);
+        runs.as_array().unwrap().len() >= SOURCES
+    });
+    // A moment more: a second run of any source would show now.
+    std::thread::sleep(Duration::from_secs(2));
+    let runs = cli.ok_json(&["runs", "list", "--limit", "500", "--json"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), SOURCES, "one run per source: {runs:?}");
+    let mut sources: Vec<i64> = runs
+        .iter()
+        .map(|r| r["source_id"].as_i64().unwrap())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(sources.len(), SOURCES);
+    assert!(
+        runs.iter()
+            .all(|r| r["status"] == "succeeded" && r["reason"] == "schedule")
+    );
+    let owners: std::collections::BTreeSet<i64> = runs
+        .iter()
+        .filter_map(|r| r["owner"]["pid"].as_i64())
+        .collect();
+    assert!(owners.len() >= 2, "the work was shared: {owners:?}");
+    drop(services);
+    db.close().await.unwrap();
+    usersync_store::testing::discard(&database).await;
+    sim.shutdown().await;
+}
