@@ -13,6 +13,15 @@ use usersync_engine::{Metrics, NoProgress, ServiceOptions, run_service};
 use usersync_sim::SimConfig;
 use usersync_store::{RunStatus, SecretString};
 
+/// How many syncs of the source succeeded.
+async fn succeeded(store: &usersync_store::Store, source: i64) -> usize {
+    store
+        .list_runs(Some(source), &[RunStatus::Succeeded], 10)
+        .await
+        .unwrap()
+        .len()
+}
+
 /// Waits (polling) until `check` holds, up to 60 s.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -61,14 +70,7 @@ async fn a_due_source_is_synced_by_the_service_and_not_before(url: String) {
     let source = w.source;
     eventually("the first scheduled sync", || {
         let store = store.clone();
-        async move {
-            store
-                .list_runs(Some(source), &[RunStatus::Succeeded], 10)
-                .await
-                .unwrap()
-                .len()
-                == 1
-        }
+        async move { succeeded(&store, source).await == 1 }
     })
     .await;
     assert!(
@@ -89,14 +91,7 @@ async fn a_due_source_is_synced_by_the_service_and_not_before(url: String) {
     w.store.advance_clock(Duration::from_secs(2200));
     eventually("the second scheduled sync", || {
         let store = store.clone();
-        async move {
-            store
-                .list_runs(Some(source), &[RunStatus::Succeeded], 10)
-                .await
-                .unwrap()
-                .len()
-                == 2
-        }
+        async move { succeeded(&store, source).await == 2 }
     })
     .await;
     let runs = w.store.list_runs(Some(w.source), &[], 10).await.unwrap();

@@ -13,7 +13,7 @@ use sqlx::Row;
 use usersync_core::schedule;
 
 use crate::process::RunOwner;
-use crate::runs::{COLUMNS, RunKind, RunLease, RunReason, RunStatus, Settle, run_from};
+use crate::runs::{RunKind, RunLease, RunReason, RunStatus, Settle};
 use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
 
 /// A sync to queue.
@@ -234,29 +234,16 @@ impl Store {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        let now_s = self.db_now();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let mut tx = self.write_tx().await?;
-        let rows = query_dyn(&format!(
-            "UPDATE runs SET status = 'running', lease_token = lease_token + 1, \
-             lease_until = {now_s} + $1, attempts = attempts + 1, heartbeat_at = {now_s}, \
-             owner_host = $2, owner_pid = $3, owner_started = $4, started_at = $5 \
-             WHERE id IN (SELECT id FROM runs WHERE status = 'queued' AND due_at <= {now_s} \
-             ORDER BY due_at, id LIMIT $6{lock}) {CLAIM_RETURNING}"
-        ))
-        .bind(lease.as_secs() as i64)
-        .bind(&owner.host)
-        .bind(i64::from(owner.pid))
-        .bind(&owner.started)
-        .bind(now())
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(claim_from).collect()
+        let which = format!(
+            "id IN (SELECT id FROM runs WHERE status = 'queued' AND due_at <= {} \
+             ORDER BY due_at, id LIMIT $6{lock})",
+            self.db_now()
+        );
+        self.claim(&which, limit, owner, lease).await
     }
 
     /// Claims one queued run by id (a command that runs a sync itself, without a worker);
@@ -267,24 +254,37 @@ impl Store {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Option<Claim>, StoreError> {
+        let which = "id = $6 AND status = 'queued'";
+        Ok(self.claim(which, run_id, owner, lease).await?.pop())
+    }
+
+    /// The claim itself: the runs `which` selects (with `$6` bound to `value`) become
+    /// `running` for `owner`, with a new lease token and one more attempt.
+    async fn claim(
+        &self,
+        which: &str,
+        value: i64,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
         let now_s = self.db_now();
         let mut tx = self.write_tx().await?;
-        let row = query_dyn(&format!(
+        let rows = query_dyn(&format!(
             "UPDATE runs SET status = 'running', lease_token = lease_token + 1, \
              lease_until = {now_s} + $1, attempts = attempts + 1, heartbeat_at = {now_s}, \
              owner_host = $2, owner_pid = $3, owner_started = $4, started_at = $5 \
-             WHERE id = $6 AND status = 'queued' {CLAIM_RETURNING}"
+             WHERE {which} {CLAIM_RETURNING}"
         ))
         .bind(lease.as_secs() as i64)
         .bind(&owner.host)
         .bind(i64::from(owner.pid))
         .bind(&owner.started)
         .bind(now())
-        .bind(run_id)
-        .fetch_optional(&mut *tx)
+        .bind(value)
+        .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        row.as_ref().map(claim_from).transpose()
+        rows.iter().map(claim_from).collect()
     }
 
     /// Gives a claimed run back to the queue without spending an attempt: the process is
@@ -682,17 +682,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-
-    /// The queued and running runs, oldest first (for `runs list --status queued`).
-    pub async fn active_run_records(&self) -> Result<Vec<crate::RunRecord>, StoreError> {
-        let rows = query_dyn(&format!(
-            "SELECT {COLUMNS} FROM runs r JOIN customers c ON c.id = r.customer_id \
-             WHERE r.status IN ('queued', 'running') ORDER BY r.id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(run_from).collect()
     }
 }
 

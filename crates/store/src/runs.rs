@@ -258,17 +258,6 @@ impl Store {
             .collect()
     }
 
-    /// A run's status.
-    pub async fn run_status(&self, run_id: i64) -> Result<RunStatus, StoreError> {
-        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("run", run_id, ""))?;
-        let status: String = row.try_get("status")?;
-        parse_enum(&status, "runs.status")
-    }
-
     /// The runs in progress but `except`, in words ("run 12, a sync of source #3 of
     /// 'Contoso' by pid 4242 on host x, since 07:53:09 UTC"), for a message; `None` when
     /// there are none.
