@@ -9,11 +9,8 @@ use std::time::Instant;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use usersync_core::DomainName;
-use usersync_engine::{
-    Engine, EngineOptions, NewOffice365Source, NoProgress, Office365Settings, connect_office365,
-};
-use usersync_store::{DomainOrigin, KeySource, RunStatus, SecretString, Store, StoreOptions};
+use usersync_engine::{Engine, EngineOptions, NewOffice365, NoProgress, Office365Settings};
+use usersync_store::{KeySource, RunStatus, SecretString, Store, StoreOptions};
 
 use crate::output::print_json;
 use crate::{Cli, outln};
@@ -197,28 +194,19 @@ async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result
     };
     let mut options = StoreOptions::new(&url);
     options.key = KeySource::Base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
-    let store = Store::open(options).await?;
-    let customer = store.add_customer("Bench").await?;
+    let engine = Engine::new(Store::open(options).await?, EngineOptions::default());
+    let customer = engine.add_customer("Bench").await?;
     for domain in &info.mail_domains {
-        store
-            .add_domain(
-                customer.id,
-                &DomainName::parse(domain)?,
-                DomainOrigin::Manual,
-            )
-            .await?;
+        engine.add_domain(&customer.name, domain).await?;
     }
-    let source = connect_office365(
-        &store,
-        NewOffice365Source {
-            customer_id: customer.id,
+    let source = engine
+        .add_office365_source(NewOffice365 {
+            customer: customer.name.clone(),
             tenant_id: info.tenant_id.clone(),
             settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
             client_secret: SecretString::new(info.client_secret.clone()),
-        },
-    )
-    .await?;
-    let engine = Engine::new(store.clone(), EngineOptions::default());
+        })
+        .await?;
     let started = Instant::now();
     let outcome = engine.sync(source.id, &NoProgress).await?;
     let wall_s = started.elapsed().as_secs_f64();
@@ -226,7 +214,7 @@ async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result
     let started = Instant::now();
     let again = engine.sync(source.id, &NoProgress).await?;
     let resync_s = started.elapsed().as_secs_f64();
-    store.close().await;
+    engine.close().await;
     drop(sim);
     if backend == "postgres" {
         usersync_store::testing::discard(&url).await;

@@ -1,18 +1,15 @@
-//! One function per command: call the store or the engine, then print.
+//! One function per command: call one method of the engine (the application service), then print.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::json;
-use usersync_core::DomainName;
 use usersync_engine::{
-    ConnectionReport, Engine, EngineError, NewOffice365Source, Office365Settings, Reconnect,
-    RunOutcome, connect_office365,
+    AuditRequest, ConnectionReport, Engine, EngineError, NewOffice365, NewUser, Office365Settings,
+    PlanReport, Reconnect, RunOutcome,
 };
 use usersync_graph::{GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL};
-use usersync_store::{
-    DomainOrigin, Enqueued, KeyLocation, RunStatus, SecretString, Store, StoreError,
-};
+use usersync_store::{Enqueued, KeyLocation, RunStatus, SecretString, Store, StoreError};
 
 use crate::output::{self, print_json};
 use crate::progress::TerminalProgress;
@@ -38,34 +35,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let store = cli.open_store().await?;
-    let code = match dispatch(&cli, &store).await {
-        Err(error) => Err(explain(&store, error).await),
+    let engine = Engine::new(cli.open_store().await?, cli.engine_options());
+    let code = match dispatch(&cli, &engine).await {
+        Err(error) => Err(explain(&engine, error).await),
         ok => ok,
     };
-    store.close().await;
+    engine.close().await;
     code
 }
 
-/// A "database is busy" error completed with who holds the database.
-async fn explain(store: &Store, error: anyhow::Error) -> anyhow::Error {
+/// An error completed for a person at a terminal: who holds a busy database, and which
+/// command shows or fixes what was not found (the engine's messages name no commands).
+async fn explain(engine: &Engine, error: anyhow::Error) -> anyhow::Error {
     let error = match error.downcast::<StoreError>() {
-        Ok(e) => return store.explain(e).await.into(),
-        Err(other) => other,
+        Ok(e) => EngineError::Store(e),
+        Err(other) => match other.downcast::<EngineError>() {
+            Ok(e) => e,
+            Err(other) => return other,
+        },
     };
-    match error.downcast::<EngineError>() {
-        Ok(EngineError::Store(e)) => store.explain(e).await.into(),
-        Ok(other) => other.into(),
-        Err(other) => other,
+    let error = engine.explain(error).await;
+    match output::error_hint(&error) {
+        Some(hint) => anyhow::anyhow!("{} ({hint})", usersync_engine::error_text(&error)),
+        None => error.into(),
     }
 }
 
-async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
+async fn dispatch(cli: &Cli, engine: &Engine) -> anyhow::Result<ExitCode> {
     let command = &cli.command;
-    let engine = Engine::new(store.clone(), cli.engine_options());
     match command {
         Command::Customer(CustomerCommand::Add { name, json }) => {
-            let customer = store.add_customer(name).await?;
+            let customer = engine.add_customer(name).await?;
             if json.json {
                 print_json(&customer)?;
             } else {
@@ -77,11 +77,27 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Customer(CustomerCommand::List { json }) => {
-            let customers = store.list_customers().await?;
+            let customers = engine.customers().await?;
             if json.json {
                 print_json(&customers)?;
             } else {
                 output::customers_table(&customers);
+            }
+        }
+        Command::Customer(CustomerCommand::Set {
+            name,
+            assignments,
+            json,
+        }) => {
+            let customer = engine.set_customer(name, assignments).await?;
+            if json.json {
+                print_json(&customer)?;
+            } else {
+                outln!(
+                    "Customer '{}': removed users are kept {} days, then purged.",
+                    customer.name,
+                    customer.retention_days
+                );
             }
         }
         Command::Domain(DomainCommand::Add {
@@ -89,20 +105,15 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             customer,
             json,
         }) => {
-            let customer = store.customer_by_name(customer).await?;
-            let name = DomainName::parse(domain).context("the domain")?;
-            let domain = store
-                .add_domain(customer.id, &name, DomainOrigin::Manual)
-                .await?;
+            let domain = engine.add_domain(customer, domain).await?;
             if json.json {
                 print_json(&domain)?;
             } else {
-                outln!("Added the domain {} to '{}'.", domain.name, customer.name);
+                outln!("Added the domain {} to '{}'.", domain.name, domain.customer);
             }
         }
         Command::Domain(DomainCommand::Show { domain, json }) => {
-            let name = DomainName::parse(domain).context("the domain")?;
-            let domain = store.domain(&name).await?;
+            let domain = engine.domain(domain).await?;
             if json.json {
                 print_json(&domain)?;
             } else {
@@ -110,8 +121,7 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Domain(DomainCommand::List { customer, json }) => {
-            let customer = store.customer_by_name(customer).await?;
-            let domains = store.list_domains(customer.id).await?;
+            let domains = engine.domains(customer).await?;
             if json.json {
                 print_json(&domains)?;
             } else {
@@ -119,18 +129,16 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Source(SourceCommand::Add(SourceAdd::Office365(args))) => {
-            return add_office365(&engine, args).await;
+            return add_office365(engine, args).await;
         }
         Command::Source(SourceCommand::List {
             customer,
             include_removed,
             json,
         }) => {
-            let customer_id = match customer {
-                Some(name) => Some(store.customer_by_name(name).await?.id),
-                None => None,
-            };
-            let sources = store.list_sources(customer_id, *include_removed).await?;
+            let sources = engine
+                .sources(customer.as_deref(), *include_removed)
+                .await?;
             if json.json {
                 print_json(&sources)?;
             } else {
@@ -156,7 +164,7 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             let secret = read_secret(*source_id)?;
             engine.set_source_secret(*source_id, secret).await?;
             outln!("Stored the new client secret of source #{source_id} (encrypted).");
-            key_generated_note(store);
+            key_generated_note(engine);
             if !no_test {
                 let report = engine.test_source(*source_id).await?;
                 output::connection_report(*source_id, &report);
@@ -174,7 +182,7 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             allow_insecure_http,
             json,
         }) => {
-            let before = store.source(*source_id).await?;
+            let before = engine.source(*source_id).await?;
             let source = engine
                 .reconnect_source(
                     *source_id,
@@ -240,7 +248,7 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Source(SourceCommand::Show { source_id, json }) => {
-            let source = store.source(*source_id).await?;
+            let source = engine.source(*source_id).await?;
             if json.json {
                 print_json(&source)?;
             } else {
@@ -260,10 +268,11 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
                     .add_filter_rule(*source_id, group, rule, create)
                     .await
                 {
-                    Err(usersync_engine::EngineError::Store(
-                        usersync_store::StoreError::NotFound { what: "group", .. },
-                    )) if !create
-                        && confirm(&format!("The group '{group}' does not exist. Create it?")) =>
+                    Err(EngineError::Store(StoreError::NotFound { what: "group", .. }))
+                        if !create
+                            && confirm(&format!(
+                                "The group '{group}' does not exist. Create it?"
+                            )) =>
                     {
                         create = true;
                     }
@@ -282,8 +291,7 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Filter(FilterCommand::List { source_id, json }) => {
-            store.source(*source_id).await?;
-            let rules = store.filter_rules(*source_id).await?;
+            let rules = engine.filter_rules(*source_id).await?;
             if json.json {
                 print_json(&rules)?;
             } else {
@@ -291,7 +299,7 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Filter(FilterCommand::Remove { source_id, rule_id }) => {
-            store.remove_filter_rule(*source_id, *rule_id).await?;
+            engine.remove_filter_rule(*source_id, *rule_id).await?;
             outln!("Removed rule {rule_id}.");
         }
         Command::Filter(FilterCommand::Move {
@@ -300,10 +308,9 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             to,
             json,
         }) => {
-            store
+            let rules = engine
                 .move_filter_rule(*source_id, *rule_id, *to as usize)
                 .await?;
-            let rules = store.filter_rules(*source_id).await?;
             if json.json {
                 print_json(&rules)?;
             } else {
@@ -318,9 +325,7 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
                 return report_failure(&outcome, *source_id, json.json);
             }
             if json.json {
-                let mut value = serde_json::to_value(&outcome.plan)?;
-                value["run_id"] = json!(outcome.run_id);
-                print_json(&value)?;
+                print_json(&PlanReport::new(outcome.run_id, &outcome.plan))?;
             } else {
                 output::plan_report(&outcome.plan, outcome.run_id, &outcome.stats);
             }
@@ -346,30 +351,18 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             mailbox_type,
             json,
         }) => {
-            let customer = store.customer_by_name(customer).await?;
-            let address = usersync_core::EmailAddress::parse(address).context("the address")?;
-            let user = usersync_core::DirectoryUser {
-                id: None,
-                display_name: name.clone().unwrap_or_else(|| address.to_string()),
-                given_name: None,
-                surname: None,
-                mailbox_type: *mailbox_type,
-                billable: *mailbox_type == usersync_core::MailboxType::User,
-                aliases: vec![],
-                group: usersync_core::mapping::MAIN_GROUP.into(),
-                source_id: None,
-                source_object_id: None,
-                status: usersync_core::UserStatus::Active,
-                manager: None,
-                services: None,
-                placed_by: None,
-                address,
-            };
-            let user = store.add_manual_user(customer.id, &user).await?;
+            let user = engine
+                .add_user(NewUser {
+                    customer: customer.clone(),
+                    address: address.clone(),
+                    display_name: name.clone(),
+                    mailbox_type: *mailbox_type,
+                })
+                .await?;
             if json.json {
                 print_json(&user)?;
             } else {
-                outln!("Added {} to '{}' by hand.", user.address, customer.name);
+                outln!("Added {} to '{customer}' by hand.", user.address);
             }
         }
         Command::Users(UsersCommand::List {
@@ -377,17 +370,31 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             include_removed,
             json,
         }) => {
-            let customer = store.customer_by_name(customer).await?;
-            let users = store.users(customer.id, *include_removed).await?;
+            let users = engine.users(customer, *include_removed).await?;
             if json.json {
                 print_json(&users)?;
             } else {
                 output::users_table(&users);
             }
         }
+        Command::Users(UsersCommand::Restore {
+            address,
+            customer,
+            json,
+        }) => {
+            let user = engine.restore_user(customer, address).await?;
+            if json.json {
+                print_json(&user)?;
+            } else {
+                outln!(
+                    "Restored {} in '{customer}' (group {}); it is kept by hand from now on.",
+                    user.address,
+                    user.group
+                );
+            }
+        }
         Command::Groups(GroupsCommand::List { customer, json }) => {
-            let customer = store.customer_by_name(customer).await?;
-            let groups = store.list_groups(customer.id).await?;
+            let groups = engine.groups(customer).await?;
             if json.json {
                 print_json(&groups)?;
             } else {
@@ -395,9 +402,27 @@ async fn dispatch(cli: &Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Groups(GroupsCommand::Add { name, customer }) => {
-            let customer = store.customer_by_name(customer).await?;
-            store.add_group(customer.id, name).await?;
+            let customer = engine.add_group(customer, name).await?;
             outln!("Added the group '{name}' to '{}'.", customer.name);
+        }
+        Command::Audit {
+            customer,
+            since,
+            limit,
+            json,
+        } => {
+            let entries = engine
+                .audit(&AuditRequest {
+                    customer: customer.clone(),
+                    since: since.clone(),
+                    limit: *limit,
+                })
+                .await?;
+            if json.json {
+                print_json(&entries)?;
+            } else {
+                output::audit_table(&entries);
+            }
         }
         Command::Runs(RunsCommand::List {
             source,
@@ -553,8 +578,6 @@ fn report_failure(outcome: &RunOutcome, source_id: i64, as_json: bool) -> anyhow
 }
 
 async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<ExitCode> {
-    let store = engine.store();
-    let customer = store.customer_by_name(&args.customer).await?;
     let secret = std::env::var("USERSYNC_M365_CLIENT_SECRET").unwrap_or_default();
     let settings = Office365Settings {
         client_id: args.client_id.clone().unwrap_or_default(),
@@ -573,16 +596,14 @@ async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<
             ..Default::default()
         },
     };
-    let source = connect_office365(
-        store,
-        NewOffice365Source {
-            customer_id: customer.id,
+    let source = engine
+        .add_office365_source(NewOffice365 {
+            customer: args.customer.clone(),
             tenant_id: args.tenant.clone(),
             settings,
             client_secret: SecretString::new(secret),
-        },
-    )
-    .await?;
+        })
+        .await?;
     // The source is added either way; the test says at once what is missing.
     let report: Option<ConnectionReport> = if args.no_test {
         None
@@ -596,9 +617,9 @@ async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<
             "Added source #{} (office365, tenant {}) to '{}'.",
             source.id,
             source.tenant_id,
-            customer.name
+            source.customer
         );
-        key_generated_note(store);
+        key_generated_note(engine);
         match &report {
             Some(report) if !report.is_ready() => {
                 eprintln!(
@@ -617,8 +638,8 @@ async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<
 }
 
 /// Says so when storing a secret generated the key file: it must be backed up.
-fn key_generated_note(store: &Store) {
-    if let Some(path) = store.key().generated_file() {
+fn key_generated_note(engine: &Engine) {
+    if let Some(path) = engine.generated_key_file() {
         outln!(
             "Generated the key file {} that encrypts secrets at rest: back it up with the database.",
             path.display()
@@ -663,9 +684,9 @@ fn read_secret(source_id: i64) -> anyhow::Result<SecretString> {
 async fn reset_key(cli: &Cli, yes: bool) -> anyhow::Result<ExitCode> {
     let mut options = cli.store_options();
     options.verify_key = false;
-    let store = Store::open(options).await?;
-    let sources: Vec<_> = store
-        .list_sources(None, false)
+    let engine = Engine::new(Store::open(options).await?, cli.engine_options());
+    let sources: Vec<_> = engine
+        .sources(None, false)
         .await?
         .into_iter()
         .filter(|s| s.has_secret)
@@ -680,17 +701,17 @@ async fn reset_key(cli: &Cli, yes: bool) -> anyhow::Result<ExitCode> {
         } else {
             ids.join(", ")
         },
-        store.key().describe()
+        engine.key_description()
     );
     if !yes && !confirm(&question) {
         eprintln!("Nothing was changed (on a terminal, answer y; elsewhere, add --yes).");
-        store.close().await;
+        engine.close().await;
         return Ok(ExitCode::FAILURE);
     }
-    let forgotten = store.forget_secrets().await?;
-    store.close().await;
-    outln!("Forgot the secrets of {forgotten} source(s).");
-    for s in &sources {
+    let forgotten = engine.forget_secrets().await?;
+    engine.close().await;
+    outln!("Forgot the secrets of {} source(s).", forgotten.len());
+    for s in &forgotten {
         outln!("  usersync source set-secret {}", s.id);
     }
     Ok(ExitCode::SUCCESS)

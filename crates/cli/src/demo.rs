@@ -3,12 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use usersync_core::DomainName;
-use usersync_engine::{
-    Engine, EngineOptions, NewOffice365Source, Office365Settings, RunOutcome, connect_office365,
-};
+use usersync_engine::{Engine, NewOffice365, Office365Settings, RunOutcome};
 use usersync_sim::{SimConfig, Simulator};
-use usersync_store::{DomainOrigin, RunStatus, SecretString};
+use usersync_store::{RunStatus, SecretString};
 
 use crate::progress::TerminalProgress;
 use crate::{Cli, outln};
@@ -37,7 +34,10 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         options.url = format!("sqlite://{DEMO_DATABASE}");
     }
     let database = options.url.clone();
-    let store = usersync_store::Store::open(options).await?;
+    let engine = Engine::new(
+        usersync_store::Store::open(options).await?,
+        cli.engine_options(),
+    );
 
     outln!(
         "1. Starting the bundled Microsoft 365 simulator with {} users...",
@@ -53,32 +53,23 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     outln!("   tenant {} at {}", info.tenant_id, info.graph_url);
 
     outln!("2. Creating the customer '{CUSTOMER}' with the tenant's mail domains...");
-    let customer = store.add_customer(CUSTOMER).await?;
+    let customer = engine.add_customer(CUSTOMER).await?;
     for domain in &info.mail_domains {
-        store
-            .add_domain(
-                customer.id,
-                &DomainName::parse(domain)?,
-                DomainOrigin::Manual,
-            )
-            .await?;
+        engine.add_domain(&customer.name, domain).await?;
         outln!("   + {domain}");
     }
 
     outln!("3. Connecting the tenant as an office365 source...");
-    let source = connect_office365(
-        &store,
-        NewOffice365Source {
-            customer_id: customer.id,
+    let source = engine
+        .add_office365_source(NewOffice365 {
+            customer: customer.name.clone(),
             tenant_id: info.tenant_id.clone(),
             settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
             client_secret: SecretString::new(info.client_secret.clone()),
-        },
-    )
-    .await?;
+        })
+        .await?;
     outln!("   source #{} (client secret stored encrypted)", source.id);
 
-    let engine = Engine::new(store.clone(), EngineOptions::default());
     outln!("4. Preview (changes nothing):");
     let preview = step(
         engine
@@ -143,7 +134,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     sim.shutdown().await;
-    store.close().await;
+    engine.close().await;
     let db = if own_database {
         format!(" --database sqlite://{DEMO_DATABASE}")
     } else {

@@ -107,6 +107,21 @@ enum Command {
     /// Sync runs: every preview and sync, with its plan and outcome.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// The audit log: every change to the directory and the configuration, by whom.
+    Audit {
+        /// Only this customer's changes.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Only changes at or after this time: 2026-11-30T10:00:00Z, 2026-11-30, or an
+        /// age such as 30m, 12h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// How many entries at most, newest first.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// The key that encrypts secrets at rest.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -154,6 +169,16 @@ enum CustomerCommand {
     },
     /// List the customers.
     List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Change a customer's settings: retention=DAYS (how long removed users are kept,
+    /// restorable, before they are purged; default 30d).
+    Set {
+        name: String,
+        /// KEY=VALUE, e.g. retention=30d.
+        #[arg(required = true)]
+        assignments: Vec<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -428,6 +453,15 @@ enum UsersCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Bring a removed user back (same entry, group, aliases and services). It is kept by
+    /// hand from then on: no sync removes it, until a tenant lists the address again.
+    Restore {
+        address: String,
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -524,7 +558,27 @@ fn os_user() -> String {
     ["USER", "LOGNAME", "USERNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .or_else(user_of_this_process)
         .unwrap_or_else(|| "unknown user".to_string())
+}
+
+/// The name of this process's user from the system's account list (where no login shell
+/// set USER: a service, a container), else `uid N`.
+fn user_of_this_process() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_string())
+    });
+    Some(name.unwrap_or_else(|| format!("uid {uid}")))
 }
 
 /// Colour only where a person reads it: stderr is a terminal and NO_COLOR is not set.

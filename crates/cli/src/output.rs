@@ -82,9 +82,18 @@ pub fn customers_table(customers: &[Customer]) {
         hint("No customers yet. Add one with `usersync customer add NAME`.");
         return;
     }
-    let mut t = Table::new().keep("id").shorten("name").drop("created", 1);
+    let mut t = Table::new()
+        .keep("id")
+        .shorten("name")
+        .drop("retention", 2)
+        .drop("created", 1);
     for c in customers {
-        t.row(vec![c.id.to_string(), c.name.clone(), time(&c.created_at)]);
+        t.row(vec![
+            c.id.to_string(),
+            c.name.clone(),
+            format!("{}d", c.retention_days),
+            time(&c.created_at),
+        ]);
     }
     t.print();
 }
@@ -546,6 +555,73 @@ pub fn sync_report(outcome: &RunOutcome, source_id: Option<i64>) {
     }
 }
 
+/// The command that shows or fixes what an error is about, for a person at a terminal
+/// (the engine's messages name no commands: each surface has its own way to say it).
+pub fn error_hint(error: &usersync_engine::EngineError) -> Option<&'static str> {
+    use usersync_engine::EngineError;
+    use usersync_store::StoreError;
+    Some(match error {
+        EngineError::Store(StoreError::NotFound { what, .. }) => match *what {
+            "customer" => {
+                "`usersync customer list` shows the customers; `usersync customer add NAME` adds one"
+            }
+            "domain" => "`usersync domain list --customer NAME` shows a customer's domains",
+            "source" => "`usersync source list` shows the sources",
+            "run" => "`usersync runs list` shows the runs",
+            "filter rule" => "`usersync filter list SOURCE_ID` shows the rules of a source",
+            "group" => {
+                "`usersync groups list --customer NAME` shows the groups; add --create-group to create it with the rule"
+            }
+            "user" => "`usersync users list --customer NAME --include-removed` shows the users",
+            _ => return None,
+        },
+        EngineError::Config { field, .. } if field == "group_map" => {
+            "`usersync groups add NAME --customer CUSTOMER` adds a console group"
+        }
+        EngineError::Store(StoreError::Conflict(text)) if text.contains("can be restored") => {
+            "`usersync users restore ADDRESS --customer NAME` brings a removed user back"
+        }
+        _ => return None,
+    })
+}
+
+pub fn audit_table(entries: &[usersync_store::AuditEntry]) {
+    if entries.is_empty() {
+        hint("No changes recorded (for this customer, since then).");
+        return;
+    }
+    let mut t = Table::new()
+        .keep("at")
+        .keep("by")
+        .drop("run", 3)
+        .drop("customer", 2)
+        .keep("action")
+        .keep("object")
+        .shorten("change");
+    let short = |v: &Option<serde_json::Value>| match v {
+        None => String::new(),
+        Some(v) => v.to_string(),
+    };
+    for e in entries {
+        let change = match (&e.before, &e.after) {
+            (Some(_), Some(_)) => format!("{} -> {}", short(&e.before), short(&e.after)),
+            (None, Some(_)) => short(&e.after),
+            (Some(_), None) => format!("was {}", short(&e.before)),
+            (None, None) => String::new(),
+        };
+        t.row(vec![
+            time(&e.at),
+            e.actor.clone(),
+            e.run_id.map(|r| r.to_string()).unwrap_or_default(),
+            e.customer.clone().unwrap_or_default(),
+            e.action.clone(),
+            e.object.clone(),
+            change,
+        ]);
+    }
+    t.print();
+}
+
 pub fn runs_table(runs: &[RunRecord]) {
     if runs.is_empty() {
         hint("No runs yet. Try `usersync preview SOURCE_ID`.");
@@ -576,7 +652,14 @@ pub fn runs_table(runs: &[RunRecord]) {
             r.kind.as_str().into(),
             r.status.as_str().into(),
             time(&r.started_at),
-            format!("+{} ~{} -{}", r.added, r.updated, r.removed),
+            if r.held > 0 {
+                format!(
+                    "+{} ~{} -{} ({} held)",
+                    r.added, r.updated, r.removed, r.held
+                )
+            } else {
+                format!("+{} ~{} -{}", r.added, r.updated, r.removed)
+            },
             r.added.to_string(),
             r.updated.to_string(),
             r.removed.to_string(),

@@ -13,7 +13,6 @@ use axum::response::IntoResponse;
 use clap::Args;
 use tokio::sync::watch;
 use usersync_engine::{DURATION_BUCKETS, Engine, Metrics, ServiceOptions, run_service};
-use usersync_store::Store;
 
 use crate::parse_duration;
 
@@ -41,7 +40,7 @@ pub struct WorkerArgs {
 }
 
 struct App {
-    store: Store,
+    engine: Engine,
     metrics: Arc<Metrics>,
 }
 
@@ -61,9 +60,8 @@ async fn run(
     scheduler: bool,
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    let store = engine.store().clone();
     // Every process on the database must open its secrets: refused now, not at the first run.
-    store.require_key().await?;
+    engine.require_key().await?;
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = watch::channel(false);
     let mut http = None;
@@ -73,7 +71,7 @@ async fn run(
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (--listen)"))?;
         let address = listener.local_addr()?;
         let app = Arc::new(App {
-            store: store.clone(),
+            engine: engine.clone(),
             metrics: metrics.clone(),
         });
         let router = axum::Router::new()
@@ -107,7 +105,7 @@ async fn run(
         options.workers,
         args.grace.as_secs()
     );
-    let service = tokio::spawn(run_service(engine, options, metrics, stopped));
+    let service = tokio::spawn(run_service(engine.clone(), options, metrics, stopped));
     signal().await;
     eprintln!("Stopping: no new runs are started.");
     let _ = stop.send(true);
@@ -115,7 +113,7 @@ async fn run(
     if let Some(http) = http {
         let _ = http.await;
     }
-    store.close().await;
+    engine.close().await;
     eprintln!("Stopped.");
     Ok(ExitCode::SUCCESS)
 }
@@ -144,7 +142,7 @@ async fn signal() {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
-    match app.store.ready().await {
+    match app.engine.ready().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -226,7 +224,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
             "# HELP usersync_{name} {help}\n# TYPE usersync_{name} counter\nusersync_{name} {value}"
         );
     }
-    match app.store.queue_stats().await {
+    match app.engine.queue_stats().await {
         Ok(q) => {
             let gauges = [
                 ("queue_depth", "Runs queued and due now.", q.queued_due),

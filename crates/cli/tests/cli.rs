@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Cli, add_source};
+use common::{Cli, add_source, connect};
 use serde_json::Value;
 use usersync_sim::{SimConfig, Simulator};
 
@@ -481,7 +481,118 @@ async fn the_wizard_options_work_from_the_command_line(database: String) {
     sim.shutdown().await;
 }
 
+/// Retention, restore and the audit log from the command line: who did what, as a script
+/// reads it.
+async fn removed_users_restore_and_the_audit_log(database: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 20,
+        seed: 9,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let info = sim.info().clone();
+    let cli = Cli::connected_to(&database, &info).with_env("USER", "carol");
+    let id = connect(&cli, &info);
+    let customer = cli.ok_json(&["customer", "set", "contoso", "retention=14d", "--json"]);
+    assert_eq!(customer["retention_days"], 14);
+    let error = cli.fails(&["customer", "set", "Contoso", "retention=never"]);
+    assert!(
+        error.contains("retention") && error.contains("30d"),
+        "{error}"
+    );
+    let error = cli.fails(&["customer", "set", "Nobody", "retention=7d"]);
+    assert!(
+        error.contains("customer 'Nobody' does not exist")
+            && error.contains("usersync customer list"),
+        "{error}"
+    );
+
+    let preview = cli.ok_json(&["preview", &id, "--json"]);
+    let to_add = preview["counts"]["add"].as_u64().unwrap();
+    assert_eq!(to_add as usize, preview["add"].as_array().unwrap().len());
+    assert!(preview["held"].as_array().unwrap().is_empty());
+    let sync = cli.ok_json(&["sync", &id, "--json"]);
+    assert_eq!(sync["added"].as_u64().unwrap(), to_add);
+
+    // One user leaves the tenant: removed, then restored by hand.
+    let gone = sim
+        .tenant()
+        .users()
+        .into_iter()
+        .find(|u| {
+            u.mail
+                .as_deref()
+                .is_some_and(|m| preview["add"].to_string().contains(&m.to_lowercase()))
+        })
+        .unwrap();
+    let address = gone.mail.clone().unwrap().to_lowercase();
+    sim.tenant().delete_user(&gone.id).unwrap();
+    let sync = cli.ok_json(&["sync", &id, "--json"]);
+    assert_eq!(sync["removed"], 1);
+    let restored = cli.ok_json(&[
+        "users",
+        "restore",
+        &address,
+        "--customer",
+        "Contoso",
+        "--json",
+    ]);
+    assert_eq!(restored["status"], "active");
+    assert!(restored["source_id"].is_null(), "kept by hand: {restored}");
+    let error = cli.fails(&["users", "restore", &address, "--customer", "Contoso"]);
+    assert!(error.contains("is not removed"), "{error}");
+    let error = cli.fails(&["users", "add", &address, "--customer", "Contoso"]);
+    assert!(error.contains("already an entry"), "{error}");
+
+    // The log, newest first: the restore by carol, the sync's removal by its run.
+    let log = cli.ok_json(&["audit", "--customer", "Contoso", "--json"]);
+    let log = log.as_array().unwrap();
+    assert_eq!(log[0]["action"], "user.restore");
+    assert_eq!(log[0]["actor"], "carol");
+    assert_eq!(log[0]["object"], address.as_str());
+    assert!(log[0]["run_id"].is_null());
+    assert_eq!(log[1]["action"], "user.remove");
+    assert_eq!(log[1]["run_id"], sync["run_id"]);
+    assert_eq!(log[1]["actor"], "carol", "the run was carol's");
+    let adds = log.iter().filter(|e| e["action"] == "user.add").count();
+    assert_eq!(
+        adds as u64, to_add,
+        "one entry per user the first sync added"
+    );
+    let first = log.last().unwrap();
+    assert_eq!(
+        (first["action"].as_str(), first["actor"].as_str()),
+        (Some("customer.add"), Some("carol"))
+    );
+    let secret = log
+        .iter()
+        .find(|e| e["action"] == "source.add")
+        .expect("the source's connection is in the log");
+    assert!(
+        !secret.to_string().contains(&info.client_secret),
+        "the secret is never logged"
+    );
+    assert_eq!(
+        cli.ok_json(&["audit", "--limit", "1", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let error = cli.fails(&["audit", "--since", "last tuesday"]);
+    assert!(error.contains("since"), "{error}");
+    let table = cli.run(&["audit", "--customer", "Contoso", "--limit", "2"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines().next().unwrap().contains("user.restore"),
+        "{text}"
+    );
+    sim.shutdown().await;
+}
+
 on_both_backends!(
+    removed_users_restore_and_the_audit_log,
     the_commands_scripts_use_work_end_to_end,
     bad_input_is_refused_with_the_field_and_the_fix,
     the_wizard_options_work_from_the_command_line,

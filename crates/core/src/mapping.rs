@@ -271,6 +271,34 @@ pub fn user_type(user: &SourceUser) -> MailboxType {
     }
 }
 
+/// An entry added by hand: no source manages it, it is in the group Main, and it is
+/// billable when it is a user mailbox (rule 5; nothing says it is unlicensed or disabled).
+pub fn manual_user(
+    address: EmailAddress,
+    display_name: Option<String>,
+    mailbox_type: MailboxType,
+) -> DirectoryUser {
+    DirectoryUser {
+        id: None,
+        display_name: display_name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| address.to_string()),
+        given_name: None,
+        surname: None,
+        mailbox_type,
+        billable: mailbox_type == MailboxType::User,
+        aliases: vec![],
+        group: MAIN_GROUP.into(),
+        source_id: None,
+        source_object_id: None,
+        status: UserStatus::Active,
+        manager: None,
+        services: None,
+        placed_by: None,
+        address,
+    }
+}
+
 /// Rule 5: only licensed, enabled, regular user mailboxes are billable.
 pub fn is_billable(mailbox_type: MailboxType, user: &SourceUser) -> bool {
     mailbox_type == MailboxType::User && user.is_licensed() && user.is_enabled()

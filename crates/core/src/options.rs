@@ -376,6 +376,17 @@ impl SourceOptions {
         Ok(())
     }
 
+    /// Checks every option as `set` would take it (an interval in range, a time zone of the
+    /// tz database, a threshold that parses ...): options built in code or read from a
+    /// request go through the same rules as typed ones. The first refused option is named.
+    pub fn validate(&self) -> Result<(), OptionError> {
+        let mut copy = SourceOptions::default();
+        for (key, value) in self.entries() {
+            copy.set(key, &value)?;
+        }
+        Ok(())
+    }
+
     /// Applies `KEY=VALUE` assignments all or none: a refused one leaves the options as they were.
     pub fn apply(&self, assignments: &[String]) -> Result<SourceOptions, OptionError> {
         let mut next = self.clone();
@@ -494,6 +505,21 @@ impl SourceOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_made_in_code_are_checked_as_typed_ones_are() {
+        assert!(SourceOptions::default().validate().is_ok());
+        let short = SourceOptions {
+            interval_minutes: 1,
+            ..SourceOptions::default()
+        };
+        let error = short.validate().unwrap_err();
+        assert!(error.to_string().contains("interval"), "{error}");
+        let mut zone = SourceOptions::default();
+        zone.defaults.timezone = Some("Mars/Olympus".into());
+        let error = zone.validate().unwrap_err();
+        assert!(error.to_string().contains("defaults.timezone"), "{error}");
+    }
 
     #[test]
     fn defaults_follow_the_product() {

@@ -4,17 +4,21 @@
 //! later) goes through [`Engine`]; none of them holds sync logic. Sources are reached only
 //! through the [`Source`] trait, so Microsoft 365 is the first source, not the only one.
 
+mod directory;
 mod error;
 mod office365;
+mod report;
 mod run;
 mod service;
 mod source;
 mod sources;
 
+pub use directory::{AuditRequest, CustomerSetting, NewOffice365, NewUser};
 pub use error::{EngineError, ErrorKind, error_text};
 pub use office365::{
     NewOffice365Source, Office365Settings, Office365Source, ReadNeeds, connect_office365,
 };
+pub use report::{PlanCounts, PlanReport};
 pub use run::{Engine, EngineOptions, Remedy, RunOutcome};
 pub use service::{DURATION_BUCKETS, Metrics, MetricsInner, ServiceOptions, run_service};
 pub use source::{

@@ -140,6 +140,7 @@ pub async fn connect_office365(
         )
     })?;
     new.settings.check()?;
+    new.settings.options.validate()?;
     if new.client_secret.expose().trim().is_empty() {
         return Err(EngineError::config(
             "USERSYNC_M365_CLIENT_SECRET",

@@ -151,8 +151,13 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The engine over `store`; what it changes is written to the audit log as
+    /// `options.actor`'s (runs' changes as their runs').
     pub fn new(store: Store, options: EngineOptions) -> Self {
-        Engine { store, options }
+        Engine {
+            store: store.acting_as(&options.actor),
+            options,
+        }
     }
 
     pub fn store(&self) -> &Store {

@@ -111,13 +111,15 @@ pub async fn run_service(
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     {
-        // Every process takes back runs whose worker died (any process may notice first).
+        // Every process takes back runs whose worker died (any process may notice first),
+        // and offers to do the daily purge (one process does it, once a day).
         let engine = engine.clone();
         let mut shutdown = shutdown.clone();
         let every = options.poll * 5;
         tasks.spawn(async move {
             loop {
                 engine.recover_runs().await;
+                engine.purge_due().await;
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stopping(&mut shutdown) => return,

@@ -65,11 +65,10 @@ impl Engine {
                 return Err(EngineError::config(
                     "group_map",
                     format!(
-                        "the console group '{console}' does not exist in '{}'; existing groups: {}. \
-                         Create it with `usersync groups add '{console}' --customer '{}'`",
+                        "the console group '{console}' does not exist in '{}'; existing groups: {}; \
+                         add the group first",
                         record.customer,
                         names.join(", "),
-                        record.customer
                     ),
                 ));
             }
@@ -338,6 +337,7 @@ impl Engine {
         source_id: i64,
         settings: &Office365Settings,
     ) -> Result<(), EngineError> {
+        settings.options.validate()?;
         let value = serde_json::to_value(settings)
             .map_err(|e| EngineError::config("source settings", e.to_string()))?;
         Ok(self.store.set_source_settings(source_id, &value).await?)

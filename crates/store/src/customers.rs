@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use usersync_core::mapping::MAIN_GROUP;
 use usersync_core::{DomainName, NameKind, check_name, same_name};
 
+use crate::audit::Change;
 use crate::{Store, StoreError, now, query_dyn};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -13,6 +14,8 @@ pub struct Customer {
     pub id: i64,
     pub name: String,
     pub created_at: String,
+    /// Days a removed user is kept (restorable) before it is purged.
+    pub retention_days: i64,
 }
 
 /// How a domain came to the customer.
@@ -93,8 +96,11 @@ fn customer_from(row: &AnyRow) -> Result<Customer, StoreError> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
+        retention_days: row.try_get("retention_days")?,
     })
 }
+
+const CUSTOMER_COLUMNS: &str = "id, name, created_at, retention_days";
 
 /// PostgreSQL advisory lock that serialises adding customers ("customer" in ASCII).
 const CUSTOMER_NAMES_LOCK: i64 = 0x0063_7573_746f_6d65;
@@ -129,7 +135,7 @@ impl Store {
         }
         let created_at = now();
         let row = sqlx::query(
-            "INSERT INTO customers (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
+            "INSERT INTO customers (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at, retention_days",
         )
         .bind(name)
         .bind(&created_at)
@@ -151,17 +157,56 @@ impl Store {
         .bind(&created_at)
         .execute(&mut *tx)
         .await?;
+        self.audit_now(
+            &mut tx,
+            &[
+                Change::new(Some(customer.id), "customer.add", &customer.name)
+                    .after(serde_json::json!({"retention_days": customer.retention_days})),
+            ],
+        )
+        .await?;
         tx.commit().await?;
         Ok(customer)
+    }
+
+    /// Sets how many days removed users of the customer are kept before they are purged.
+    pub async fn set_customer_retention(
+        &self,
+        customer_id: i64,
+        days: i64,
+    ) -> Result<Customer, StoreError> {
+        if !(1..=3650).contains(&days) {
+            return Err(StoreError::Invalid(format!(
+                "retention: {days} days is out of range; give 1 to 3650 days"
+            )));
+        }
+        let before = self.customer(customer_id).await?;
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE customers SET retention_days = $1 WHERE id = $2")
+            .bind(days)
+            .bind(customer_id)
+            .execute(&mut *tx)
+            .await?;
+        self.audit_now(
+            &mut tx,
+            &[Change::new(Some(customer_id), "customer.set", &before.name)
+                .before(serde_json::json!({"retention_days": before.retention_days}))
+                .after(serde_json::json!({"retention_days": days}))],
+        )
+        .await?;
+        tx.commit().await?;
+        self.customer(customer_id).await
     }
 
     /// The customer of that name, written in any case.
     pub async fn customer_by_name(&self, name: &str) -> Result<Customer, StoreError> {
         let name = name.trim();
-        let exact = sqlx::query("SELECT id, name, created_at FROM customers WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let exact = query_dyn(&format!(
+            "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         if let Some(row) = exact {
             return customer_from(&row);
         }
@@ -169,27 +214,27 @@ impl Store {
         let mut matching = all.into_iter().filter(|c| same_name(&c.name, name));
         match (matching.next(), matching.next()) {
             (Some(c), None) => Ok(c),
-            _ => Err(StoreError::not_found(
-                "customer",
-                name,
-                "add it with `usersync customer add NAME`; `usersync customer list` shows them",
-            )),
+            _ => Err(StoreError::not_found("customer", name)),
         }
     }
 
     pub async fn customer(&self, id: i64) -> Result<Customer, StoreError> {
-        let row = sqlx::query("SELECT id, name, created_at FROM customers WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("customer", id, ""))?;
+        let row = query_dyn(&format!(
+            "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("customer", id))?;
         customer_from(&row)
     }
 
     pub async fn list_customers(&self) -> Result<Vec<Customer>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM customers ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = query_dyn(&format!(
+            "SELECT {CUSTOMER_COLUMNS} FROM customers ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(customer_from).collect()
     }
 
@@ -227,6 +272,7 @@ impl Store {
                 "{name} is a Microsoft initial domain; addresses in *.onmicrosoft.com are never synced, so it is not added"
             )));
         }
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO domains (customer_id, name, origin, source_id, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -235,8 +281,22 @@ impl Store {
         .bind(origin.as_str())
         .bind(source_id)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::Conflict(format!("the domain {name} was added by another process at the same moment"))
+            } else {
+                e.into()
+            }
+        })?;
+        self.audit_now(
+            &mut tx,
+            &[Change::new(Some(customer_id), "domain.add", name)
+                .after(serde_json::json!({"origin": origin, "source_id": source_id}))],
+        )
         .await?;
+        tx.commit().await?;
         self.domain(name).await
     }
 
@@ -248,7 +308,7 @@ impl Store {
         .bind(name.as_str())
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::not_found("domain", name, "`usersync domain list --customer NAME` shows a customer's domains"))?;
+        .ok_or_else(|| StoreError::not_found("domain", name))?;
         domain_from(&row)
     }
 
@@ -268,13 +328,14 @@ impl Store {
         let name =
             check_name(NameKind::Group, name).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let name = name.as_str();
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO console_groups (customer_id, name, created_at) VALUES ($1, $2, $3)",
         )
         .bind(customer_id)
         .bind(name)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| {
             if StoreError::is_unique_violation(&e) {
@@ -283,6 +344,12 @@ impl Store {
                 e.into()
             }
         })?;
+        self.audit_now(
+            &mut tx,
+            &[Change::new(Some(customer_id), "group.add", name)],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

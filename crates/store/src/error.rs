@@ -16,12 +16,10 @@ pub enum StoreError {
     /// The database is not one usersync can use as it is; nothing was changed in it.
     #[error("the database {url} {problem}")]
     Unusable { url: String, problem: String },
-    #[error("{what} '{name}' does not exist{hint}")]
-    NotFound {
-        what: &'static str,
-        name: String,
-        hint: String,
-    },
+    /// `what` is the kind of object ("customer", "source", "run" ...): surfaces add their
+    /// own hint (a command, a link) from it.
+    #[error("{what} '{name}' does not exist")]
+    NotFound { what: &'static str, name: String },
     #[error("{0}")]
     Conflict(String),
     /// The customer's directory changed after a plan was made from it: plan again.
@@ -91,15 +89,10 @@ fn is_busy(error: &sqlx::Error) -> bool {
 }
 
 impl StoreError {
-    pub(crate) fn not_found(what: &'static str, name: impl ToString, hint: &str) -> Self {
+    pub(crate) fn not_found(what: &'static str, name: impl ToString) -> Self {
         StoreError::NotFound {
             what,
             name: name.to_string(),
-            hint: if hint.is_empty() {
-                String::new()
-            } else {
-                format!(" ({hint})")
-            },
         }
     }
 

@@ -3,28 +3,13 @@
 use sqlx::Row;
 use usersync_core::filter::{Expression, FilterRule};
 
+use crate::audit::Change;
 use crate::{Store, StoreError, now};
 
 impl Store {
     /// The source's rules, first to last.
     pub async fn filter_rules(&self, source_id: i64) -> Result<Vec<FilterRule>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, group_name, expression FROM filter_rules WHERE source_id = $1 ORDER BY position, id",
-        )
-        .bind(source_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let text: String = row.try_get("expression")?;
-                Ok(FilterRule {
-                    id: row.try_get("id")?,
-                    group: row.try_get("group_name")?,
-                    expression: Expression::parse(&text)
-                        .map_err(|e| StoreError::Corrupt(format!("filter rule: {e}")))?,
-                })
-            })
-            .collect()
+        read_rules(&self.pool, source_id).await
     }
 
     /// Appends a rule; when `create_group` is set its destination group is created if missing,
@@ -53,7 +38,6 @@ impl Store {
                 return Err(StoreError::not_found(
                     "group",
                     format!("{group}' of customer '{}", source.customer),
-                    "add --create-group to create it with the rule",
                 ));
             }
             sqlx::query(
@@ -63,6 +47,11 @@ impl Store {
             .bind(group)
             .bind(now())
             .execute(&mut *tx)
+            .await?;
+            self.audit_now(
+                &mut tx,
+                &[Change::new(Some(source.customer_id), "group.add", group)],
+            )
             .await?;
         }
         let position: i64 = sqlx::query(
@@ -83,28 +72,25 @@ impl Store {
         .bind(now())
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(FilterRule {
+        let rule = FilterRule {
             id: row.try_get("id")?,
             group: group.to_string(),
             expression: expression.clone(),
-        })
+        };
+        self.audit_now(
+            &mut tx,
+            &[
+                Change::new(Some(source.customer_id), "filter.add", rule_object(&rule, source_id))
+                    .after(serde_json::json!({"position": position, "group": group, "rule": expression.to_string()})),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(rule)
     }
 
     pub async fn remove_filter_rule(&self, source_id: i64, rule_id: i64) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM filter_rules WHERE source_id = $1 AND id = $2")
-            .bind(source_id)
-            .bind(rule_id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(
-                "filter rule",
-                rule_id,
-                &format!("`usersync filter list {source_id}` shows the rules of this source"),
-            ));
-        }
-        self.renumber(source_id, None).await
+        self.renumber(source_id, rule_id, None).await
     }
 
     /// Moves a rule to 1-based position `to` (clamped to the list), keeping the others' order.
@@ -114,35 +100,51 @@ impl Store {
         rule_id: i64,
         to: usize,
     ) -> Result<(), StoreError> {
-        let rules = self.filter_rules(source_id).await?;
-        if !rules.iter().any(|r| r.id == rule_id) {
-            return Err(StoreError::not_found(
-                "filter rule",
-                rule_id,
-                &format!("`usersync filter list {source_id}` shows the rules of this source"),
-            ));
-        }
-        self.renumber(source_id, Some((rule_id, to))).await
+        self.renumber(source_id, rule_id, Some(to)).await
     }
 
-    /// Rewrites positions 1..n, optionally moving one rule first.
+    /// Removes a rule (`to` is `None`) or moves it to 1-based position `to` (clamped to
+    /// the list), keeping the others' order, and rewrites positions 1..n.
     async fn renumber(
         &self,
         source_id: i64,
-        moving: Option<(i64, usize)>,
+        rule_id: i64,
+        to: Option<usize>,
     ) -> Result<(), StoreError> {
-        let mut ids: Vec<i64> = self
-            .filter_rules(source_id)
-            .await?
+        let source = self.source(source_id).await?;
+        let mut tx = self.write_tx().await?;
+        let rules = read_rules(&mut *tx, source_id).await?;
+        let Some(from) = rules.iter().position(|r| r.id == rule_id) else {
+            return Err(StoreError::not_found(
+                "filter rule",
+                format!("{rule_id}' of source '#{source_id}"),
+            ));
+        };
+        let rule = rules[from].clone();
+        let mut ids: Vec<i64> = rules
             .iter()
             .map(|r| r.id)
+            .filter(|id| *id != rule_id)
             .collect();
-        if let Some((rule_id, to)) = moving {
-            ids.retain(|id| *id != rule_id);
-            let at = to.saturating_sub(1).min(ids.len());
-            ids.insert(at, rule_id);
-        }
-        let mut tx = self.write_tx().await?;
+        let what = rule_object(&rule, source_id);
+        let change = match to {
+            None => {
+                sqlx::query("DELETE FROM filter_rules WHERE id = $1")
+                    .bind(rule_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Change::new(Some(source.customer_id), "filter.remove", what).before(
+                    serde_json::json!({"position": from + 1, "group": rule.group, "rule": rule.expression.to_string()}),
+                )
+            }
+            Some(to) => {
+                let at = to.saturating_sub(1).min(ids.len());
+                ids.insert(at, rule_id);
+                Change::new(Some(source.customer_id), "filter.move", what)
+                    .before(serde_json::json!({"position": from + 1}))
+                    .after(serde_json::json!({"position": at + 1}))
+            }
+        };
         for (i, id) in ids.iter().enumerate() {
             sqlx::query("UPDATE filter_rules SET position = $1 WHERE id = $2")
                 .bind(i as i64 + 1)
@@ -150,7 +152,36 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.audit_now(&mut tx, &[change]).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A rule as the audit log names it.
+fn rule_object(rule: &FilterRule, source_id: i64) -> String {
+    format!("filter rule {} of source #{source_id}", rule.id)
+}
+
+async fn read_rules<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    source_id: i64,
+) -> Result<Vec<FilterRule>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, group_name, expression FROM filter_rules WHERE source_id = $1 ORDER BY position, id",
+    )
+    .bind(source_id)
+    .fetch_all(executor)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let text: String = row.try_get("expression")?;
+            Ok(FilterRule {
+                id: row.try_get("id")?,
+                group: row.try_get("group_name")?,
+                expression: Expression::parse(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("filter rule: {e}")))?,
+            })
+        })
+        .collect()
 }

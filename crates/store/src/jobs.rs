@@ -172,7 +172,7 @@ impl Store {
             .bind(job.source_id)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::not_found("source", job.source_id, ""))?;
+            .ok_or_else(|| StoreError::not_found("source", job.source_id))?;
         if let Some(when) = source.try_get::<Option<String>, _>("removed_at")? {
             return Err(StoreError::Invalid(format!(
                 "source #{} was removed on {when}; it syncs no more",
@@ -437,7 +437,7 @@ impl Store {
             .bind(run_id)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::not_found("run", run_id, ""))?;
+            .ok_or_else(|| StoreError::not_found("run", run_id))?;
         let status: RunStatus = parse_enum(&row.try_get::<String, _>("status")?, "runs.status")?;
         if status.is_final() {
             return Err(StoreError::Conflict(format!(
@@ -586,7 +586,7 @@ impl Store {
         .bind(source_id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::not_found("source", source_id, ""))?;
+        .ok_or_else(|| StoreError::not_found("source", source_id))?;
         health_from(&row)
     }
 

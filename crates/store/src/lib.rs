@@ -8,6 +8,7 @@
 //! transaction that writes begins `IMMEDIATE` ([`Store::write_tx`]): writers queue for the
 //! one write lock instead of failing when another committed first.
 
+mod audit;
 mod crypto;
 mod customers;
 mod database;
@@ -16,6 +17,7 @@ mod filters;
 mod jobs;
 mod migrations;
 mod process;
+mod retention;
 mod runs;
 mod sources;
 pub mod testing;
@@ -29,12 +31,14 @@ use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use audit::{AuditEntry, AuditQuery};
 pub use crypto::{KeyLocation, KeySource, SecretBox, SecretString};
 pub use customers::{Customer, Domain, DomainOrigin, Group};
 pub use database::mask_password;
 pub use error::{DEFAULT_BUSY_TIMEOUT, StoreError};
 pub use jobs::{Claim, Enqueued, NewJob, QueueStats, Recovered, SourceHealth};
 pub use process::RunOwner;
+pub use retention::PurgeReport;
 pub use runs::{
     DEFAULT_LEASE, NewRun, RunEnd, RunKind, RunLease, RunReason, RunRecord, RunStats, RunStatus,
     Settle,
@@ -99,6 +103,8 @@ pub struct Store {
     busy_timeout: Duration,
     /// Seconds added to the database's clock by tests ([`Store::advance_clock`]).
     clock: jobs::ClockOffset,
+    /// Who the changes made through this handle are by, in the audit log.
+    actor: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -196,6 +202,7 @@ impl Store {
             secrets,
             busy_timeout: options.busy_timeout,
             clock: Default::default(),
+            actor: "usersync".into(),
         };
         // The key before any migration: a wrong key leaves the database as it was.
         let keep_check = if options.verify_key {
@@ -210,6 +217,20 @@ impl Store {
             store.keep_key_check().await;
         }
         Ok(store)
+    }
+
+    /// This store, with the changes made through it written to the audit log as `actor`'s
+    /// (an operating-system user, a console account). Changes made by a run are the run's.
+    pub fn acting_as(&self, actor: &str) -> Store {
+        Store {
+            actor: actor.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Who the changes made through this handle are by.
+    pub fn actor(&self) -> &str {
+        &self.actor
     }
 
     pub fn backend(&self) -> Backend {

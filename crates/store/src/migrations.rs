@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         "runs as jobs (queue, leases, attempts), schedules and source health, deletion holds, retention, audit log",
         V6,
     ),
+    both(
+        7,
+        "daily maintenance jobs (the retention purge), held removals counted on runs",
+        V7,
+    ),
 ];
 
 /// The newest schema version this binary knows.
@@ -64,6 +69,7 @@ const OUR_TABLES: &[&str] = &[
     "group_members",
     "store_meta",
     "audit_log",
+    "maintenance",
 ];
 
 /// What both backends add in version 5.
@@ -161,6 +167,20 @@ CREATE TABLE audit_log (
     after TEXT
 );
 CREATE INDEX audit_by_customer ON audit_log (customer_id, id);
+"#;
+
+/// Jobs that run once a day for the whole database (the purge of removed users past their
+/// customer's retention): `next_run_at` is taken by a compare-and-set in the transaction
+/// that does the work, so one process does it, once. Runs count the removals they held.
+const V7: &str = r#"
+CREATE TABLE maintenance (
+    name TEXT PRIMARY KEY,
+    next_run_at BIGINT NOT NULL,
+    last_run_at TEXT,
+    last_result TEXT
+);
+INSERT INTO maintenance (name, next_run_at) VALUES ('purge', 0);
+ALTER TABLE runs ADD COLUMN held BIGINT NOT NULL DEFAULT 0;
 "#;
 
 const V4: &str = r#"

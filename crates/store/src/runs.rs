@@ -130,14 +130,15 @@ pub struct RunRecord {
     /// The process that executes (or executed) the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<RunOwner>,
-    /// Only filled by [`Store::run`].
+    /// Only filled by [`Store::run`] (the plan as it was made; a held run's removals are
+    /// in `plan.held`, re-read from the tenant when confirmed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
 }
 
 pub(crate) const COLUMNS: &str = "r.id, r.source_id, c.name AS customer, r.kind, r.reason, r.status, r.started_at, \
      r.finished_at, r.added, r.updated, r.removed, r.skipped, r.linked, r.stats, r.error, \
-     r.owner_host, r.owner_pid, r.owner_started, r.queued_at, r.attempts, r.confirms, r.requested_by";
+     r.owner_host, r.owner_pid, r.owner_started, r.queued_at, r.attempts, r.confirms, r.requested_by, r.held";
 
 /// A claimed run's lease lasts this long unless its owner renews it (every heartbeat).
 pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
@@ -177,7 +178,7 @@ pub(crate) fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
         removed: row.try_get("removed")?,
         skipped: row.try_get("skipped")?,
         linked: row.try_get("linked")?,
-        held: 0,
+        held: row.try_get("held")?,
         attempts: row.try_get("attempts")?,
         confirms: row.try_get("confirms")?,
         requested_by: row.try_get("requested_by")?,
@@ -336,11 +337,10 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::not_found("run", id, ""))?;
+        .ok_or_else(|| StoreError::not_found("run", id))?;
         let mut run = run_from(&row)?;
         let plan: Option<String> = row.try_get("plan")?;
         run.plan = plan.map(|p| decode_plan(&p)).transpose()?;
-        run.held = run.plan.as_ref().map_or(0, |p| p.held.len() as i64);
         Ok(run)
     }
 }
@@ -393,21 +393,23 @@ pub(crate) async fn finish(
     end: &RunEnd<'_>,
 ) -> Result<i64, StoreError> {
     let count = |n: usize| n as i64;
-    let (added, updated, removed, skipped, linked) = end.plan.map_or((0, 0, 0, 0, 0), |p| {
-        (
-            count(p.add.len()),
-            count(p.update.len()),
-            count(p.remove.len()),
-            count(p.skip.len()),
-            count(p.linked()),
-        )
-    });
+    let (added, updated, removed, skipped, linked, held) =
+        end.plan.map_or((0, 0, 0, 0, 0, 0), |p| {
+            (
+                count(p.add.len()),
+                count(p.update.len()),
+                count(p.remove.len()),
+                count(p.skip.len()),
+                count(p.linked()),
+                count(p.held.len()),
+            )
+        });
     let plan_json = end.plan.map(encode_plan).transpose()?;
     let stats_json =
         serde_json::to_string(end.stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = sqlx::query(
         "UPDATE runs SET status = $1, finished_at = $2, added = $3, updated = $4, removed = $5, \
-         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10, lease_until = NULL \
+         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10, lease_until = NULL, held = $13 \
          WHERE id = $11 AND status = 'running' AND lease_token = $12 RETURNING source_id",
     )
     .bind(end.status.as_str())
@@ -422,6 +424,7 @@ pub(crate) async fn finish(
     .bind(plan_json)
     .bind(lease.run_id)
     .bind(lease.token)
+    .bind(held)
     .fetch_optional(&mut **tx)
     .await?;
     match row {

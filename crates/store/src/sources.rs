@@ -6,6 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use usersync_core::SourceKind;
 
+use crate::audit::Change;
 use crate::{SecretString, Store, StoreError, now, parse_enum, query_dyn};
 
 /// A source to create.
@@ -145,6 +146,20 @@ impl Store {
             // The row id is part of the associated data, so the secret is sealed after insert.
             self.seal_secret(&mut tx, id, secret).await?;
         }
+        self.audit_now(
+            &mut tx,
+            &[
+                Change::new(Some(new.customer_id), "source.add", source_object(id)).after(
+                    serde_json::json!({
+                        "kind": new.kind.as_str(),
+                        "tenant_id": new.tenant_id,
+                        "settings": new.settings,
+                        "secret": new.secret.as_ref().map(|_| "set"),
+                    }),
+                ),
+            ],
+        )
+        .await?;
         tx.commit().await?;
         self.source(id).await
     }
@@ -180,6 +195,15 @@ impl Store {
         }
         let mut tx = self.write_tx().await?;
         self.seal_secret(&mut tx, id, secret).await?;
+        self.audit_now(
+            &mut tx,
+            &[
+                Change::new(Some(source.customer_id), "source.secret", source_object(id))
+                    .before(serde_json::json!({"secret": source.has_secret.then_some("set")}))
+                    .after(serde_json::json!({"secret": "replaced"})),
+            ],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -188,9 +212,25 @@ impl Store {
     /// the old one was lost. Returns how many sources held a secret.
     pub async fn forget_secrets(&self) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
+        let held = sqlx::query("SELECT id, customer_id FROM sources WHERE secret IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?;
         let done = sqlx::query("UPDATE sources SET secret = NULL WHERE secret IS NOT NULL")
             .execute(&mut *tx)
             .await?;
+        let mut changes = Vec::new();
+        for row in &held {
+            changes.push(
+                Change::new(
+                    row.try_get("customer_id")?,
+                    "source.secret",
+                    source_object(row.try_get("id")?),
+                )
+                .before(serde_json::json!({"secret": "set"}))
+                .after(serde_json::json!({"secret": null, "why": "the key was reset"})),
+            );
+        }
+        self.audit_now(&mut tx, &changes).await?;
         sqlx::query("DELETE FROM store_meta WHERE name = 'key_check'")
             .execute(&mut *tx)
             .await?;
@@ -219,6 +259,19 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         mark_removed(&mut tx, id, &stamp).await?;
+        let customer_id: Option<i64> = sqlx::query("SELECT customer_id FROM sources WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("customer_id"))
+            .transpose()?;
+        self.audit_now(
+            &mut tx,
+            &[Change::new(customer_id, "source.remove", source_object(id)).after(
+                serde_json::json!({"users": "kept, managed by no source", "unmanaged": users.rows_affected()}),
+            )],
+        )
+        .await?;
         tx.commit().await?;
         Ok(SourceRemoval {
             unmanaged: users.rows_affected(),
@@ -231,9 +284,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| {
-                StoreError::not_found("source", id, "`usersync source list` shows the sources")
-            })?;
+            .ok_or_else(|| StoreError::not_found("source", id))?;
         source_from(&row)
     }
 
@@ -272,7 +323,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::not_found("source", id, ""))?;
+            .ok_or_else(|| StoreError::not_found("source", id))?;
         let sealed: Option<String> = row.try_get("secret")?;
         sealed
             .map(|s| {
@@ -294,13 +345,76 @@ impl Store {
         id: i64,
         settings: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        let before = self.source(id).await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE sources SET settings = $1 WHERE id = $2")
             .bind(settings.to_string())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        let (old, new) = changed_keys(&before.settings, settings);
+        if !new.is_empty() || !old.is_empty() {
+            self.audit_now(
+                &mut tx,
+                &[
+                    Change::new(Some(before.customer_id), "source.set", source_object(id))
+                        .before(old)
+                        .after(new),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
+}
+
+/// A source as the audit log names it.
+pub(crate) fn source_object(id: i64) -> String {
+    format!("source #{id}")
+}
+
+/// The keys whose values differ between two settings objects (nested objects key by key:
+/// `options.interval`), with their values before and after.
+fn changed_keys(
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+) {
+    fn walk(
+        prefix: &str,
+        before: &serde_json::Value,
+        after: &serde_json::Value,
+        old: &mut serde_json::Map<String, serde_json::Value>,
+        new: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
+        use serde_json::Value;
+        if let (Value::Object(b), Value::Object(a)) = (before, after) {
+            let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+            for key in keys {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                walk(
+                    &name,
+                    b.get(key).unwrap_or(&Value::Null),
+                    a.get(key).unwrap_or(&Value::Null),
+                    old,
+                    new,
+                );
+            }
+        } else if before != after {
+            old.insert(prefix.to_string(), before.clone());
+            new.insert(prefix.to_string(), after.clone());
+        }
+    }
+    let (mut old, mut new) = Default::default();
+    walk("", before, after, &mut old, &mut new);
+    (old, new)
 }
 
 /// Marks a source removed, in the transaction that dealt with its users; its secret goes.

@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 
+use crate::audit::{By, Change, record};
 use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
 use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
 
@@ -59,7 +60,7 @@ pub struct Apply<'a> {
 /// SQLite gets anonymous `?` instead: it looks up every named parameter by a linear scan
 /// (`sqlite3_bind_parameter_name`), which made a 5,000-parameter INSERT quadratic and a
 /// 100,000-user first sync take 15 s instead of 2.
-fn values_clause(backend: Backend, rows: usize, columns: usize) -> String {
+pub(crate) fn values_clause(backend: Backend, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     for r in 0..rows {
         if r > 0 {
@@ -210,9 +211,7 @@ impl Store {
                 .await?
                 .map(|row| row.try_get("id"))
                 .transpose()?;
-        let group = group.ok_or_else(|| {
-            StoreError::not_found("group", &user.group, "every customer has the group Main")
-        })?;
+        let group = group.ok_or_else(|| StoreError::not_found("group", &user.group))?;
         let mut tx = self.write_tx().await?;
         let stamp = now();
         let row = sqlx::query(
@@ -235,8 +234,7 @@ impl Store {
         .map_err(|e| {
             if StoreError::is_unique_violation(&e) {
                 StoreError::Conflict(format!(
-                    "{} is already an entry of this customer (possibly a removed one: \
-                     `usersync users list --customer NAME --include-removed` shows it)",
+                    "{} is already an entry of this customer (perhaps a removed one, which can be restored)",
                     user.address
                 ))
             } else {
@@ -252,6 +250,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.audit_now(
+            &mut tx,
+            &[Change::new(Some(customer_id), "user.add", &user.address).after(user_summary(user))],
+        )
+        .await?;
         tx.commit().await?;
         Ok(DirectoryUser {
             id: Some(id),
@@ -305,6 +308,8 @@ impl Store {
         let started = std::time::Instant::now();
         let mut tx = self.write_tx().await?;
         let stamp = now();
+        let mut changes: Vec<Change> = Vec::new();
+        let customer = Some(customer_id);
         // The plan was made from this version of the directory; the update also makes
         // applies of one customer take turns (PostgreSQL locks the row until commit).
         let current = sqlx::query(
@@ -358,6 +363,10 @@ impl Store {
                     e.into()
                 }
             })?;
+            changes.push(
+                Change::new(customer, "domain.add", domain)
+                    .after(serde_json::json!({"origin": "source", "source_id": source_id})),
+            );
         }
 
         // Group names the plan uses, created when missing (filters name their destination).
@@ -385,6 +394,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
                 groups.insert(name.clone(), row.try_get("id")?);
+                changes.push(Change::new(customer, "group.add", name));
             }
         }
         let group_id = |name: &str| groups.get(name).copied().unwrap_or_default();
@@ -445,6 +455,11 @@ impl Store {
                 new_aliases.extend(u.aliases.iter().map(|a| (id, a)));
             }
         }
+        changes.extend(
+            plan.add
+                .iter()
+                .map(|u| Change::new(customer, "user.add", &u.address).after(user_summary(u))),
+        );
 
         // Removed entries whose address a live user takes now go first, freeing it.
         for u in &plan.purge {
@@ -452,6 +467,11 @@ impl Store {
                 .bind(u.id)
                 .execute(&mut *tx)
                 .await?;
+            changes.push(
+                Change::new(customer, "user.purge", &u.address)
+                    .before(serde_json::json!({"status": "removed"}))
+                    .after(serde_json::json!({"why": "a live user takes the address"})),
+            );
         }
 
         lap("added");
@@ -459,6 +479,23 @@ impl Store {
         let now_s = self.db_now();
         for update in &plan.update {
             let Some(after) = &update.after else { continue };
+            let action = if update.restored {
+                "user.restore"
+            } else if update.linked {
+                "user.link"
+            } else {
+                "user.update"
+            };
+            let (old, new): (serde_json::Map<_, _>, serde_json::Map<_, _>) = update
+                .changes
+                .iter()
+                .map(|(k, c)| ((k.clone(), json_of(&c.0)), (k.clone(), json_of(&c.1))))
+                .unzip();
+            changes.push(
+                Change::new(customer, action, &update.address)
+                    .before(old)
+                    .after(new),
+            );
             let removed_at = (after.status == UserStatus::Removed).then_some(stamp.as_str());
             query_dyn(&format!(
                 "UPDATE users SET address = $1, display_name = $2, given_name = $3, surname = $4, \
@@ -530,6 +567,11 @@ impl Store {
         } else {
             &plan.remove[..]
         };
+        changes.extend(plan.remove.iter().map(|u| {
+            Change::new(customer, "user.remove", &u.address)
+                .before(serde_json::json!({"status": "active"}))
+                .after(serde_json::json!({"status": "removed"}))
+        }));
         for chunk in removals.chunks(CHUNK) {
             let ids: Vec<i64> = chunk.iter().filter_map(|u| u.id).collect();
             let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
@@ -548,7 +590,7 @@ impl Store {
         }
 
         if let (Some(groups), Some(source_id)) = (&plan.groups, source_id) {
-            apply_groups(&mut tx, customer_id, source_id, groups, &stamp).await?;
+            changes.extend(apply_groups(&mut tx, customer_id, source_id, groups, &stamp).await?);
         }
 
         lap("removed and grouped");
@@ -570,7 +612,33 @@ impl Store {
 
         if let (true, Some(source_id)) = (remove_source, source_id) {
             crate::sources::mark_removed(&mut tx, source_id, &stamp).await?;
+            changes.push(
+                Change::new(
+                    customer,
+                    "source.remove",
+                    crate::sources::source_object(source_id),
+                )
+                .after(
+                    serde_json::json!({"users": "removed with it", "removed": plan.remove.len()}),
+                ),
+            );
         }
+        // The run's changes are the run's, and whoever asked for it.
+        let actor: String = sqlx::query(
+            "SELECT COALESCE(requested_by, 'usersync') AS actor FROM runs WHERE id = $1",
+        )
+        .bind(lease.run_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("actor"))
+        .transpose()?
+        .unwrap_or_else(|| "usersync".into());
+        let by = By {
+            actor: &actor,
+            run_id: Some(lease.run_id),
+        };
+        record(&mut tx, self.backend, &by, &changes).await?;
+        lap("audited");
 
         // The wait for the write lock counts: it is part of what the run took.
         stats.apply_ms = started.elapsed().as_millis() as u64;
@@ -609,7 +677,9 @@ async fn apply_groups(
     source_id: i64,
     groups: &[usersync_core::PlannedGroup],
     stamp: &str,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Change>, StoreError> {
+    let mut changes = Vec::new();
+    let customer = Some(customer_id);
     let mut user_ids: HashMap<String, i64> = HashMap::new();
     for row in
         sqlx::query("SELECT id, address FROM users WHERE customer_id = $1 AND status = 'active'")
@@ -644,6 +714,12 @@ async fn apply_groups(
             (Some(row), None) => {
                 // Renamed in the tenant: the console group follows.
                 let id: i64 = row.try_get("id")?;
+                let old: String = row.try_get("name")?;
+                changes.push(
+                    Change::new(customer, "group.rename", &g.name)
+                        .before(serde_json::json!({"name": old}))
+                        .after(serde_json::json!({"name": g.name})),
+                );
                 sqlx::query("UPDATE console_groups SET name = $1 WHERE id = $2")
                     .bind(&g.name)
                     .bind(id)
@@ -653,18 +729,24 @@ async fn apply_groups(
             }
             (Some(row), Some(_)) => row.try_get("id")?,
             (None, Some(row)) => row.try_get("id")?,
-            (None, None) => sqlx::query(
-                "INSERT INTO console_groups (customer_id, name, created_at, source_id, source_object_id) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            )
-            .bind(customer_id)
-            .bind(&g.name)
-            .bind(stamp)
-            .bind(source_id)
-            .bind((!g.mapped).then_some(g.tenant_group_id.as_str()))
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get("id")?,
+            (None, None) => {
+                changes.push(
+                    Change::new(customer, "group.add", &g.name)
+                        .after(serde_json::json!({"tenant_group": g.tenant_group_name})),
+                );
+                sqlx::query(
+                    "INSERT INTO console_groups (customer_id, name, created_at, source_id, source_object_id) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .bind(customer_id)
+                .bind(&g.name)
+                .bind(stamp)
+                .bind(source_id)
+                .bind((!g.mapped).then_some(g.tenant_group_id.as_str()))
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("id")?
+            }
         };
         kept.push(id);
         // Two tenant groups mapped onto one console group share it: members are the union.
@@ -690,7 +772,7 @@ async fn apply_groups(
     // Groups this source made from tenant groups that it no longer plans: emptied, and
     // deleted when nobody has them as their group.
     let stale = sqlx::query(
-        "SELECT id FROM console_groups WHERE customer_id = $1 AND source_id = $2 AND source_object_id IS NOT NULL",
+        "SELECT id, name FROM console_groups WHERE customer_id = $1 AND source_id = $2 AND source_object_id IS NOT NULL",
     )
     .bind(customer_id)
     .bind(source_id)
@@ -705,14 +787,39 @@ async fn apply_groups(
             .bind(id)
             .execute(&mut **tx)
             .await?;
-        sqlx::query(
+        let deleted = sqlx::query(
             "DELETE FROM console_groups WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM users WHERE group_id = $1)",
         )
         .bind(id)
         .execute(&mut **tx)
         .await?;
+        let name: String = row.try_get("name")?;
+        changes.push(if deleted.rows_affected() == 1 {
+            Change::new(customer, "group.remove", &name)
+                .after(serde_json::json!({"why": "the tenant group is no longer synced"}))
+        } else {
+            Change::new(customer, "group.update", &name).after(
+                serde_json::json!({"members": [], "why": "the tenant group is no longer synced; kept as the group of some users"}),
+            )
+        });
     }
-    Ok(())
+    Ok(changes)
+}
+
+/// A user as the audit log shows it when it is added.
+fn user_summary(u: &DirectoryUser) -> serde_json::Value {
+    serde_json::json!({
+        "display_name": u.display_name,
+        "type": u.mailbox_type,
+        "billable": u.billable,
+        "group": u.group,
+        "aliases": u.aliases,
+        "source_id": u.source_id,
+    })
+}
+
+fn json_of(v: &usersync_core::plan::FieldValue) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 #[cfg(test)]

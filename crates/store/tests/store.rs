@@ -148,12 +148,18 @@ async fn customers_domains_and_sources_are_kept_with_clear_conflicts(url: String
         store.source_secret(source).await.unwrap().unwrap().expose(),
         "very-secret-value"
     );
-    let missing = store
-        .customer_by_name("Nobody")
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(missing.contains("usersync customer add"), "{missing}");
+    let missing = store.customer_by_name("Nobody").await.unwrap_err();
+    assert!(
+        matches!(
+            missing,
+            StoreError::NotFound {
+                what: "customer",
+                ..
+            }
+        ),
+        "{missing}"
+    );
+    assert_eq!(missing.to_string(), "customer 'Nobody' does not exist");
     store.close().await;
     discard(&url).await;
 }
