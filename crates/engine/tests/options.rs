@@ -429,7 +429,62 @@ mod console_groups {
         // A rename in the tenant renames the console group; a member who leaves leaves it.
         tenant.rename_group(&outer, "Outer Crew").unwrap();
         tenant.remove_member(&outer, &a).unwrap();
-        w.engine.sync(w.source, &NoProgress).await.unwrap();
+        let second = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        // Both are in the audit log, as the run's changes.
+        let log = w
+            .engine
+            .audit(&usersync_engine::AuditRequest {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let of_run: Vec<_> = log
+            .iter()
+            .filter(|e| e.run_id == Some(second.run_id))
+            .map(|e| {
+                (
+                    e.action.as_str(),
+                    e.object.as_str(),
+                    e.before.clone(),
+                    e.after.clone(),
+                )
+            })
+            .collect();
+        assert!(
+            of_run.contains(&(
+                "group.rename",
+                "Outer Crew",
+                Some(serde_json::json!({"name": "Outer Team"})),
+                Some(serde_json::json!({"name": "Outer Crew"}))
+            )),
+            "{of_run:?}"
+        );
+        assert!(
+            of_run.contains(&(
+                "group.members",
+                "Outer Crew",
+                Some(serde_json::json!({"left": [ann.clone()]})),
+                Some(serde_json::json!({"joined": []}))
+            )),
+            "{of_run:?}"
+        );
+        // An unchanged tenant changes nothing, so the log gets nothing.
+        let third = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert!(!log.iter().any(|e| e.run_id == Some(third.run_id)));
+        let after = w
+            .engine
+            .audit(&usersync_engine::AuditRequest {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            after.len(),
+            log.len(),
+            "no entries for a sync that changed nothing"
+        );
         let groups = w.store.list_groups(w.customer).await.unwrap();
         assert!(!groups.iter().any(|g| g.name == "Outer Team"));
         let crew = groups.iter().find(|g| g.name == "Outer Crew").unwrap();

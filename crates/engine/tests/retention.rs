@@ -305,6 +305,12 @@ async fn every_change_is_audited_with_its_actor(url: String) {
     assert!(
         by_run
             .iter()
+            .any(|e| e.action == "domain.set" && e.object == w.domain),
+        "the first sync switched on the domain's protection: {by_run:?}"
+    );
+    assert!(
+        by_run
+            .iter()
             .all(|e| e.actor == "alice" && e.customer_id == Some(w.customer))
     );
 

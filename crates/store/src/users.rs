@@ -597,17 +597,25 @@ impl Store {
         // After the first successful sync, the domains the source covers reject mail to
         // unlisted addresses and protect listed mailboxes only (as Mail Assure does); once.
         if let Some(source_id) = source_id {
-            sqlx::query(
+            let protected = sqlx::query(
                 "UPDATE domains SET reject_unlisted = 1, protect_listed_only = 1, protection_applied = 1, \
                  source_id = COALESCE(source_id, $2) \
                  WHERE customer_id = $1 AND protection_applied = 0 AND EXISTS (SELECT 1 FROM users u \
                  WHERE u.customer_id = domains.customer_id AND u.source_id = $2 AND u.status = 'active' \
-                 AND u.address LIKE '%@' || domains.name)",
+                 AND u.address LIKE '%@' || domains.name) RETURNING name",
             )
             .bind(customer_id)
             .bind(source_id)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            for row in &protected {
+                let name: String = row.try_get("name")?;
+                changes.push(
+                    Change::new(customer, "domain.set", name)
+                        .before(serde_json::json!({"reject_unlisted": false, "protect_listed_only": false}))
+                        .after(serde_json::json!({"reject_unlisted": true, "protect_listed_only": true})),
+                );
+            }
         }
 
         if let (true, Some(source_id)) = (remove_source, source_id) {
@@ -690,6 +698,7 @@ async fn apply_groups(
         user_ids.insert(row.try_get("address")?, row.try_get("id")?);
     }
     let mut kept: Vec<i64> = Vec::new();
+    let mut group_names: HashMap<i64, String> = HashMap::new();
     let mut members_of: HashMap<i64, std::collections::BTreeSet<i64>> = HashMap::new();
     for g in groups {
         let by_tenant_id = if g.mapped {
@@ -749,6 +758,7 @@ async fn apply_groups(
             }
         };
         kept.push(id);
+        group_names.insert(id, g.name.clone());
         // Two tenant groups mapped onto one console group share it: members are the union.
         members_of.entry(id).or_default().extend(
             g.members
@@ -756,7 +766,38 @@ async fn apply_groups(
                 .filter_map(|a| user_ids.get(a.as_str()).copied()),
         );
     }
+    let address_of: HashMap<i64, &String> = user_ids.iter().map(|(a, id)| (*id, a)).collect();
     for (group_id, members) in &members_of {
+        let current: std::collections::BTreeSet<i64> =
+            sqlx::query("SELECT user_id FROM group_members WHERE group_id = $1")
+                .bind(group_id)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("user_id"))
+                .collect::<Result<_, _>>()?;
+        if &current == members {
+            continue;
+        }
+        let names = |ids: Vec<&i64>| -> Vec<String> {
+            let mut v: Vec<String> = ids
+                .into_iter()
+                .map(|id| {
+                    address_of
+                        .get(id)
+                        .map_or_else(|| format!("user {id}"), |a| a.to_string())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        changes.push(
+            Change::new(customer, "group.members", &group_names[group_id])
+                .before(serde_json::json!({"left": names(current.difference(members).collect())}))
+                .after(
+                    serde_json::json!({"joined": names(members.difference(&current).collect())}),
+                ),
+        );
         sqlx::query("DELETE FROM group_members WHERE group_id = $1")
             .bind(group_id)
             .execute(&mut **tx)
