@@ -834,7 +834,6 @@ fn diff(current: &DirectoryUser, desired: &DirectoryUser) -> BTreeMap<String, Ch
 mod tests {
     use super::*;
     use crate::address::DomainName;
-    use crate::mapping::MAIN_GROUP;
     use crate::model::MailboxType;
     use crate::snapshot::SourceUser;
 
@@ -882,20 +881,11 @@ mod tests {
     fn manual(address: &str) -> DirectoryUser {
         DirectoryUser {
             id: Some(100),
-            address: EmailAddress::parse(address).unwrap(),
-            display_name: "By hand".into(),
-            given_name: None,
-            surname: None,
-            mailbox_type: MailboxType::User,
-            billable: true,
-            aliases: vec![],
-            group: MAIN_GROUP.into(),
-            source_id: None,
-            source_object_id: None,
-            status: UserStatus::Active,
-            manager: None,
-            services: None,
-            placed_by: None,
+            ..crate::mapping::manual_user(
+                EmailAddress::parse(address).unwrap(),
+                Some("By hand".into()),
+                MailboxType::User,
+            )
         }
     }
 

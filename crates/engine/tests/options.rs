@@ -431,14 +431,7 @@ mod console_groups {
         tenant.remove_member(&outer, &a).unwrap();
         let second = w.engine.sync(w.source, &NoProgress).await.unwrap();
         // Both are in the audit log, as the run's changes.
-        let log = w
-            .engine
-            .audit(&usersync_engine::AuditRequest {
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let log = audit_log(&w.engine).await;
         let of_run: Vec<_> = log
             .iter()
             .filter(|e| e.run_id == Some(second.run_id))
@@ -472,14 +465,7 @@ mod console_groups {
         // An unchanged tenant changes nothing, so the log gets nothing.
         let third = w.engine.sync(w.source, &NoProgress).await.unwrap();
         assert!(!log.iter().any(|e| e.run_id == Some(third.run_id)));
-        let after = w
-            .engine
-            .audit(&usersync_engine::AuditRequest {
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let after = audit_log(&w.engine).await;
         assert_eq!(
             after.len(),
             log.len(),
@@ -654,4 +640,15 @@ mod each_option_and_operator {
         account_options_extra_addresses_and_keeping_deleted_users,
         every_operator_routes_users_read_from_the_tenant,
     );
+}
+
+/// The whole audit log, newest first.
+async fn audit_log(engine: &usersync_engine::Engine) -> Vec<usersync_store::AuditEntry> {
+    engine
+        .audit(&usersync_engine::AuditRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
 }

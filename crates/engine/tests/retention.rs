@@ -25,11 +25,12 @@ fn engine_of(w: &World, actor: &str) -> Engine {
 }
 
 async fn log(engine: &Engine) -> Vec<AuditEntry> {
+    query(engine, AuditRequest::default(), 100_000).await
+}
+
+async fn query(engine: &Engine, request: AuditRequest, limit: i64) -> Vec<AuditEntry> {
     engine
-        .audit(&AuditRequest {
-            limit: 100_000,
-            ..Default::default()
-        })
+        .audit(&AuditRequest { limit, ..request })
         .await
         .unwrap()
 }
@@ -320,33 +321,24 @@ async fn every_change_is_audited_with_its_actor(url: String) {
     assert_eq!(log(&alice).await.len(), count);
 
     // Filters by customer, since and limit.
-    let fabrikam = alice
-        .audit(&AuditRequest {
+    let fabrikam = query(
+        &alice,
+        AuditRequest {
             customer: Some("Fabrikam".into()),
-            limit: 100,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+        100,
+    )
+    .await;
     assert_eq!(fabrikam.len(), 4);
-    let newest = alice
-        .audit(&AuditRequest {
-            since: Some("1h".into()),
-            limit: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let since = |text: &str| AuditRequest {
+        since: Some(text.into()),
+        ..Default::default()
+    };
+    let newest = query(&alice, since("1h"), 2).await;
     assert_eq!(newest.len(), 2);
     assert!(newest[0].id > newest[1].id, "newest first");
-    let none = alice
-        .audit(&AuditRequest {
-            since: Some("2999-01-01".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let none = query(&alice, since("2999-01-01"), 10).await;
     assert!(none.is_empty());
     w.close().await;
 }

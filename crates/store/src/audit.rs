@@ -7,8 +7,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::users::values_clause;
-use crate::{Backend, Store, StoreError, now, query_dyn};
+use crate::{Backend, Store, StoreError, now, query_dyn, values_clause};
 
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize)]

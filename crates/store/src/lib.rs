@@ -450,6 +450,35 @@ pub(crate) fn now() -> String {
         .unwrap_or_default()
 }
 
+/// `($1, $2, ...), (...)` for `rows` rows of `columns` parameters.
+///
+/// SQLite gets anonymous `?` instead: it looks up every named parameter by a linear scan
+/// (`sqlite3_bind_parameter_name`), which made a 5,000-parameter INSERT quadratic and a
+/// 100,000-user first sync take 15 s instead of 2.
+pub(crate) fn values_clause(backend: Backend, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(r * columns + c + 1).to_string());
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// A query whose text this crate assembled from its own constants and placeholder counts,
 /// never from input (values are always bound): what sqlx's `AssertSqlSafe` asks us to vouch.
 pub(crate) fn query_dyn(

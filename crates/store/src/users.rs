@@ -9,7 +9,7 @@ use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 
 use crate::audit::{By, Change, record};
 use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
-use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
+use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn, values_clause};
 
 /// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's parameter limits.
 const CHUNK: usize = 400;
@@ -53,35 +53,6 @@ pub struct Apply<'a> {
     /// Why it was held.
     pub error: Option<&'a str>,
     pub settle: Settle<'a>,
-}
-
-/// `($1, $2, ...), (...)` for `rows` rows of `columns` parameters.
-///
-/// SQLite gets anonymous `?` instead: it looks up every named parameter by a linear scan
-/// (`sqlite3_bind_parameter_name`), which made a 5,000-parameter INSERT quadratic and a
-/// 100,000-user first sync take 15 s instead of 2.
-pub(crate) fn values_clause(backend: Backend, rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..columns {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    sql.push('$');
-                    sql.push_str(&(r * columns + c + 1).to_string());
-                }
-            }
-        }
-        sql.push(')');
-    }
-    sql
 }
 
 fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, StoreError> {
