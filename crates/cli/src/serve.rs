@@ -217,6 +217,11 @@ async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
             "Syncs queued by this process's scheduler.",
             m.scheduled,
         ),
+        (
+            "users_purged_total",
+            "Removed users deleted for good by this process's daily purge (past their customer's retention).",
+            m.purged,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(

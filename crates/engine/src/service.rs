@@ -62,6 +62,8 @@ pub struct MetricsInner {
     pub claims: u64,
     /// Syncs queued by the scheduler.
     pub scheduled: u64,
+    /// Removed users purged after their customer's retention.
+    pub purged: u64,
 }
 
 impl Metrics {
@@ -114,12 +116,15 @@ pub async fn run_service(
         // Every process takes back runs whose worker died (any process may notice first),
         // and offers to do the daily purge (one process does it, once a day).
         let engine = engine.clone();
+        let metrics = metrics.clone();
         let mut shutdown = shutdown.clone();
         let every = options.poll * 5;
         tasks.spawn(async move {
             loop {
                 engine.recover_runs().await;
-                engine.purge_due().await;
+                if let Some(report) = engine.purge_due().await {
+                    metrics.add(|m| m.purged += report.purged.len() as u64);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stopping(&mut shutdown) => return,
