@@ -47,14 +47,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// An error completed for a person at a terminal: who holds a busy database, and which
 /// command shows or fixes what was not found (the engine's messages name no commands).
 async fn explain(engine: &Engine, error: anyhow::Error) -> anyhow::Error {
-    let error = match error.downcast::<StoreError>() {
-        Ok(e) => EngineError::Store(e),
-        Err(other) => match other.downcast::<EngineError>() {
-            Ok(e) => e,
-            Err(other) => return other,
-        },
-    };
-    let error = engine.explain(error).await;
+    match engine_error(error) {
+        Ok(error) => hinted(engine.explain(error).await),
+        Err(other) => other,
+    }
+}
+
+/// The engine's (or the store's) error inside, if that is what it is.
+fn engine_error(error: anyhow::Error) -> Result<EngineError, anyhow::Error> {
+    match error.downcast::<StoreError>() {
+        Ok(e) => Ok(EngineError::Store(e)),
+        Err(other) => other.downcast::<EngineError>(),
+    }
+}
+
+/// An error with the command that shows or fixes it, when there is one.
+pub(crate) fn with_hint(error: anyhow::Error) -> anyhow::Error {
+    match engine_error(error) {
+        Ok(error) => hinted(error),
+        Err(other) => other,
+    }
+}
+
+fn hinted(error: EngineError) -> anyhow::Error {
     match output::error_hint(&error) {
         Some(hint) => anyhow::anyhow!("{} ({hint})", usersync_engine::error_text(&error)),
         None => error.into(),
@@ -684,7 +699,10 @@ fn read_secret(source_id: i64) -> anyhow::Result<SecretString> {
 async fn reset_key(cli: &Cli, yes: bool) -> anyhow::Result<ExitCode> {
     let mut options = cli.store_options();
     options.verify_key = false;
-    let engine = Engine::new(Store::open(options).await?, cli.engine_options());
+    let store = Store::open(options)
+        .await
+        .map_err(|e| with_hint(e.into()))?;
+    let engine = Engine::new(store, cli.engine_options());
     let sources: Vec<_> = engine
         .sources(None, false)
         .await?

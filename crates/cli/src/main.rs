@@ -548,8 +548,11 @@ impl Cli {
         }
     }
 
+    /// Opens the database; a refusal says which command mends it.
     async fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(self.store_options()).await?)
+        Store::open(self.store_options())
+            .await
+            .map_err(|e| commands::with_hint(e.into()))
     }
 }
 

@@ -557,10 +557,10 @@ pub fn sync_report(outcome: &RunOutcome, source_id: Option<i64>) {
 
 /// The command that shows or fixes what an error is about, for a person at a terminal
 /// (the engine's messages name no commands: each surface has its own way to say it).
-pub fn error_hint(error: &usersync_engine::EngineError) -> Option<&'static str> {
+pub fn error_hint(error: &usersync_engine::EngineError) -> Option<String> {
     use usersync_engine::EngineError;
     use usersync_store::StoreError;
-    Some(match error {
+    let text = match error {
         EngineError::Store(StoreError::NotFound { what, .. }) => match *what {
             "customer" => {
                 "`usersync customer list` shows the customers; `usersync customer add NAME` adds one"
@@ -575,6 +575,15 @@ pub fn error_hint(error: &usersync_engine::EngineError) -> Option<&'static str> 
             "user" => "`usersync users list --customer NAME --include-removed` shows the users",
             _ => return None,
         },
+        EngineError::Store(StoreError::KeyLost { .. }) => {
+            "`usersync key reset` forgets the stored secrets; then `usersync source set-secret SOURCE_ID` for each source"
+        }
+        EngineError::Store(StoreError::SecretUnreadable { source_id, .. }) => {
+            return Some(format!("`usersync source set-secret {source_id}`"));
+        }
+        EngineError::Config { field, .. } if field == "source" => {
+            "`usersync source list` shows the sources in use"
+        }
         EngineError::Config { field, .. } if field == "group_map" => {
             "`usersync groups add NAME --customer CUSTOMER` adds a console group"
         }
@@ -582,7 +591,8 @@ pub fn error_hint(error: &usersync_engine::EngineError) -> Option<&'static str> 
             "`usersync users restore ADDRESS --customer NAME` brings a removed user back"
         }
         _ => return None,
-    })
+    };
+    Some(text.to_string())
 }
 
 pub fn audit_table(entries: &[usersync_store::AuditEntry]) {

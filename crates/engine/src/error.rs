@@ -56,9 +56,11 @@ impl EngineError {
                     ErrorKind::Conflict
                 }
                 StoreError::Busy { .. } | StoreError::Open { .. } => ErrorKind::Unavailable,
-                StoreError::Corrupt(_) | StoreError::Key(_) | StoreError::Unusable { .. } => {
-                    ErrorKind::Corrupt
-                }
+                StoreError::Corrupt(_)
+                | StoreError::Key(_)
+                | StoreError::KeyLost { .. }
+                | StoreError::SecretUnreadable { .. }
+                | StoreError::Unusable { .. } => ErrorKind::Corrupt,
                 StoreError::Database(_) => ErrorKind::Internal,
             },
             EngineError::Option(_) | EngineError::Filter(_) | EngineError::Config { .. } => {

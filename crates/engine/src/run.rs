@@ -110,7 +110,9 @@ impl Remedy {
             EngineError::Config { field, .. } if field == "client secret" => {
                 Some(Remedy::SetSecret)
             }
-            EngineError::Store(StoreError::Key(_)) => Some(Remedy::SetSecret),
+            EngineError::Store(StoreError::Key(_) | StoreError::SecretUnreadable { .. }) => {
+                Some(Remedy::SetSecret)
+            }
             _ => None,
         }
     }

@@ -324,7 +324,7 @@ impl Engine {
             return Err(EngineError::config(
                 "source",
                 format!(
-                    "source #{source_id} was removed on {}; `usersync source list` shows the sources in use",
+                    "source #{source_id} was removed on {}; connect the tenant again as a new source",
                     when.get(..10).unwrap_or(when)
                 ),
             ));

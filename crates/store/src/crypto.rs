@@ -401,10 +401,13 @@ fn load_or_create(path: &Path) -> Result<[u8; 32], StoreError> {
 
 fn decode_key_file(text: &str, path: &Path) -> Result<[u8; 32], StoreError> {
     decode_key(text, &format!("the key file {}", path.display())).map_err(|e| match e {
-        StoreError::Key(why) => StoreError::Key(format!(
-            "{why}. Restore the key file from the backup made with the database; if the key is \
-             lost, move the file away and run `usersync key reset`"
-        )),
+        StoreError::Key(why) => StoreError::KeyLost {
+            problem: format!(
+                "{why}; restore the key file from the backup made with the database (if the key \
+                 is lost, move the file away first)"
+            ),
+            sealed: None,
+        },
         other => other,
     })
 }

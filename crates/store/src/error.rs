@@ -29,6 +29,23 @@ pub enum StoreError {
     Invalid(String),
     #[error("{0}")]
     Key(String),
+    /// The key at hand does not open the database's secrets (or is missing or unreadable):
+    /// the right key must be given back, or the secrets forgotten and set again.
+    #[error(
+        "{problem}. Use the key this database was made with: restore its key file, or point \
+         USERSYNC_SECRET_KEY_FILE (or USERSYNC_SECRET_KEY) at it. If that key is lost for good, \
+         the stored secrets{} can be forgotten so that a new key is used from now on, and each \
+         source's secret set again",
+        sealed.map(|n| format!(" ({n} source(s))")).unwrap_or_default()
+    )]
+    KeyLost {
+        problem: String,
+        /// How many sources hold a secret, when known.
+        sealed: Option<i64>,
+    },
+    /// One source's secret cannot be opened with the key at hand: set it again.
+    #[error("{why}; the client secret of source #{source_id} must be set again")]
+    SecretUnreadable { source_id: i64, why: String },
     /// Another writer (a sync in another process) held the database longer than the
     /// configured wait. `running` names the runs in progress, when any are recorded.
     #[error(

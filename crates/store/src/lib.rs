@@ -293,22 +293,18 @@ impl Store {
         } else {
             None
         };
-        let lost_key_help = format!(
-            "Use the key this database was made with: restore its key file, or point \
-             USERSYNC_SECRET_KEY_FILE (or USERSYNC_SECRET_KEY) at it. If that key is lost for good, \
-             `usersync key reset` forgets the stored secrets ({sealed} source(s)) so that a new key \
-             is used from now on; then set each source's secret again with \
-             `usersync source set-secret SOURCE_ID`"
-        );
         if !self.secrets.is_available() {
             return match self.secrets.location() {
                 // The key file was deleted or the database copied without it: a new key
                 // generated now would make every stored secret unreadable.
-                KeyLocation::File { path, .. } => Err(StoreError::Key(format!(
-                    "this database holds secrets, but the key file {} does not exist, so no \
-                     new key is generated. {lost_key_help}",
-                    path.display()
-                ))),
+                KeyLocation::File { path, .. } => Err(StoreError::KeyLost {
+                    problem: format!(
+                        "this database holds secrets, but the key file {} does not exist, so no \
+                         new key is generated",
+                        path.display()
+                    ),
+                    sealed: Some(sealed),
+                }),
                 // PostgreSQL without a key: an error the first time a secret is needed.
                 _ => Ok(false),
             };
@@ -319,10 +315,13 @@ impl Store {
             None => self.first_secret_opens().await?,
         };
         if !matches {
-            return Err(StoreError::Key(format!(
-                "{} does not open this database's secrets: they were sealed with another key. {lost_key_help}",
-                self.secrets.describe()
-            )));
+            return Err(StoreError::KeyLost {
+                problem: format!(
+                    "{} does not open this database's secrets: they were sealed with another key",
+                    self.secrets.describe()
+                ),
+                sealed: Some(sealed),
+            });
         }
         Ok(check.is_none())
     }

@@ -327,13 +327,15 @@ impl Store {
         let sealed: Option<String> = row.try_get("secret")?;
         sealed
             .map(|s| {
-                self.secrets.open(&s, &secret_context(id)).map_err(|e| match e {
-                    // A key that does not open it (a missing key is fixed elsewhere).
-                    StoreError::Key(why) if self.secrets.is_available() => StoreError::Key(format!(
-                        "{why}; set the secret of source #{id} again with `usersync source set-secret {id}`"
-                    )),
-                    other => other,
-                })
+                self.secrets
+                    .open(&s, &secret_context(id))
+                    .map_err(|e| match e {
+                        // A key that does not open it (a missing key is fixed elsewhere).
+                        StoreError::Key(why) if self.secrets.is_available() => {
+                            StoreError::SecretUnreadable { source_id: id, why }
+                        }
+                        other => other,
+                    })
             })
             .transpose()
     }

@@ -482,7 +482,7 @@ async fn a_database_is_refused_with_a_key_that_does_not_open_its_secrets(url: St
             && err.contains("does not open this database's secrets"),
         "{err}"
     );
-    assert!(err.contains("usersync key reset"), "{err}");
+    assert!(err.contains("can be forgotten"), "{err}");
 
     // The operator who lost the key forgets the secrets, then uses a new key.
     let mut options = usersync_store::StoreOptions::new(&url);
