@@ -541,9 +541,8 @@ impl GraphClient {
         json_body: Option<&[u8]>,
         extra_headers: &[(&'static str, &'static str)],
     ) -> Result<RawResponse, GraphError> {
-        let policy = &self.inner.config.retry;
         let stats = &self.inner.stats;
-        let mut retries = 0u32;
+        let mut retries = Retries::new(&self.inner.config.retry, stats, url);
         let mut reauthenticated = false;
         loop {
             self.wait_throttle_gate().await;
@@ -557,7 +556,7 @@ impl GraphClient {
                     .await
                     .expect("the semaphore is never closed");
                 StatsCounters::add(&stats.requests, 1);
-                debug!(method = %method, url = %url_without_query(url), attempt = retries + 1, "graph request");
+                debug!(method = %method, url = %url_without_query(url), attempt = retries.attempt(), "graph request");
                 let mut rb = self
                     .inner
                     .http
@@ -575,19 +574,7 @@ impl GraphClient {
             let (status, headers, body) = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    let e = e.without_url();
-                    if !is_retryable_transport(&e) || retries >= transport_retries(&e, policy) {
-                        return Err(GraphError::Transport {
-                            url: url_without_query(url),
-                            attempts: retries + 1,
-                            source: e,
-                        });
-                    }
-                    let wait = policy.backoff(retries);
-                    warn!(method = %method, url = %url_without_query(url), error = %e, wait_ms = wait.as_millis() as u64, retry = retries + 1, "transport error, retrying");
-                    StatsCounters::add(&stats.retries, 1);
-                    tokio::time::sleep(wait).await;
-                    retries += 1;
+                    retries.after_transport_error(e, "graph request").await?;
                     continue;
                 }
             };
@@ -604,34 +591,12 @@ impl GraphClient {
             }
             if GRAPH_RETRYABLE.contains(&code) {
                 StatsCounters::add(&stats.throttled, 1);
-                if retries >= policy.max_retries {
-                    return Err(GraphError::Throttled {
-                        url: url_without_query(url),
-                        status: code,
-                        attempts: retries + 1,
-                        retry_after: header_retry_after(&headers),
-                    });
-                }
-                let retry_after = header_retry_after(&headers);
-                let wait = match retry_after {
-                    Some(d) => d.min(policy.max_retry_after),
-                    None => policy.backoff(retries),
-                };
-                if code == 429 && retry_after.is_some() {
+                let (wait, told) = retries.wait_for(code, &headers)?;
+                if code == 429 && told {
+                    // Every request of this client waits as long: the tenant said so.
                     self.extend_throttle_gate(Instant::now() + wait);
                 }
-                warn!(
-                    method = %method,
-                    url = %url_without_query(url),
-                    status = code,
-                    retry_after = retry_after.is_some(),
-                    wait_ms = wait.as_millis() as u64,
-                    retry = retries + 1,
-                    "throttled or unavailable, retrying"
-                );
-                StatsCounters::add(&stats.retries, 1);
-                tokio::time::sleep(wait).await;
-                retries += 1;
+                retries.sleep(wait, code, "graph request").await;
                 continue;
             }
             let request_id = headers
@@ -694,10 +659,10 @@ impl GraphClient {
             .append_pair("scope", &self.inner.scope)
             .append_pair("grant_type", "client_credentials")
             .finish();
-        let mut retries = 0u32;
+        let mut retries = Retries::new(policy, stats, url);
         loop {
             StatsCounters::add(&stats.token_requests, 1);
-            debug!(url = %url_without_query(url), attempt = retries + 1, "token request");
+            debug!(url = %url_without_query(url), attempt = retries.attempt(), "token request");
             let requested_at = Instant::now();
             let rb = self
                 .inner
@@ -709,19 +674,7 @@ impl GraphClient {
             let (status, headers, body) = match send_and_read(rb).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let e = e.without_url();
-                    if !is_retryable_transport(&e) || retries >= transport_retries(&e, policy) {
-                        return Err(GraphError::Transport {
-                            url: url_without_query(url),
-                            attempts: retries + 1,
-                            source: e,
-                        });
-                    }
-                    let wait = policy.backoff(retries);
-                    warn!(url = %url_without_query(url), error = %e, wait_ms = wait.as_millis() as u64, retry = retries + 1, "token endpoint transport error, retrying");
-                    StatsCounters::add(&stats.retries, 1);
-                    tokio::time::sleep(wait).await;
-                    retries += 1;
+                    retries.after_transport_error(e, "token request").await?;
                     continue;
                 }
             };
@@ -730,28 +683,13 @@ impl GraphClient {
                 debug!(status = code, "token acquired");
                 return parse_token(url, &body, requested_at);
             }
-            if TOKEN_RETRYABLE.contains(&code) && retries < policy.max_retries {
+            if TOKEN_RETRYABLE.contains(&code) {
                 if code == 429 {
                     StatsCounters::add(&stats.throttled, 1);
                 }
-                let retry_after = header_retry_after(&headers);
-                let wait = match retry_after {
-                    Some(d) => d.min(policy.max_retry_after),
-                    None => policy.backoff(retries),
-                };
-                warn!(url = %url_without_query(url), status = code, wait_ms = wait.as_millis() as u64, retry = retries + 1, "token endpoint unavailable, retrying");
-                StatsCounters::add(&stats.retries, 1);
-                tokio::time::sleep(wait).await;
-                retries += 1;
+                let (wait, _) = retries.wait_for(code, &headers)?;
+                retries.sleep(wait, code, "token request").await;
                 continue;
-            }
-            if TOKEN_RETRYABLE.contains(&code) {
-                return Err(GraphError::Throttled {
-                    url: url_without_query(url),
-                    status: code,
-                    attempts: retries + 1,
-                    retry_after: header_retry_after(&headers),
-                });
             }
             let err = error::token_error(
                 &cfg.tenant_id,
@@ -822,6 +760,83 @@ async fn send_and_read(
     let headers = resp.headers().clone();
     let body = resp.bytes().await?.to_vec();
     Ok((status, headers, body))
+}
+
+/// The retries of one request, to Graph or to the token endpoint, by the client's policy:
+/// transport errors after a backoff (a refused connection only a few times), throttled
+/// or unavailable answers after their Retry-After (capped) or a backoff; then the error.
+struct Retries<'a> {
+    policy: &'a RetryPolicy,
+    stats: &'a StatsCounters,
+    url: &'a Url,
+    done: u32,
+}
+
+impl<'a> Retries<'a> {
+    fn new(policy: &'a RetryPolicy, stats: &'a StatsCounters, url: &'a Url) -> Self {
+        Retries {
+            policy,
+            stats,
+            url,
+            done: 0,
+        }
+    }
+
+    /// The number of the attempt being made (1 for the first).
+    fn attempt(&self) -> u32 {
+        self.done + 1
+    }
+
+    /// After a transport error: waits and returns to try again, or the error when it will
+    /// not heal or the retries are spent.
+    async fn after_transport_error(
+        &mut self,
+        error: reqwest::Error,
+        what: &str,
+    ) -> Result<(), GraphError> {
+        let error = error.without_url();
+        if !is_retryable_transport(&error) || self.done >= transport_retries(&error, self.policy) {
+            return Err(GraphError::Transport {
+                url: url_without_query(self.url),
+                attempts: self.attempt(),
+                source: error,
+            });
+        }
+        let wait = self.policy.backoff(self.done);
+        warn!(url = %url_without_query(self.url), error = %error, wait_ms = wait.as_millis() as u64, retry = self.attempt(), "{what}: transport error, retrying");
+        self.count_and_sleep(wait).await;
+        Ok(())
+    }
+
+    /// After a throttled or unavailable answer: how long to wait (Retry-After, capped, or
+    /// a backoff) and whether the server said so; the error once the retries are spent.
+    fn wait_for(&self, status: u16, headers: &HeaderMap) -> Result<(Duration, bool), GraphError> {
+        let retry_after = header_retry_after(headers);
+        if self.done >= self.policy.max_retries {
+            return Err(GraphError::Throttled {
+                url: url_without_query(self.url),
+                status,
+                attempts: self.attempt(),
+                retry_after,
+            });
+        }
+        Ok(match retry_after {
+            Some(d) => (d.min(self.policy.max_retry_after), true),
+            None => (self.policy.backoff(self.done), false),
+        })
+    }
+
+    /// Waits `wait` before the next attempt after a `status` answer.
+    async fn sleep(&mut self, wait: Duration, status: u16, what: &str) {
+        warn!(url = %url_without_query(self.url), status, wait_ms = wait.as_millis() as u64, retry = self.attempt(), "{what}: throttled or unavailable, retrying");
+        self.count_and_sleep(wait).await;
+    }
+
+    async fn count_and_sleep(&mut self, wait: Duration) {
+        StatsCounters::add(&self.stats.retries, 1);
+        tokio::time::sleep(wait).await;
+        self.done += 1;
+    }
 }
 
 /// How many retries a transport error gets. A refused connection (nothing listens there)
