@@ -15,11 +15,30 @@ use usersync_store::{KeySource, RunStatus, SecretString, Store, StoreOptions};
 use crate::output::print_json;
 use crate::{Cli, outln};
 
+/// The key that seals the bench databases' secrets (a throwaway: the databases are dropped).
+pub(crate) const BENCH_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Tenant sizes the full-sync bench syncs when `--users` is not given.
+const DEFAULT_USERS: [usize; 2] = [10_000, 100_000];
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Tenant sizes to sync, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
-    users: Vec<usize>,
+    /// Tenant sizes to sync, comma-separated [default: 10000,100000]. With --service: users
+    /// in each tenant [default: 1000 for fleet, 5 for idle].
+    #[arg(long, value_delimiter = ',')]
+    users: Option<Vec<usize>>,
+    /// Measure the service instead of one sync: `fleet` (tenants all due at once, time
+    /// until every source has synced, with `serve` and on PostgreSQL 2 `worker`s) or
+    /// `idle` (sources none of which is due: claim latency and idle CPU of `serve`).
+    #[arg(long, value_enum)]
+    service: Option<crate::fleet::Service>,
+    /// With --service: tenants (one customer and source each) [default: 1000 for fleet,
+    /// 10000 for idle].
+    #[arg(long, requires = "service")]
+    tenants: Option<usize>,
+    /// With --service idle: seconds the idle `serve` is watched.
+    #[arg(long, default_value_t = 30, requires = "service")]
+    idle_secs: u64,
     /// Databases to sync into, comma-separated: sqlite, postgres.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<String>,
@@ -57,8 +76,21 @@ struct Figures {
 }
 
 pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(service) = args.service {
+        return crate::fleet::run(&crate::fleet::Request {
+            service,
+            tenants: args.tenants,
+            users: args.users.as_deref(),
+            backends: &args.backends,
+            postgres: &args.postgres,
+            idle_secs: args.idle_secs,
+            json: args.json,
+        })
+        .await;
+    }
+    let sizes = args.users.as_deref().unwrap_or(&DEFAULT_USERS);
     if args.one {
-        let users = *args.users.first().unwrap_or(&10_000);
+        let users = *sizes.first().unwrap_or(&10_000);
         let backend = args
             .backends
             .first()
@@ -70,7 +102,7 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let exe = std::env::current_exe()?;
     let mut all = Vec::new();
-    for &users in &args.users {
+    for &users in sizes {
         for backend in &args.backends {
             if !args.json {
                 eprintln!("bench: {users} users into {backend}...");
@@ -193,7 +225,7 @@ async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result
         other => anyhow::bail!("unknown backend '{other}': use sqlite or postgres"),
     };
     let mut options = StoreOptions::new(&url);
-    options.key = KeySource::Base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+    options.key = KeySource::Base64(BENCH_KEY.into());
     let engine = Engine::new(Store::open(options).await?, EngineOptions::default());
     let customer = engine.add_customer("Bench").await?;
     for domain in &info.mail_domains {

@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod demo;
+mod fleet;
 mod output;
 mod progress;
 mod serve;
