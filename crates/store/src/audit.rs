@@ -134,7 +134,7 @@ fn entry_from(row: &AnyRow) -> Result<AuditEntry, StoreError> {
 }
 
 impl Store {
-    /// Writes `changes` by this store's actor in their own transaction.
+    /// Writes `changes` inside `tx` (the transaction that makes them), as this handle's actor.
     pub(crate) async fn audit_now(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,

@@ -66,10 +66,8 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        self.users(customer_id, false)
+        self.user(id)
             .await?
-            .into_iter()
-            .find(|u| u.id == Some(id))
             .ok_or_else(|| StoreError::not_found("user", address))
     }
 
@@ -79,6 +77,16 @@ impl Store {
     /// this, one of them purges, once a day; `None` when it was not due.
     pub async fn purge_due(&self) -> Result<Option<PurgeReport>, StoreError> {
         let now_s = self.db_now();
+        // A read first: on most calls it is not due, and that must not take the write lock
+        // (on SQLite, a writer would wait behind a sync's apply).
+        let due = query_dyn(&format!(
+            "SELECT 1 AS due FROM maintenance WHERE name = 'purge' AND next_run_at <= {now_s}"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        if due.is_none() {
+            return Ok(None);
+        }
         let mut tx = self.write_tx().await?;
         let taken = query_dyn(&format!(
             "UPDATE maintenance SET next_run_at = {now_s} + {DAY}, last_run_at = $1 \

@@ -55,6 +55,11 @@ pub struct Apply<'a> {
     pub settle: Settle<'a>,
 }
 
+/// Users with their group's name, as [`user_from`] reads them.
+const SELECT_USERS: &str = "SELECT u.id, u.address, u.display_name, u.given_name, u.surname, \
+     u.mailbox_type, u.billable, g.name AS group_name, u.source_id, u.source_object_id, u.status, \
+     u.manager, u.services FROM users u JOIN console_groups g ON g.id = u.group_id";
+
 fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, StoreError> {
     let address: String = row.try_get("address")?;
     let mailbox_type: String = row.try_get("mailbox_type")?;
@@ -108,6 +113,29 @@ impl Store {
         Ok(self.read_users(customer_id, include_removed).await?.0)
     }
 
+    /// One entry, by its id, removed or not.
+    pub async fn user(&self, id: i64) -> Result<Option<DirectoryUser>, StoreError> {
+        let Some(row) = query_dyn(&format!("{SELECT_USERS} WHERE u.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let aliases =
+            sqlx::query("SELECT address FROM user_aliases WHERE user_id = $1 ORDER BY address")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let address: String = r.try_get("address")?;
+                    EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+        user_from(&row, aliases).map(Some)
+    }
+
     async fn read_users(
         &self,
         customer_id: i64,
@@ -141,11 +169,7 @@ impl Store {
             );
         }
         let rows = query_dyn(&format!(
-            "SELECT u.id, u.address, u.display_name, u.given_name, u.surname, u.mailbox_type, \
-             u.billable, g.name AS group_name, u.source_id, u.source_object_id, u.status, \
-             u.manager, u.services \
-             FROM users u JOIN console_groups g ON g.id = u.group_id \
-             WHERE u.customer_id = $1{status_filter} ORDER BY u.address"
+            "{SELECT_USERS} WHERE u.customer_id = $1{status_filter} ORDER BY u.address"
         ))
         .bind(customer_id)
         .fetch_all(&mut *tx)
