@@ -543,6 +543,13 @@ async fn fleet(
     let result = fleet_case(&sim, &scratch, &mut children, backend, tenants, users).await;
     children.stop().await;
     let failed = !matches!(&result, Ok(f) if f.status == "ok");
+    finish(children, sim, scratch, failed).await;
+    result
+}
+
+/// After a case: the service's logs when it failed or complained, then the simulator
+/// stopped and the database dropped (its logs kept when it failed).
+async fn finish(children: Children, sim: Simulator, scratch: Scratch, failed: bool) {
     if failed {
         children.show_logs(30);
     } else if children.complaints() > 0 {
@@ -552,7 +559,6 @@ async fn fleet(
     drop(children);
     sim.shutdown().await;
     scratch.discard(failed).await;
-    result
 }
 
 async fn fleet_case(
@@ -730,12 +736,7 @@ async fn idle(
     let result = idle_case(&sim, &scratch, &mut children, backend, tenants, window).await;
     children.stop().await;
     let failed = !matches!(&result, Ok(f) if f.status == "ok");
-    if failed || children.complaints() > 0 {
-        children.show_logs(30);
-    }
-    drop(children);
-    sim.shutdown().await;
-    scratch.discard(failed).await;
+    finish(children, sim, scratch, failed).await;
     result
 }
 
