@@ -18,6 +18,8 @@ pub(crate) struct Tombstone {
     /// "changed" (soft-deleted, restorable) or "deleted" (gone for good), as
     /// Graph reports in `@removed.reason`.
     pub reason: &'static str,
+    /// A soft-deleted user as it was, for a restore (as from Entra ID's recycle bin).
+    pub user: Option<Box<SimUser>>,
 }
 
 pub(crate) struct UserRec {
@@ -391,6 +393,7 @@ impl Directory {
             if let Some(UserSlot::Gone(t)) = self.users.get_mut(&ord) {
                 t.reason = "deleted";
                 t.seq = seq;
+                t.user = None;
             }
             self.user_changes.remove(&old);
             self.user_changes.insert(seq, ord);
@@ -426,6 +429,7 @@ impl Directory {
                 id: user.id.clone(),
                 seq,
                 reason: if permanent { "deleted" } else { "changed" },
+                user: (!permanent).then(|| Box::new(user.clone())),
             }),
         );
         let lo = user.user_principal_name.to_lowercase();
@@ -433,6 +437,41 @@ impl Directory {
             self.extra_upns.remove(&lo);
         }
         self.live_users -= 1;
+        Ok(())
+    }
+
+    /// Restores a soft-deleted user as it was when deleted (its group memberships are
+    /// not restored); delta reports it as a new object again.
+    pub(crate) fn restore_user(&mut self, key: &str) -> Result<(), SimError> {
+        let ord = self.user_ord_any(key).ok_or_else(|| Self::not_found(key))?;
+        let (old, user) = match self.users.get(&ord) {
+            Some(UserSlot::Gone(t)) => match &t.user {
+                Some(user) => (t.seq, user.as_ref().clone()),
+                None => return Err(Self::not_found(key)),
+            },
+            _ => {
+                return Err(SimError::Conflict(format!(
+                    "the user {key} is not deleted: nothing to restore"
+                )));
+            }
+        };
+        self.check_upn_free(&user.user_principal_name, Some(ord))?;
+        let seq = self.bump();
+        self.user_changes.remove(&old);
+        self.user_changes.insert(seq, ord);
+        self.count_licences(&user, 1);
+        self.extra_upns
+            .insert(user.user_principal_name.to_lowercase(), ord);
+        self.users.insert(
+            ord,
+            UserSlot::Live(Box::new(UserRec {
+                user,
+                created_seq: seq,
+                seq,
+                changed: vec![],
+            })),
+        );
+        self.live_users += 1;
         Ok(())
     }
 
@@ -712,6 +751,7 @@ impl Directory {
                 id: rec.group.id.clone(),
                 seq,
                 reason,
+                user: None,
             }),
         );
         Ok(())
@@ -793,6 +833,10 @@ impl TenantHandle {
     /// `"@removed": {"reason": "changed"}`); it also leaves its groups.
     pub fn delete_user(&self, id_or_upn: &str) -> Result<(), SimError> {
         self.write().delete_user(id_or_upn, false)
+    }
+    /// Restores a soft-deleted user (delta reports it again, as a new object).
+    pub fn restore_user(&self, id: &str) -> Result<(), SimError> {
+        self.write().restore_user(id)
     }
     /// Deletes a user permanently, or purges a soft-deleted one
     /// (`"reason": "deleted"`).

@@ -634,8 +634,33 @@ async fn users_delta_rounds() {
     assert_eq!(later.len(), 7);
     assert_eq!(pages, 3);
     // An empty round after changes happened (a reversed range used to panic).
-    let (empty, _, _) = g.all(&delta3.unwrap(), &[]).await;
+    let delta3 = delta3.unwrap();
+    let (empty, _, _) = g.all(&delta3, &[]).await;
     assert!(empty.is_empty());
+
+    // A soft-deleted user restored from the recycle bin comes back whole, in /users and
+    // in the next round; one deleted for good cannot be restored.
+    let before = t.user(&changed).unwrap();
+    t.delete_user(&changed).unwrap();
+    assert!(t.restore_user(&purged).is_err(), "deleted for good");
+    assert!(t.restore_user(&anne_id).is_err(), "not deleted");
+    let (gone, _, delta4) = g.all(&delta3, &[]).await;
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0]["@removed"]["reason"], "changed");
+    t.restore_user(&changed).unwrap();
+    assert_eq!(t.user(&changed).unwrap(), before);
+    let (back, _, _) = g.all(&delta4.unwrap(), &[]).await;
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0]["id"], changed.as_str());
+    assert_eq!(back[0]["displayName"], "Renamed Person");
+    assert_eq!(
+        back[0]["mail"],
+        before.mail.clone().unwrap(),
+        "a whole object"
+    );
+    assert!(back[0].get("@removed").is_none());
+    let v = g.ok(&format!("/users/{changed}?$select=displayName")).await;
+    assert_eq!(v["displayName"], "Renamed Person");
 
     // $deltatoken=latest gives a deltaLink without data.
     let v = g.ok("/users/delta?$deltatoken=latest").await;
