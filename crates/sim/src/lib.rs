@@ -25,6 +25,7 @@
 
 mod auth;
 mod batch;
+mod changes;
 mod directory;
 mod generate;
 mod graph;
@@ -35,6 +36,7 @@ mod tenant;
 mod tls;
 mod util;
 
+pub use changes::{ChangeCounts, ChangeRequest, random_changes};
 pub use directory::TenantHandle;
 pub use knobs::{Fault, FaultAction, FaultWhen, SimStats, Throttle};
 pub use model::{

@@ -43,6 +43,14 @@ impl Shared {
         Some(&self.tenants[index])
     }
 
+    /// A handle on the tenant of that id or verified domain.
+    pub(crate) fn tenant_handle(&self, name: &str) -> Option<TenantHandle> {
+        let index = *self.names.get(&name.to_ascii_lowercase())?;
+        Some(TenantHandle {
+            tenant: self.tenants[index].clone(),
+        })
+    }
+
     /// Base URL for links in a response to a request with this Host header.
     pub(crate) fn base_for(&self, host: Option<&str>) -> String {
         match host {
@@ -279,8 +287,55 @@ fn router(shared: Arc<Shared>) -> Router {
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(crate::auth::openid_configuration),
         )
+        .route("/_sim/changes", axum::routing::post(sim_changes))
         .fallback(crate::graph::entry)
         .with_state(shared)
+}
+
+/// `POST /_sim/changes` `{"tenant_id", "percent", "seed"}`: random changes of the tenant
+/// (a test facility of the simulator, which listens on loopback unless told otherwise);
+/// answers with the counts by kind.
+async fn sim_changes(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let answer = |status: axum::http::StatusCode, value: serde_json::Value| {
+        (status, axum::Json(value)).into_response()
+    };
+    let request: crate::ChangeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return answer(
+                axum::http::StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("expected {{\"tenant_id\", \"percent\", \"seed\"}}: {e}")}),
+            );
+        }
+    };
+    let Some(tenant) = shared.tenant_handle(&request.tenant_id) else {
+        return answer(
+            axum::http::StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("no tenant {}", request.tenant_id)}),
+        );
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        crate::random_changes(&tenant, request.percent, request.seed)
+    })
+    .await;
+    match result {
+        Ok(Ok(counts)) => answer(
+            axum::http::StatusCode::OK,
+            serde_json::json!({"tenant_id": request.tenant_id, "changes": counts.total(), "counts": counts}),
+        ),
+        Ok(Err(e)) => answer(
+            axum::http::StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+        Err(e) => answer(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 async fn accept_loop(

@@ -1136,3 +1136,72 @@ async fn graph_sdk_expectations() {
     assert!(org["value"][0].get("directorySizeQuota").is_none(), "{org}");
     sim.shutdown().await;
 }
+
+/// `POST /_sim/changes` on the simulator's own address.
+async fn post_changes(sim: &Simulator, body: Value) -> (StatusCode, Value) {
+    let url = format!("http://{}/_sim/changes", sim.local_addr());
+    let resp = client().post(url).json(&body).send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn random_changes_from_another_process() {
+    let config = || SimConfig {
+        users: 200,
+        seed: 4,
+        ..SimConfig::default()
+    };
+    let sim = start(config()).await;
+    let twin = start(config()).await;
+    let g = Graph::new(&sim).await;
+    let (_, _, delta) = g.all("/users/delta?$select=id,mail,displayName", &[]).await;
+    let tenant_id = sim.info().tenant_id.clone();
+    let request = json!({"tenant_id": tenant_id, "percent": 10, "seed": 7});
+
+    let (status, answer) = post_changes(&sim, request.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changes"], 20, "10 % of 200 users: {answer}");
+    let counts = answer["counts"].as_object().unwrap();
+    let total: u64 = counts.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 20);
+    let kinds = counts.values().filter(|v| v.as_u64() != Some(0)).count();
+    assert!(kinds >= 5, "several kinds of change: {answer}");
+
+    // The same seed on the same tenant makes the same changes.
+    let (_, again) = post_changes(&twin, request).await;
+    assert_eq!(again["counts"], answer["counts"]);
+    let shape = |s: &Simulator| {
+        let mut users: Vec<(String, Option<String>, String)> = s
+            .tenant()
+            .users()
+            .into_iter()
+            .map(|u| (u.id, u.mail, u.display_name))
+            .collect();
+        users.sort();
+        users
+    };
+    assert_eq!(shape(&sim), shape(&twin));
+
+    // A delta round sees them.
+    let (changed, _, _) = g.all(&delta.unwrap(), &[]).await;
+    assert!(!changed.is_empty());
+
+    // Bad requests change nothing and say why.
+    let before = shape(&sim);
+    let (status, answer) = post_changes(
+        &sim,
+        json!({"tenant_id": tenant_id, "percent": 200, "seed": 1}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("percent"));
+    let (status, _) =
+        post_changes(&sim, json!({"tenant_id": "nobody.example", "percent": 1})).await;
+    assert_eq!(status, 404);
+    let (status, _) = post_changes(&sim, json!({"percent": 1})).await;
+    assert_eq!(status, 400);
+    assert_eq!(shape(&sim), before);
+    sim.shutdown().await;
+    twin.shutdown().await;
+}
