@@ -343,7 +343,40 @@ async fn every_change_is_audited_with_its_actor(url: String) {
     w.close().await;
 }
 
+/// A first sync of thousands writes its entries as it goes (a few thousand at a time):
+/// every one of them is there, once.
+async fn a_large_first_sync_logs_every_user_once(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 2600,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert!(outcome.plan.add.len() > 2000, "{}", outcome.plan.add.len());
+    let entries = log(&w.engine).await;
+    let mut added: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.run_id == Some(outcome.run_id) && e.action == "user.add")
+        .map(|e| e.object.as_str())
+        .collect();
+    added.sort_unstable();
+    let mut planned: Vec<&str> = outcome
+        .plan
+        .add
+        .iter()
+        .map(|u| u.address.as_str())
+        .collect();
+    planned.sort_unstable();
+    assert_eq!(added, planned);
+    w.close().await;
+}
+
 on_both_backends!(
+    a_large_first_sync_logs_every_user_once,
     restored_within_retention_purged_after_it,
     a_shorter_retention_purges_sooner,
     every_change_is_audited_with_its_actor,

@@ -325,6 +325,21 @@ impl Store {
                 "applying the plan"
             )
         };
+        // The run's changes are the run's, and whoever asked for it; they are written to the
+        // audit log as they are made (a first sync's 100,000 entries are not held at once).
+        let actor: String = sqlx::query(
+            "SELECT COALESCE(requested_by, 'usersync') AS actor FROM runs WHERE id = $1",
+        )
+        .bind(lease.run_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("actor"))
+        .transpose()?
+        .unwrap_or_else(|| "usersync".into());
+        let by = By {
+            actor: &actor,
+            run_id: Some(lease.run_id),
+        };
         if let Some(source_id) = source_id {
             // The source may have been removed while this run read it. Touching its row
             // also makes a removal and a sync of one source (on PostgreSQL) take turns.
@@ -449,12 +464,13 @@ impl Store {
                 })?;
                 new_aliases.extend(u.aliases.iter().map(|a| (id, a)));
             }
+            changes.extend(
+                chunk
+                    .iter()
+                    .map(|u| Change::new(customer, "user.add", &u.address).after(user_summary(u))),
+            );
+            flush(&mut tx, self.backend, &by, &mut changes, false).await?;
         }
-        changes.extend(
-            plan.add
-                .iter()
-                .map(|u| Change::new(customer, "user.add", &u.address).after(user_summary(u))),
-        );
 
         // Removed entries whose address a live user takes now go first, freeing it.
         for u in &plan.purge {
@@ -491,6 +507,7 @@ impl Store {
                     .before(old)
                     .after(new),
             );
+            flush(&mut tx, self.backend, &by, &mut changes, false).await?;
             let removed_at = (after.status == UserStatus::Removed).then_some(stamp.as_str());
             query_dyn(&format!(
                 "UPDATE users SET address = $1, display_name = $2, given_name = $3, surname = $4, \
@@ -562,11 +579,14 @@ impl Store {
         } else {
             &plan.remove[..]
         };
-        changes.extend(plan.remove.iter().map(|u| {
-            Change::new(customer, "user.remove", &u.address)
-                .before(serde_json::json!({"status": "active"}))
-                .after(serde_json::json!({"status": "removed"}))
-        }));
+        for chunk in plan.remove.chunks(CHUNK) {
+            changes.extend(chunk.iter().map(|u| {
+                Change::new(customer, "user.remove", &u.address)
+                    .before(serde_json::json!({"status": "active"}))
+                    .after(serde_json::json!({"status": "removed"}))
+            }));
+            flush(&mut tx, self.backend, &by, &mut changes, false).await?;
+        }
         for chunk in removals.chunks(CHUNK) {
             let ids: Vec<i64> = chunk.iter().filter_map(|u| u.id).collect();
             let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
@@ -626,21 +646,7 @@ impl Store {
                 ),
             );
         }
-        // The run's changes are the run's, and whoever asked for it.
-        let actor: String = sqlx::query(
-            "SELECT COALESCE(requested_by, 'usersync') AS actor FROM runs WHERE id = $1",
-        )
-        .bind(lease.run_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get("actor"))
-        .transpose()?
-        .unwrap_or_else(|| "usersync".into());
-        let by = By {
-            actor: &actor,
-            run_id: Some(lease.run_id),
-        };
-        record(&mut tx, self.backend, &by, &changes).await?;
+        flush(&mut tx, self.backend, &by, &mut changes, true).await?;
         lap("audited");
 
         // The wait for the write lock counts: it is part of what the run took.
@@ -840,6 +846,22 @@ async fn apply_groups(
         });
     }
     Ok(changes)
+}
+
+/// Writes the changes held so far to the audit log when there are many of them (or when
+/// `all`), and lets go of them.
+async fn flush(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    by: &By<'_>,
+    changes: &mut Vec<Change>,
+    all: bool,
+) -> Result<(), StoreError> {
+    if all || changes.len() >= 2000 {
+        record(tx, backend, by, changes).await?;
+        changes.clear();
+    }
+    Ok(())
 }
 
 /// A user as the audit log shows it when it is added.
