@@ -554,6 +554,8 @@ pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
         "held": applied(p.held.len()),
         "duration_ms": outcome.stats.duration_ms,
         "requests": outcome.stats.requests,
+        "read_mode": outcome.stats.read_mode,
+        "read_detail": outcome.stats.read_detail,
         "error": outcome.error,
         "retry_in_secs": outcome.retry_in_secs,
         "remedy": outcome.remedy,

@@ -188,4 +188,11 @@ fn summary(o: &RunOutcome) {
         o.stats.requests,
         o.stats.duration_ms
     );
+    match (o.stats.read_mode.as_deref(), o.stats.read_detail.as_deref()) {
+        (Some("delta"), Some(detail)) => {
+            outln!("     read only what changed since the last sync (delta): {detail}")
+        }
+        (Some("full"), Some(detail)) => outln!("     read the whole tenant: {detail}"),
+        _ => {}
+    }
 }

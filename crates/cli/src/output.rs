@@ -345,6 +345,7 @@ pub fn plan_report(plan: &Plan, run_id: i64, stats: &RunStats) {
         plan.skip.len()
     );
     plan_tables(plan);
+    read_mode(stats);
     notes(stats);
 }
 
@@ -477,6 +478,15 @@ fn notes(stats: &RunStats) {
     }
 }
 
+/// How the run read its source: only what changed, or the whole tenant and why.
+fn read_mode(stats: &RunStats) {
+    match (stats.read_mode.as_deref(), stats.read_detail.as_deref()) {
+        (Some("delta"), Some(detail)) => outln!("Read what changed since the last sync: {detail}."),
+        (Some("full"), Some(detail)) => outln!("Read the whole tenant: {detail}."),
+        _ => {}
+    }
+}
+
 /// The command that mends a failed run, when the engine knows one.
 pub fn remedy_hint(outcome: &RunOutcome, source_id: Option<i64>) {
     let id = source_id.map_or("SOURCE_ID".to_string(), |i| i.to_string());
@@ -529,6 +539,7 @@ pub fn sync_report(outcome: &RunOutcome, source_id: Option<i64>) {
                 outcome.stats.duration_ms as f64 / 1000.0,
                 outcome.stats.requests
             );
+            read_mode(&outcome.stats);
             notes(&outcome.stats);
             if !p.warnings.is_empty() {
                 outln!(
@@ -714,6 +725,9 @@ pub fn run_details(r: &RunRecord) {
             s.requests,
             s.throttled,
         );
+        if let (Some(mode), Some(detail)) = (&s.read_mode, &s.read_detail) {
+            outln!("  mode:     {mode} ({detail})");
+        }
         outln!(
             "  time:     {:.1} s (read {:.1} s, plan {:.1} s, apply {:.1} s)",
             s.duration_ms as f64 / 1000.0,

@@ -86,6 +86,10 @@ pub const TIME_FORMATS: &[&str] = &["24h", "12h"];
 /// The shortest automatic-sync interval, in minutes.
 pub const MIN_INTERVAL_MINUTES: u32 = 15;
 
+/// Mailbox types read per run by default: a tenant of up to this many mailboxes is typed
+/// right by its first sync.
+pub const DEFAULT_PURPOSE_BUDGET: u32 = 20_000;
+
 /// Every option of a source; stored as JSON with the source, each field defaulted so older
 /// settings keep loading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +125,15 @@ pub struct SourceOptions {
     pub interval_minutes: u32,
     /// Removals beyond it are held until confirmed (rule 9).
     pub deletion_threshold: crate::plan::Safeguard,
+    /// Runs read only what changed since the last run (delta queries over the source
+    /// mirror); off: every run reads the whole tenant.
+    pub delta: bool,
+    /// Minutes after which a run reads the whole tenant again and reconciles the mirror
+    /// with it, even when delta reads work.
+    pub full_sync_every_minutes: u32,
+    /// Mailbox types (shared, room, equipment) read per run for mailboxes whose type is
+    /// not yet known; each costs a `$batch` sub-request. 0 never reads them.
+    pub purpose_budget: u32,
     pub defaults: MailboxDefaults,
 }
 
@@ -144,6 +157,9 @@ impl Default for SourceOptions {
             auto_sync: false,
             interval_minutes: 6 * 60,
             deletion_threshold: crate::plan::Safeguard::default(),
+            delta: true,
+            full_sync_every_minutes: 24 * 60,
+            purpose_budget: DEFAULT_PURPOSE_BUDGET,
             defaults: MailboxDefaults::default(),
         }
     }
@@ -268,6 +284,9 @@ impl SourceOptions {
         "auto_sync",
         "interval",
         "deletion_threshold",
+        "delta",
+        "full_sync_every",
+        "purpose_budget",
         "defaults.incoming",
         "defaults.outgoing",
         "defaults.archiving",
@@ -342,6 +361,27 @@ impl SourceOptions {
             "interval" => self.interval_minutes = parse_interval(key, value)?,
             "deletion_threshold" => {
                 self.deletion_threshold = crate::plan::Safeguard::parse(key, value)?
+            }
+            "delta" => self.delta = boolean(key, value)?,
+            "full_sync_every" => {
+                let minutes = parse_interval(key, value)?;
+                if minutes > 7 * 24 * 60 {
+                    return Err(bad(
+                        key,
+                        value,
+                        "at most 7d: a mirror left unreconciled longer could drift unseen",
+                    ));
+                }
+                self.full_sync_every_minutes = minutes;
+            }
+            "purpose_budget" => {
+                self.purpose_budget = value.trim().parse().map_err(|_| {
+                    bad(
+                        key,
+                        value,
+                        "use a number of mailboxes, such as 20000 (0 never reads mailbox types)",
+                    )
+                })?
             }
             "defaults.incoming" => self.defaults.incoming = boolean(key, value)?,
             "defaults.outgoing" => self.defaults.outgoing = boolean(key, value)?,
@@ -429,6 +469,9 @@ impl SourceOptions {
             self.auto_sync.to_string(),
             format_interval(self.interval_minutes),
             self.deletion_threshold.to_string(),
+            self.delta.to_string(),
+            format_interval(self.full_sync_every_minutes),
+            self.purpose_budget.to_string(),
             self.defaults.incoming.to_string(),
             self.defaults.outgoing.to_string(),
             self.defaults.archiving.to_string(),

@@ -22,7 +22,7 @@ pub use report::{PlanCounts, PlanReport};
 pub use run::{Engine, EngineOptions, Remedy, RunOutcome};
 pub use service::{DURATION_BUCKETS, Metrics, MetricsInner, ServiceOptions, run_service};
 pub use source::{
-    CheckStatus, ConnectionReport, FailureKind, NoProgress, PermissionCheck, Progress, Source,
-    SourceError, SourceRead,
+    CheckStatus, ConnectionReport, FailureKind, NoProgress, PermissionCheck, Progress, ReadMode,
+    Source, SourceError, SourceRead,
 };
 pub use sources::{Reconnect, SourceRemovalOutcome};

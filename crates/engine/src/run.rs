@@ -467,7 +467,9 @@ impl Engine {
     ) -> Result<RunOutcome, EngineError> {
         let started = Instant::now();
         tracing::info!("run started");
-        let mut read = match source.read(progress).await {
+        // What the last applied run read: the source reads what changed since.
+        let mirror = self.store.mirror(spec.source_id).await?;
+        let mut read = match source.read(mirror, progress).await {
             Ok(read) => read,
             Err(error) => {
                 let stats = RunStats {
@@ -491,7 +493,12 @@ impl Engine {
         let (import, ctx) = self
             .domains_to_import(&read.snapshot, ctx, &mut notes)
             .await?;
+        if let crate::source::ReadMode::Full { reason } = &read.mode {
+            tracing::info!(%reason, "read the whole source");
+        }
         let mut stats = RunStats {
+            read_mode: Some(read.mode.as_str().to_string()),
+            read_detail: Some(read.mode.detail().to_string()),
             read_users: read.snapshot.users.len() as u64,
             read_groups: read.snapshot.groups.len() as u64,
             requests: read.requests,
@@ -580,6 +587,7 @@ impl Engine {
                         status: verdict.status,
                         error: verdict.reason.as_deref(),
                         settle,
+                        mirror: read.mirror.as_ref(),
                     },
                     &mut stats,
                 )
@@ -825,8 +833,10 @@ impl Engine {
                         || ctx.options.include_groups
                         || !ctx.options.group_map.is_empty()
                         || ctx.rules.iter().any(|r| r.expression.mentions_member_of()),
-                    purposes: true,
+                    purpose_budget: ctx.options.purpose_budget as usize,
                     managers: ctx.options.import_managers,
+                    delta: ctx.options.delta,
+                    full_every_secs: i64::from(ctx.options.full_sync_every_minutes) * 60,
                 };
                 let source = source.with_needs(needs);
                 Ok((Box::new(source), ctx))

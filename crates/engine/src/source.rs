@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 use usersync_core::SourceSnapshot;
+use usersync_store::{Mirror, MirrorWrite};
 
 /// Why a read failed, in words an operator can act on (the source's own error type).
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,6 +26,41 @@ impl Progress for NoProgress {
     fn advance(&self, _count: usize) {}
 }
 
+/// How a run read its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadMode {
+    /// The whole source, and why (the first read, a refused delta link, the daily
+    /// reconciliation, options that need more than the mirror holds ...).
+    Full { reason: String },
+    /// Only what changed since the mirror, and how much that was.
+    Delta { changes: String },
+}
+
+impl ReadMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReadMode::Full { .. } => "full",
+            ReadMode::Delta { .. } => "delta",
+        }
+    }
+
+    /// Why the source was read whole, or what the delta round held.
+    pub fn detail(&self) -> &str {
+        match self {
+            ReadMode::Full { reason } => reason,
+            ReadMode::Delta { changes } => changes,
+        }
+    }
+}
+
+impl Default for ReadMode {
+    fn default() -> Self {
+        ReadMode::Full {
+            reason: String::new(),
+        }
+    }
+}
+
 /// What one read of a source returned, and what it cost.
 #[derive(Debug, Clone, Default)]
 pub struct SourceRead {
@@ -33,14 +69,23 @@ pub struct SourceRead {
     pub throttled: u64,
     /// Things the operator should know that did not fail the read.
     pub notes: Vec<String>,
+    pub mode: ReadMode,
+    /// What the read changes in the source's mirror; written with the plan it led to
+    /// (a preview writes nothing).
+    pub mirror: Option<MirrorWrite>,
 }
 
 /// A source of users: Microsoft 365 now, LDAP later.
 #[async_trait]
 pub trait Source: Send + Sync {
-    /// Reads everything a full sync needs. Fails rather than return a partial read: a sync
-    /// from half a tenant would remove the other half.
-    async fn read(&self, progress: &dyn Progress) -> Result<SourceRead, SourceError>;
+    /// Reads everything a sync needs: what changed since `mirror` (the source as the last
+    /// applied run read it) when the source can, else the whole source. Fails rather than
+    /// return a partial read: a sync from half a tenant would remove the other half.
+    async fn read(
+        &self,
+        mirror: Option<Mirror>,
+        progress: &dyn Progress,
+    ) -> Result<SourceRead, SourceError>;
 
     /// Signs in and tries one small read of each kind a sync makes, reporting each
     /// permission it needs as granted or missing. Never fails: a failure is a finding.

@@ -285,6 +285,7 @@ impl Engine {
                     status: RunStatus::Succeeded,
                     error: None,
                     settle: Settle::Nothing,
+                    mirror: None,
                 },
                 &mut stats,
             )

@@ -289,10 +289,13 @@ async fn a_page_that_keeps_failing_applies_nothing(url: String) {
     .await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     let before = w.store.users(w.customer, true).await.unwrap();
-    // A change that a sync would apply, and a later page that never loads.
+    // Changes that a sync would apply (more than one page of the delta round, whose pages
+    // hold ten), and a later page that never loads.
     let tenant = w.sim.tenant();
-    let newcomer = tenant.new_member("Nadia Newcomer");
-    tenant.add_user(newcomer).unwrap();
+    for i in 0..15 {
+        let newcomer = tenant.new_member(&format!("Nadia Newcomer {i}"));
+        tenant.add_user(newcomer).unwrap();
+    }
     w.sim
         .inject_fault(Fault::status("/v1.0/users", 500).with_query("$skiptoken"));
     let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();

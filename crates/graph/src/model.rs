@@ -271,6 +271,14 @@ impl HasId for User {
     }
 }
 
+impl HasId for serde_json::Map<String, serde_json::Value> {
+    fn object_id(&self) -> &str {
+        self.get("id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
 impl HasId for Group {
     fn object_id(&self) -> &str {
         &self.id

@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         "daily maintenance jobs (the retention purge), held removals counted on runs",
         V7,
     ),
+    both(
+        8,
+        "source mirrors (the tenant as last read, delta links), read mode of runs",
+        V8,
+    ),
 ];
 
 /// The newest schema version this binary knows.
@@ -70,6 +75,8 @@ const OUR_TABLES: &[&str] = &[
     "store_meta",
     "audit_log",
     "maintenance",
+    "source_mirrors",
+    "mirror_objects",
 ];
 
 /// What both backends add in version 5.
@@ -181,6 +188,30 @@ CREATE TABLE maintenance (
 );
 INSERT INTO maintenance (name, next_run_at) VALUES ('purge', 0);
 ALTER TABLE runs ADD COLUMN held BIGINT NOT NULL DEFAULT 0;
+"#;
+
+/// Per source, the tenant as the last applied run read it: its objects (opaque to the
+/// store, the source's own JSON) and its cursor (delta links and what was read), written
+/// in the transaction that applies the plan made from them. `generation` grows with each
+/// write, so a run that read an older mirror cannot overwrite a newer one. No foreign
+/// keys on the objects: a first sync writes one row per tenant object, and the rows go
+/// with their source (see `sources::mark_removed`).
+const V8: &str = r#"
+CREATE TABLE source_mirrors (
+    source_id BIGINT PRIMARY KEY REFERENCES sources(id) ON DELETE CASCADE,
+    generation BIGINT NOT NULL,
+    cursor TEXT NOT NULL,
+    full_at BIGINT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE mirror_objects (
+    source_id BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (source_id, kind, object_id)
+);
+ALTER TABLE runs ADD COLUMN read_mode TEXT;
 "#;
 
 const V4: &str = r#"

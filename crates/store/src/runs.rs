@@ -95,6 +95,13 @@ pub struct RunStats {
     pub apply_ms: u64,
     /// Things the operator should know that did not fail the run.
     pub notes: Vec<String>,
+    /// How the source was read: `full` (the whole tenant) or `delta` (what changed since
+    /// the last applied run); absent for runs that did not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_mode: Option<String>,
+    /// Why the source was read whole, or what the delta round held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -409,8 +416,8 @@ pub(crate) async fn finish(
         serde_json::to_string(end.stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = sqlx::query(
         "UPDATE runs SET status = $1, finished_at = $2, added = $3, updated = $4, removed = $5, \
-         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10, lease_until = NULL, held = $13 \
-         WHERE id = $11 AND status = 'running' AND lease_token = $12 RETURNING source_id",
+         skipped = $6, linked = $7, stats = $8, error = $9, plan = $10, lease_until = NULL, held = $13, \
+         read_mode = $14 WHERE id = $11 AND status = 'running' AND lease_token = $12 RETURNING source_id",
     )
     .bind(end.status.as_str())
     .bind(now())
@@ -425,6 +432,7 @@ pub(crate) async fn finish(
     .bind(lease.run_id)
     .bind(lease.token)
     .bind(held)
+    .bind(end.stats.read_mode.as_deref())
     .fetch_optional(&mut **tx)
     .await?;
     match row {

@@ -425,6 +425,7 @@ pub(crate) async fn mark_removed(
     id: i64,
     stamp: &str,
 ) -> Result<(), StoreError> {
+    crate::mirror::drop_mirror(tx, id).await?;
     // Groups it made from tenant groups become ordinary console groups.
     sqlx::query(
         "UPDATE console_groups SET source_id = NULL, source_object_id = NULL WHERE source_id = $1",

@@ -53,6 +53,8 @@ pub struct Apply<'a> {
     /// Why it was held.
     pub error: Option<&'a str>,
     pub settle: Settle<'a>,
+    /// What the run read, for its source's mirror: written with the plan or not at all.
+    pub mirror: Option<&'a crate::MirrorWrite>,
 }
 
 /// Users with their group's name, as [`user_from`] reads them.
@@ -299,6 +301,7 @@ impl Store {
             status,
             error,
             settle,
+            mirror,
         } = *apply;
         let started = std::time::Instant::now();
         let mut tx = self.write_tx().await?;
@@ -354,6 +357,10 @@ impl Store {
                     "source #{source_id} was removed while this run worked on it; nothing was applied"
                 )));
             }
+        }
+        if let Some(mirror) = mirror {
+            crate::mirror::write_mirror(&mut tx, self.backend, &self.db_now(), mirror).await?;
+            lap("mirrored");
         }
 
         for domain in &plan.import_domains {

@@ -101,6 +101,7 @@ async fn apply(
                 status: RunStatus::Succeeded,
                 error: None,
                 settle: Settle::Succeeded { clears_hold: false },
+                mirror: None,
             },
             stats,
         )

@@ -59,6 +59,41 @@ impl GraphClient {
         Ok(merge_group_delta(delta))
     }
 
+    /// A delta round of `collection` (`users` or `groups`) as raw JSON objects, like
+    /// [`GraphClient::users_delta`]. In an incremental round an object carries only the
+    /// properties that changed, and a property cleared is present as `null`: raw objects
+    /// keep that difference, which typed ones lose. Split `members@delta` lists are not
+    /// merged here.
+    pub async fn delta_raw(
+        &self,
+        collection: &str,
+        from: Option<&str>,
+        select: &[&str],
+        progress: Progress<'_>,
+    ) -> Result<Delta<serde_json::Map<String, serde_json::Value>>, GraphError> {
+        self.delta(collection, from, select, progress).await
+    }
+
+    /// A delta link that starts now (`$deltatoken=latest`): the next round from it
+    /// returns what changes after this call. Reads no objects; taken before a full read
+    /// of the collection, so no change made during that read is missed.
+    pub async fn delta_latest(
+        &self,
+        collection: &str,
+        select: &[&str],
+    ) -> Result<String, GraphError> {
+        let start = self.v1_url(&format!(
+            "/{collection}/delta?$select={}&$deltatoken=latest",
+            select.join(",")
+        ))?;
+        let start_for_error = url_without_query(&start);
+        let (_, link) = self.get_pages::<serde_json::Value>(start, &|_| {}).await?;
+        link.ok_or_else(|| GraphError::Malformed {
+            url: start_for_error,
+            detail: "a $deltatoken=latest answer has no @odata.deltaLink".into(),
+        })
+    }
+
     async fn delta<T: DeserializeOwned + HasId>(
         &self,
         collection: &str,

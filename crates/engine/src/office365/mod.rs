@@ -1,18 +1,17 @@
-//! The Microsoft 365 source: its settings, and a full read over Microsoft Graph.
+//! The Microsoft 365 source: its settings, its connection test, and reads over Microsoft
+//! Graph (`read.rs`: whole or by delta over the source mirror, `mirror.rs`).
+
+mod mirror;
+mod read;
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use url::Url;
-use usersync_core::{
-    ClientId, SourceDomain, SourceGroup, SourceKind, SourceOptions, SourceSnapshot, SourceUser,
-    TenantId,
-};
-use usersync_graph::{
-    ClientSecret, GROUP_PROPERTIES, GraphClient, GraphConfig, RetryPolicy, USER_PROPERTIES,
-};
-use usersync_store::{NewSource, SecretString, SourceRecord, Store};
+use usersync_core::{ClientId, SourceGroup, SourceKind, SourceOptions, SourceUser, TenantId};
+use usersync_graph::{ClientSecret, GROUP_PROPERTIES, GraphClient, GraphConfig, RetryPolicy};
+use usersync_store::{Mirror, NewSource, SecretString, SourceRecord, Store};
 
 use crate::EngineError;
 use crate::source::{
@@ -242,23 +241,42 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 /// What a read must fetch beyond users, groups and domains; each costs requests.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ReadNeeds {
     /// Transitive group memberships (filters on memberOf, selected groups).
     pub memberships: bool,
-    /// `mailboxSettings.userPurpose` of every mailbox, through `$batch` (rule 4).
-    pub purposes: bool,
+    /// `mailboxSettings.userPurpose` of mailboxes, through `$batch` (rule 4): at most this
+    /// many per run, those not yet known first.
+    pub purpose_budget: usize,
     /// Each user's manager, inline with the user pages (`$expand=manager`).
     pub managers: bool,
+    /// Runs read what changed since the mirror (delta queries) when they can.
+    pub delta: bool,
+    /// A run reads the whole tenant when the last whole read is older than this.
+    pub full_every_secs: i64,
 }
 
-/// Mailbox-type lookups per round of `$batch` calls (100 batches of 20).
-const PURPOSE_CHUNK: usize = 2000;
+impl Default for ReadNeeds {
+    fn default() -> Self {
+        ReadNeeds {
+            memberships: false,
+            purpose_budget: usersync_core::options::DEFAULT_PURPOSE_BUDGET as usize,
+            managers: false,
+            delta: true,
+            full_every_secs: 24 * 3600,
+        }
+    }
+}
 
 /// A Microsoft 365 tenant read over Graph.
 pub struct Office365Source {
     client: GraphClient,
     needs: ReadNeeds,
+    /// The source's id (its mirror's key).
+    source_id: i64,
+    /// Where and as whom it reads: delta links of another endpoint or app are not used.
+    graph_url: String,
+    client_id: String,
 }
 
 impl Office365Source {
@@ -297,6 +315,9 @@ impl Office365Source {
         Ok(Office365Source {
             client,
             needs: ReadNeeds::default(),
+            source_id: record.id,
+            graph_url: settings.graph_url.clone(),
+            client_id: settings.client_id.clone(),
         })
     }
 
@@ -310,93 +331,6 @@ impl Office365Source {
     pub async fn groups(&self) -> Result<Vec<SourceGroup>, SourceError> {
         let groups = self.client.list_groups(GROUP_PROPERTIES, &|_| {}).await?;
         Ok(groups.into_iter().map(source_group).collect())
-    }
-
-    /// Each group's transitive members, inverted: user id -> group ids.
-    async fn memberships(
-        &self,
-        groups: &[SourceGroup],
-        progress: &dyn Progress,
-    ) -> Result<std::collections::HashMap<String, Vec<String>>, SourceError> {
-        use futures_util::stream::{self, StreamExt};
-        progress.phase("reading group memberships");
-        let client = self.client.clone();
-        // Owned futures: the client bounds requests in flight; this keeps that many queued.
-        let mut pending = stream::iter(groups.iter().map(|g| g.id.clone()).collect::<Vec<_>>())
-            .map(move |id| {
-                let client = client.clone();
-                async move { client.group_members(&id, true).await.map(|m| (id, m)) }
-            })
-            .buffer_unordered(8);
-        let mut lists = Vec::with_capacity(groups.len());
-        while let Some(result) = pending.next().await {
-            lists.push(result?);
-            progress.advance(lists.len());
-        }
-        let mut member_of: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for (group, members) in lists {
-            for m in members {
-                member_of.entry(m.id).or_default().push(group.clone());
-            }
-        }
-        Ok(member_of)
-    }
-
-    /// Mailbox purposes through `$batch`; without MailboxSettings.Read, a note instead.
-    async fn purposes(
-        &self,
-        users: &mut [SourceUser],
-        notes: &mut Vec<String>,
-        progress: &dyn Progress,
-    ) -> Result<(), SourceError> {
-        // Only where the answer can change the type: an enabled, licensed account is a user
-        // mailbox, while shared, room and equipment mailboxes are disabled, unlicensed
-        // accounts (as Exchange creates them). Accounts without a mail address have no
-        // mailbox to ask about. This keeps a 100,000-user read to a few hundred $batch calls.
-        let ids: Vec<String> = users
-            .iter()
-            .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
-            .filter(|u| !u.is_enabled() || !u.is_licensed())
-            .map(|u| u.id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        progress.phase("reading mailbox types");
-        let mut purposes = std::collections::HashMap::with_capacity(ids.len());
-        let mut failed = 0usize;
-        let mut example = None;
-        // In chunks, so the batch responses in memory stay bounded whatever the tenant size.
-        for (i, chunk) in ids.chunks(PURPOSE_CHUNK).enumerate() {
-            let base = i * PURPOSE_CHUNK;
-            let report = |n: usize| progress.advance(base + n);
-            match self.client.mailbox_purposes(chunk, &report).await {
-                Ok(outcome) => {
-                    failed += outcome.errors.len();
-                    if example.is_none() {
-                        example = outcome.errors.values().next().map(|e| e.to_string());
-                    }
-                    purposes.extend(outcome.results);
-                }
-                Err(e) if e.is_forbidden() => {
-                    self.purposes_forbidden(notes);
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        for u in users.iter_mut() {
-            if let Some(purpose) = purposes.remove(&u.id) {
-                u.user_purpose = purpose;
-            }
-        }
-        if failed > 0 {
-            notes.push(format!(
-                "the mailbox type of {failed} users could not be read (for example: {}); their type was guessed from licence and sign-in state",
-                example.unwrap_or_default()
-            ));
-        }
-        Ok(())
     }
 
     fn purposes_forbidden(&self, notes: &mut Vec<String>) {
@@ -542,79 +476,21 @@ impl Source for Office365Source {
         ConnectionReport { checks }
     }
 
-    async fn read(&self, progress: &dyn Progress) -> Result<SourceRead, SourceError> {
-        progress.phase("reading domains");
-        let domains = self.client.list_domains().await?;
-        progress.phase("reading users and groups");
-        let report = |n: usize| progress.advance(n);
-        // The total, for a bar with the time left: one cheap request beside the pages; a
-        // tenant that refuses it ($count needs an advanced query) only gets a spinner.
-        let total = async {
-            if let Ok(n) = self.client.count_users().await {
-                progress.total(n);
-            }
-        };
-        // Users and groups page independently; reading both at once halves the wait.
-        let users = async {
-            if self.needs.managers {
-                // The manager comes inline with each user: no request per user.
-                self.client
-                    .list_users_with_manager(USER_PROPERTIES, &report)
-                    .await
-            } else {
-                self.client.list_users(USER_PROPERTIES, &report).await
-            }
-        };
-        let (users, groups, ()) = tokio::join!(
-            users,
-            self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
-            total
-        );
-        let (mut users, mut groups) = (users?, groups?);
-        // A server may repeat an object across pages (Graph does in some paging states);
-        // one object is one entry, so keep each id once.
-        dedup_by_id(&mut users, |u| &u.id);
-        dedup_by_id(&mut groups, |g| &g.id);
-        let mut users: Vec<SourceUser> = users.into_iter().map(source_user).collect();
-        let groups: Vec<SourceGroup> = groups.into_iter().map(source_group).collect();
-        let mut notes = Vec::new();
-        if self.needs.memberships {
-            let mut member_of = self.memberships(&groups, progress).await?;
-            for u in users.iter_mut() {
-                u.member_of = member_of.remove(&u.id).unwrap_or_default();
-            }
-        }
-        if self.needs.purposes {
-            self.purposes(&mut users, &mut notes, progress).await?;
-        }
-        let stats = self.client.stats();
-        Ok(SourceRead {
-            snapshot: SourceSnapshot {
-                users,
-                groups,
-                domains: domains
-                    .into_iter()
-                    .map(|d| SourceDomain {
-                        name: d.id,
-                        is_verified: d.is_verified.unwrap_or(false),
-                        is_initial: d.is_initial.unwrap_or(false),
-                        supported_services: d.supported_services,
-                    })
-                    .collect(),
-            },
-            requests: stats.requests + stats.token_requests,
-            throttled: stats.throttled,
-            notes,
-        })
+    async fn read(
+        &self,
+        mirror: Option<Mirror>,
+        progress: &dyn Progress,
+    ) -> Result<SourceRead, SourceError> {
+        self.read_tenant(mirror, progress).await
     }
 }
 
-fn dedup_by_id<T>(items: &mut Vec<T>, id: impl Fn(&T) -> &String) {
+pub(super) fn dedup_by_id<T>(items: &mut Vec<T>, id: impl Fn(&T) -> &String) {
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     items.retain(|item| seen.insert(id(item).clone()));
 }
 
-fn source_user(u: usersync_graph::User) -> SourceUser {
+pub(super) fn source_user(u: usersync_graph::User) -> SourceUser {
     SourceUser {
         id: u.id,
         user_principal_name: u.user_principal_name,
@@ -640,7 +516,7 @@ fn source_user(u: usersync_graph::User) -> SourceUser {
     }
 }
 
-fn source_group(g: usersync_graph::Group) -> SourceGroup {
+pub(super) fn source_group(g: usersync_graph::Group) -> SourceGroup {
     SourceGroup {
         id: g.id,
         display_name: g.display_name,

@@ -1,0 +1,655 @@
+//! The tenant as the last applied run read it (the source mirror): Graph users and groups
+//! with what the sync learnt about them (mailbox types, direct members), loaded from the
+//! store, merged with delta rounds, and compared object by object to say what to write.
+//!
+//! Merging never takes a partial object for a whole one: an incremental round carries only
+//! the properties that changed, so they are laid over the mirrored object; an object the
+//! mirror lacks is taken only when every selected property came with it, and read whole
+//! otherwise.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use usersync_graph::{GROUP_PROPERTIES, Group, USER_PROPERTIES, User};
+use usersync_store::{Mirror, MirrorObject, MirrorWrite};
+
+/// The shape of the mirror this code writes; another shape is read again whole.
+pub(super) const CURSOR_VERSION: u32 = 1;
+
+pub(super) const USER: &str = "user";
+pub(super) const GROUP: &str = "group";
+
+/// Where the mirror's delta rounds continue, and what they read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Cursor {
+    pub v: u32,
+    /// The Graph endpoint and app the links belong to: another one starts again whole.
+    pub graph_url: String,
+    pub client_id: String,
+    pub users_link: String,
+    pub groups_link: String,
+    /// Groups' direct members are mirrored (and in the groups delta).
+    pub memberships: bool,
+}
+
+/// A mirrored user: Graph's properties, and its mailbox type once read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MirrorUser {
+    #[serde(flatten)]
+    pub user: User,
+    /// `mailboxSettings.userPurpose`; `""` when the account has no mailbox; absent when
+    /// not read yet.
+    #[serde(
+        rename = "usersync:purpose",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub purpose: Option<String>,
+}
+
+/// A member of a group, as the mirror keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Member {
+    pub id: String,
+    /// A nested group (its members are members too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group: bool,
+}
+
+/// A mirrored group, with its direct members when memberships are read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MirrorGroup {
+    #[serde(flatten)]
+    pub group: Group,
+    #[serde(
+        rename = "usersync:members",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub members: Option<Vec<Member>>,
+}
+
+/// The tenant's users and groups by id.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Tenant {
+    pub users: HashMap<String, MirrorUser>,
+    pub groups: HashMap<String, MirrorGroup>,
+}
+
+/// A stored mirror, read back.
+pub(super) struct Loaded {
+    pub generation: i64,
+    pub cursor: Cursor,
+    pub full_age_secs: i64,
+    pub tenant: Tenant,
+}
+
+impl Loaded {
+    /// The stored mirror as this code reads it, or why it cannot be trusted.
+    pub fn from_store(mirror: Mirror) -> Result<Loaded, (i64, String)> {
+        let generation = mirror.generation;
+        let cursor: Cursor = serde_json::from_value(mirror.cursor)
+            .map_err(|e| (generation, format!("its cursor does not read ({e})")))?;
+        if cursor.v != CURSOR_VERSION {
+            return Err((
+                generation,
+                format!(
+                    "it was written in another shape (version {}, this version reads {CURSOR_VERSION})",
+                    cursor.v
+                ),
+            ));
+        }
+        let mut tenant = Tenant::default();
+        for o in mirror.objects {
+            let bad = |e: serde_json::Error| {
+                (
+                    generation,
+                    format!("{} {} does not read ({e})", o.kind, o.id),
+                )
+            };
+            match o.kind.as_str() {
+                USER => {
+                    let u: MirrorUser = serde_json::from_str(&o.data).map_err(bad)?;
+                    tenant.users.insert(o.id, u);
+                }
+                GROUP => {
+                    let g: MirrorGroup = serde_json::from_str(&o.data).map_err(bad)?;
+                    tenant.groups.insert(o.id, g);
+                }
+                other => {
+                    return Err((
+                        generation,
+                        format!("it holds objects of an unknown kind '{other}'"),
+                    ));
+                }
+            }
+        }
+        Ok(Loaded {
+            generation,
+            cursor,
+            full_age_secs: mirror.full_age_secs,
+            tenant,
+        })
+    }
+}
+
+/// Whether a change of these user properties can change the mailbox type.
+const PURPOSE_PROPERTIES: &[&str] = &[
+    "accountEnabled",
+    "assignedLicenses",
+    "mail",
+    "proxyAddresses",
+];
+
+/// A raw object carries every property the sync selects: it can stand for the whole.
+pub(super) fn is_whole(raw: &Map<String, Value>, properties: &[&str]) -> bool {
+    properties.iter().all(|p| raw.contains_key(*p))
+}
+
+/// Lays the properties present in `patch` over `into` (a `null` clears); `id` and OData
+/// annotations are left alone.
+fn overlay<T: Serialize + serde::de::DeserializeOwned>(
+    into: &T,
+    patch: &Map<String, Value>,
+) -> Result<T, serde_json::Error> {
+    let mut value = serde_json::to_value(into)?;
+    if let Value::Object(map) = &mut value {
+        for (k, v) in patch {
+            if k == "id" || k.contains('@') {
+                continue;
+            }
+            map.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(value)
+}
+
+/// What a delta round did to the mirror.
+#[derive(Debug, Default)]
+pub(super) struct Merged {
+    /// Objects the round named but the mirror lacks and that came partial: read whole.
+    pub users_to_read: Vec<String>,
+    pub groups_to_read: Vec<String>,
+    pub users_changed: usize,
+    pub users_removed: usize,
+    pub groups_changed: usize,
+    pub groups_removed: usize,
+}
+
+impl Tenant {
+    /// Merges one users delta round.
+    pub fn merge_users(
+        &mut self,
+        items: Vec<usersync_graph::DeltaItem<Map<String, Value>>>,
+        merged: &mut Merged,
+    ) -> Result<(), serde_json::Error> {
+        for item in items {
+            match item {
+                usersync_graph::DeltaItem::Removed { id, .. } => {
+                    // "changed" (in the recycle bin, restorable) and "deleted" alike: the
+                    // user is no longer in the tenant; a restore brings it back whole.
+                    if self.users.remove(&id).is_some() {
+                        merged.users_removed += 1;
+                    }
+                    merged.users_to_read.retain(|x| x != &id);
+                }
+                usersync_graph::DeltaItem::Changed(patch) => {
+                    let id = patch
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    if id.is_empty() {
+                        continue;
+                    }
+                    merged.users_changed += 1;
+                    match self.users.get(&id) {
+                        Some(old) => {
+                            let mut user: User = overlay(&old.user, &patch)?;
+                            user.id = id.clone();
+                            let mut purpose = old.purpose.clone();
+                            let touched = PURPOSE_PROPERTIES.iter().any(|p| patch.contains_key(*p));
+                            if touched && purpose_inputs(&user) != purpose_inputs(&old.user) {
+                                // Licence, sign-in or address changed: the type is read again.
+                                purpose = None;
+                            }
+                            self.users.insert(id, MirrorUser { user, purpose });
+                        }
+                        None if is_whole(&patch, USER_PROPERTIES) => {
+                            let user: User = serde_json::from_value(Value::Object(patch))?;
+                            merged.users_to_read.retain(|x| x != &id);
+                            self.users.insert(
+                                id,
+                                MirrorUser {
+                                    user,
+                                    purpose: None,
+                                },
+                            );
+                        }
+                        None => {
+                            if !merged.users_to_read.contains(&id) {
+                                merged.users_to_read.push(id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges one groups delta round (`members@delta` adds and removes direct members).
+    pub fn merge_groups(
+        &mut self,
+        items: Vec<usersync_graph::DeltaItem<Map<String, Value>>>,
+        memberships: bool,
+        merged: &mut Merged,
+    ) -> Result<(), serde_json::Error> {
+        for item in items {
+            match item {
+                usersync_graph::DeltaItem::Removed { id, .. } => {
+                    if self.groups.remove(&id).is_some() {
+                        merged.groups_removed += 1;
+                    }
+                    merged.groups_to_read.retain(|x| x != &id);
+                }
+                usersync_graph::DeltaItem::Changed(mut patch) => {
+                    let id = patch
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    if id.is_empty() {
+                        continue;
+                    }
+                    merged.groups_changed += 1;
+                    let member_changes = match patch.remove("members@delta") {
+                        Some(v) => serde_json::from_value::<Vec<usersync_graph::MemberDelta>>(v)?,
+                        None => Vec::new(),
+                    };
+                    let (mut group, known) = match self.groups.get(&id) {
+                        Some(old) => {
+                            let mut group: MirrorGroup = old.clone();
+                            group.group = overlay(&old.group, &patch)?;
+                            group.group.id = id.clone();
+                            (group, true)
+                        }
+                        None if is_whole(&patch, GROUP_PROPERTIES) => {
+                            let group: Group = serde_json::from_value(Value::Object(patch))?;
+                            let members = memberships.then(Vec::new);
+                            (MirrorGroup { group, members }, false)
+                        }
+                        None => {
+                            if !merged.groups_to_read.contains(&id) {
+                                merged.groups_to_read.push(id);
+                            }
+                            continue;
+                        }
+                    };
+                    if !known {
+                        merged.groups_to_read.retain(|x| x != &id);
+                    }
+                    if let Some(members) = &mut group.members {
+                        for m in member_changes {
+                            members.retain(|x| x.id != m.id);
+                            if !m.is_removed() {
+                                let is_group = m
+                                    .odata_type
+                                    .as_deref()
+                                    .is_some_and(|t| t.ends_with("group"));
+                                members.push(Member {
+                                    id: m.id,
+                                    group: is_group,
+                                });
+                            }
+                        }
+                    }
+                    self.groups.insert(id, group);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of the groups each user belongs to, directly or through nested groups.
+    pub fn member_of(&self) -> HashMap<&str, Vec<String>> {
+        let mut member_of: HashMap<&str, Vec<String>> = HashMap::new();
+        for (gid, g) in &self.groups {
+            let Some(members) = &g.members else { continue };
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut stack: Vec<&Member> = members.iter().collect();
+            seen.insert(gid.as_str());
+            while let Some(m) = stack.pop() {
+                if !seen.insert(m.id.as_str()) {
+                    continue;
+                }
+                if m.group {
+                    if let Some(nested) = self.groups.get(&m.id).and_then(|n| n.members.as_ref()) {
+                        stack.extend(nested.iter());
+                    }
+                } else if let Some((key, _)) = self.users.get_key_value(&m.id) {
+                    member_of.entry(key.as_str()).or_default().push(gid.clone());
+                }
+            }
+        }
+        for groups in member_of.values_mut() {
+            groups.sort();
+        }
+        member_of
+    }
+
+    /// Keeps the mailbox types `old` knew for users whose licence, sign-in and addresses
+    /// did not change (a full read does not read them again).
+    pub fn keep_purposes(&mut self, old: &Tenant) {
+        for (id, u) in self.users.iter_mut() {
+            if let Some(o) = old.users.get(id)
+                && purpose_inputs(&o.user) == purpose_inputs(&u.user)
+            {
+                u.purpose = o.purpose.clone();
+            }
+        }
+    }
+
+    /// The mirror writes that turn `old` into `self` (a whole read): changed and new
+    /// objects, and the ids gone.
+    pub fn writes_full(&self, old: &Tenant) -> Result<Writes, serde_json::Error> {
+        let mut upserts = Vec::new();
+        for (id, u) in &self.users {
+            if old.users.get(id) != Some(u) {
+                upserts.push(object(USER, id, u)?);
+            }
+        }
+        for (id, g) in &self.groups {
+            if old.groups.get(id) != Some(g) {
+                upserts.push(object(GROUP, id, g)?);
+            }
+        }
+        let mut deletes: Vec<(String, String)> = old
+            .users
+            .keys()
+            .filter(|id| !self.users.contains_key(*id))
+            .map(|id| (USER.to_string(), id.clone()))
+            .collect();
+        deletes.extend(
+            old.groups
+                .keys()
+                .filter(|id| !self.groups.contains_key(*id))
+                .map(|id| (GROUP.to_string(), id.clone())),
+        );
+        Ok((upserts, deletes))
+    }
+
+    /// The mirror writes of a delta round: the objects it touched, as they are now.
+    pub fn writes_touched(
+        &self,
+        users: &HashSet<String>,
+        groups: &HashSet<String>,
+    ) -> Result<Writes, serde_json::Error> {
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for id in users {
+            match self.users.get(id) {
+                Some(u) => upserts.push(object(USER, id, u)?),
+                None => deletes.push((USER.to_string(), id.clone())),
+            }
+        }
+        for id in groups {
+            match self.groups.get(id) {
+                Some(g) => upserts.push(object(GROUP, id, g)?),
+                None => deletes.push((GROUP.to_string(), id.clone())),
+            }
+        }
+        Ok((upserts, deletes))
+    }
+
+    /// How `self` (the tenant read whole) differs from `old` (the mirror), for the run's
+    /// notes: counts by kind and a few ids.
+    pub fn differences(&self, old: &Tenant) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut examples = Vec::new();
+        let mut count = |what: &str, ids: Vec<&String>| {
+            if !ids.is_empty() {
+                parts.push(format!("{} {what}", ids.len()));
+                examples.extend(ids.into_iter().take(3).cloned());
+            }
+        };
+        count(
+            "users missing from the mirror",
+            self.users
+                .keys()
+                .filter(|id| !old.users.contains_key(*id))
+                .collect(),
+        );
+        count(
+            "users gone from the tenant",
+            old.users
+                .keys()
+                .filter(|id| !self.users.contains_key(*id))
+                .collect(),
+        );
+        count(
+            "users that differ",
+            self.users
+                .iter()
+                .filter(|(id, u)| old.users.get(*id).is_some_and(|o| o.user != u.user))
+                .map(|(id, _)| id)
+                .collect(),
+        );
+        count(
+            "groups missing from the mirror",
+            self.groups
+                .keys()
+                .filter(|id| !old.groups.contains_key(*id))
+                .collect(),
+        );
+        count(
+            "groups gone from the tenant",
+            old.groups
+                .keys()
+                .filter(|id| !self.groups.contains_key(*id))
+                .collect(),
+        );
+        count(
+            "groups that differ",
+            self.groups
+                .iter()
+                .filter(|(id, g)| old.groups.get(*id).is_some_and(|o| o != *g))
+                .map(|(id, _)| id)
+                .collect(),
+        );
+        (!parts.is_empty()).then(|| {
+            examples.sort();
+            examples.truncate(5);
+            format!(
+                "reconciliation: the mirror differed from the tenant ({}; for example {}); corrected",
+                parts.join(", "),
+                examples.join(", ")
+            )
+        })
+    }
+}
+
+/// Objects to write and `(kind, id)` of objects to delete.
+pub(super) type Writes = (Vec<MirrorObject>, Vec<(String, String)>);
+
+fn object<T: Serialize>(
+    kind: &str,
+    id: &str,
+    value: &T,
+) -> Result<MirrorObject, serde_json::Error> {
+    Ok(MirrorObject {
+        kind: kind.to_string(),
+        id: id.to_string(),
+        data: serde_json::to_string(value)?,
+    })
+}
+
+/// What the mailbox type depends on: sign-in, licences, addresses.
+type PurposeInputs<'a> = (
+    Option<bool>,
+    Vec<Option<&'a str>>,
+    Option<&'a str>,
+    &'a [String],
+);
+
+fn purpose_inputs(u: &User) -> PurposeInputs<'_> {
+    (
+        u.account_enabled,
+        u.assigned_licenses
+            .iter()
+            .map(|l| l.sku_id.as_deref())
+            .collect(),
+        u.mail.as_deref(),
+        &u.proxy_addresses,
+    )
+}
+
+/// A mirror write from the objects and the cursor.
+pub(super) fn write(
+    source_id: i64,
+    base: Option<i64>,
+    cursor: &Cursor,
+    full: bool,
+    replace: bool,
+    (upserts, deletes): Writes,
+) -> MirrorWrite {
+    MirrorWrite {
+        source_id,
+        base,
+        cursor: serde_json::to_value(cursor).unwrap_or_default(),
+        full,
+        replace,
+        upserts,
+        deletes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use usersync_graph::DeltaItem;
+
+    fn raw(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn whole_user(id: &str, mail: &str) -> Map<String, Value> {
+        let mut m = Map::new();
+        for p in USER_PROPERTIES {
+            m.insert((*p).into(), Value::Null);
+        }
+        m.insert("id".into(), json!(id));
+        m.insert("mail".into(), json!(mail));
+        m.insert("department".into(), json!("Sales"));
+        m.insert("accountEnabled".into(), json!(true));
+        m
+    }
+
+    #[test]
+    fn a_partial_change_is_laid_over_the_mirrored_user() {
+        let mut t = Tenant::default();
+        let mut m = Merged::default();
+        t.merge_users(vec![DeltaItem::Changed(whole_user("1", "a@x.com"))], &mut m)
+            .unwrap();
+        t.users.get_mut("1").unwrap().purpose = Some("shared".into());
+        // Only the department changed, and it was cleared: mail stays, purpose stays.
+        t.merge_users(
+            vec![DeltaItem::Changed(raw(
+                json!({"id": "1", "department": null}),
+            ))],
+            &mut m,
+        )
+        .unwrap();
+        let u = &t.users["1"];
+        assert_eq!(u.user.mail.as_deref(), Some("a@x.com"));
+        assert_eq!(u.user.department, None);
+        assert_eq!(u.purpose.as_deref(), Some("shared"));
+        // Sign-in changed: the mailbox type is read again.
+        t.merge_users(
+            vec![DeltaItem::Changed(raw(
+                json!({"id": "1", "accountEnabled": false}),
+            ))],
+            &mut m,
+        )
+        .unwrap();
+        assert_eq!(t.users["1"].purpose, None);
+        assert_eq!(t.users["1"].user.account_enabled, Some(false));
+    }
+
+    #[test]
+    fn a_partial_object_the_mirror_lacks_is_read_whole() {
+        let mut t = Tenant::default();
+        let mut m = Merged::default();
+        t.merge_users(
+            vec![DeltaItem::Changed(raw(
+                json!({"id": "9", "department": "X"}),
+            ))],
+            &mut m,
+        )
+        .unwrap();
+        assert!(t.users.is_empty());
+        assert_eq!(m.users_to_read, vec!["9".to_string()]);
+        // Removed later in the same round: nothing to read.
+        t.merge_users(
+            vec![DeltaItem::Removed {
+                id: "9".into(),
+                reason: "changed".into(),
+            }],
+            &mut m,
+        )
+        .unwrap();
+        assert!(m.users_to_read.is_empty());
+    }
+
+    #[test]
+    fn nested_groups_count_their_members() {
+        let mut t = Tenant::default();
+        for id in ["u1", "u2"] {
+            t.users.insert(id.into(), MirrorUser::default());
+        }
+        let g = |members: Vec<Member>| MirrorGroup {
+            members: Some(members),
+            ..Default::default()
+        };
+        let user = |id: &str| Member {
+            id: id.into(),
+            group: false,
+        };
+        let group = |id: &str| Member {
+            id: id.into(),
+            group: true,
+        };
+        t.groups
+            .insert("outer".into(), g(vec![user("u1"), group("inner")]));
+        t.groups
+            .insert("inner".into(), g(vec![user("u2"), group("outer")]));
+        let m = t.member_of();
+        assert_eq!(m["u1"], vec!["inner", "outer"]);
+        assert_eq!(m["u2"], vec!["inner", "outer"]);
+    }
+
+    #[test]
+    fn mirrored_objects_read_back_the_same() {
+        let u = MirrorUser {
+            user: serde_json::from_value(Value::Object(whole_user("1", "a@x.com"))).unwrap(),
+            purpose: Some(String::new()),
+        };
+        let text = serde_json::to_string(&u).unwrap();
+        assert_eq!(serde_json::from_str::<MirrorUser>(&text).unwrap(), u);
+        let g = MirrorGroup {
+            group: Group {
+                id: "g".into(),
+                display_name: Some("G".into()),
+                ..Default::default()
+            },
+            members: Some(vec![Member {
+                id: "1".into(),
+                group: false,
+            }]),
+        };
+        let text = serde_json::to_string(&g).unwrap();
+        assert_eq!(serde_json::from_str::<MirrorGroup>(&text).unwrap(), g);
+    }
+}

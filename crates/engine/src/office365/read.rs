@@ -1,0 +1,538 @@
+//! Reading a tenant: whole, or only what changed since the mirror (delta rounds), then the
+//! mailbox types not yet known, then the snapshot the core plans from and the mirror
+//! write that goes with the plan.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::stream::{self, StreamExt};
+use serde_json::{Map, Value};
+use usersync_core::{SourceDomain, SourceSnapshot, SourceUser};
+use usersync_graph::{GROUP_PROPERTIES, GraphError, USER_PROPERTIES};
+use usersync_store::Mirror;
+
+use super::mirror::{
+    CURSOR_VERSION, Cursor, Loaded, Member, Merged, MirrorGroup, MirrorUser, Tenant,
+};
+use super::{Office365Source, dedup_by_id, source_group, source_user};
+use crate::source::{Progress, ReadMode, SourceError, SourceRead};
+
+/// Mailbox-type lookups per round of `$batch` calls (100 batches of 20).
+const PURPOSE_CHUNK: usize = 2000;
+
+/// Why a run reads the whole tenant rather than what changed.
+struct Whole {
+    reason: String,
+    /// A scheduled reconciliation: what changed is read first, and what the whole read
+    /// finds beyond it is reported as a difference between the mirror and the tenant.
+    reconcile: bool,
+}
+
+impl Office365Source {
+    fn group_select(&self) -> Vec<&'static str> {
+        let mut select: Vec<&str> = GROUP_PROPERTIES.to_vec();
+        if self.needs.memberships {
+            select.push("members");
+        }
+        select
+    }
+
+    fn uses_delta(&self) -> bool {
+        self.needs.delta && !self.needs.managers
+    }
+
+    /// Whether this run reads the whole tenant, and why.
+    fn whole_because(&self, loaded: Option<&Loaded>, untrusted: Option<&str>) -> Option<Whole> {
+        let whole = |reason: String| {
+            Some(Whole {
+                reason,
+                reconcile: false,
+            })
+        };
+        if !self.needs.delta {
+            return whole("delta reads are off for this source (delta=false)".into());
+        }
+        if self.needs.managers {
+            return whole(
+                "managers are not followed through delta rounds yet, so a source with import_managers reads the whole tenant".into(),
+            );
+        }
+        if let Some(why) = untrusted {
+            return whole(format!("the mirror could not be trusted: {why}"));
+        }
+        let Some(loaded) = loaded else {
+            return whole("the first read of this source".into());
+        };
+        let c = &loaded.cursor;
+        if c.users_link.is_empty() || c.groups_link.is_empty() {
+            return whole("the last run did not keep delta links".into());
+        }
+        if c.graph_url != self.graph_url || c.client_id != self.client_id {
+            return whole("the source's endpoint or app changed since the mirror was read".into());
+        }
+        if self.needs.memberships && !c.memberships {
+            return whole(
+                "the source's options now need group memberships, which the mirror does not hold"
+                    .into(),
+            );
+        }
+        if loaded.full_age_secs >= self.needs.full_every_secs {
+            return Some(Whole {
+                reason: format!(
+                    "the daily reconciliation (the last whole read was {} ago; full_sync_every)",
+                    age(loaded.full_age_secs)
+                ),
+                reconcile: true,
+            });
+        }
+        None
+    }
+
+    /// Reads the tenant, by delta over `mirror` when it can, else whole.
+    pub(super) async fn read_tenant(
+        &self,
+        mirror: Option<Mirror>,
+        progress: &dyn Progress,
+    ) -> Result<SourceRead, SourceError> {
+        progress.phase("reading domains");
+        let domains = self.client.list_domains().await?;
+        let mut notes = Vec::new();
+        let (loaded, untrusted) = match mirror.map(Loaded::from_store) {
+            None => (None, None),
+            Some(Ok(l)) => (Some(l), None),
+            Some(Err(bad)) => (None, Some(bad)),
+        };
+        let base = loaded
+            .as_ref()
+            .map(|l| l.generation)
+            .or(untrusted.as_ref().map(|u| u.0));
+        let whole = self.whole_because(loaded.as_ref(), untrusted.as_ref().map(|u| u.1.as_str()));
+        let replace = untrusted.is_some();
+
+        let (mut tenant, cursor, old, touched, mode) = match (whole, loaded) {
+            (None, Some(mut loaded)) => {
+                match self
+                    .read_changes(&mut loaded.tenant, &loaded.cursor, progress)
+                    .await
+                {
+                    Ok((cursor, merged, touched)) => {
+                        let changes = format!(
+                            "{} user and {} group changes, of which {} users and {} groups removed",
+                            merged.users_changed,
+                            merged.groups_changed,
+                            merged.users_removed,
+                            merged.groups_removed
+                        );
+                        (
+                            loaded.tenant,
+                            cursor,
+                            None,
+                            Some(touched),
+                            ReadMode::Delta { changes },
+                        )
+                    }
+                    Err(e) if matches!(e, GraphError::DeltaExpired { .. }) => {
+                        let reason = format!("the delta link was refused ({e})");
+                        let (mut tenant, cursor) = self.read_whole(progress).await?;
+                        tenant.keep_purposes(&loaded.tenant);
+                        (
+                            tenant,
+                            cursor,
+                            Some(loaded.tenant),
+                            None,
+                            ReadMode::Full { reason },
+                        )
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            (whole, mut loaded) => {
+                let whole = whole.unwrap_or(Whole {
+                    reason: "the first read of this source".into(),
+                    reconcile: false,
+                });
+                // A reconciliation first takes what changed, so that what the whole read
+                // finds beyond it is a difference the delta rounds missed.
+                let mut compare = false;
+                if let (true, Some(l)) = (whole.reconcile, loaded.as_mut()) {
+                    match self
+                        .read_changes(&mut l.tenant, &l.cursor.clone(), progress)
+                        .await
+                    {
+                        Ok(_) => compare = true,
+                        Err(GraphError::DeltaExpired { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                let (mut tenant, cursor) = self.read_whole(progress).await?;
+                let old = loaded.map(|l| l.tenant);
+                if let Some(old) = &old {
+                    tenant.keep_purposes(old);
+                    if compare {
+                        notes.push(tenant.differences(old).unwrap_or_else(|| {
+                            "reconciliation: the mirror matched the tenant".into()
+                        }));
+                    }
+                }
+                (
+                    tenant,
+                    cursor,
+                    old,
+                    None,
+                    ReadMode::Full {
+                        reason: whole.reason,
+                    },
+                )
+            }
+        };
+        let mut touched = touched;
+        let typed = self.purposes(&mut tenant, &mut notes, progress).await?;
+        if let Some((users, _)) = touched.as_mut() {
+            users.extend(typed);
+        }
+        let writes = match &touched {
+            Some((users, groups)) => tenant.writes_touched(users, groups),
+            None => tenant.writes_full(old.as_ref().unwrap_or(&Tenant::default())),
+        }
+        .map_err(|e| SourceError::from(format!("the mirror could not be written: {e}")))?;
+        drop(old);
+        let full = matches!(mode, ReadMode::Full { .. });
+        let mirror = super::mirror::write(self.source_id, base, &cursor, full, replace, writes);
+        let snapshot = snapshot(&tenant, domains);
+        let stats = self.client.stats();
+        Ok(SourceRead {
+            snapshot,
+            requests: stats.requests + stats.token_requests,
+            throttled: stats.throttled,
+            notes,
+            mode,
+            mirror: Some(mirror),
+        })
+    }
+
+    /// The whole tenant: users, groups and (when needed) each group's direct members, with
+    /// delta links taken first so that nothing changed during the read is missed.
+    async fn read_whole(&self, progress: &dyn Progress) -> Result<(Tenant, Cursor), SourceError> {
+        let group_select = self.group_select();
+        let (users_link, groups_link) = if self.uses_delta() {
+            let (u, g) = tokio::join!(
+                self.client.delta_latest("users", USER_PROPERTIES),
+                self.client.delta_latest("groups", &group_select),
+            );
+            (u?, g?)
+        } else {
+            (String::new(), String::new())
+        };
+        progress.phase("reading users and groups");
+        let report = |n: usize| progress.advance(n);
+        // The total, for a bar with the time left: one cheap request beside the pages; a
+        // tenant that refuses it ($count needs an advanced query) only gets a spinner.
+        let total = async {
+            if let Ok(n) = self.client.count_users().await {
+                progress.total(n);
+            }
+        };
+        // Users and groups page independently; reading both at once halves the wait.
+        let users = async {
+            if self.needs.managers {
+                // The manager comes inline with each user: no request per user.
+                self.client
+                    .list_users_with_manager(USER_PROPERTIES, &report)
+                    .await
+            } else {
+                self.client.list_users(USER_PROPERTIES, &report).await
+            }
+        };
+        let (users, groups, ()) = tokio::join!(
+            users,
+            self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
+            total
+        );
+        let (mut users, mut groups) = (users?, groups?);
+        // A server may repeat an object across pages (Graph does in some paging states);
+        // one object is one entry, so keep each id once.
+        dedup_by_id(&mut users, |u| &u.id);
+        dedup_by_id(&mut groups, |g| &g.id);
+        let mut tenant = Tenant::default();
+        tenant.users.reserve(users.len());
+        for user in users {
+            tenant.users.insert(
+                user.id.clone(),
+                MirrorUser {
+                    user,
+                    purpose: None,
+                },
+            );
+        }
+        let mut members = if self.needs.memberships {
+            self.members(groups.iter().map(|g| g.id.clone()).collect(), progress)
+                .await?
+        } else {
+            HashMap::new()
+        };
+        for group in groups {
+            let m = members.remove(&group.id);
+            tenant
+                .groups
+                .insert(group.id.clone(), MirrorGroup { group, members: m });
+        }
+        let cursor = Cursor {
+            v: CURSOR_VERSION,
+            graph_url: self.graph_url.clone(),
+            client_id: self.client_id.clone(),
+            users_link,
+            groups_link,
+            memberships: self.needs.memberships,
+        };
+        Ok((tenant, cursor))
+    }
+
+    /// Each group's direct members (users and nested groups), several groups at a time.
+    async fn members(
+        &self,
+        ids: Vec<String>,
+        progress: &dyn Progress,
+    ) -> Result<HashMap<String, Vec<Member>>, GraphError> {
+        progress.phase("reading group memberships");
+        let client = self.client.clone();
+        // Owned futures: the client bounds requests in flight; this keeps that many queued.
+        let mut pending = stream::iter(ids)
+            .map(move |id| {
+                let client = client.clone();
+                async move { client.group_members(&id, false).await.map(|m| (id, m)) }
+            })
+            .buffer_unordered(8);
+        let mut out = HashMap::new();
+        while let Some(result) = pending.next().await {
+            let (id, list) = result?;
+            let members = list
+                .into_iter()
+                .filter(|m| matches!(m.kind(), Some("user") | Some("group")))
+                .map(|m| Member {
+                    group: m.kind() == Some("group"),
+                    id: m.id,
+                })
+                .collect();
+            out.insert(id, members);
+            progress.advance(out.len());
+        }
+        Ok(out)
+    }
+
+    /// One delta round of users and of groups from the cursor's links, merged into
+    /// `tenant`; objects that came partial and are not mirrored are read whole. Returns
+    /// the cursor for the next round and the ids the round touched.
+    async fn read_changes(
+        &self,
+        tenant: &mut Tenant,
+        cursor: &Cursor,
+        progress: &dyn Progress,
+    ) -> Result<(Cursor, Merged, (HashSet<String>, HashSet<String>)), GraphError> {
+        progress.phase("reading changes");
+        let report = |n: usize| progress.advance(n);
+        let (users, groups) = tokio::join!(
+            self.client
+                .delta_raw("users", Some(&cursor.users_link), &[], &report),
+            self.client
+                .delta_raw("groups", Some(&cursor.groups_link), &[], &|_| {}),
+        );
+        let (users, groups) = (users?, groups?);
+        let mut touched_users: HashSet<String> = users.items.iter().map(item_id).collect();
+        let mut touched_groups: HashSet<String> = groups.items.iter().map(item_id).collect();
+        let mut merged = Merged::default();
+        let corrupt = |e: serde_json::Error| GraphError::Malformed {
+            url: "a delta round".into(),
+            detail: e.to_string(),
+        };
+        tenant
+            .merge_users(users.items, &mut merged)
+            .map_err(corrupt)?;
+        tenant
+            .merge_groups(groups.items, cursor.memberships, &mut merged)
+            .map_err(corrupt)?;
+        // Objects the round named only in part and the mirror lacks (a restore, a mirror
+        // that missed them): read whole, never taken from the part.
+        for id in std::mem::take(&mut merged.users_to_read) {
+            let path = format!("/users/{id}?$select={}", USER_PROPERTIES.join(","));
+            match self.client.get_one::<Map<String, Value>>(&path).await {
+                Ok(raw) => {
+                    let user = serde_json::from_value(Value::Object(raw)).map_err(corrupt)?;
+                    tenant.users.insert(
+                        id.clone(),
+                        MirrorUser {
+                            user,
+                            purpose: None,
+                        },
+                    );
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+            touched_users.insert(id);
+        }
+        for id in std::mem::take(&mut merged.groups_to_read) {
+            let path = format!("/groups/{id}?$select={}", GROUP_PROPERTIES.join(","));
+            match self.client.get_one::<usersync_graph::Group>(&path).await {
+                Ok(group) => {
+                    let members = if cursor.memberships {
+                        Some(
+                            self.members(vec![id.clone()], progress)
+                                .await?
+                                .remove(&id)
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        None
+                    };
+                    tenant
+                        .groups
+                        .insert(id.clone(), MirrorGroup { group, members });
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+            touched_groups.insert(id);
+        }
+        let next = Cursor {
+            users_link: users.delta_link,
+            groups_link: groups.delta_link,
+            ..cursor.clone()
+        };
+        Ok((next, merged, (touched_users, touched_groups)))
+    }
+
+    /// Reads the mailbox types not yet known, up to the per-run budget, disabled and
+    /// unlicensed accounts first (the ones most likely shared, room or equipment).
+    /// Without MailboxSettings.Read, a note instead. Returns the ids whose type was read.
+    async fn purposes(
+        &self,
+        tenant: &mut Tenant,
+        notes: &mut Vec<String>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>, SourceError> {
+        let mut wanted: Vec<(&String, bool)> = tenant
+            .users
+            .iter()
+            .filter(|(_, u)| u.purpose.is_none())
+            // No mail address, no mailbox to ask about.
+            .filter(|(_, u)| u.user.mail.is_some() || !u.user.proxy_addresses.is_empty())
+            .map(|(id, u)| {
+                let enabled = u.user.account_enabled != Some(false);
+                (id, enabled && !u.user.assigned_licenses.is_empty())
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Disabled or unlicensed first, then by id so that runs go through the rest in turn.
+        wanted.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        let budget = self.needs.purpose_budget;
+        let left = wanted.len().saturating_sub(budget);
+        let ids: Vec<String> = wanted
+            .into_iter()
+            .take(budget)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if left > 0 {
+            notes.push(format!(
+                "the mailbox types of {left} mailboxes are not read yet (purpose_budget={budget} a run); \
+                 the next runs read them, and until then their type is guessed from licence and sign-in"
+            ));
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        progress.phase("reading mailbox types");
+        let mut read = Vec::with_capacity(ids.len());
+        let mut failed = 0usize;
+        let mut example = None;
+        // In chunks, so the batch responses in memory stay bounded whatever the tenant size.
+        for (i, chunk) in ids.chunks(PURPOSE_CHUNK).enumerate() {
+            let base = i * PURPOSE_CHUNK;
+            let report = |n: usize| progress.advance(base + n);
+            match self.client.mailbox_purposes(chunk, &report).await {
+                Ok(outcome) => {
+                    failed += outcome.errors.len();
+                    if example.is_none() {
+                        example = outcome.errors.values().next().map(|e| e.to_string());
+                    }
+                    for (id, purpose) in outcome.results {
+                        if let Some(u) = tenant.users.get_mut(&id) {
+                            // No mailbox: kept as known-none, so it is not asked again.
+                            u.purpose = Some(purpose.unwrap_or_default());
+                            read.push(id);
+                        }
+                    }
+                }
+                Err(e) if e.is_forbidden() => {
+                    self.purposes_forbidden(notes);
+                    return Ok(read);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if failed > 0 {
+            notes.push(format!(
+                "the mailbox type of {failed} users could not be read (for example: {}); their type was guessed from licence and sign-in state, and is asked again next run",
+                example.unwrap_or_default()
+            ));
+        }
+        Ok(read)
+    }
+}
+
+fn item_id(item: &usersync_graph::DeltaItem<Map<String, Value>>) -> String {
+    match item {
+        usersync_graph::DeltaItem::Changed(raw) => raw
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        usersync_graph::DeltaItem::Removed { id, .. } => id.clone(),
+    }
+}
+
+/// What the core plans from: the tenant's users (with mailbox type and memberships) and
+/// groups in a stable order, and its domains.
+fn snapshot(tenant: &Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnapshot {
+    let mut member_of = tenant.member_of();
+    let mut users: Vec<SourceUser> = tenant
+        .users
+        .iter()
+        .map(|(id, u)| {
+            let mut s = source_user(u.user.clone());
+            s.user_purpose = u.purpose.clone().filter(|p| !p.is_empty());
+            s.member_of = member_of.remove(id.as_str()).unwrap_or_default();
+            s
+        })
+        .collect();
+    users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let mut groups: Vec<_> = tenant
+        .groups
+        .values()
+        .map(|g| source_group(g.group.clone()))
+        .collect();
+    groups.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    SourceSnapshot {
+        users,
+        groups,
+        domains: domains
+            .into_iter()
+            .map(|d| SourceDomain {
+                name: d.id,
+                is_verified: d.is_verified.unwrap_or(false),
+                is_initial: d.is_initial.unwrap_or(false),
+                supported_services: d.supported_services,
+            })
+            .collect(),
+    }
+}
+
+fn age(secs: i64) -> String {
+    if secs >= 2 * 86400 {
+        format!("{} days", secs / 86400)
+    } else if secs >= 3600 {
+        format!("{} hours", secs / 3600)
+    } else {
+        format!("{} minutes", secs / 60)
+    }
+}

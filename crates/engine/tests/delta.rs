@@ -1,0 +1,341 @@
+//! Incremental runs: the source mirror, delta rounds merged into it, and the whole reads
+//! that check it; each on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::*;
+use usersync_core::UserStatus;
+use usersync_engine::{NoProgress, RunOutcome};
+use usersync_sim::{Fault, FaultAction, FaultWhen, SimConfig, random_changes};
+use usersync_store::{MirrorObject, MirrorWrite, RunStatus};
+
+fn mode(outcome: &RunOutcome) -> (&str, &str) {
+    (
+        outcome.stats.read_mode.as_deref().unwrap_or_default(),
+        outcome.stats.read_detail.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The plan as a user would compare it: what is added, updated (field by field), removed,
+/// held and skipped, and the console groups.
+fn plan_json(outcome: &RunOutcome) -> serde_json::Value {
+    let mut plan = serde_json::to_value(&outcome.plan).unwrap();
+    // Ids of new rows are not part of what the plan says.
+    plan.as_object_mut().unwrap().remove("import_domains");
+    plan
+}
+
+/// What a whole read of the tenant plans now (delta off for one preview).
+async fn full_preview(w: &World) -> RunOutcome {
+    w.set(&["delta=false"]).await;
+    let full = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    w.set(&["delta=true"]).await;
+    assert_eq!(mode(&full).0, "full");
+    full
+}
+
+async fn delta_runs_follow_partial_changes_removals_restores_and_groups(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 60,
+            seed: 11,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.set(&["include_groups=true"]).await;
+    let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+    assert_eq!(mode(&first), ("full", "the first read of this source"));
+    let full_requests = first.stats.requests;
+
+    // Nothing changed: a delta run reads almost nothing and writes nothing but its record.
+    let quiet = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&quiet).0, "delta", "{:?}", quiet.stats);
+    assert!(quiet.plan.add.is_empty() && quiet.plan.update.is_empty());
+    assert!(
+        quiet.stats.requests * 3 < full_requests,
+        "{} requests for nothing, a whole read took {full_requests}",
+        quiet.stats.requests
+    );
+
+    let tenant = w.sim.tenant();
+    let ann = w.add("Ann Delta", "ann.delta", "Clerk");
+    let members: Vec<_> = tenant
+        .users()
+        .into_iter()
+        .filter(|u| u.mail.is_some() && u.account_enabled && !u.assigned_licenses.is_empty())
+        .take(4)
+        .collect();
+    // A property changed alone: the round carries only it, merged into the mirror.
+    tenant
+        .update_user(&members[0].id, |u| {
+            u.display_name = "Renamed In Tenant".into()
+        })
+        .unwrap();
+    // Soft delete (reason "changed") and hard delete (reason "deleted").
+    tenant.delete_user(&members[1].id).unwrap();
+    tenant.delete_user_permanently(&members[2].id).unwrap();
+    // A group renamed, and a member added to it.
+    let group = tenant
+        .groups()
+        .into_iter()
+        .find(|g| g.mail.is_some())
+        .unwrap();
+    tenant.rename_group(&group.id, "Renamed Group").unwrap();
+    tenant.add_member(&group.id, &members[3].id).unwrap();
+
+    let delta_plan = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&delta_plan).0, "delta", "{:?}", delta_plan.stats);
+    let full_plan = full_preview(&w).await;
+    assert_eq!(plan_json(&delta_plan), plan_json(&full_plan));
+
+    let second = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&second).0, "delta");
+    assert!(
+        mode(&second).1.contains("removed"),
+        "{:?}",
+        second.stats.read_detail
+    );
+    let users = w.store.users(w.customer, true).await.unwrap();
+    let by_object = |id: &str| {
+        users
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(id))
+            .cloned()
+    };
+    assert_eq!(by_object(&ann).map(|u| u.status), Some(UserStatus::Active));
+    assert_eq!(
+        by_object(&members[0].id).map(|u| u.display_name),
+        Some("Renamed In Tenant".to_string())
+    );
+    // The rename came alone: the rest of the user is as it was.
+    assert_eq!(
+        by_object(&members[0].id).map(|u| u.address.to_string()),
+        members[0].mail.clone().map(|m| m.to_lowercase())
+    );
+    assert_eq!(
+        by_object(&members[1].id).map(|u| u.status),
+        Some(UserStatus::Removed)
+    );
+    assert_eq!(
+        by_object(&members[2].id).map(|u| u.status),
+        Some(UserStatus::Removed)
+    );
+    let groups = w.store.list_groups(w.customer).await.unwrap();
+    assert!(
+        groups.iter().any(|g| g.name == "Renamed Group"),
+        "{groups:?}"
+    );
+    // After the delta run, a whole read finds nothing to do.
+    let after = full_preview(&w).await;
+    assert!(
+        after.plan.add.is_empty() && after.plan.update.is_empty() && after.plan.remove.is_empty(),
+        "{:?}",
+        plan_json(&after)
+    );
+
+    // The soft-deleted user comes back from the recycle bin: restored here too.
+    tenant.restore_user(&members[1].id).unwrap();
+    let third = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&third).0, "delta");
+    let restored = w
+        .store
+        .users(w.customer, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|u| u.source_object_id.as_deref() == Some(members[1].id.as_str()))
+        .unwrap();
+    assert_eq!(restored.status, UserStatus::Active);
+    w.close().await;
+}
+
+async fn preview_reads_the_mirror_and_writes_nothing(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let before = w.store.mirror(w.source).await.unwrap().unwrap();
+    w.add("Pia Preview", "pia.preview", "Clerk");
+    for _ in 0..2 {
+        let preview = w.engine.preview(w.source, &NoProgress).await.unwrap();
+        assert_eq!(mode(&preview).0, "delta");
+        assert_eq!(preview.plan.add.len(), 1, "{:?}", plan_json(&preview));
+    }
+    let after = w.store.mirror(w.source).await.unwrap().unwrap();
+    assert_eq!(after.generation, before.generation);
+    assert_eq!(after.cursor, before.cursor);
+    assert_eq!(after.objects.len(), before.objects.len());
+    assert!(
+        !w.addresses(false)
+            .await
+            .iter()
+            .any(|a| a.starts_with("pia."))
+    );
+    // The sync applies what the previews showed.
+    let sync = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(sync.plan.add.len(), 1);
+    assert!(
+        w.addresses(false)
+            .await
+            .iter()
+            .any(|a| a.starts_with("pia."))
+    );
+    w.close().await;
+}
+
+async fn a_refused_delta_link_falls_back_to_a_whole_read(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+    w.add("Fay Fallback", "fay.fallback", "Clerk");
+    // Graph answers an expired delta token with 410 Gone (syncStateNotFound).
+    w.sim.inject_fault(Fault {
+        path_prefix: "/v1.0/users/delta".into(),
+        query_contains: Some("$deltatoken".into()),
+        when: FaultWhen::FirstN(1),
+        action: FaultAction::Status {
+            status: 410,
+            retry_after_secs: None,
+        },
+    });
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    let (read, why) = mode(&outcome);
+    assert_eq!(read, "full");
+    assert!(why.contains("delta link was refused"), "{why}");
+    assert_eq!(outcome.plan.add.len(), 1);
+    // The next run is incremental again, from the links of the whole read.
+    let next = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&next).0, "delta");
+    assert!(next.plan.add.is_empty());
+    let record = w.store.run(outcome.run_id).await.unwrap();
+    assert_eq!(
+        record.stats.unwrap().read_mode.as_deref(),
+        Some("full"),
+        "the run records how it read"
+    );
+    w.close().await;
+}
+
+async fn the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let mirror = w.store.mirror(w.source).await.unwrap().unwrap();
+    // The mirror drifts: one user's name is wrong in it, another is missing from it.
+    let mut users = mirror.objects.iter().filter(|o| o.kind == "user");
+    let wrong = users.next().unwrap().clone();
+    let missing = users.next().unwrap().clone();
+    let mut data: serde_json::Value = serde_json::from_str(&wrong.data).unwrap();
+    data["displayName"] = "Drifted Name".into();
+    w.store
+        .write_mirror(&MirrorWrite {
+            source_id: w.source,
+            base: Some(mirror.generation),
+            cursor: mirror.cursor.clone(),
+            full: false,
+            replace: false,
+            upserts: vec![MirrorObject {
+                data: data.to_string(),
+                ..wrong.clone()
+            }],
+            deletes: vec![(missing.kind.clone(), missing.id.clone())],
+        })
+        .await
+        .unwrap();
+    // A day later the run reads whole and reports what differed.
+    w.store
+        .advance_clock(std::time::Duration::from_secs(25 * 3600));
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let (read, why) = mode(&outcome);
+    assert_eq!(read, "full");
+    assert!(why.contains("reconciliation"), "{why}");
+    let note = outcome
+        .stats
+        .notes
+        .iter()
+        .find(|n| n.starts_with("reconciliation"))
+        .unwrap_or_else(|| panic!("{:?}", outcome.stats.notes));
+    assert!(
+        note.contains("1 users missing from the mirror") && note.contains("1 users that differ"),
+        "{note}"
+    );
+    // Fixed: the mirror holds the tenant again, and the next run is a quiet delta.
+    let fixed = w.store.mirror(w.source).await.unwrap().unwrap();
+    let again = fixed.objects.iter().find(|o| o.id == wrong.id).unwrap();
+    assert!(!again.data.contains("Drifted Name"));
+    assert!(fixed.objects.iter().any(|o| o.id == missing.id));
+    let next = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&next).0, "delta");
+    assert!(next.plan.update.is_empty() && next.plan.add.is_empty());
+    w.close().await;
+}
+
+/// Random tenant changes of every kind, round after round: the plan from the delta round
+/// equals the plan from a whole read, and after the sync a delta preview still agrees with
+/// a whole one.
+async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 80,
+            seed: 5,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.set(&["include_groups=true", "deletion_threshold=100,1000"])
+        .await;
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let tenant = w.sim.tenant();
+    for round in 0..6u64 {
+        let counts = random_changes(&tenant, 10.0, 100 + round).unwrap();
+        let delta = w.engine.preview(w.source, &NoProgress).await.unwrap();
+        assert_eq!(mode(&delta).0, "delta", "round {round}");
+        let full = full_preview(&w).await;
+        assert_eq!(
+            plan_json(&delta),
+            plan_json(&full),
+            "round {round} after {counts:?}"
+        );
+        let sync = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert_eq!(mode(&sync).0, "delta");
+        assert!(
+            matches!(sync.status, RunStatus::Succeeded | RunStatus::Held),
+            "{:?}",
+            sync.error
+        );
+    }
+    let delta = w.engine.preview(w.source, &NoProgress).await.unwrap();
+    let full = full_preview(&w).await;
+    assert_eq!(plan_json(&delta), plan_json(&full));
+    w.close().await;
+}
+
+on_both_backends!(
+    delta_runs_follow_partial_changes_removals_restores_and_groups,
+    preview_reads_the_mirror_and_writes_nothing,
+    a_refused_delta_link_falls_back_to_a_whole_read,
+    the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror,
+    delta_and_whole_reads_plan_the_same_under_random_changes,
+);

@@ -1,0 +1,212 @@
+//! Source mirrors: per source, the tenant objects as the last applied run read them and
+//! the source's cursor (its delta links and what it read), so that the next run reads only
+//! what changed. The store keeps objects as opaque text keyed by kind and id; what they
+//! hold is the source's business. A mirror is written in the transaction that applies the
+//! plan made from it (never ahead of the directory, never behind it).
+
+use sqlx::Row;
+
+use crate::{Backend, Store, StoreError, now, query_dyn, values_clause};
+
+/// One mirrored object: a user or a group of the source, as the source's JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorObject {
+    /// `user` or `group` (a source may use other kinds).
+    pub kind: String,
+    /// The source's id of the object.
+    pub id: String,
+    pub data: String,
+}
+
+/// A source's mirror as stored.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub source_id: i64,
+    /// Grows with each write; a write names the generation it was made from.
+    pub generation: i64,
+    /// The source's own state: delta links, what was read, for which endpoint.
+    pub cursor: serde_json::Value,
+    /// When the source was last read whole (seconds on the database's clock).
+    pub full_at: i64,
+    /// Seconds since then, on the database's clock.
+    pub full_age_secs: i64,
+    pub objects: Vec<MirrorObject>,
+}
+
+/// What a run changes in its source's mirror; applied with the run's plan.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorWrite {
+    pub source_id: i64,
+    /// The generation the run read; `None` when there was no mirror.
+    pub base: Option<i64>,
+    pub cursor: serde_json::Value,
+    /// The run read the whole source (`full_at` becomes now).
+    pub full: bool,
+    /// Every object of the source goes first (a mirror the source could not trust).
+    pub replace: bool,
+    pub upserts: Vec<MirrorObject>,
+    /// `(kind, id)` of objects gone from the source.
+    pub deletes: Vec<(String, String)>,
+}
+
+impl MirrorWrite {
+    /// Nothing but the cursor changes.
+    pub fn is_cursor_only(&self) -> bool {
+        !self.replace && self.upserts.is_empty() && self.deletes.is_empty()
+    }
+}
+
+impl Store {
+    /// The mirror of a source, or `None` before its first applied run.
+    pub async fn mirror(&self, source_id: i64) -> Result<Option<Mirror>, StoreError> {
+        let head = query_dyn(&format!(
+            "SELECT generation, cursor, full_at, {} - full_at AS age FROM source_mirrors WHERE source_id = $1",
+            self.db_now()
+        ))
+        .bind(source_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(head) = head else { return Ok(None) };
+        let cursor: String = head.try_get("cursor")?;
+        let cursor = serde_json::from_str(&cursor)
+            .map_err(|e| StoreError::Corrupt(format!("source_mirrors.cursor: {e}")))?;
+        let rows =
+            sqlx::query("SELECT kind, object_id, data FROM mirror_objects WHERE source_id = $1")
+                .bind(source_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut objects = Vec::with_capacity(rows.len());
+        for row in rows {
+            objects.push(MirrorObject {
+                kind: row.try_get("kind")?,
+                id: row.try_get("object_id")?,
+                data: row.try_get("data")?,
+            });
+        }
+        Ok(Some(Mirror {
+            source_id,
+            generation: head.try_get("generation")?,
+            cursor,
+            full_at: head.try_get("full_at")?,
+            full_age_secs: head.try_get("age")?,
+            objects,
+        }))
+    }
+
+    /// Writes a mirror change on its own (outside a run): repairs, and tests that make a
+    /// mirror differ from its tenant.
+    pub async fn write_mirror(&self, write: &MirrorWrite) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        write_mirror(&mut tx, self.backend, &self.db_now(), write).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Rows per statement: SQLite binds at most 32,766 parameters, 4 per row.
+const ROWS: usize = 2000;
+
+/// Writes `write` in `tx`: refused with a conflict when another run wrote the mirror
+/// since `write.base` was read.
+pub(crate) async fn write_mirror(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    db_now: &str,
+    write: &MirrorWrite,
+) -> Result<(), StoreError> {
+    let cursor = write.cursor.to_string();
+    let stamp = now();
+    let written = match write.base {
+        Some(generation) => query_dyn(&format!(
+            "UPDATE source_mirrors SET generation = generation + 1, cursor = $1, updated_at = $2, \
+                 full_at = CASE WHEN $3 = 1 THEN {db_now} ELSE full_at END \
+                 WHERE source_id = $4 AND generation = $5"
+        ))
+        .bind(&cursor)
+        .bind(&stamp)
+        .bind(i64::from(write.full))
+        .bind(write.source_id)
+        .bind(generation)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1,
+        None => {
+            let inserted = query_dyn(&format!(
+                "INSERT INTO source_mirrors (source_id, generation, cursor, full_at, updated_at) \
+                 VALUES ($1, 1, $2, CASE WHEN $3 = 1 THEN {db_now} ELSE 0 END, $4)"
+            ))
+            .bind(write.source_id)
+            .bind(&cursor)
+            .bind(i64::from(write.full))
+            .bind(&stamp)
+            .execute(&mut **tx)
+            .await;
+            match inserted {
+                Ok(_) => true,
+                Err(e) if StoreError::is_unique_violation(&e) => false,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if !written {
+        return Err(StoreError::Conflict(format!(
+            "another run of source #{} saved what it read first; nothing of this run was applied, run it again",
+            write.source_id
+        )));
+    }
+    if write.replace {
+        sqlx::query("DELETE FROM mirror_objects WHERE source_id = $1")
+            .bind(write.source_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for chunk in write.deletes.chunks(ROWS) {
+        // Keys as (kind, id) rows of one statement; both databases compare row values.
+        let pairs: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let sql = format!(
+            "DELETE FROM mirror_objects WHERE source_id = $1 AND (kind, object_id) IN (VALUES {})",
+            pairs.join(", ")
+        );
+        let mut query = query_dyn(&sql).bind(write.source_id);
+        for (kind, id) in chunk {
+            query = query.bind(kind.as_str()).bind(id.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    for chunk in write.upserts.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO mirror_objects (source_id, kind, object_id, data) VALUES {} \
+             ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data",
+            values_clause(backend, chunk.len(), 4)
+        );
+        let mut query = query_dyn(&sql);
+        for o in chunk {
+            query = query
+                .bind(write.source_id)
+                .bind(o.kind.as_str())
+                .bind(o.id.as_str())
+                .bind(o.data.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// A removed source's mirror goes with it.
+pub(crate) async fn drop_mirror(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    source_id: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM mirror_objects WHERE source_id = $1")
+        .bind(source_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM source_mirrors WHERE source_id = $1")
+        .bind(source_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
