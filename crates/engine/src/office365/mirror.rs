@@ -142,6 +142,11 @@ const PURPOSE_PROPERTIES: &[&str] = &[
     "proxyAddresses",
 ];
 
+/// The `id` of a raw Graph object (empty when it has none).
+pub(super) fn raw_id(raw: &Map<String, Value>) -> &str {
+    raw.get("id").and_then(Value::as_str).unwrap_or_default()
+}
+
 /// A raw object carries every property the sync selects: it can stand for the whole.
 pub(super) fn is_whole(raw: &Map<String, Value>, properties: &[&str]) -> bool {
     properties.iter().all(|p| raw.contains_key(*p))
@@ -195,11 +200,7 @@ impl Tenant {
                     merged.users_to_read.retain(|x| x != &id);
                 }
                 usersync_graph::DeltaItem::Changed(patch) => {
-                    let id = patch
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
+                    let id = raw_id(&patch).to_string();
                     if id.is_empty() {
                         continue;
                     }
@@ -255,11 +256,7 @@ impl Tenant {
                     merged.groups_to_read.retain(|x| x != &id);
                 }
                 usersync_graph::DeltaItem::Changed(mut patch) => {
-                    let id = patch
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
+                    let id = raw_id(&patch).to_string();
                     if id.is_empty() {
                         continue;
                     }

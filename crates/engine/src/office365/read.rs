@@ -482,11 +482,7 @@ impl Office365Source {
 
 fn item_id(item: &usersync_graph::DeltaItem<Map<String, Value>>) -> String {
     match item {
-        usersync_graph::DeltaItem::Changed(raw) => raw
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        usersync_graph::DeltaItem::Changed(raw) => super::mirror::raw_id(raw).to_string(),
         usersync_graph::DeltaItem::Removed { id, .. } => id.clone(),
     }
 }
