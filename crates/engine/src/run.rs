@@ -689,6 +689,7 @@ impl Engine {
         let mut go = go;
         go.append(&mut plan.remove);
         plan.remove = go;
+        plan.keep_addresses_of_held();
         Ok(verdict)
     }
 

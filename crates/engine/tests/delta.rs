@@ -292,8 +292,8 @@ async fn the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror(url
 }
 
 /// Random tenant changes of every kind, round after round: the plan from the delta round
-/// equals the plan from a whole read, and after the sync a delta preview still agrees with
-/// a whole one.
+/// equals the plan from a whole read, and after the sync the directory is the tenant as
+/// the mapping rules see it (a whole read plans nothing).
 async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
     let w = world(
         url,
@@ -308,7 +308,8 @@ async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
         .await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     let tenant = w.sim.tenant();
-    for round in 0..6u64 {
+    let mut total = usersync_sim::ChangeCounts::default();
+    for round in 0..10u64 {
         let counts = random_changes(&tenant, 10.0, 100 + round).unwrap();
         let delta = w.engine.preview(w.source, &NoProgress).await.unwrap();
         assert_eq!(mode(&delta).0, "delta", "round {round}");
@@ -320,12 +321,27 @@ async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
         );
         let sync = w.engine.sync(w.source, &NoProgress).await.unwrap();
         assert_eq!(mode(&sync).0, "delta");
+        assert_eq!(sync.status, RunStatus::Succeeded, "{:?}", sync.error);
+        // The directory is the tenant as the mapping rules see it: a whole read finds
+        // nothing left to do (swaps and chains of renames included).
+        let check = full_preview(&w).await;
         assert!(
-            matches!(sync.status, RunStatus::Succeeded | RunStatus::Held),
-            "{:?}",
-            sync.error
+            check.plan.add.is_empty()
+                && check.plan.update.is_empty()
+                && check.plan.remove.is_empty(),
+            "round {round} after {counts:?}: {}",
+            plan_json(&check)
         );
+        total.swaps += counts.swaps;
+        total.rename_chains += counts.rename_chains;
+        total.deleted += counts.deleted;
+        total.restored += counts.restored;
     }
+    // The rounds made the hard kinds of change (restores across runs: the test above).
+    assert!(
+        total.swaps > 0 && total.rename_chains > 0 && total.deleted > 0,
+        "{total:?}"
+    );
     let delta = w.engine.preview(w.source, &NoProgress).await.unwrap();
     let full = full_preview(&w).await;
     assert_eq!(plan_json(&delta), plan_json(&full));

@@ -416,6 +416,29 @@ impl Store {
         }
         let group_id = |name: &str| groups.get(name).copied().unwrap_or_default();
 
+        // Addresses that change hands in this plan (two users swapping addresses, a chain
+        // of renames, a new user taking the address another leaves): each row that moves
+        // first gets a placeholder, so no statement sees one address on two rows.
+        let moving: Vec<i64> = plan
+            .update
+            .iter()
+            .filter(|u| u.after.as_ref().is_some_and(|a| a.address != u.address))
+            .map(|u| u.id)
+            .collect();
+        for chunk in moving.chunks(CHUNK) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+            let sql = format!(
+                "UPDATE users SET address = '~moving~' || CAST(id AS TEXT) WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = query_dyn(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+
         // Adds, many rows per statement: a first sync of 100,000 users is the common case.
         let mut new_aliases: Vec<(i64, &EmailAddress)> = Vec::new();
         let chunk_rows = match self.backend {
@@ -480,14 +503,15 @@ impl Store {
         }
 
         // Removed entries whose address a live user takes now go first, freeing it.
+        // (An entry this plan removes whose address another takes goes at once too.)
         for u in &plan.purge {
-            sqlx::query("DELETE FROM users WHERE id = $1 AND status = 'removed'")
+            sqlx::query("DELETE FROM users WHERE id = $1")
                 .bind(u.id)
                 .execute(&mut *tx)
                 .await?;
             changes.push(
                 Change::new(customer, "user.purge", &u.address)
-                    .before(serde_json::json!({"status": "removed"}))
+                    .before(serde_json::json!({"status": u.status.as_str()}))
                     .after(serde_json::json!({"why": "a live user takes the address"})),
             );
         }

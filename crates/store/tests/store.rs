@@ -217,6 +217,7 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
             restored: false,
             id: anne.id.unwrap(),
             after: Some(after),
+            unless_held: None,
         }],
         remove: vec![users[1].clone()],
         ..Plan::default()
