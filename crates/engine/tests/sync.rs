@@ -599,7 +599,146 @@ async fn a_source_with_a_running_sync_is_not_removed(url: String) {
     w.close().await;
 }
 
+/// Generated tenants hold what real ones have: licensed shared and room mailboxes whose
+/// sign-in is allowed, primary addresses that differ from `mail`, two objects claiming one
+/// address, and aliases that are another object's address. Each syncs by the rules.
+async fn real_world_oddities_sync_by_the_rules(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 120,
+            seed: 8,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    let users = w.store.users(w.customer, false).await.unwrap();
+    let entry = |id: &str| {
+        users
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(id))
+    };
+    let tenant = w.sim.tenant().users();
+    let mail_domains = &w.sim.info().mail_domains;
+    let in_domains = |a: &str| {
+        mail_domains
+            .iter()
+            .any(|d| a.to_lowercase().ends_with(&format!("@{d}")))
+    };
+
+    // A shared or room mailbox with a licence and sign-in allowed: its mailbox purpose
+    // types it, and it is not billed.
+    let signing_in: Vec<_> = tenant
+        .iter()
+        .filter(|u| {
+            u.account_enabled
+                && !u.assigned_licenses.is_empty()
+                && matches!(
+                    u.user_purpose.map(|p| p.as_str()),
+                    Some("shared") | Some("room")
+                )
+        })
+        .collect();
+    assert!(!signing_in.is_empty());
+    for u in signing_in {
+        let e = entry(&u.id).unwrap_or_else(|| panic!("{} not synced", u.display_name));
+        assert_eq!(
+            e.mailbox_type.as_str(),
+            u.user_purpose.unwrap().as_str(),
+            "{}",
+            e.address
+        );
+        assert!(!e.billable, "{}", e.address);
+    }
+
+    // The primary SMTP address wins over a stale `mail`.
+    let moved: Vec<_> = tenant
+        .iter()
+        .filter(|u| {
+            u.mail.is_some()
+                && u.primary_smtp()
+                    .is_some_and(|p| Some(p) != u.mail.as_deref())
+        })
+        .filter(|u| in_domains(u.primary_smtp().unwrap()))
+        .collect();
+    assert!(!moved.is_empty());
+    for u in moved {
+        if let Some(e) = entry(&u.id) {
+            assert_eq!(e.address.as_str(), u.primary_smtp().unwrap().to_lowercase());
+        }
+    }
+
+    // Two objects claiming one address: one entry has it, the other is skipped and says why.
+    let mut by_primary: std::collections::HashMap<String, Vec<&SimUser>> = Default::default();
+    for u in tenant
+        .iter()
+        .filter(|u| u.user_type == usersync_sim::UserType::Member)
+    {
+        if let Some(p) = u.primary_smtp().filter(|p| in_domains(p)) {
+            by_primary.entry(p.to_lowercase()).or_default().push(u);
+        }
+    }
+    let shared: Vec<_> = by_primary.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(!shared.is_empty());
+    for (address, claimants) in shared {
+        assert_eq!(
+            users
+                .iter()
+                .filter(|e| e.address.as_str() == address)
+                .count(),
+            1
+        );
+        let skipped = claimants
+            .iter()
+            .filter(|c| {
+                outcome
+                    .plan
+                    .skip
+                    .iter()
+                    .any(|s| s.source_object_id == c.id && s.code == "duplicate_address")
+            })
+            .count();
+        assert_eq!(skipped, claimants.len() - 1, "{address}");
+    }
+
+    // An alias that is another object's address stays with that object, with a warning.
+    let primaries: std::collections::HashSet<String> = by_primary.keys().cloned().collect();
+    let borrowing: Vec<_> = tenant
+        .iter()
+        .filter(|u| {
+            u.proxy_addresses.iter().any(|p| {
+                p.strip_prefix("smtp:")
+                    .is_some_and(|a| primaries.contains(&a.to_lowercase()))
+            })
+        })
+        .collect();
+    assert!(!borrowing.is_empty());
+    for u in borrowing {
+        let Some(e) = entry(&u.id) else { continue };
+        for a in &e.aliases {
+            assert!(
+                !users.iter().any(|o| o.address == *a),
+                "{} keeps {a} as an alias, another entry's address",
+                e.address
+            );
+        }
+        assert!(
+            outcome
+                .plan
+                .warnings
+                .iter()
+                .any(|s| s.source_object_id == u.id && s.code == "alias_conflict"),
+            "{:?}",
+            outcome.plan.warnings
+        );
+    }
+    w.close().await;
+}
+
 on_both_backends!(
+    real_world_oddities_sync_by_the_rules,
     a_read_tells_the_progress_its_total,
     a_source_with_a_running_sync_is_not_removed,
     an_account_without_a_mailbox_is_skipped_unless_the_method_is_upn,

@@ -338,6 +338,23 @@ const S_GROUP_DEF: u64 = 5;
 const S_ID: u64 = 6;
 const S_ADDR: u64 = 7;
 const S_TENANT: u64 = 8;
+const S_QUIRK: u64 = 9;
+
+/// What real tenants have and a tidy generator would not make: each is rare, and a
+/// tenant of 40 users or more has at least one of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Quirk {
+    None,
+    /// A shared or room mailbox with a licence and sign-in allowed (typed right only by
+    /// its mailbox purpose).
+    SignsIn,
+    /// `mail` still holds the old address; the `SMTP:` primary is another one.
+    PrimaryNotMail,
+    /// The same primary address as the user before it (a sync error in the tenant).
+    SharesAddress,
+    /// An `smtp:` alias that is the user before it's primary address.
+    AliasOfOther,
+}
 
 struct PersonAddr {
     first: &'static str,
@@ -615,6 +632,7 @@ impl Blueprint {
                 3 => return Kind::Equipment,
                 4 => return Kind::DisabledMember,
                 5 => return Kind::UnlicensedMember,
+                6..=9 if self.n >= 40 => return Kind::Member,
                 _ => {}
             }
         }
@@ -635,6 +653,9 @@ impl Blueprint {
         let licensed = match kind {
             Kind::Member => true,
             Kind::DisabledMember => r.chance(500),
+            Kind::Shared | Kind::Room if self.quirk(i) == Quirk::SignsIn => {
+                return vec![SKUS[3].id];
+            }
             _ => false,
         };
         if !licensed {
@@ -654,6 +675,48 @@ impl Blueprint {
             out.push(SKUS[5].id);
         }
         out
+    }
+
+    /// The quirk of base user `i` (see [`Quirk`]).
+    pub(crate) fn quirk(&self, i: u64) -> Quirk {
+        let kind = self.kind(i);
+        let person = |k: Kind| matches!(k, Kind::Member | Kind::DisabledMember);
+        // The user before must be a plain person with a mailbox to share an address with.
+        let after_person =
+            || i > 0 && person(self.kind(i - 1)) && self.person_quirk(i - 1) == Quirk::None;
+        match kind {
+            Kind::Shared | Kind::Room => {
+                let forced = self.n >= 12 && self.n - 1 - i == 1;
+                if forced || Rng::new(self.seed, S_QUIRK, i).chance(100) {
+                    Quirk::SignsIn
+                } else {
+                    Quirk::None
+                }
+            }
+            k if person(k) => match self.person_quirk(i) {
+                Quirk::SharesAddress | Quirk::AliasOfOther if !after_person() => Quirk::None,
+                q => q,
+            },
+            _ => Quirk::None,
+        }
+    }
+
+    /// A person's quirk as drawn (before checking the user before it).
+    fn person_quirk(&self, i: u64) -> Quirk {
+        if self.n >= 40 && !self.is_manager_slot(i) && i > 0 {
+            match self.n - 1 - i {
+                6 => return Quirk::PrimaryNotMail,
+                7 => return Quirk::AliasOfOther,
+                9 => return Quirk::SharesAddress,
+                _ => {}
+            }
+        }
+        match Rng::new(self.seed, S_QUIRK, i).below(1000) {
+            0..20 => Quirk::PrimaryNotMail,
+            20..22 => Quirk::SharesAddress,
+            22..27 => Quirk::AliasOfOther,
+            _ => Quirk::None,
+        }
     }
 
     pub(crate) fn manager(&self, i: u64) -> Option<u64> {
@@ -711,7 +774,8 @@ impl Blueprint {
                     mail: Some(mail.clone()),
                     mail_nickname: Some(local.clone()),
                     proxy_addresses: vec![format!("smtp:{local}@{onms}"), format!("SMTP:{mail}")],
-                    account_enabled: false,
+                    account_enabled: self.quirk(i) == Quirk::SignsIn,
+                    assigned_licenses: licences,
                     department: (kind == Kind::Shared)
                         .then(|| *r.pick(DEPARTMENTS))
                         .map(String::from),
@@ -923,10 +987,37 @@ impl Blueprint {
                     joined.chars().take(12).collect::<String>()
                 ));
             }
+            match self.quirk(i) {
+                Quirk::PrimaryNotMail => {
+                    // The primary moved on; `mail` still says the old address.
+                    let new = format!("{joined}@{primary_domain}");
+                    proxies.retain(|p| !p[5.min(p.len())..].eq_ignore_ascii_case(&new));
+                    for p in proxies.iter_mut() {
+                        if p.starts_with("SMTP:") {
+                            *p = format!("smtp:{}", &p[5..]);
+                        }
+                    }
+                    proxies.push(format!("SMTP:{new}"));
+                }
+                Quirk::AliasOfOther => {
+                    proxies.push(format!("smtp:{}", self.person_addr(i - 1).mail));
+                }
+                Quirk::SharesAddress => {
+                    let other = self.person_addr(i - 1).mail;
+                    proxies.retain(|p| !p.starts_with("SMTP:"));
+                    proxies.push(format!("SMTP:{other}"));
+                }
+                _ => {}
+            }
             // Graph does not promise an order; the primary is not always first.
             let k = r.below(proxies.len() as u64) as usize;
             proxies.rotate_left(k);
         }
+        let mail = if self.quirk(i) == Quirk::SharesAddress && has_mailbox {
+            self.person_addr(i - 1).mail
+        } else {
+            mail
+        };
         let manager_slot = self.is_manager_slot(i);
         let title = if i == 0 {
             "Chief Executive Officer".to_string()
@@ -1253,6 +1344,7 @@ mod tests {
         let mut upns = HashSet::new();
         let mut addrs = HashSet::new();
         let mut upn_differs = 0;
+        let mut quirks = std::collections::HashMap::new();
         for i in 0..n as u64 {
             let u = g.blueprint.user(i);
             assert!(
@@ -1267,10 +1359,20 @@ mod tests {
                 .count();
             if u.mail.is_some() {
                 assert_eq!(primaries, 1, "{u:?}");
-                assert_eq!(u.primary_smtp(), u.mail.as_deref());
+                if g.blueprint.quirk(i) == Quirk::PrimaryNotMail {
+                    assert_ne!(u.primary_smtp(), u.mail.as_deref());
+                } else {
+                    assert_eq!(u.primary_smtp(), u.mail.as_deref());
+                }
             }
             if u.mail.as_deref() != Some(u.user_principal_name.as_str()) {
                 upn_differs += 1;
+            }
+            let quirk = g.blueprint.quirk(i);
+            *quirks.entry(format!("{quirk:?}")).or_insert(0usize) += 1;
+            if matches!(quirk, Quirk::SharesAddress | Quirk::AliasOfOther) {
+                // Deliberately another user's address.
+                continue;
             }
             for p in &u.proxy_addresses {
                 if let Some(a) = p.strip_prefix("SMTP:").or_else(|| p.strip_prefix("smtp:")) {
@@ -1279,6 +1381,12 @@ mod tests {
             }
         }
         assert!(upn_differs > n / 5);
+        for q in ["SignsIn", "PrimaryNotMail", "SharesAddress", "AliasOfOther"] {
+            assert!(
+                quirks.get(q).is_some_and(|c| *c > 0),
+                "no {q} in {quirks:?}"
+            );
+        }
         let consumed: i64 = g.skus.iter().map(|s| s.consumed_units).sum();
         let assigned: usize = (0..n as u64)
             .map(|i| g.blueprint.user(i).assigned_licenses.len())
