@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use usersync_core::UserStatus;
 use usersync_engine::{NoProgress, RunOutcome};
-use usersync_sim::{Fault, FaultAction, FaultWhen, SimConfig, random_changes};
+use usersync_sim::{SimConfig, random_changes};
 use usersync_store::{MirrorObject, MirrorWrite, RunStatus};
 
 fn mode(outcome: &RunOutcome) -> (&str, &str) {
@@ -202,21 +202,16 @@ async fn a_refused_delta_link_falls_back_to_a_whole_read(url: String) {
     .await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     w.add("Fay Fallback", "fay.fallback", "Clerk");
-    // Graph answers an expired delta token with 410 Gone (syncStateNotFound).
-    w.sim.inject_fault(Fault {
-        path_prefix: "/v1.0/users/delta".into(),
-        query_contains: Some("$deltatoken".into()),
-        when: FaultWhen::FirstN(1),
-        action: FaultAction::Status {
-            status: 410,
-            retry_after_secs: None,
-        },
-    });
+    // Graph keeps a delta token's state for a limited time, then answers 410 Gone.
+    w.sim.tenant().expire_delta_tokens();
     let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
     assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
     let (read, why) = mode(&outcome);
     assert_eq!(read, "full");
-    assert!(why.contains("delta link was refused"), "{why}");
+    assert!(
+        why.contains("delta link was refused") && why.contains("syncStateNotFound"),
+        "{why}"
+    );
     assert_eq!(outcome.plan.add.len(), 1);
     // The next run is incremental again, from the links of the whole read.
     let next = w.engine.sync(w.source, &NoProgress).await.unwrap();

@@ -834,6 +834,14 @@ impl TenantHandle {
     pub fn delete_user(&self, id_or_upn: &str) -> Result<(), SimError> {
         self.write().delete_user(id_or_upn, false)
     }
+    /// Expires every delta token issued so far, as Graph does after it has kept a token's
+    /// change state for a while: the next round from one answers 410 Gone
+    /// (`syncStateNotFound`), and the client must read whole again.
+    pub fn expire_delta_tokens(&self) {
+        self.tenant
+            .delta_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     /// Restores a soft-deleted user (delta reports it again, as a new object).
     pub fn restore_user(&self, id: &str) -> Result<(), SimError> {
         self.write().restore_user(id)

@@ -16,6 +16,9 @@ pub(crate) struct Tenant {
     pub bp: Blueprint,
     pub grant: Grant,
     dir: OnceLock<Arc<RwLock<Directory>>>,
+    /// Delta tokens carry the epoch they were issued in; a token of an earlier epoch has
+    /// expired (Graph keeps change state for a limited time).
+    pub delta_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Tenant {
@@ -25,6 +28,7 @@ impl Tenant {
             bp,
             grant,
             dir: OnceLock::new(),
+            delta_epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -21,6 +21,7 @@ pub(super) fn users_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GRe
                 x: q.expand.clone(),
                 n: prefer.unwrap_or(DEFAULT_PAGE),
                 ds: dir.seq,
+                e: delta_epoch(cx),
                 ..PageState::default()
             };
             let ctx = context_with_select(req, "users", st.s.as_deref());
@@ -33,6 +34,7 @@ pub(super) fn users_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GRe
             )));
         }
         let mut st = PageState::decode(cx, req, t, "udelta")?;
+        st.check_epoch(cx, req)?;
         st.du = dir.seq;
         st.c = 0;
         st.di = false;
@@ -49,6 +51,7 @@ pub(super) fn users_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GRe
             ds: 0,
             du: dir.seq,
             di: true,
+            e: delta_epoch(cx),
         }
     };
     if let Some(p) = prefer {
@@ -154,6 +157,7 @@ pub(super) fn groups_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GR
         f: q.filter.clone(),
         n: prefer.unwrap_or(DEFAULT_PAGE),
         ds,
+        e: delta_epoch(cx),
         ..PageState::default()
     };
     let mut st = if let Some(t) = &q.skiptoken {
@@ -171,6 +175,7 @@ pub(super) fn groups_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GR
             )));
         }
         let mut st = PageState::decode(cx, req, t, "gdelta")?;
+        st.check_epoch(cx, req)?;
         st.du = dir.seq;
         st.c = 0;
         st.di = false;

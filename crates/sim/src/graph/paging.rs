@@ -28,13 +28,38 @@ pub(super) struct PageState {
     /// Delta: this round is the initial full enumeration.
     #[serde(default)]
     pub(super) di: bool,
+    /// Delta: the tenant's delta epoch when the round began (see `expire_delta_tokens`).
+    #[serde(default)]
+    pub(super) e: u64,
 }
 
 pub(super) fn fingerprint(cx: &Ctx<'_>) -> u32 {
     (crate::util::hash_lower(&cx.tenant.bp.tenant_id) & 0xffff_ffff) as u32
 }
 
+/// The tenant's current delta epoch.
+pub(super) fn delta_epoch(cx: &Ctx<'_>) -> u64 {
+    cx.tenant
+        .delta_epoch
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl PageState {
+    /// A delta state of an earlier epoch: Graph answers 410 Gone, and the client must
+    /// start a whole round again.
+    pub(super) fn check_epoch(&self, cx: &Ctx<'_>, req: &GReq<'_>) -> Result<(), GResp> {
+        if self.e == delta_epoch(cx) {
+            Ok(())
+        } else {
+            Err(error(
+                req,
+                410,
+                "syncStateNotFound",
+                "The sync state of the delta token has expired or was not found; start the delta query again without a token.",
+            ))
+        }
+    }
+
     pub(super) fn encode(&self) -> String {
         b64url(serde_json::to_string(self).unwrap_or_default().as_bytes())
     }
