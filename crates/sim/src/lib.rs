@@ -32,6 +32,7 @@ mod graph;
 mod knobs;
 mod model;
 mod server;
+mod subscriptions;
 mod tenant;
 mod tls;
 mod util;

@@ -34,9 +34,16 @@ pub(crate) struct Shared {
     pub wildcard: bool,
     /// 0 = no cap.
     pub page_cap: AtomicUsize,
+    /// Wakes the change-notification sender.
+    pub notifier: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// Lets the notification sender look for changes now.
+    pub(crate) fn notifier_wake(&self) {
+        self.notifier.notify_one();
+    }
+
     /// The tenant a token endpoint path names, by id or verified domain.
     pub(crate) fn tenant_named(&self, name: &str) -> Option<&Tenant> {
         let index = *self.names.get(&name.to_ascii_lowercase())?;
@@ -76,6 +83,8 @@ pub struct Simulator {
     ca_pem: Option<String>,
     addr: std::net::SocketAddr,
     task: Option<JoinHandle<()>>,
+    /// Sends change notifications to subscribers.
+    notifier: JoinHandle<()>,
     generated_in: Duration,
 }
 
@@ -146,7 +155,9 @@ impl Simulator {
             scheme,
             wildcard,
             page_cap: AtomicUsize::new(config.page_size_cap.unwrap_or(0)),
+            notifier: tokio::sync::Notify::new(),
         });
+        let notifier = tokio::spawn(crate::subscriptions::notifier(shared.clone()));
         let router = router(shared.clone());
         let task = tokio::spawn(accept_loop(listener, acceptor, router));
         tracing::debug!(%addr, tenants = config.tenants, ?generated_in, "simulator listening");
@@ -156,6 +167,7 @@ impl Simulator {
             ca_pem,
             addr,
             task: Some(task),
+            notifier,
             generated_in,
         })
     }
@@ -260,7 +272,55 @@ impl Simulator {
         self.shared.auth.expire_all()
     }
     /// Stops the server and closes open connections.
+    /// Sends a lifecycle notification (`reauthorizationRequired`, `subscriptionRemoved`
+    /// or `missed`) for a subscription of any tenant, as Graph does; `subscriptionRemoved`
+    /// also deletes it.
+    pub async fn lifecycle_event(
+        &self,
+        subscription_id: &str,
+        event: &str,
+    ) -> Result<(), SimError> {
+        for tenant in &self.shared.tenants {
+            if tenant
+                .subscriptions()
+                .iter()
+                .any(|s| s.id == subscription_id)
+            {
+                return crate::subscriptions::lifecycle(tenant, subscription_id, event)
+                    .await
+                    .map_err(SimError::Invalid);
+            }
+        }
+        Err(SimError::Invalid(format!(
+            "no subscription {subscription_id}"
+        )))
+    }
+
+    /// The ids of every subscription of every tenant, with their resource (`users`,
+    /// `groups`) and expiry (RFC 3339).
+    pub fn subscriptions(&self) -> Vec<(String, String, String)> {
+        self.shared
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                t.subscriptions()
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.id.clone(),
+                            s.resource.clone(),
+                            s.expires
+                                .format(&time::format_description::well_known::Rfc3339)
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub async fn shutdown(mut self) {
+        self.notifier.abort();
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
@@ -271,6 +331,7 @@ impl Simulator {
 impl Drop for Simulator {
     /// A dropped simulator stops listening (without waiting for it).
     fn drop(&mut self) {
+        self.notifier.abort();
         if let Some(task) = &self.task {
             task.abort();
         }

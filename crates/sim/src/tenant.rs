@@ -19,6 +19,8 @@ pub(crate) struct Tenant {
     /// Delta tokens carry the epoch they were issued in; a token of an earlier epoch has
     /// expired (Graph keeps change state for a limited time).
     pub delta_epoch: std::sync::atomic::AtomicU64,
+    /// Change-notification subscriptions on the tenant's users and groups.
+    subscriptions: std::sync::Mutex<Vec<crate::subscriptions::Subscription>>,
 }
 
 impl Tenant {
@@ -29,7 +31,19 @@ impl Tenant {
             grant,
             dir: OnceLock::new(),
             delta_epoch: std::sync::atomic::AtomicU64::new(0),
+            subscriptions: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The tenant's subscriptions, locked.
+    pub(crate) fn subscriptions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<crate::subscriptions::Subscription>> {
+        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn has_subscriptions(&self) -> bool {
+        !self.subscriptions().is_empty()
     }
 
     /// The directory, generated now if this is its first use.

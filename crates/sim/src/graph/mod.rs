@@ -45,14 +45,14 @@ use std::sync::{Arc, RwLockReadGuard};
 
 pub(crate) const JSON_CT: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
-const USER_READ: &[&str] = &[
+pub(crate) const USER_READ: &[&str] = &[
     "User.Read.All",
     "User.ReadWrite.All",
     "User.ReadBasic.All",
     "Directory.Read.All",
     "Directory.ReadWrite.All",
 ];
-const GROUP_READ: &[&str] = &[
+pub(crate) const GROUP_READ: &[&str] = &[
     "Group.Read.All",
     "Group.ReadWrite.All",
     "GroupMember.Read.All",
@@ -105,7 +105,7 @@ pub(crate) struct GResp {
 }
 
 impl GResp {
-    fn json(body: String) -> GResp {
+    pub(crate) fn json(body: String) -> GResp {
         GResp {
             status: 200,
             headers: vec![],
@@ -324,6 +324,11 @@ pub(crate) async fn entry(
     if lower == "/v1.0/$batch" {
         return crate::batch::handle(&shared, &req, &body).await;
     }
+    if crate::subscriptions::is_subscriptions(path) {
+        return subscriptions(&shared, &req, &body)
+            .await
+            .into_response(&req);
+    }
     serve(&shared, &req, None).await.into_response(&req)
 }
 
@@ -389,6 +394,29 @@ async fn serve_inner(shared: &Shared, req: &GReq<'_>, tenant: Option<&Tenant>) -
         return throttled(req, retry);
     }
     route(&Ctx { shared, tenant }, req)
+}
+
+/// `/v1.0/subscriptions`: faults, authentication and throttling as for any request, then
+/// the subscription routes (which need the body and call the notification URL).
+async fn subscriptions(shared: &Shared, req: &GReq<'_>, body: &[u8]) -> GResp {
+    shared.knobs.record(|s| s.graph_requests += 1);
+    if let Some(FaultAction::Status {
+        status,
+        retry_after_secs,
+    }) = shared.knobs.fault(req.path, &url_decode(req.raw_query))
+    {
+        shared.knobs.record(|s| s.faults += 1);
+        return fault_response(req, status, retry_after_secs);
+    }
+    let index = match shared.auth.check(header_str(req.headers, "authorization")) {
+        Ok(index) => index,
+        Err(p) => return unauthorized(req, &p),
+    };
+    if let Some(retry) = shared.knobs.throttle() {
+        shared.knobs.record(|s| s.throttled += 1);
+        return throttled(req, retry);
+    }
+    crate::subscriptions::handle(shared, &shared.tenants[index], req, body).await
 }
 
 pub(crate) fn unauthorized(req: &GReq<'_>, p: &TokenProblem) -> GResp {
