@@ -7,20 +7,40 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use clap::Args;
 use tokio::sync::watch;
-use usersync_engine::{DURATION_BUCKETS, Engine, Metrics, ServiceOptions, run_service};
+use usersync_engine::{
+    DURATION_BUCKETS, Engine, Inbox, LIFECYCLE_PATH, Metrics, NOTIFICATION_PATH,
+    NotificationService, ServiceOptions, SubscriptionTiming, run_service,
+};
 
 use crate::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the HTTP listener (/healthz, /readyz, /metrics); port 0 picks one.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Address of the HTTP listener (/healthz, /readyz, /metrics, Graph change
+    /// notifications); port 0 picks one.
+    #[arg(long, env = "USERSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// The URL this service is reached at from outside [default: http://LISTEN]. Microsoft
+    /// Graph sends change notifications to PUBLIC_URL/graph/notifications (it wants https;
+    /// the simulator also takes http on loopback).
+    #[arg(long, env = "USERSYNC_PUBLIC_URL")]
+    public_url: Option<url::Url>,
+    /// How often change-notification subscriptions are checked (made, renewed, deleted).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, hide = true)]
+    subscriptions_every: Duration,
+    /// How long change-notification subscriptions are asked for (Graph allows 29 days).
+    #[arg(long, default_value = "72h", value_parser = parse_duration, hide = true)]
+    subscription_lifetime: Duration,
+    /// Subscriptions are renewed when less than this is left.
+    #[arg(long, default_value = "24h", value_parser = parse_duration, hide = true)]
+    subscription_renew_before: Duration,
     #[command(flatten)]
     workers: WorkerArgs,
 }
@@ -42,11 +62,36 @@ pub struct WorkerArgs {
 struct App {
     engine: Engine,
     metrics: Arc<Metrics>,
+    inbox: Arc<Inbox>,
+}
+
+/// Where `serve` listens and is reached.
+struct Http {
+    listen: SocketAddr,
+    public_url: Option<url::Url>,
+    subscriptions_every: Duration,
+    timing: SubscriptionTiming,
 }
 
 /// `usersync serve`: HTTP listener, scheduler and workers.
 pub async fn serve(engine: Engine, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    run(engine, &args.workers, true, Some(args.listen)).await
+    if let Some(url) = &args.public_url
+        && !matches!(url.scheme(), "http" | "https")
+    {
+        anyhow::bail!(
+            "--public-url: '{url}' must be an http or https URL, such as https://usersync.example.com"
+        );
+    }
+    let http = Http {
+        listen: args.listen,
+        public_url: args.public_url.clone(),
+        subscriptions_every: args.subscriptions_every,
+        timing: SubscriptionTiming {
+            lifetime: args.subscription_lifetime,
+            renew_before: args.subscription_renew_before,
+        },
+    };
+    run(engine, &args.workers, true, Some(http)).await
 }
 
 /// `usersync worker`: workers only (more machines on one PostgreSQL database).
@@ -58,26 +103,42 @@ async fn run(
     engine: Engine,
     args: &WorkerArgs,
     scheduler: bool,
-    listen: Option<SocketAddr>,
+    http_options: Option<Http>,
 ) -> anyhow::Result<ExitCode> {
     // Every process on the database must open its secrets: refused now, not at the first run.
     engine.require_key().await?;
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = watch::channel(false);
     let mut http = None;
-    if let Some(listen) = listen {
+    let mut notifications = None;
+    if let Some(options) = http_options {
+        let listen = options.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (--listen)"))?;
         let address = listener.local_addr()?;
+        let inbox = Arc::new(Inbox::default());
+        let public_url = match options.public_url {
+            Some(url) => url,
+            None => url::Url::parse(&format!("http://{address}"))?,
+        };
+        notifications = Some(NotificationService {
+            public_url,
+            inbox: inbox.clone(),
+            keep_every: options.subscriptions_every,
+            timing: options.timing,
+        });
         let app = Arc::new(App {
             engine: engine.clone(),
             metrics: metrics.clone(),
+            inbox,
         });
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route("/readyz", axum::routing::get(readyz))
             .route("/metrics", axum::routing::get(metrics_text))
+            .route(NOTIFICATION_PATH, axum::routing::post(notified))
+            .route(LIFECYCLE_PATH, axum::routing::post(lifecycle))
             .with_state(app);
         let mut until = stopped.clone();
         http = Some(tokio::spawn(async move {
@@ -88,12 +149,19 @@ async fn run(
                 .await;
         }));
         eprintln!("Listening on http://{address} (/healthz, /readyz, /metrics).");
+        if let Some(n) = &notifications {
+            eprintln!(
+                "Graph change notifications are received at {} (sources with notifications=true).",
+                usersync_engine::endpoint(&n.public_url, NOTIFICATION_PATH)
+            );
+        }
     }
     let options = ServiceOptions {
         workers: usize::from(args.workers),
         scheduler,
         poll: args.poll,
         grace: args.grace,
+        notifications,
     };
     eprintln!(
         "{} with {} worker(s); SIGTERM or Ctrl-C stops it (runs in flight get {} s to finish).",
@@ -139,6 +207,73 @@ async fn signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Graph's validation handshake: the token comes back as plain text, at once.
+fn handshake(query: &HashMap<String, String>) -> Option<axum::response::Response> {
+    query.get("validationToken").map(|token| {
+        (
+            StatusCode::OK,
+            [
+                ("content-type", "text/plain; charset=utf-8"),
+                ("x-content-type-options", "nosniff"),
+            ],
+            token.clone(),
+        )
+            .into_response()
+    })
+}
+
+/// A notification request's answer: 202 when something was taken, 403 when every
+/// notification failed its clientState check, 400 for a body that is not one.
+fn answer(
+    app: &App,
+    received: Result<usersync_engine::Received, usersync_engine::EngineError>,
+) -> axum::response::Response {
+    match received {
+        Ok(r) => {
+            app.metrics.add(|m| {
+                m.notifications_accepted += r.accepted as u64;
+                m.notifications_refused += r.refused as u64;
+            });
+            if r.accepted == 0 && r.refused > 0 {
+                (StatusCode::FORBIDDEN, "clientState mismatch\n").into_response()
+            } else {
+                StatusCode::ACCEPTED.into_response()
+            }
+        }
+        Err(e) if e.kind() == usersync_engine::ErrorKind::Invalid => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %usersync_engine::error_text(&e), "a notification could not be handled");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn notified(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if let Some(echo) = handshake(&query) {
+        return echo;
+    }
+    let received = app.engine.receive_notifications(&app.inbox, &body).await;
+    answer(&app, received)
+}
+
+async fn lifecycle(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if let Some(echo) = handshake(&query) {
+        return echo;
+    }
+    let received = app.engine.receive_lifecycle(&app.inbox, &body).await;
+    answer(&app, received)
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -216,6 +351,21 @@ async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
             "scheduled_total",
             "Syncs queued by this process's scheduler.",
             m.scheduled,
+        ),
+        (
+            "notifications_accepted_total",
+            "Graph change notifications taken (their source's delta run queued, debounced).",
+            m.notifications_accepted,
+        ),
+        (
+            "notifications_refused_total",
+            "Graph change notifications refused: their clientState was not their subscription's.",
+            m.notifications_refused,
+        ),
+        (
+            "notified_runs_total",
+            "Runs queued by change notifications.",
+            m.notified_runs,
         ),
         (
             "users_purged_total",

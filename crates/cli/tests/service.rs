@@ -96,6 +96,40 @@ impl Service {
     }
 }
 
+impl Service {
+    /// POST with no body to a path: (status, body).
+    fn get_post_echo(&self, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(self.address.as_ref().unwrap()).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// POST a JSON body to a path of the HTTP listener: the status.
+    fn post(&self, path: &str, body: &str) -> u16 {
+        let mut stream = std::net::TcpStream::connect(self.address.as_ref().unwrap()).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response[9..12].parse().unwrap()
+    }
+}
+
 /// Polls until `check` holds, up to `limit`.
 fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -215,7 +249,164 @@ async fn a_worker_killed_mid_run_leaves_it_to_another_that_applies_it_once(datab
     sim.shutdown().await;
 }
 
+/// Change notifications end to end: `serve` subscribes the source (the simulator's
+/// handshake reaches its notification URL), a change in the tenant reaches the directory
+/// within seconds through a debounced delta run, a forged clientState is refused,
+/// subscriptions are renewed, lifecycle events handled, and turning the option off
+/// deletes them.
+async fn notifications_bring_a_tenant_change_through_serve(database: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 60,
+        seed: 43,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cli = Cli::connected_to(&database, sim.info());
+    let id = connect(&cli, sim.info());
+    cli.ok_json(&["source", "set", &id, "notifications=true", "--json"]);
+    let first = cli.ok_json(&["sync", &id, "--json"]);
+    assert_eq!(first["status"], "succeeded", "{first}");
+    // Subscriptions are asked for 2 minutes and renewed with less than 110 s left: the
+    // keeper (every second) renews at once, so renewal shows within the test.
+    let serve = Service::start(
+        &cli,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--subscriptions-every",
+            "1s",
+            "--subscription-lifetime",
+            "120s",
+            "--subscription-renew-before",
+            "110s",
+        ],
+    );
+    eventually(
+        "users and groups are subscribed",
+        Duration::from_secs(30),
+        || sim.subscriptions().len() == 2,
+    );
+    let subs = sim.subscriptions();
+    let mut resources: Vec<&str> = subs.iter().map(|s| s.1.as_str()).collect();
+    resources.sort();
+    assert_eq!(resources, ["groups", "users"]);
+    let users_sub = subs.iter().find(|s| s.1 == "users").unwrap().clone();
+
+    // Five changes in quick succession: one notified run brings them all.
+    let tenant = sim.tenant();
+    for i in 0..5 {
+        tenant
+            .add_user(tenant.new_member(&format!("Notified Person {i}")))
+            .unwrap();
+    }
+    let started = Instant::now();
+    eventually(
+        "the changes reach the directory",
+        Duration::from_secs(60),
+        || {
+            let users = cli.ok_json(&["users", "list", "--customer", "Contoso", "--json"]);
+            users
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|u| {
+                    u["display_name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("Notified Person")
+                })
+                .count()
+                == 5
+        },
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    let runs = cli.ok_json(&["runs", "list", "--limit", "50", "--json"]);
+    let notified: Vec<&Value> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "notification")
+        .collect();
+    assert_eq!(notified.len(), 1, "one debounced run: {runs}");
+    let run = run_of(&cli, &notified[0]["id"]);
+    assert_eq!(run["stats"]["read_mode"], "delta", "{run}");
+
+    // A notification with another clientState is refused and queues nothing.
+    let forged = format!(
+        r#"{{"value":[{{"subscriptionId":"{}","clientState":"guessed","changeType":"updated","resource":"Users/x"}}]}}"#,
+        users_sub.0
+    );
+    assert_eq!(serve.post("/graph/notifications", &forged), 403);
+    // The handshake is answered as Graph expects.
+    let (status, body) = serve.get_post_echo("/graph/notifications?validationToken=abc%20123");
+    assert_eq!((status, body.as_str()), (200, "abc 123"));
+
+    // Renewed: the subscription's expiry moves on.
+    eventually(
+        "the subscription is renewed",
+        Duration::from_secs(30),
+        || {
+            sim.subscriptions()
+                .iter()
+                .any(|s| s.0 == users_sub.0 && s.2 > users_sub.2)
+        },
+    );
+
+    // Graph removed a subscription: it is made again.
+    sim.lifecycle_event(&users_sub.0, "subscriptionRemoved")
+        .await
+        .unwrap();
+    eventually(
+        "a removed subscription is made again",
+        Duration::from_secs(30),
+        || {
+            let now = sim.subscriptions();
+            now.len() == 2 && now.iter().all(|s| s.0 != users_sub.0)
+        },
+    );
+    // A missed notification queues a run.
+    let groups_sub = sim
+        .subscriptions()
+        .into_iter()
+        .find(|s| s.1 == "groups")
+        .unwrap();
+    sim.lifecycle_event(&groups_sub.0, "missed").await.unwrap();
+    eventually(
+        "a missed notification queues a run",
+        Duration::from_secs(30),
+        || {
+            let runs = cli.ok_json(&["runs", "list", "--limit", "50", "--json"]);
+            runs.as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["reason"] == "notification")
+                .count()
+                >= 2
+        },
+    );
+    let (_, metrics) = serve.get("/metrics");
+    assert!(
+        metrics.contains("usersync_notifications_refused_total 1"),
+        "{metrics}"
+    );
+
+    // Turned off: the subscriptions are deleted at Graph.
+    cli.ok_json(&["source", "set", &id, "notifications=false", "--json"]);
+    eventually(
+        "the subscriptions are deleted",
+        Duration::from_secs(30),
+        || sim.subscriptions().is_empty(),
+    );
+    drop(serve);
+    sim.shutdown().await;
+}
+
 on_both_backends!(
+    notifications_bring_a_tenant_change_through_serve,
     serve_answers_health_runs_what_is_queued_and_stops_cleanly,
     a_worker_killed_mid_run_leaves_it_to_another_that_applies_it_once,
 );

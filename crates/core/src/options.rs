@@ -134,6 +134,9 @@ pub struct SourceOptions {
     /// Mailbox types (shared, room, equipment) read per run for mailboxes whose type is
     /// not yet known; each costs a `$batch` sub-request. 0 never reads them.
     pub purpose_budget: u32,
+    /// Graph change notifications start a delta run within a minute of a change in the
+    /// tenant (needs `usersync serve` with a public URL).
+    pub notifications: bool,
     pub defaults: MailboxDefaults,
 }
 
@@ -160,6 +163,7 @@ impl Default for SourceOptions {
             delta: true,
             full_sync_every_minutes: 24 * 60,
             purpose_budget: DEFAULT_PURPOSE_BUDGET,
+            notifications: false,
             defaults: MailboxDefaults::default(),
         }
     }
@@ -287,6 +291,7 @@ impl SourceOptions {
         "delta",
         "full_sync_every",
         "purpose_budget",
+        "notifications",
         "defaults.incoming",
         "defaults.outgoing",
         "defaults.archiving",
@@ -363,6 +368,7 @@ impl SourceOptions {
                 self.deletion_threshold = crate::plan::Safeguard::parse(key, value)?
             }
             "delta" => self.delta = boolean(key, value)?,
+            "notifications" => self.notifications = boolean(key, value)?,
             "full_sync_every" => {
                 let minutes = parse_interval(key, value)?;
                 if minutes > 7 * 24 * 60 {
@@ -472,6 +478,7 @@ impl SourceOptions {
             self.delta.to_string(),
             format_interval(self.full_sync_every_minutes),
             self.purpose_budget.to_string(),
+            self.notifications.to_string(),
             self.defaults.incoming.to_string(),
             self.defaults.outgoing.to_string(),
             self.defaults.archiving.to_string(),

@@ -24,6 +24,13 @@ pub enum EngineError {
     /// not held).
     #[error("{0}")]
     Conflict(String),
+    /// The tenant answered a call outside a run (a subscription) with an error.
+    #[error("{what}: {error}")]
+    Tenant {
+        what: &'static str,
+        #[source]
+        error: Box<usersync_graph::GraphError>,
+    },
 }
 
 /// What kind of error it is, for every surface to map without reading text (an exit code,
@@ -68,6 +75,14 @@ impl EngineError {
             }
             EngineError::TenantGroup(_) => ErrorKind::Invalid,
             EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::Tenant { error, .. } => match error.as_ref() {
+                usersync_graph::GraphError::Forbidden { .. }
+                | usersync_graph::GraphError::Unauthorized { .. }
+                | usersync_graph::GraphError::Token { .. } => ErrorKind::Consent,
+                usersync_graph::GraphError::Throttled { .. } => ErrorKind::Unavailable,
+                usersync_graph::GraphError::NotFound { .. } => ErrorKind::NotFound,
+                _ => ErrorKind::Internal,
+            },
         }
     }
 

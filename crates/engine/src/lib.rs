@@ -6,6 +6,7 @@
 
 mod directory;
 mod error;
+mod notifications;
 mod office365;
 mod report;
 mod run;
@@ -15,12 +16,18 @@ mod sources;
 
 pub use directory::{AuditRequest, CustomerSetting, NewOffice365, NewUser};
 pub use error::{EngineError, ErrorKind, error_text};
+pub use notifications::{
+    DEBOUNCE, Inbox, LIFECYCLE_PATH, NOTIFICATION_PATH, Received, SubscriptionReport,
+    SubscriptionTiming, endpoint,
+};
 pub use office365::{
     NewOffice365Source, Office365Settings, Office365Source, ReadNeeds, connect_office365,
 };
 pub use report::{PlanCounts, PlanReport};
 pub use run::{Engine, EngineOptions, Remedy, RunOutcome};
-pub use service::{DURATION_BUCKETS, Metrics, MetricsInner, ServiceOptions, run_service};
+pub use service::{
+    DURATION_BUCKETS, Metrics, MetricsInner, NotificationService, ServiceOptions, run_service,
+};
 pub use source::{
     CheckStatus, ConnectionReport, FailureKind, NoProgress, PermissionCheck, Progress, ReadMode,
     Source, SourceError, SourceRead,

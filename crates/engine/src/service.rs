@@ -25,6 +25,19 @@ pub struct ServiceOptions {
     pub poll: Duration,
     /// How long runs in flight may take to finish after shutdown was asked for.
     pub grace: Duration,
+    /// Change notifications received at this public URL (`serve` only): subscriptions
+    /// kept, and notified sources queued after their debounce.
+    pub notifications: Option<NotificationService>,
+}
+
+/// Where change notifications arrive, and the inbox the HTTP handler fills.
+#[derive(Debug, Clone)]
+pub struct NotificationService {
+    pub public_url: url::Url,
+    pub inbox: Arc<crate::Inbox>,
+    /// How often subscriptions are checked (made, renewed, deleted).
+    pub keep_every: Duration,
+    pub timing: crate::SubscriptionTiming,
 }
 
 impl Default for ServiceOptions {
@@ -34,6 +47,7 @@ impl Default for ServiceOptions {
             scheduler: true,
             poll: Duration::from_secs(1),
             grace: Duration::from_secs(30),
+            notifications: None,
         }
     }
 }
@@ -64,6 +78,12 @@ pub struct MetricsInner {
     pub scheduled: u64,
     /// Removed users purged after their customer's retention.
     pub purged: u64,
+    /// Change notifications taken (their source's run queued) and refused (wrong
+    /// clientState).
+    pub notifications_accepted: u64,
+    pub notifications_refused: u64,
+    /// Runs queued because of change notifications.
+    pub notified_runs: u64,
 }
 
 impl Metrics {
@@ -95,7 +115,7 @@ impl Metrics {
         }
     }
 
-    fn add(&self, f: impl FnOnce(&mut MetricsInner)) {
+    pub fn add(&self, f: impl FnOnce(&mut MetricsInner)) {
         if let Ok(mut m) = self.inner.lock() {
             f(&mut m);
         }
@@ -112,6 +132,51 @@ pub async fn run_service(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(n), true) = (options.notifications.clone(), options.scheduler) {
+        // Notified sources are queued once their debounce is over.
+        let engine_q = engine.clone();
+        let metrics_q = metrics.clone();
+        let inbox = n.inbox.clone();
+        let mut shutdown_q = shutdown.clone();
+        let poll = options.poll.min(Duration::from_secs(1));
+        tasks.spawn(async move {
+            loop {
+                let queued = engine_q.queue_notified(&inbox).await;
+                if queued > 0 {
+                    metrics_q.add(|m| m.notified_runs += queued as u64);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = stopping(&mut shutdown_q) => return,
+                }
+            }
+        });
+        // Subscriptions made, renewed and deleted as the sources' options say.
+        let engine_k = engine.clone();
+        let mut shutdown_k = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                let report = engine_k
+                    .keep_subscriptions(Some(&n.public_url), n.timing)
+                    .await;
+                if report.made + report.renewed + report.deleted > 0 {
+                    tracing::info!(
+                        made = report.made,
+                        renewed = report.renewed,
+                        deleted = report.deleted,
+                        "change-notification subscriptions kept"
+                    );
+                }
+                for error in &report.errors {
+                    tracing::warn!(%error, "a change-notification subscription could not be kept");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(n.keep_every) => {}
+                    _ = stopping(&mut shutdown_k) => return,
+                }
+            }
+        });
+    }
     {
         // Every process takes back runs whose worker died (any process may notice first),
         // and offers to do the daily purge (one process does it, once a day).

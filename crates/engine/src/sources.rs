@@ -207,6 +207,8 @@ impl Engine {
                 "run {run} of source #{source_id} is {status}; remove the source when it has finished (or cancel it)"
             )));
         }
+        // While it still holds its secret: afterwards nothing could sign in to delete them.
+        self.drop_subscriptions(&record).await;
         if keep_users {
             let done = self.store.remove_source_keeping_users(source_id).await?;
             tracing::info!(

@@ -54,6 +54,7 @@ async fn a_due_source_is_synced_by_the_service_and_not_before(url: String) {
             scheduler: true,
             poll: Duration::from_millis(50),
             grace: Duration::from_secs(5),
+            notifications: None,
         },
         metrics.clone(),
         stopped,

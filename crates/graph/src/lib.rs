@@ -44,7 +44,9 @@ mod error;
 mod model;
 
 pub use batch::{BATCH_SIZE, BatchOutcome, BatchResponse};
-pub use client::{ClientStats, GraphClient, Progress, parse_retry_after};
+pub use client::{
+    ClientStats, GraphClient, NewSubscription, Progress, Subscription, parse_retry_after,
+};
 pub use config::{
     CHINA_AUTHORITY_URL, CHINA_GRAPH_URL, ClientSecret, Cloud, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_REQUEST_TIMEOUT, GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL, GraphConfig, RetryPolicy,

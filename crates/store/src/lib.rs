@@ -21,6 +21,7 @@ mod process;
 mod retention;
 mod runs;
 mod sources;
+mod subscriptions;
 pub mod testing;
 mod users;
 
@@ -46,6 +47,7 @@ pub use runs::{
     Settle,
 };
 pub use sources::{NewSource, SourceRecord};
+pub use subscriptions::{NewSubscription, Subscription};
 pub use users::{Apply, ApplyCounts};
 
 use database::Target;

@@ -53,6 +53,7 @@ const MIGRATIONS: &[Migration] = &[
         "source mirrors (the tenant as last read, delta links), read mode of runs",
         V8,
     ),
+    both(9, "change-notification subscriptions of sources", V9),
 ];
 
 /// The newest schema version this binary knows.
@@ -77,6 +78,7 @@ const OUR_TABLES: &[&str] = &[
     "maintenance",
     "source_mirrors",
     "mirror_objects",
+    "subscriptions",
 ];
 
 /// What both backends add in version 5.
@@ -212,6 +214,21 @@ CREATE TABLE mirror_objects (
     PRIMARY KEY (source_id, kind, object_id)
 );
 ALTER TABLE runs ADD COLUMN read_mode TEXT;
+"#;
+
+/// A source's Graph change-notification subscriptions (one per resource it watches),
+/// with the clientState that authenticates each notification, sealed like a secret.
+const V9: &str = r#"
+CREATE TABLE subscriptions (
+    subscription_id TEXT PRIMARY KEY,
+    source_id BIGINT NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+    resource TEXT NOT NULL,
+    client_state TEXT NOT NULL,
+    notification_url TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX subscriptions_by_source ON subscriptions (source_id);
 "#;
 
 const V4: &str = r#"

@@ -46,7 +46,8 @@ text_enum!(RunReason {
     Schedule => "schedule",
     RunNow => "run-now",
     Confirm => "confirm",
-    Retry => "retry"
+    Retry => "retry",
+    Notification => "notification"
 });
 
 impl RunStatus {

@@ -321,6 +321,11 @@ impl Office365Source {
         })
     }
 
+    /// The Graph client (subscriptions and other calls outside a read).
+    pub(crate) fn client(&self) -> &GraphClient {
+        &self.client
+    }
+
     /// Also fetch what `needs` names on each read.
     pub fn with_needs(mut self, needs: ReadNeeds) -> Self {
         self.needs = needs;

@@ -6,6 +6,7 @@
 mod delta;
 mod paging;
 mod resources;
+mod subscriptions;
 mod token;
 mod transport;
 
@@ -22,6 +23,7 @@ use url::Url;
 use crate::config::GraphConfig;
 use crate::error::{GraphError, url_without_query};
 
+pub use subscriptions::{NewSubscription, Subscription};
 pub use transport::parse_retry_after;
 
 use token::CachedToken;
