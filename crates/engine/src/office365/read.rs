@@ -197,7 +197,7 @@ impl Office365Source {
         drop(old);
         let full = matches!(mode, ReadMode::Full { .. });
         let mirror = super::mirror::write(self.source_id, base, &cursor, full, replace, writes);
-        let snapshot = snapshot(&tenant, domains);
+        let snapshot = snapshot(tenant, domains);
         let stats = self.client.stats();
         Ok(SourceRead {
             snapshot,
@@ -489,23 +489,32 @@ fn item_id(item: &usersync_graph::DeltaItem<Map<String, Value>>) -> String {
 
 /// What the core plans from: the tenant's users (with mailbox type and memberships) and
 /// groups in a stable order, and its domains.
-fn snapshot(tenant: &Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnapshot {
-    let mut member_of = tenant.member_of();
-    let mut users: Vec<SourceUser> = tenant
-        .users
-        .iter()
-        .map(|(id, u)| {
-            let mut s = source_user(u.user.clone());
-            s.user_purpose = u.purpose.clone().filter(|p| !p.is_empty());
-            s.member_of = member_of.remove(id.as_str()).unwrap_or_default();
+fn snapshot(tenant: Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnapshot {
+    // Consumes the tenant: at 100,000 users a copy of every user was a large share of a
+    // read's peak memory.
+    let mut member_of: HashMap<String, Vec<String>> = tenant
+        .member_of()
+        .into_iter()
+        .map(|(id, groups)| (id.to_string(), groups))
+        .collect();
+    let Tenant {
+        users: mirrored,
+        groups: mirrored_groups,
+    } = tenant;
+    let mut users: Vec<SourceUser> = mirrored
+        .into_values()
+        .map(|u| {
+            let purpose = u.purpose;
+            let mut s = source_user(u.user);
+            s.user_purpose = purpose.filter(|p| !p.is_empty());
+            s.member_of = member_of.remove(&s.id).unwrap_or_default();
             s
         })
         .collect();
     users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    let mut groups: Vec<_> = tenant
-        .groups
-        .values()
-        .map(|g| source_group(g.group.clone()))
+    let mut groups: Vec<_> = mirrored_groups
+        .into_values()
+        .map(|g| source_group(g.group))
         .collect();
     groups.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     SourceSnapshot {
