@@ -343,7 +343,66 @@ async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
     w.close().await;
 }
 
+/// A mailbox converted to shared without any change to the account (Graph's user delta
+/// does not carry mailbox settings) is found by the daily reconciliation, which reads the
+/// mailbox types read longest ago again.
+async fn a_type_change_alone_is_found_by_the_daily_reconciliation(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let tenant = w.sim.tenant();
+    let person = tenant
+        .users()
+        .into_iter()
+        .find(|u| {
+            u.account_enabled
+                && !u.assigned_licenses.is_empty()
+                && u.user_purpose.map(|p| p.as_str()) == Some("user")
+        })
+        .unwrap();
+    tenant
+        .update_user(&person.id, |u| {
+            u.user_purpose = Some(usersync_sim::UserPurpose::Shared)
+        })
+        .unwrap();
+    let entry = |users: &[usersync_core::DirectoryUser]| {
+        users
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(person.id.as_str()))
+            .map(|u| u.mailbox_type)
+    };
+    // The delta round does not see it.
+    let delta = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&delta).0, "delta");
+    let users = w.store.users(w.customer, false).await.unwrap();
+    assert_eq!(entry(&users), Some(usersync_core::MailboxType::User));
+    // The next day's reconciliation does, and corrects the type as an update.
+    w.store
+        .advance_clock(std::time::Duration::from_secs(25 * 3600));
+    let daily = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&daily).0, "full");
+    assert!(
+        daily
+            .plan
+            .update
+            .iter()
+            .any(|u| u.changes.contains_key("type")),
+        "{:?}",
+        daily.plan.update
+    );
+    let users = w.store.users(w.customer, false).await.unwrap();
+    assert_eq!(entry(&users), Some(usersync_core::MailboxType::Shared));
+    w.close().await;
+}
+
 on_both_backends!(
+    a_type_change_alone_is_found_by_the_daily_reconciliation,
     delta_runs_follow_partial_changes_removals_restores_and_groups,
     preview_reads_the_mirror_and_writes_nothing,
     a_refused_delta_link_falls_back_to_a_whole_read,

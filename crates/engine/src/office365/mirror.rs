@@ -46,6 +46,14 @@ pub(super) struct MirrorUser {
         skip_serializing_if = "Option::is_none"
     )]
     pub purpose: Option<String>,
+    /// When the mailbox type was read (Unix seconds): the daily reconciliation reads the
+    /// oldest again, a budget a day, since a type can change without a delta saying so.
+    #[serde(
+        rename = "usersync:purposeAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub purpose_at: Option<i64>,
 }
 
 /// A member of a group, as the mirror keeps it.
@@ -209,13 +217,21 @@ impl Tenant {
                         Some(old) => {
                             let mut user: User = overlay(&old.user, &patch)?;
                             user.id = id.clone();
-                            let mut purpose = old.purpose.clone();
+                            let (mut purpose, mut purpose_at) =
+                                (old.purpose.clone(), old.purpose_at);
                             let touched = PURPOSE_PROPERTIES.iter().any(|p| patch.contains_key(*p));
                             if touched && purpose_inputs(&user) != purpose_inputs(&old.user) {
-                                // Licence, sign-in or address changed: the type is read again.
-                                purpose = None;
+                                // Licence or account state changed: the type is read again.
+                                (purpose, purpose_at) = (None, None);
                             }
-                            self.users.insert(id, MirrorUser { user, purpose });
+                            self.users.insert(
+                                id,
+                                MirrorUser {
+                                    user,
+                                    purpose,
+                                    purpose_at,
+                                },
+                            );
                         }
                         None if is_whole(&patch, USER_PROPERTIES) => {
                             let user: User = serde_json::from_value(Value::Object(patch))?;
@@ -224,7 +240,7 @@ impl Tenant {
                                 id,
                                 MirrorUser {
                                     user,
-                                    purpose: None,
+                                    ..MirrorUser::default()
                                 },
                             );
                         }
@@ -336,14 +352,15 @@ impl Tenant {
         member_of
     }
 
-    /// Keeps the mailbox types `old` knew for users whose licence, sign-in and addresses
-    /// did not change (a full read does not read them again).
+    /// Keeps the mailbox types `old` knew for users whose licence and account state did
+    /// not change (a whole read does not read them again).
     pub fn keep_purposes(&mut self, old: &Tenant) {
         for (id, u) in self.users.iter_mut() {
             if let Some(o) = old.users.get(id)
                 && purpose_inputs(&o.user) == purpose_inputs(&u.user)
             {
                 u.purpose = o.purpose.clone();
+                u.purpose_at = o.purpose_at;
             }
         }
     }
@@ -632,6 +649,7 @@ mod tests {
         let u = MirrorUser {
             user: serde_json::from_value(Value::Object(whole_user("1", "a@x.com"))).unwrap(),
             purpose: Some(String::new()),
+            purpose_at: Some(1_700_000_000),
         };
         let text = serde_json::to_string(&u).unwrap();
         assert_eq!(serde_json::from_str::<MirrorUser>(&text).unwrap(), u);

@@ -106,6 +106,7 @@ impl Office365Source {
             .map(|l| l.generation)
             .or(untrusted.as_ref().map(|u| u.0));
         let whole = self.whole_because(loaded.as_ref(), untrusted.as_ref().map(|u| u.1.as_str()));
+        let reconciling = whole.as_ref().is_some_and(|w| w.reconcile);
         let replace = untrusted.is_some();
 
         let (mut tenant, cursor, old, touched, mode) = match (whole, loaded) {
@@ -185,7 +186,12 @@ impl Office365Source {
             }
         };
         let mut touched = touched;
-        let typed = self.purposes(&mut tenant, &mut notes, progress).await?;
+        // A reconciliation also reads again the mailbox types read longest ago (a type
+        // can change without the account changing, so without a delta saying so).
+        let refresh = matches!(&mode, ReadMode::Full { .. }) && reconciling;
+        let typed = self
+            .purposes(&mut tenant, refresh, &mut notes, progress)
+            .await?;
         if let Some((users, _)) = touched.as_mut() {
             users.extend(typed);
         }
@@ -259,7 +265,7 @@ impl Office365Source {
                 user.id.clone(),
                 MirrorUser {
                     user,
-                    purpose: None,
+                    ..MirrorUser::default()
                 },
             );
         }
@@ -360,7 +366,7 @@ impl Office365Source {
                         id.clone(),
                         MirrorUser {
                             user,
-                            purpose: None,
+                            ..MirrorUser::default()
                         },
                     );
                 }
@@ -401,11 +407,13 @@ impl Office365Source {
     }
 
     /// Reads the mailbox types not yet known, up to the per-run budget, disabled and
-    /// unlicensed accounts first (the ones most likely shared, room or equipment).
+    /// unlicensed accounts first (the ones most likely shared, room or equipment); with
+    /// `refresh`, what the budget leaves goes to the types read longest ago.
     /// Without MailboxSettings.Read, a note instead. Returns the ids whose type was read.
     async fn purposes(
         &self,
         tenant: &mut Tenant,
+        refresh: bool,
         notes: &mut Vec<String>,
         progress: &dyn Progress,
     ) -> Result<Vec<String>, SourceError> {
@@ -420,18 +428,30 @@ impl Office365Source {
                 (id, enabled && !u.user.assigned_licenses.is_empty())
             })
             .collect();
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
         // Disabled or unlicensed first, then by id so that runs go through the rest in turn.
         wanted.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
         let budget = self.needs.purpose_budget;
         let left = wanted.len().saturating_sub(budget);
-        let ids: Vec<String> = wanted
+        let mut ids: Vec<String> = wanted
             .into_iter()
             .take(budget)
             .map(|(id, _)| id.clone())
             .collect();
+        if refresh && ids.len() < budget {
+            let mut known: Vec<(i64, &String)> = tenant
+                .users
+                .iter()
+                .filter(|(_, u)| u.purpose.is_some())
+                .filter(|(_, u)| u.user.mail.is_some() || !u.user.proxy_addresses.is_empty())
+                .map(|(id, u)| (u.purpose_at.unwrap_or(0), id))
+                .collect();
+            known.sort_unstable();
+            let room = budget - ids.len();
+            ids.extend(known.into_iter().take(room).map(|(_, id)| id.clone()));
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         if left > 0 {
             notes.push(format!(
                 "the mailbox types of {left} mailboxes are not read yet (purpose_budget={budget} a run); \
@@ -442,6 +462,9 @@ impl Office365Source {
             return Ok(Vec::new());
         }
         progress.phase("reading mailbox types");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         let mut read = Vec::with_capacity(ids.len());
         let mut failed = 0usize;
         let mut example = None;
@@ -459,6 +482,7 @@ impl Office365Source {
                         if let Some(u) = tenant.users.get_mut(&id) {
                             // No mailbox: kept as known-none, so it is not asked again.
                             u.purpose = Some(purpose.unwrap_or_default());
+                            u.purpose_at = Some(now);
                             read.push(id);
                         }
                     }

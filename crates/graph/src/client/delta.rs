@@ -12,6 +12,9 @@ use crate::model::{
     Delta, DeltaEntry, DeltaItem, GROUP_PROPERTIES, Group, HasId, USER_PROPERTIES, User,
 };
 
+/// The page size asked of delta rounds (`Prefer: odata.maxpagesize`).
+const DELTA_PAGE_SIZE: &str = "odata.maxpagesize=999";
+
 impl GraphClient {
     /// Fails with [`GraphError::DeltaExpired`] when Graph no longer accepts `from`.
     /// A users delta round. Without `from`: a full round
@@ -87,7 +90,9 @@ impl GraphClient {
             select.join(",")
         ))?;
         let start_for_error = url_without_query(&start);
-        let (_, link) = self.get_pages::<serde_json::Value>(start, &|_| {}).await?;
+        let (_, link) = self
+            .get_pages::<serde_json::Value>(start, &|_| {}, &[])
+            .await?;
         link.ok_or_else(|| GraphError::Malformed {
             url: start_for_error,
             detail: "a $deltatoken=latest answer has no @odata.deltaLink".into(),
@@ -113,7 +118,11 @@ impl GraphClient {
             None => self.v1_url(&format!("/{collection}/delta?$select={}", select.join(",")))?,
         };
         let start_for_error = url_without_query(&start);
-        let (entries, delta_link) = self.get_pages::<DeltaEntry<T>>(start, progress).await?;
+        // Delta pages hold 100 objects unless asked for more: a round of a thousand changes
+        // is then one or two requests, not ten.
+        let (entries, delta_link) = self
+            .get_pages::<DeltaEntry<T>>(start, progress, &[("prefer", DELTA_PAGE_SIZE)])
+            .await?;
         let delta_link = delta_link.ok_or_else(|| GraphError::Malformed {
             url: start_for_error,
             detail: "the last delta page has neither @odata.nextLink nor @odata.deltaLink".into(),

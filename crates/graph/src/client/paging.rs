@@ -41,7 +41,7 @@ impl GraphClient {
         } else {
             self.v1_url(path_and_query)?
         };
-        Ok(self.get_pages(url, progress).await?.0)
+        Ok(self.get_pages(url, progress, &[]).await?.0)
     }
 
     /// `GET {graph}/v1.0{path_and_query}` of a single object (no paging).
@@ -58,6 +58,7 @@ impl GraphClient {
         &self,
         start: Url,
         progress: Progress<'_>,
+        headers: &[(&'static str, &'static str)],
     ) -> Result<(Vec<T>, Option<String>), GraphError> {
         let mut url = start;
         let mut items: Vec<T> = Vec::new();
@@ -65,7 +66,9 @@ impl GraphClient {
         seen.insert(url.to_string());
         let mut pages = 0usize;
         loop {
-            let resp = self.graph_request(Method::GET, &url, None).await?;
+            let resp = self
+                .graph_request_with(Method::GET, &url, None, headers)
+                .await?;
             let page: Page<T> = parse_json(&url, &resp.body)?;
             let value = page.value.ok_or_else(|| GraphError::Malformed {
                 url: url_without_query(&url),
