@@ -78,6 +78,10 @@ struct Figures {
     resync_requests: u64,
     /// A sync after 1 % of the tenant changed (`POST /_sim/changes`): a delta run.
     delta_s: f64,
+    /// The delta run's read (mirror loaded, delta rounds merged), plan and apply.
+    delta_read_s: f64,
+    delta_plan_s: f64,
+    delta_apply_s: f64,
     delta_requests: u64,
     /// Changes the simulator made, and what the delta run applied.
     delta_changes: usize,
@@ -159,6 +163,7 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .keep("typing runs")
             .keep("re-sync (s)")
             .keep("1% delta (s)")
+            .keep("read/plan/apply")
             .keep("delta req / whole req")
             .keep("left for whole");
         for f in &all {
@@ -177,6 +182,10 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 f.typing_runs.to_string(),
                 format!("{:.2}", f.resync_s),
                 format!("{:.2}", f.delta_s),
+                format!(
+                    "{:.2}/{:.2}/{:.2}",
+                    f.delta_read_s, f.delta_plan_s, f.delta_apply_s
+                ),
                 format!(
                     "{} / {} ({:.1} %)",
                     f.delta_requests,
@@ -361,6 +370,9 @@ async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result
         resync_s,
         resync_requests: again.stats.requests,
         delta_s,
+        delta_read_s: delta.stats.read_ms as f64 / 1000.0,
+        delta_plan_s: delta.stats.plan_ms as f64 / 1000.0,
+        delta_apply_s: delta.stats.apply_ms as f64 / 1000.0,
         delta_requests: delta.stats.requests,
         delta_changes: changes.counts.total(),
         delta_applied: applied(&delta),
