@@ -242,7 +242,7 @@ async fn the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror(url
     let wrong = users.next().unwrap().clone();
     let missing = users.next().unwrap().clone();
     let mut data: serde_json::Value = serde_json::from_str(&wrong.data).unwrap();
-    data["displayName"] = "Drifted Name".into();
+    data["u"]["displayName"] = "Drifted Name".into();
     w.store
         .write_mirror(&MirrorWrite {
             source_id: w.source,
@@ -401,7 +401,53 @@ async fn a_type_change_alone_is_found_by_the_daily_reconciliation(url: String) {
     w.close().await;
 }
 
+/// A mirror written in another shape (an older version) or that does not read is not
+/// trusted: the run reads whole, says why, and writes the mirror anew.
+async fn an_untrusted_mirror_is_read_whole_and_written_anew(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let mirror = w.store.mirror(w.source).await.unwrap().unwrap();
+    let mut cursor = mirror.cursor.clone();
+    cursor["v"] = 1.into();
+    let some_user = mirror.objects.iter().find(|o| o.kind == "user").unwrap();
+    w.store
+        .write_mirror(&MirrorWrite {
+            source_id: w.source,
+            base: Some(mirror.generation),
+            cursor,
+            upserts: vec![MirrorObject {
+                data: "{not json".into(),
+                ..some_user.clone()
+            }],
+            ..MirrorWrite::default()
+        })
+        .await
+        .unwrap();
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    let (read, why) = mode(&outcome);
+    assert_eq!(read, "full");
+    assert!(
+        why.contains("could not be trusted") && why.contains("version 1"),
+        "{why}"
+    );
+    assert!(outcome.plan.add.is_empty() && outcome.plan.remove.is_empty());
+    let again = w.store.mirror(w.source).await.unwrap().unwrap();
+    assert_eq!(again.objects.len(), mirror.objects.len());
+    assert!(again.objects.iter().all(|o| !o.data.starts_with("{not")));
+    let next = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&next).0, "delta");
+    w.close().await;
+}
+
 on_both_backends!(
+    an_untrusted_mirror_is_read_whole_and_written_anew,
     a_type_change_alone_is_found_by_the_daily_reconciliation,
     delta_runs_follow_partial_changes_removals_restores_and_groups,
     preview_reads_the_mirror_and_writes_nothing,

@@ -15,7 +15,7 @@ use usersync_graph::{GROUP_PROPERTIES, Group, USER_PROPERTIES, User};
 use usersync_store::{Mirror, MirrorObject, MirrorWrite};
 
 /// The shape of the mirror this code writes; another shape is read again whole.
-pub(super) const CURSOR_VERSION: u32 = 1;
+pub(super) const CURSOR_VERSION: u32 = 2;
 
 pub(super) const USER: &str = "user";
 pub(super) const GROUP: &str = "group";
@@ -33,26 +33,19 @@ pub(super) struct Cursor {
     pub memberships: bool,
 }
 
-/// A mirrored user: Graph's properties, and its mailbox type once read.
+/// A mirrored user: Graph's properties (`u`, as Graph names them), and its mailbox type
+/// once read. Nested, not flattened: a mirror of 100,000 users reads back much faster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct MirrorUser {
-    #[serde(flatten)]
+    #[serde(rename = "u")]
     pub user: User,
     /// `mailboxSettings.userPurpose`; `""` when the account has no mailbox; absent when
     /// not read yet.
-    #[serde(
-        rename = "usersync:purpose",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
     /// When the mailbox type was read (Unix seconds): the daily reconciliation reads the
     /// oldest again, a budget a day, since a type can change without a delta saying so.
-    #[serde(
-        rename = "usersync:purposeAt",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     pub purpose_at: Option<i64>,
 }
 
@@ -65,16 +58,12 @@ pub(super) struct Member {
     pub group: bool,
 }
 
-/// A mirrored group, with its direct members when memberships are read.
+/// A mirrored group (`g`), with its direct members (`m`) when memberships are read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct MirrorGroup {
-    #[serde(flatten)]
+    #[serde(rename = "g")]
     pub group: Group,
-    #[serde(
-        rename = "usersync:members",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<Member>>,
 }
 
