@@ -469,7 +469,20 @@ impl Engine {
         tracing::info!("run started");
         // What the last applied run read: the source reads what changed since.
         let mirror = self.store.mirror(spec.source_id).await?;
-        let mut read = match source.read(mirror, progress).await {
+        tracing::debug!(
+            ms = elapsed_ms(started),
+            objects = mirror.as_ref().map_or(0, |m| m.objects.len()),
+            "mirror loaded"
+        );
+        // The customer's directory loads while the source is read (the read waits on the
+        // network, the load on the database): the plan needs both. It is checked to be
+        // current when the plan applies, and loaded again if it is not.
+        let (read, preloaded) = tokio::join!(
+            source.read(mirror, progress),
+            self.store.directory_versioned(spec.customer_id)
+        );
+        let mut preloaded = Some(preloaded?);
+        let mut read = match read {
             Ok(read) => read,
             Err(error) => {
                 let stats = RunStats {
@@ -523,8 +536,18 @@ impl Engine {
         loop {
             tries += 1;
             let planning = Instant::now();
-            let (directory, version) = self.store.directory_versioned(spec.customer_id).await?;
+            let (directory, version) = match preloaded.take() {
+                Some(loaded) => loaded,
+                None => self.store.directory_versioned(spec.customer_id).await?,
+            };
+            let loaded_ms = elapsed_ms(planning);
             let mut plan = plan_sync(&read.snapshot, &directory, &ctx);
+            tracing::debug!(
+                directory_ms = loaded_ms,
+                plan_ms = elapsed_ms(planning) - loaded_ms,
+                entries = directory.len(),
+                "planned"
+            );
             plan.import_domains = import.clone();
             let managed = directory
                 .iter()

@@ -96,11 +96,13 @@ impl Office365Source {
         progress.phase("reading domains");
         let domains = self.client.list_domains().await?;
         let mut notes = Vec::new();
+        let parsing = std::time::Instant::now();
         let (loaded, untrusted) = match mirror.map(Loaded::from_store) {
             None => (None, None),
             Some(Ok(l)) => (Some(l), None),
             Some(Err(bad)) => (None, Some(bad)),
         };
+        tracing::debug!(ms = parsing.elapsed().as_millis() as u64, "mirror parsed");
         let base = loaded
             .as_ref()
             .map(|l| l.generation)
