@@ -49,6 +49,10 @@ pub struct BenchArgs {
         default_value = "postgres://root@127.0.0.1:5432"
     )]
     postgres: String,
+    /// Delay every simulator answer by this many milliseconds (a tenant far away): the
+    /// table then puts the bound 1.2 x sequential pages x round trip beside the full sync.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -64,6 +68,9 @@ struct Figures {
     status: String,
     /// The whole sync: token, every page, planning and the commit.
     wall_s: f64,
+    /// With a latency: 1.2 x (sequential user pages of 999) x the round trip, the bound
+    /// the first sync is measured against.
+    latency_bound_s: Option<f64>,
     read_s: f64,
     plan_s: f64,
     apply_s: f64,
@@ -114,7 +121,7 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .first()
             .cloned()
             .unwrap_or_else(|| "sqlite".into());
-        let figures = one_case(users, &backend, &args.postgres).await?;
+        let figures = one_case(users, &backend, &args.postgres, args.latency_ms).await?;
         outln!("{}", serde_json::to_string(&figures)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -135,6 +142,8 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                     backend,
                     "--postgres",
                     &args.postgres,
+                    "--latency-ms",
+                    &args.latency_ms.to_string(),
                 ])
                 .stderr(Stdio::inherit())
                 .output()?;
@@ -153,6 +162,7 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .keep("database")
             .keep("status")
             .keep("full sync (s)")
+            .keep("latency bound (s)")
             .keep("read")
             .keep("plan")
             .keep("apply")
@@ -172,6 +182,8 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 f.backend.clone(),
                 f.status.clone(),
                 format!("{:.2}", f.wall_s),
+                f.latency_bound_s
+                    .map_or("-".to_string(), |b| format!("{b:.2}")),
                 format!("{:.2}", f.read_s),
                 format!("{:.2}", f.plan_s),
                 format!("{:.2}", f.apply_s),
@@ -228,9 +240,22 @@ impl Drop for SimProcess {
     }
 }
 
-async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result<Figures> {
+async fn one_case(
+    users: usize,
+    backend: &str,
+    postgres: &str,
+    latency_ms: u64,
+) -> anyhow::Result<Figures> {
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["sim", "--users", &users.to_string(), "--seed", "42"])
+        .args([
+            "sim",
+            "--users",
+            &users.to_string(),
+            "--seed",
+            "42",
+            "--latency-ms",
+            &latency_ms.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -359,6 +384,8 @@ async fn one_case(users: usize, backend: &str, postgres: &str) -> anyhow::Result
         backend: backend.to_string(),
         status,
         wall_s,
+        latency_bound_s: (latency_ms > 0)
+            .then(|| 1.2 * users.div_ceil(999) as f64 * latency_ms as f64 / 1000.0),
         read_s: outcome.stats.read_ms as f64 / 1000.0,
         plan_s: outcome.stats.plan_ms as f64 / 1000.0,
         apply_s: outcome.stats.apply_ms as f64 / 1000.0,
