@@ -356,16 +356,16 @@ impl Engine {
         }
     }
 
-    /// A request to the notification URL: each notification's clientState is checked
-    /// against its subscription's; a genuine one notes its source in `inbox`.
-    pub async fn receive_notifications(
+    /// The notifications of a request whose clientState is their subscription's, each
+    /// with its subscription; the others counted as refused or unknown.
+    async fn genuine(
         &self,
-        inbox: &Inbox,
         body: &[u8],
-    ) -> Result<Received, EngineError> {
+    ) -> Result<(Vec<(usersync_store::Subscription, Notification)>, Received), EngineError> {
         let envelope: Envelope = serde_json::from_slice(body)
             .map_err(|e| EngineError::config("body", format!("not a Graph notification: {e}")))?;
         let mut received = Received::default();
+        let mut genuine = Vec::new();
         for n in envelope.value {
             match self
                 .store
@@ -378,10 +378,24 @@ impl Engine {
                     received.refused += 1;
                 }
                 Some((sub, true)) => {
-                    inbox.note(sub.source_id);
                     received.accepted += 1;
+                    genuine.push((sub, n));
                 }
             }
+        }
+        Ok((genuine, received))
+    }
+
+    /// A request to the notification URL: each notification's clientState is checked
+    /// against its subscription's; a genuine one notes its source in `inbox`.
+    pub async fn receive_notifications(
+        &self,
+        inbox: &Inbox,
+        body: &[u8],
+    ) -> Result<Received, EngineError> {
+        let (genuine, received) = self.genuine(body).await?;
+        for (sub, _) in genuine {
+            inbox.note(sub.source_id);
         }
         Ok(received)
     }
@@ -394,23 +408,8 @@ impl Engine {
         inbox: &Inbox,
         body: &[u8],
     ) -> Result<Received, EngineError> {
-        let envelope: Envelope = serde_json::from_slice(body)
-            .map_err(|e| EngineError::config("body", format!("not a Graph notification: {e}")))?;
-        let mut received = Received::default();
-        for n in envelope.value {
-            let Some((sub, genuine)) = self
-                .store
-                .check_notification(&n.subscription_id, n.client_state.as_deref().unwrap_or(""))
-                .await?
-            else {
-                received.unknown += 1;
-                continue;
-            };
-            if !genuine {
-                received.refused += 1;
-                continue;
-            }
-            received.accepted += 1;
+        let (genuine, received) = self.genuine(body).await?;
+        for (sub, n) in genuine {
             let event = n.lifecycle_event.unwrap_or_default();
             tracing::info!(source = sub.source_id, %event, "lifecycle notification");
             match event.as_str() {

@@ -25,6 +25,18 @@ fn plan_json(outcome: &RunOutcome) -> serde_json::Value {
     plan
 }
 
+/// A tenant of 30 users, connected.
+async fn small_world(url: String) -> World {
+    world(
+        url,
+        SimConfig {
+            users: 30,
+            ..SimConfig::default()
+        },
+    )
+    .await
+}
+
 /// What a whole read of the tenant plans now (delta off for one preview).
 async fn full_preview(w: &World) -> RunOutcome {
     w.set(&["delta=false"]).await;
@@ -153,14 +165,7 @@ async fn delta_runs_follow_partial_changes_removals_restores_and_groups(url: Str
 }
 
 async fn preview_reads_the_mirror_and_writes_nothing(url: String) {
-    let w = world(
-        url,
-        SimConfig {
-            users: 30,
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let w = small_world(url).await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     let before = w.store.mirror(w.source).await.unwrap().unwrap();
     w.add("Pia Preview", "pia.preview", "Clerk");
@@ -192,14 +197,7 @@ async fn preview_reads_the_mirror_and_writes_nothing(url: String) {
 }
 
 async fn a_refused_delta_link_falls_back_to_a_whole_read(url: String) {
-    let w = world(
-        url,
-        SimConfig {
-            users: 30,
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let w = small_world(url).await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     w.add("Fay Fallback", "fay.fallback", "Clerk");
     // Graph keeps a delta token's state for a limited time, then answers 410 Gone.
@@ -227,14 +225,7 @@ async fn a_refused_delta_link_falls_back_to_a_whole_read(url: String) {
 }
 
 async fn the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror(url: String) {
-    let w = world(
-        url,
-        SimConfig {
-            users: 30,
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let w = small_world(url).await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     let mirror = w.store.mirror(w.source).await.unwrap().unwrap();
     // The mirror drifts: one user's name is wrong in it, another is missing from it.
@@ -347,14 +338,7 @@ async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
 /// does not carry mailbox settings) is found by the daily reconciliation, which reads the
 /// mailbox types read longest ago again.
 async fn a_type_change_alone_is_found_by_the_daily_reconciliation(url: String) {
-    let w = world(
-        url,
-        SimConfig {
-            users: 30,
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let w = small_world(url).await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     let tenant = w.sim.tenant();
     let person = tenant
@@ -404,14 +388,7 @@ async fn a_type_change_alone_is_found_by_the_daily_reconciliation(url: String) {
 /// A mirror written in another shape (an older version) or that does not read is not
 /// trusted: the run reads whole, says why, and writes the mirror anew.
 async fn an_untrusted_mirror_is_read_whole_and_written_anew(url: String) {
-    let w = world(
-        url,
-        SimConfig {
-            users: 30,
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let w = small_world(url).await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     let mirror = w.store.mirror(w.source).await.unwrap().unwrap();
     let mut cursor = mirror.cursor.clone();
