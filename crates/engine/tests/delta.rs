@@ -290,8 +290,13 @@ async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
         },
     )
     .await;
-    w.set(&["include_groups=true", "deletion_threshold=100,1000"])
-        .await;
+    // Managers too: a deleted manager's reports lose theirs, which `manager@delta` says.
+    w.set(&[
+        "include_groups=true",
+        "import_managers=true",
+        "deletion_threshold=100,1000",
+    ])
+    .await;
     w.engine.sync(w.source, &NoProgress).await.unwrap();
     let tenant = w.sim.tenant();
     let mut total = usersync_sim::ChangeCounts::default();
@@ -423,7 +428,77 @@ async fn an_untrusted_mirror_is_read_whole_and_written_anew(url: String) {
     w.close().await;
 }
 
+/// Managers follow through delta rounds (`manager@delta`): a new manager, and the reports
+/// of a deleted manager losing theirs.
+async fn managers_follow_through_delta_rounds(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 60,
+            seed: 17,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.set(&["import_managers=true"]).await;
+    let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&first).0, "full");
+    let tenant = w.sim.tenant();
+    let users = tenant.users();
+    let with_mail = |id: &str| users.iter().any(|u| u.id == id && u.mail.is_some());
+    // A manager with reports that are synced, and someone else to become a manager.
+    let boss = users
+        .iter()
+        .find(|m| {
+            m.mail.is_some()
+                && users
+                    .iter()
+                    .filter(|r| r.manager_id.as_deref() == Some(m.id.as_str()) && r.mail.is_some())
+                    .count()
+                    >= 2
+        })
+        .unwrap()
+        .clone();
+    let reports: Vec<_> = users
+        .iter()
+        .filter(|r| r.manager_id.as_deref() == Some(boss.id.as_str()) && with_mail(&r.id))
+        .cloned()
+        .collect();
+    let new_boss = users
+        .iter()
+        .find(|u| u.mail.is_some() && u.id != boss.id && !reports.iter().any(|r| r.id == u.id))
+        .unwrap()
+        .clone();
+    tenant
+        .update_user(&reports[0].id, |u| u.manager_id = Some(new_boss.id.clone()))
+        .unwrap();
+    tenant.delete_user(&boss.id).unwrap();
+
+    let delta = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&delta).0, "delta", "{:?}", delta.stats);
+    let directory = w.store.users(w.customer, false).await.unwrap();
+    let manager_of = |id: &str| {
+        directory
+            .iter()
+            .find(|u| u.source_object_id.as_deref() == Some(id))
+            .and_then(|u| u.manager.as_ref().map(|m| m.to_string()))
+    };
+    assert_eq!(
+        manager_of(&reports[0].id),
+        new_boss.mail.clone().map(|m| m.to_lowercase())
+    );
+    assert_eq!(manager_of(&reports[1].id), None, "the manager was deleted");
+    let check = full_preview(&w).await;
+    assert!(
+        check.plan.add.is_empty() && check.plan.update.is_empty() && check.plan.remove.is_empty(),
+        "{}",
+        plan_json(&check)
+    );
+    w.close().await;
+}
+
 on_both_backends!(
+    managers_follow_through_delta_rounds,
     an_untrusted_mirror_is_read_whole_and_written_anew,
     a_type_change_alone_is_found_by_the_daily_reconciliation,
     delta_runs_follow_partial_changes_removals_restores_and_groups,

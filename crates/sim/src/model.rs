@@ -335,6 +335,8 @@ pub(crate) enum UP {
     UsageLocation,
     UserPrincipalName,
     UserType,
+    /// The manager, in delta rounds only (`$select=manager` there): `manager@delta`.
+    Manager,
     /// A real Graph property the simulator does not model: null.
     Null(&'static str),
     /// A real collection-valued property the simulator does not model: [].
@@ -479,6 +481,7 @@ pub(crate) fn user_diff(a: &SimUser, b: &SimUser) -> Vec<UP> {
         usage_location => UP::UsageLocation,
         user_principal_name => UP::UserPrincipalName,
         user_type => UP::UserType,
+        manager_id => UP::Manager,
     );
     out
 }
@@ -521,6 +524,17 @@ pub(crate) fn write_user_prop(o: &mut Obj<'_>, u: &SimUser, p: UP) {
         UP::UsageLocation => o.opt_str("usageLocation", u.usage_location.as_deref()),
         UP::UserPrincipalName => o.str("userPrincipalName", &u.user_principal_name),
         UP::UserType => o.str("userType", u.user_type.as_str()),
+        UP::Manager => {
+            // As Graph's users delta: the manager's id, or an empty list when it has none.
+            let buf = o.nested("manager@delta");
+            buf.push('[');
+            if let Some(m) = &u.manager_id {
+                buf.push_str("{\"@odata.type\":\"#microsoft.graph.user\",\"id\":");
+                crate::util::push_json_str(buf, m);
+                buf.push('}');
+            }
+            buf.push(']');
+        }
         UP::Null(n) => o.null(n),
         UP::Empty(n) => o.raw(n, "[]"),
     }

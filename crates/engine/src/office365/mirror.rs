@@ -31,6 +31,9 @@ pub(super) struct Cursor {
     pub groups_link: String,
     /// Groups' direct members are mirrored (and in the groups delta).
     pub memberships: bool,
+    /// Users' managers are mirrored (and in the users delta, `manager@delta`).
+    #[serde(default)]
+    pub managers: bool,
 }
 
 /// A mirrored user: Graph's properties (`u`, as Graph names them), and its mailbox type
@@ -167,6 +170,32 @@ fn overlay<T: Serialize + serde::de::DeserializeOwned>(
     serde_json::from_value(value)
 }
 
+/// A user's manager as the mirror keeps it: the id only.
+pub(super) fn manager_ref(id: String) -> usersync_graph::DirectoryObject {
+    usersync_graph::DirectoryObject {
+        id,
+        ..Default::default()
+    }
+}
+
+/// `manager@delta` of a users delta entry: `Some(None)` when the manager was removed,
+/// `Some(Some(id))` when it is someone, `None` when the entry does not say.
+fn manager_change(
+    patch: &mut Map<String, Value>,
+) -> Result<Option<Option<String>>, serde_json::Error> {
+    let Some(v) = patch.remove("manager@delta") else {
+        return Ok(None);
+    };
+    let entries: Vec<usersync_graph::MemberDelta> = serde_json::from_value(v)?;
+    Ok(Some(
+        entries
+            .into_iter()
+            .filter(|e| !e.is_removed())
+            .map(|e| e.id)
+            .next_back(),
+    ))
+}
+
 /// What a delta round did to the mirror.
 #[derive(Debug, Default)]
 pub(super) struct Merged {
@@ -196,8 +225,9 @@ impl Tenant {
                     }
                     merged.users_to_read.retain(|x| x != &id);
                 }
-                usersync_graph::DeltaItem::Changed(patch) => {
+                usersync_graph::DeltaItem::Changed(mut patch) => {
                     let id = raw_id(&patch).to_string();
+                    let manager = manager_change(&mut patch)?;
                     if id.is_empty() {
                         continue;
                     }
@@ -206,6 +236,9 @@ impl Tenant {
                         Some(old) => {
                             let mut user: User = overlay(&old.user, &patch)?;
                             user.id = id.clone();
+                            if let Some(manager) = manager {
+                                user.manager = manager.map(manager_ref);
+                            }
                             let (mut purpose, mut purpose_at) =
                                 (old.purpose.clone(), old.purpose_at);
                             let touched = PURPOSE_PROPERTIES.iter().any(|p| patch.contains_key(*p));
@@ -223,7 +256,8 @@ impl Tenant {
                             );
                         }
                         None if is_whole(&patch, USER_PROPERTIES) => {
-                            let user: User = serde_json::from_value(Value::Object(patch))?;
+                            let mut user: User = serde_json::from_value(Value::Object(patch))?;
+                            user.manager = manager.flatten().map(manager_ref);
                             merged.users_to_read.retain(|x| x != &id);
                             self.users.insert(
                                 id,

@@ -37,7 +37,17 @@ impl Office365Source {
     }
 
     fn uses_delta(&self) -> bool {
-        self.needs.delta && !self.needs.managers
+        self.needs.delta
+    }
+
+    /// What the users delta selects: the synced properties, and `manager` when managers
+    /// are imported (it comes as `manager@delta`).
+    fn user_select(&self) -> Vec<&'static str> {
+        let mut select: Vec<&str> = USER_PROPERTIES.to_vec();
+        if self.needs.managers {
+            select.push("manager");
+        }
+        select
     }
 
     /// Whether this run reads the whole tenant, and why.
@@ -51,11 +61,6 @@ impl Office365Source {
         if !self.needs.delta {
             return whole("delta reads are off for this source (delta=false)".into());
         }
-        if self.needs.managers {
-            return whole(
-                "managers are not followed through delta rounds yet, so a source with import_managers reads the whole tenant".into(),
-            );
-        }
         if let Some(why) = untrusted {
             return whole(format!("the mirror could not be trusted: {why}"));
         }
@@ -68,6 +73,11 @@ impl Office365Source {
         }
         if c.graph_url != self.graph_url || c.client_id != self.client_id {
             return whole("the source's endpoint or app changed since the mirror was read".into());
+        }
+        if self.needs.managers && !c.managers {
+            return whole(
+                "the source's options now need managers, which the mirror does not hold".into(),
+            );
         }
         if self.needs.memberships && !c.memberships {
             return whole(
@@ -222,8 +232,9 @@ impl Office365Source {
     async fn read_whole(&self, progress: &dyn Progress) -> Result<(Tenant, Cursor), SourceError> {
         let group_select = self.group_select();
         let (users_link, groups_link) = if self.uses_delta() {
+            let user_select = self.user_select();
             let (u, g) = tokio::join!(
-                self.client.delta_latest("users", USER_PROPERTIES),
+                self.client.delta_latest("users", &user_select),
                 self.client.delta_latest("groups", &group_select),
             );
             (u?, g?)
@@ -262,7 +273,13 @@ impl Office365Source {
         dedup_by_id(&mut groups, |g| &g.id);
         let mut tenant = Tenant::default();
         tenant.users.reserve(users.len());
-        for user in users {
+        for mut user in users {
+            // The manager's id only, as a delta round gives it.
+            user.manager = user
+                .manager
+                .take()
+                .filter(|m| !m.id.is_empty())
+                .map(|m| super::mirror::manager_ref(m.id));
             tenant.users.insert(
                 user.id.clone(),
                 MirrorUser {
@@ -290,6 +307,7 @@ impl Office365Source {
             users_link,
             groups_link,
             memberships: self.needs.memberships,
+            managers: self.needs.managers,
         };
         Ok((tenant, cursor))
     }
@@ -360,10 +378,21 @@ impl Office365Source {
         // Objects the round named only in part and the mirror lacks (a restore, a mirror
         // that missed them): read whole, never taken from the part.
         for id in std::mem::take(&mut merged.users_to_read) {
-            let path = format!("/users/{id}?$select={}", USER_PROPERTIES.join(","));
+            let expand = if cursor.managers {
+                "&$expand=manager($select=id)"
+            } else {
+                ""
+            };
+            let path = format!("/users/{id}?$select={}{expand}", USER_PROPERTIES.join(","));
             match self.client.get_one::<Map<String, Value>>(&path).await {
                 Ok(raw) => {
-                    let user = serde_json::from_value(Value::Object(raw)).map_err(corrupt)?;
+                    let mut user: usersync_graph::User =
+                        serde_json::from_value(Value::Object(raw)).map_err(corrupt)?;
+                    user.manager = user
+                        .manager
+                        .take()
+                        .filter(|m| !m.id.is_empty())
+                        .map(|m| super::mirror::manager_ref(m.id));
                     tenant.users.insert(
                         id.clone(),
                         MirrorUser {

@@ -60,9 +60,14 @@ pub(super) fn users_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GRe
     if st.x.is_some() {
         return Err(unsupported(req));
     }
-    let mut props = user_select(req, st.s.as_deref())?;
+    // `manager` is selectable in delta rounds only (it comes as `manager@delta`).
+    let (select, manager) = without_manager(st.s.as_deref());
+    let mut props = user_select(req, select.as_deref())?;
     if !props.contains(&UP::Id) {
         props.insert(0, UP::Id);
+    }
+    if manager {
+        props.push(UP::Manager);
     }
     let ids = delta_id_filter(req, st.f.as_deref())?;
     let id_ok = |id: &str| {
@@ -107,6 +112,11 @@ pub(super) fn users_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GRe
                         .copied()
                         .filter(|p| *p == UP::Id || changed.contains(p))
                         .collect();
+                    // As Graph: with $select, a change to a property not selected does not
+                    // make the object appear in the round.
+                    if these.len() == 1 {
+                        continue;
+                    }
                     these.sort();
                     comma(&mut items);
                     write_user(&mut items, &dir, &u, &these, false, None);
@@ -123,6 +133,24 @@ pub(super) fn users_delta(cx: &Ctx<'_>, req: &GReq<'_>, q: &Query) -> Result<GRe
         more = it.peek().is_some();
     }
     delta_page(req, "users", &st, more, &items, prefer, size)
+}
+
+/// A `$select` without `manager`, and whether it named it.
+fn without_manager(select: Option<&str>) -> (Option<String>, bool) {
+    let Some(select) = select else {
+        return (None, false);
+    };
+    let mut manager = false;
+    let rest: Vec<&str> = select
+        .split(',')
+        .map(str::trim)
+        .filter(|p| {
+            let is = p.eq_ignore_ascii_case("manager");
+            manager |= is;
+            !is && !p.is_empty()
+        })
+        .collect();
+    ((!rest.is_empty()).then(|| rest.join(",")), manager)
 }
 
 pub(super) fn write_removed(items: &mut String, id: &str, reason: &str, odata_type: Option<&str>) {
