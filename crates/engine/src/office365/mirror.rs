@@ -375,19 +375,6 @@ impl Tenant {
         member_of
     }
 
-    /// Keeps the mailbox types `old` knew for users whose licence and account state did
-    /// not change (a whole read does not read them again).
-    pub fn keep_purposes(&mut self, old: &Tenant) {
-        for (id, u) in self.users.iter_mut() {
-            if let Some(o) = old.users.get(id)
-                && purpose_inputs(&o.user) == purpose_inputs(&u.user)
-            {
-                u.purpose = o.purpose.clone();
-                u.purpose_at = o.purpose_at;
-            }
-        }
-    }
-
     /// The mirror writes that turn `old` into `self` (a whole read): changed and new
     /// objects, and the ids gone.
     pub fn writes_full(&self, old: &Tenant) -> Result<Writes, serde_json::Error> {
@@ -504,6 +491,15 @@ impl Tenant {
                 examples.join(", ")
             )
         })
+    }
+}
+
+/// Keeps the mailbox type `old` knew of the same user when its licence and account state
+/// are the same.
+pub(super) fn keep_purpose(user: &mut MirrorUser, old: &MirrorUser) {
+    if purpose_inputs(&old.user) == purpose_inputs(&user.user) {
+        user.purpose = old.purpose.clone();
+        user.purpose_at = old.purpose_at;
     }
 }
 

@@ -19,6 +19,61 @@ use crate::source::{Progress, ReadMode, SourceError, SourceRead};
 /// Mailbox-type lookups per round of `$batch` calls (100 batches of 20).
 const PURPOSE_CHUNK: usize = 2000;
 
+/// Mailbox-type lookups started while the users' pages arrive, in groups of this many (ten
+/// `$batch` requests of 20).
+const EARLY_CHUNK: usize = 200;
+
+/// What the lookups made during a whole read did.
+#[derive(Debug, Default)]
+struct Early {
+    /// Mailboxes asked for (counted against the run's budget).
+    asked: usize,
+    /// MailboxSettings.Read is not granted: no more lookups this run.
+    forbidden: bool,
+    failed: usize,
+    notes: Vec<String>,
+}
+
+impl Early {
+    /// Takes the answer of one group of lookups into the users.
+    fn take(
+        &mut self,
+        outcome: Result<usersync_graph::BatchOutcome<Option<String>>, GraphError>,
+        users: &mut HashMap<String, MirrorUser>,
+        failure: &mut Option<GraphError>,
+    ) {
+        match outcome {
+            Ok(outcome) => {
+                let now = unix_now();
+                if let (0, Some(e)) = (self.failed, outcome.errors.values().next()) {
+                    self.notes.push(format!(
+                        "the mailbox type of some users could not be read (for example: {e}); their type was guessed from licence and sign-in state, and is asked again next run"
+                    ));
+                }
+                self.failed += outcome.errors.len();
+                for (id, purpose) in outcome.results {
+                    if let Some(u) = users.get_mut(&id) {
+                        u.purpose = Some(purpose.unwrap_or_default());
+                        u.purpose_at = Some(now);
+                    }
+                }
+            }
+            Err(e) if e.is_forbidden() => self.forbidden = true,
+            Err(e) => {
+                if failure.is_none() {
+                    *failure = Some(e);
+                }
+            }
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Why a run reads the whole tenant rather than what changed.
 struct Whole {
     reason: String,
@@ -121,6 +176,8 @@ impl Office365Source {
         let reconciling = whole.as_ref().is_some_and(|w| w.reconcile);
         let replace = untrusted.is_some();
 
+        // Mailbox types a whole read asks for while its pages still arrive.
+        let mut early = Early::default();
         let (mut tenant, cursor, old, touched, mode) = match (whole, loaded) {
             (None, Some(mut loaded)) => {
                 match self
@@ -145,8 +202,9 @@ impl Office365Source {
                     }
                     Err(e) if matches!(e, GraphError::DeltaExpired { .. }) => {
                         let reason = format!("the delta link was refused ({e})");
-                        let (mut tenant, cursor) = self.read_whole(progress).await?;
-                        tenant.keep_purposes(&loaded.tenant);
+                        let (tenant, cursor) = self
+                            .read_whole(Some(&loaded.tenant), &mut early, progress)
+                            .await?;
                         (
                             tenant,
                             cursor,
@@ -176,15 +234,14 @@ impl Office365Source {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                let (mut tenant, cursor) = self.read_whole(progress).await?;
                 let old = loaded.map(|l| l.tenant);
-                if let Some(old) = &old {
-                    tenant.keep_purposes(old);
-                    if compare {
-                        notes.push(tenant.differences(old).unwrap_or_else(|| {
+                let (tenant, cursor) = self.read_whole(old.as_ref(), &mut early, progress).await?;
+                if let (Some(old), true) = (&old, compare) {
+                    notes.push(
+                        tenant.differences(old).unwrap_or_else(|| {
                             "reconciliation: the mirror matched the tenant".into()
-                        }));
-                    }
+                        }),
+                    );
                 }
                 (
                     tenant,
@@ -201,9 +258,14 @@ impl Office365Source {
         // A reconciliation also reads again the mailbox types read longest ago (a type
         // can change without the account changing, so without a delta saying so).
         let refresh = matches!(&mode, ReadMode::Full { .. }) && reconciling;
-        let typed = self
-            .purposes(&mut tenant, refresh, &mut notes, progress)
-            .await?;
+        notes.append(&mut early.notes);
+        let typed = if early.forbidden {
+            Vec::new()
+        } else {
+            let budget = self.needs.purpose_budget.saturating_sub(early.asked);
+            self.purposes(&mut tenant, refresh, budget, &mut notes, progress)
+                .await?
+        };
         if let Some((users, _)) = touched.as_mut() {
             users.extend(typed);
         }
@@ -229,7 +291,12 @@ impl Office365Source {
 
     /// The whole tenant: users, groups and (when needed) each group's direct members, with
     /// delta links taken first so that nothing changed during the read is missed.
-    async fn read_whole(&self, progress: &dyn Progress) -> Result<(Tenant, Cursor), SourceError> {
+    async fn read_whole(
+        &self,
+        old: Option<&Tenant>,
+        early: &mut Early,
+        progress: &dyn Progress,
+    ) -> Result<(Tenant, Cursor), SourceError> {
         let group_select = self.group_select();
         let (users_link, groups_link) = if self.uses_delta() {
             let user_select = self.user_select();
@@ -242,7 +309,6 @@ impl Office365Source {
             (String::new(), String::new())
         };
         progress.phase("reading users and groups");
-        let report = |n: usize| progress.advance(n);
         // The total, for a bar with the time left: one cheap request beside the pages; a
         // tenant that refuses it ($count needs an advanced query) only gets a spinner.
         let total = async {
@@ -250,44 +316,22 @@ impl Office365Source {
                 progress.total(n);
             }
         };
-        // Users and groups page independently; reading both at once halves the wait.
-        let users = async {
-            if self.needs.managers {
-                // The manager comes inline with each user: no request per user.
-                self.client
-                    .list_users_with_manager(USER_PROPERTIES, &report)
-                    .await
-            } else {
-                self.client.list_users(USER_PROPERTIES, &report).await
-            }
-        };
+        // Users and groups page independently; reading both at once halves the wait. The
+        // users go into the tenant as their pages arrive, and the mailbox types most likely
+        // not `user` are asked meanwhile.
         let (users, groups, ()) = tokio::join!(
-            users,
+            self.stream_users(old, early, progress),
             self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
             total
         );
-        let (mut users, mut groups) = (users?, groups?);
+        let (users, mut groups) = (users?, groups?);
         // A server may repeat an object across pages (Graph does in some paging states);
         // one object is one entry, so keep each id once.
-        dedup_by_id(&mut users, |u| &u.id);
         dedup_by_id(&mut groups, |g| &g.id);
-        let mut tenant = Tenant::default();
-        tenant.users.reserve(users.len());
-        for mut user in users {
-            // The manager's id only, as a delta round gives it.
-            user.manager = user
-                .manager
-                .take()
-                .filter(|m| !m.id.is_empty())
-                .map(|m| super::mirror::manager_ref(m.id));
-            tenant.users.insert(
-                user.id.clone(),
-                MirrorUser {
-                    user,
-                    ..MirrorUser::default()
-                },
-            );
-        }
+        let mut tenant = Tenant {
+            users,
+            ..Tenant::default()
+        };
         let mut members = if self.needs.memberships {
             self.members(groups.iter().map(|g| g.id.clone()).collect(), progress)
                 .await?
@@ -310,6 +354,107 @@ impl Office365Source {
             managers: self.needs.managers,
         };
         Ok((tenant, cursor))
+    }
+
+    /// Every user, page by page: each goes into the map as its page arrives (its mailbox
+    /// type kept from `old` when its licence and account state are the same), and the
+    /// disabled or unlicensed mailboxes whose type is unknown (the likeliest shared, room
+    /// and equipment mailboxes) are asked for it while later pages still load, within the
+    /// budget. A user repeated across pages is kept once.
+    async fn stream_users(
+        &self,
+        old: Option<&Tenant>,
+        early: &mut Early,
+        progress: &dyn Progress,
+    ) -> Result<HashMap<String, MirrorUser>, SourceError> {
+        let (pages_tx, mut pages_rx) =
+            tokio::sync::mpsc::unbounded_channel::<Vec<usersync_graph::User>>();
+        let reader = async move {
+            let sent = self
+                .client
+                .each_user_page(USER_PROPERTIES, self.needs.managers, |page| {
+                    let _ = pages_tx.send(page);
+                })
+                .await;
+            drop(pages_tx);
+            sent
+        };
+        let budget = self.needs.purpose_budget;
+        let consumer = async {
+            let mut users: HashMap<String, MirrorUser> = HashMap::new();
+            let mut queue: Vec<String> = Vec::new();
+            let mut asking = stream::FuturesUnordered::new();
+            let mut failure: Option<GraphError> = None;
+            let launch = |ids: Vec<String>| {
+                let client = self.client.clone();
+                async move { client.mailbox_purposes(&ids, &|_| {}).await }
+            };
+            let mut pages_done = false;
+            loop {
+                tokio::select! {
+                    page = pages_rx.recv(), if !pages_done => {
+                        let Some(page) = page else {
+                            pages_done = true;
+                            // The last lookups, fewer than a group.
+                            if !queue.is_empty() {
+                                asking.push(launch(std::mem::take(&mut queue)));
+                            }
+                            continue;
+                        };
+                        for mut user in page {
+                            if users.contains_key(&user.id) {
+                                continue;
+                            }
+                            // The manager's id only, as a delta round gives it.
+                            user.manager = user
+                                .manager
+                                .take()
+                                .filter(|m| !m.id.is_empty())
+                                .map(|m| super::mirror::manager_ref(m.id));
+                            let mut mirrored = MirrorUser {
+                                user,
+                                ..MirrorUser::default()
+                            };
+                            if let Some(o) = old.and_then(|o| o.users.get(&mirrored.user.id)) {
+                                super::mirror::keep_purpose(&mut mirrored, o);
+                            }
+                            let u = &mirrored.user;
+                            let likely_not_user = u.account_enabled == Some(false)
+                                || u.assigned_licenses.is_empty();
+                            if mirrored.purpose.is_none()
+                                && (u.mail.is_some() || !u.proxy_addresses.is_empty())
+                                && likely_not_user
+                                && early.asked < budget
+                                && !early.forbidden
+                            {
+                                queue.push(u.id.clone());
+                                early.asked += 1;
+                            }
+                            users.insert(mirrored.user.id.clone(), mirrored);
+                        }
+                        progress.advance(users.len());
+                        while queue.len() >= EARLY_CHUNK {
+                            let ids: Vec<String> = queue.drain(..EARLY_CHUNK).collect();
+                            asking.push(launch(ids));
+                        }
+                    }
+                    Some(outcome) = asking.next(), if !asking.is_empty() => {
+                        early.take(outcome, &mut users, &mut failure);
+                    }
+                    else => break,
+                }
+            }
+            (users, failure)
+        };
+        let (read, (users, failure)) = tokio::join!(reader, consumer);
+        read?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        if early.forbidden {
+            self.purposes_forbidden(&mut early.notes);
+        }
+        Ok(users)
     }
 
     /// Each group's direct members (users and nested groups), several groups at a time.
@@ -445,6 +590,7 @@ impl Office365Source {
         &self,
         tenant: &mut Tenant,
         refresh: bool,
+        budget: usize,
         notes: &mut Vec<String>,
         progress: &dyn Progress,
     ) -> Result<Vec<String>, SourceError> {
@@ -461,7 +607,6 @@ impl Office365Source {
             .collect();
         // Disabled or unlicensed first, then by id so that runs go through the rest in turn.
         wanted.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-        let budget = self.needs.purpose_budget;
         let left = wanted.len().saturating_sub(budget);
         let mut ids: Vec<String> = wanted
             .into_iter()
@@ -485,17 +630,16 @@ impl Office365Source {
         }
         if left > 0 {
             notes.push(format!(
-                "the mailbox types of {left} mailboxes are not read yet (purpose_budget={budget} a run); \
-                 the next runs read them, and until then their type is guessed from licence and sign-in"
+                "the mailbox types of {left} mailboxes are not read yet (purpose_budget={} a run); \
+                 the next runs read them, and until then their type is guessed from licence and sign-in",
+                self.needs.purpose_budget
             ));
         }
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         progress.phase("reading mailbox types");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = unix_now();
         let mut read = Vec::with_capacity(ids.len());
         let mut failed = 0usize;
         let mut example = None;

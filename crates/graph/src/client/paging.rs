@@ -60,8 +60,26 @@ impl GraphClient {
         progress: Progress<'_>,
         headers: &[(&'static str, &'static str)],
     ) -> Result<(Vec<T>, Option<String>), GraphError> {
-        let mut url = start;
         let mut items: Vec<T> = Vec::new();
+        let link = self
+            .for_each_page(start, headers, |page: Vec<T>| {
+                items.extend(page);
+                progress(items.len());
+            })
+            .await?;
+        Ok((items, link))
+    }
+
+    /// Reads every page from `start`, handing each page's objects to `each` as it
+    /// arrives (so that work on a page can start while later pages load); returns the
+    /// `@odata.deltaLink` of the last page, if any.
+    pub(super) async fn for_each_page<T: DeserializeOwned>(
+        &self,
+        start: Url,
+        headers: &[(&'static str, &'static str)],
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<Option<String>, GraphError> {
+        let mut url = start;
         let mut seen: HashSet<String> = HashSet::new();
         seen.insert(url.to_string());
         let mut pages = 0usize;
@@ -75,9 +93,8 @@ impl GraphClient {
                 detail: "the page has no \"value\" array".into(),
             })?;
             pages += 1;
-            items.extend(value);
-            progress(items.len());
-            debug!(url = %url_without_query(&url), page = pages, items = items.len(), "page read");
+            debug!(url = %url_without_query(&url), page = pages, items = value.len(), "page read");
+            each(value);
             match page.next_link {
                 Some(next) => {
                     let next_url = url.join(&next).map_err(|e| GraphError::Malformed {
@@ -93,7 +110,7 @@ impl GraphClient {
                     }
                     url = next_url;
                 }
-                None => return Ok((items, page.delta_link)),
+                None => return Ok(page.delta_link),
             }
         }
     }

@@ -35,6 +35,23 @@ impl GraphClient {
         .await
     }
 
+    /// Every user, a page at a time: `each` gets each page's users as it arrives (with
+    /// `with_manager`, each user's manager id inline, as [`GraphClient::list_users_with_manager`]).
+    pub async fn each_user_page(
+        &self,
+        select: &[&str],
+        with_manager: bool,
+        each: impl FnMut(Vec<User>),
+    ) -> Result<(), GraphError> {
+        let extra = if with_manager {
+            "&$expand=manager($select=id)"
+        } else {
+            ""
+        };
+        let url = self.v1_url(&users_path(select, extra))?;
+        self.for_each_page(url, &[], each).await.map(|_| ())
+    }
+
     /// All groups: `GET /v1.0/groups?$select=..&$top=999`, every page.
     /// An empty `select` means [`GROUP_PROPERTIES`].
     pub async fn list_groups(
