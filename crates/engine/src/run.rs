@@ -22,7 +22,9 @@ use crate::{EngineError, error_text};
 /// How the engine talks to sources and keeps its runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Requests in flight at once per tenant.
+    /// Requests in flight at once per tenant: pages of users and groups, member lists and
+    /// `$batch` lookups share them (Graph's per-mailbox limit of 4 concurrent requests
+    /// concerns one mailbox; a `$batch` asks about 20 different ones).
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
     /// How often a running run renews its lease (and tells it still works on it).
@@ -38,7 +40,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            max_in_flight: 4,
+            max_in_flight: 8,
             retry: RetryPolicy::default(),
             heartbeat_every: Duration::from_secs(15),
             lease: DEFAULT_LEASE,
