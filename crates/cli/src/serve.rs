@@ -117,7 +117,7 @@ async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (--listen)"))?;
         let address = listener.local_addr()?;
-        let inbox = Arc::new(Inbox::default());
+        let inbox = Arc::new(Inbox::new(usersync_engine::DEBOUNCE, options.timing));
         let public_url = match options.public_url {
             Some(url) => url,
             None => url::Url::parse(&format!("http://{address}"))?,

@@ -355,6 +355,27 @@ async fn notifications_bring_a_tenant_change_through_serve(database: String) {
             now.len() == 2 && now.iter().all(|s| s.0 != users_sub.0)
         },
     );
+    // Graph asks for reauthorization: taken (its clientState checked) and renewed.
+    let accepted = |serve: &Service| -> u64 {
+        let (_, metrics) = serve.get("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("usersync_notifications_accepted_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = accepted(&serve);
+    let renewed_sub = sim
+        .subscriptions()
+        .into_iter()
+        .find(|s| s.1 == "users")
+        .unwrap();
+    sim.lifecycle_event(&renewed_sub.0, "reauthorizationRequired")
+        .await
+        .unwrap();
+    eventually("reauthorization is taken", Duration::from_secs(30), || {
+        accepted(&serve) > before
+    });
     // A missed notification queues a run.
     let groups_sub = sim
         .subscriptions()

@@ -34,24 +34,27 @@ pub const NOTIFICATION_PATH: &str = "/graph/notifications";
 /// Path of the lifecycle notification URL under the public URL.
 pub const LIFECYCLE_PATH: &str = "/graph/lifecycle";
 
-/// Sources notified and not yet queued, each with when its run is due (the debounce).
+/// Sources notified and not yet queued, each with when its run is due (the debounce);
+/// and how long a subscription renewed on Graph's request is asked for.
 #[derive(Debug)]
 pub struct Inbox {
     pending: Mutex<HashMap<i64, Instant>>,
     debounce: Duration,
+    timing: SubscriptionTiming,
 }
 
 impl Default for Inbox {
     fn default() -> Self {
-        Inbox::new(DEBOUNCE)
+        Inbox::new(DEBOUNCE, SubscriptionTiming::default())
     }
 }
 
 impl Inbox {
-    pub fn new(debounce: Duration) -> Inbox {
+    pub fn new(debounce: Duration, timing: SubscriptionTiming) -> Inbox {
         Inbox {
             pending: Mutex::new(HashMap::new()),
             debounce,
+            timing,
         }
     }
 
@@ -416,19 +419,17 @@ impl Engine {
                 "reauthorizationRequired" => {
                     let source = self.store.source(sub.source_id).await?;
                     let (client, _) = self.office365(&source).await?;
+                    let lifetime = inbox.timing.lifetime;
                     client
                         .client()
-                        .renew_subscription(&sub.subscription_id, &expiry(SUBSCRIPTION_LIFETIME))
+                        .renew_subscription(&sub.subscription_id, &expiry(lifetime))
                         .await
                         .map_err(|error| EngineError::Tenant {
                             what: "renewing a subscription",
                             error: Box::new(error),
                         })?;
                     self.store
-                        .renew_subscription(
-                            &sub.subscription_id,
-                            SUBSCRIPTION_LIFETIME.as_secs() as i64,
-                        )
+                        .renew_subscription(&sub.subscription_id, lifetime.as_secs() as i64)
                         .await?;
                 }
                 "subscriptionRemoved" => {
