@@ -178,6 +178,16 @@ pub(super) fn manager_ref(id: String) -> usersync_graph::DirectoryObject {
     }
 }
 
+/// Keeps only the id of a user's expanded manager, as a delta round gives it (so that the
+/// same manager compares equal whichever way it was read).
+pub(super) fn keep_manager_id(user: &mut User) {
+    user.manager = user
+        .manager
+        .take()
+        .filter(|m| !m.id.is_empty())
+        .map(|m| manager_ref(m.id));
+}
+
 /// `manager@delta` of a users delta entry: `Some(None)` when the manager was removed,
 /// `Some(Some(id))` when it is someone, `None` when the entry does not say.
 fn manager_change(

@@ -405,12 +405,7 @@ impl Office365Source {
                             if users.contains_key(&user.id) {
                                 continue;
                             }
-                            // The manager's id only, as a delta round gives it.
-                            user.manager = user
-                                .manager
-                                .take()
-                                .filter(|m| !m.id.is_empty())
-                                .map(|m| super::mirror::manager_ref(m.id));
+                            super::mirror::keep_manager_id(&mut user);
                             let mut mirrored = MirrorUser {
                                 user,
                                 ..MirrorUser::default()
@@ -533,11 +528,7 @@ impl Office365Source {
                 Ok(raw) => {
                     let mut user: usersync_graph::User =
                         serde_json::from_value(Value::Object(raw)).map_err(corrupt)?;
-                    user.manager = user
-                        .manager
-                        .take()
-                        .filter(|m| !m.id.is_empty())
-                        .map(|m| super::mirror::manager_ref(m.id));
+                    super::mirror::keep_manager_id(&mut user);
                     tenant.users.insert(
                         id.clone(),
                         MirrorUser {
