@@ -136,8 +136,12 @@ impl Store {
             None => database::ensure_postgres_database(&target).await?,
         }
         let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128);
+        // A page cache of up to 32 MB per connection (the default is 2 MB): a first sync's
+        // transaction then stays in memory until its commit instead of spilling pages to
+        // the WAL as it goes (a fifth of the time of writing 100,000 users, measured).
         let setup = format!(
-            "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {busy_ms};"
+            "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {busy_ms}; \
+             PRAGMA cache_size = -32768;"
         );
         let connect = AnyConnectOptions::from_str(&target.connect_url)
             .map_err(|e| StoreError::BadUrl {

@@ -176,7 +176,10 @@ pub(crate) async fn write_mirror(
         }
         query.execute(&mut **tx).await?;
     }
-    for chunk in write.upserts.chunks(ROWS) {
+    // In key order: each insert lands beside the last (a first sync writes every object).
+    let mut upserts: Vec<&MirrorObject> = write.upserts.iter().collect();
+    upserts.sort_unstable_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
+    for chunk in upserts.chunks(ROWS) {
         let sql = format!(
             "INSERT INTO mirror_objects (source_id, kind, object_id, data) VALUES {} \
              ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data",

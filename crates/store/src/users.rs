@@ -445,7 +445,10 @@ impl Store {
             Backend::Sqlite => CHUNK,
             Backend::Postgres => PG_CHUNK,
         };
-        for chunk in plan.add.chunks(chunk_rows) {
+        // In address order: each insert lands beside the last in the index of addresses.
+        let mut adds: Vec<&DirectoryUser> = plan.add.iter().collect();
+        adds.sort_unstable_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
+        for chunk in adds.chunks(chunk_rows) {
             let sql = format!(
                 "INSERT INTO users (customer_id, address, display_name, given_name, surname, \
                  mailbox_type, billable, group_id, source_id, source_object_id, status, \
