@@ -19,6 +19,12 @@ use clap::{Args, Parser, Subcommand};
 use usersync_core::EmailMethod;
 use usersync_store::{DEFAULT_DATABASE_URL, KeySource, RunStatus, Store, StoreOptions};
 
+/// A sync makes and drops millions of small strings (a page's users, the plan, the rows
+/// bound to statements): glibc's allocator spent a fifth of a first sync's main thread
+/// merging freed chunks; mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keeps an email-security console's users in step with Microsoft 365 tenants.
 #[derive(Debug, Parser)]
 #[command(name = "usersync", version, about, max_term_width = 100)]
