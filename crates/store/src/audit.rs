@@ -7,7 +7,8 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Backend, Store, StoreError, now, query_dyn, values_clause};
+use crate::bulk::{Bulk, Cell};
+use crate::{Backend, Store, StoreError, now, query_dyn};
 
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,23 +91,34 @@ pub(crate) async fn record(
     }
     let stamp = now();
     let text = |v: &Option<Value>| v.as_ref().map(Value::to_string);
-    for chunk in changes.chunks(500) {
-        let sql = format!(
-            "INSERT INTO audit_log (at, customer_id, actor, run_id, action, object, before, after) VALUES {}",
-            values_clause(backend, chunk.len(), 8)
-        );
-        let mut query = query_dyn(&sql);
-        for c in chunk {
-            query = query
-                .bind(stamp.clone())
-                .bind(c.customer_id)
-                .bind(by.actor.to_string())
-                .bind(by.run_id)
-                .bind(c.action)
-                .bind(c.object.clone())
-                .bind(text(&c.before))
-                .bind(text(&c.after));
-        }
+    let entries = Bulk {
+        backend,
+        table: "audit_log",
+        columns: &[
+            "at",
+            "customer_id",
+            "actor",
+            "run_id",
+            "action",
+            "object",
+            "before",
+            "after",
+        ],
+        tail: "",
+    };
+    for chunk in changes.chunks(entries.rows_per_statement()) {
+        let query = entries.query(chunk.iter().map(|c| {
+            vec![
+                Cell::from(stamp.as_str()),
+                Cell::from(c.customer_id),
+                Cell::from(by.actor),
+                Cell::from(by.run_id),
+                Cell::from(c.action),
+                Cell::from(c.object.as_str()),
+                Cell::Owned(text(&c.before)),
+                Cell::Owned(text(&c.after)),
+            ]
+        }));
         query.execute(&mut **tx).await?;
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! one write lock instead of failing when another committed first.
 
 mod audit;
+mod bulk;
 mod crypto;
 mod customers;
 mod database;

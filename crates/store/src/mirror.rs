@@ -6,7 +6,8 @@
 
 use sqlx::Row;
 
-use crate::{Backend, Store, StoreError, now, query_dyn, values_clause};
+use crate::bulk::{Bulk, Cell};
+use crate::{Backend, Store, StoreError, now, query_dyn};
 
 /// One mirrored object: a user or a group of the source, as the source's JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,21 +180,24 @@ pub(crate) async fn write_mirror(
     // In key order: each insert lands beside the last (a first sync writes every object).
     let mut upserts: Vec<&MirrorObject> = write.upserts.iter().collect();
     upserts.sort_unstable_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
-    for chunk in upserts.chunks(ROWS) {
-        let sql = format!(
-            "INSERT INTO mirror_objects (source_id, kind, object_id, data) VALUES {} \
-             ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data",
-            values_clause(backend, chunk.len(), 4)
-        );
-        let mut query = query_dyn(&sql);
-        for o in chunk {
-            query = query
-                .bind(write.source_id)
-                .bind(o.kind.as_str())
-                .bind(o.id.as_str())
-                .bind(o.data.as_str());
-        }
-        query.execute(&mut **tx).await?;
+    let objects = Bulk {
+        backend,
+        table: "mirror_objects",
+        columns: &["source_id", "kind", "object_id", "data"],
+        tail: "ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data",
+    };
+    for chunk in upserts.chunks(objects.rows_per_statement()) {
+        objects
+            .query(chunk.iter().map(|o| {
+                vec![
+                    Cell::from(write.source_id),
+                    Cell::from(o.kind.as_str()),
+                    Cell::from(o.id.as_str()),
+                    Cell::from(o.data.as_str()),
+                ]
+            }))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

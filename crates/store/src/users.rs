@@ -8,15 +8,12 @@ use sqlx::any::AnyRow;
 use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 
 use crate::audit::{By, Change, record};
+use crate::bulk::{Bulk, Cell};
 use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
-use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn, values_clause};
+use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
 
-/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's parameter limits.
+/// Ids per statement that names users by id (`IN (…)`).
 const CHUNK: usize = 400;
-
-/// Rows per multi-row INSERT on PostgreSQL, where each statement costs a round trip and a
-/// plan: 4,000 rows of 15 columns stay under its 65,535 parameters.
-const PG_CHUNK: usize = 4000;
 
 /// What applying a plan changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -441,43 +438,55 @@ impl Store {
 
         // Adds, many rows per statement: a first sync of 100,000 users is the common case.
         let mut new_aliases: Vec<(i64, &EmailAddress)> = Vec::new();
-        let chunk_rows = match self.backend {
-            Backend::Sqlite => CHUNK,
-            Backend::Postgres => PG_CHUNK,
-        };
         // In address order: each insert lands beside the last in the index of addresses.
         let mut adds: Vec<&DirectoryUser> = plan.add.iter().collect();
         adds.sort_unstable_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
-        for chunk in adds.chunks(chunk_rows) {
-            let sql = format!(
-                "INSERT INTO users (customer_id, address, display_name, given_name, surname, \
-                 mailbox_type, billable, group_id, source_id, source_object_id, status, \
-                 created_at, updated_at, manager, services) VALUES {} RETURNING id, address",
-                values_clause(self.backend, chunk.len(), 15)
-            );
-            let mut query = query_dyn(&sql);
-            for u in chunk {
-                query = query
-                    .bind(customer_id)
-                    .bind(u.address.as_str())
-                    .bind(&u.display_name)
-                    .bind(u.given_name.as_deref())
-                    .bind(u.surname.as_deref())
-                    .bind(u.mailbox_type.as_str())
-                    .bind(i64::from(u.billable))
-                    .bind(group_id(&u.group))
-                    .bind(u.source_id)
-                    .bind(u.source_object_id.as_deref())
-                    .bind(UserStatus::Active.as_str())
-                    .bind(&stamp)
-                    .bind(&stamp)
-                    .bind(u.manager.as_ref().map(|m| m.to_string()))
-                    .bind(
+        let users = Bulk {
+            backend: self.backend,
+            table: "users",
+            columns: &[
+                "customer_id",
+                "address",
+                "display_name",
+                "given_name",
+                "surname",
+                "mailbox_type",
+                "billable",
+                "group_id",
+                "source_id",
+                "source_object_id",
+                "status",
+                "created_at",
+                "updated_at",
+                "manager",
+                "services",
+            ],
+            tail: "RETURNING id, address",
+        };
+        for chunk in adds.chunks(users.rows_per_statement()) {
+            let query = users.query(chunk.iter().map(|u| {
+                vec![
+                    Cell::from(customer_id),
+                    Cell::from(u.address.as_str()),
+                    Cell::from(u.display_name.as_str()),
+                    Cell::from(u.given_name.as_deref()),
+                    Cell::from(u.surname.as_deref()),
+                    Cell::from(u.mailbox_type.as_str()),
+                    Cell::from(i64::from(u.billable)),
+                    Cell::from(group_id(&u.group)),
+                    Cell::from(u.source_id),
+                    Cell::from(u.source_object_id.as_deref()),
+                    Cell::from(UserStatus::Active.as_str()),
+                    Cell::from(stamp.as_str()),
+                    Cell::from(stamp.as_str()),
+                    Cell::Owned(u.manager.as_ref().map(|m| m.to_string())),
+                    Cell::Owned(
                         u.services
                             .as_ref()
                             .and_then(|v| serde_json::to_string(v).ok()),
-                    );
-            }
+                    ),
+                ]
+            }));
             let rows = query.fetch_all(&mut *tx).await.map_err(|e| {
                 if StoreError::is_unique_violation(&e) {
                     StoreError::Conflict(
@@ -575,16 +584,21 @@ impl Store {
             }
         }
         lap("updated");
-        for chunk in new_aliases.chunks(chunk_rows) {
-            let sql = format!(
-                "INSERT INTO user_aliases (user_id, address) VALUES {}",
-                values_clause(self.backend, chunk.len(), 2)
-            );
-            let mut query = query_dyn(&sql);
-            for (id, address) in chunk {
-                query = query.bind(*id).bind(address.as_str());
-            }
-            query.execute(&mut *tx).await?;
+        let aliases = Bulk {
+            backend: self.backend,
+            table: "user_aliases",
+            columns: &["user_id", "address"],
+            tail: "",
+        };
+        for chunk in new_aliases.chunks(aliases.rows_per_statement()) {
+            aliases
+                .query(
+                    chunk
+                        .iter()
+                        .map(|(id, address)| vec![Cell::from(*id), Cell::from(address.as_str())]),
+                )
+                .execute(&mut *tx)
+                .await?;
         }
 
         lap("aliases");
@@ -916,7 +930,7 @@ fn json_of(v: &usersync_core::plan::FieldValue) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::{Backend, values_clause};
 
     #[test]
     fn values_clause_numbers_parameters_row_by_row() {

@@ -269,6 +269,7 @@ impl Office365Source {
         if let Some((users, _)) = touched.as_mut() {
             users.extend(typed);
         }
+        let writing = std::time::Instant::now();
         let writes = match &touched {
             Some((users, groups)) => tenant.writes_touched(users, groups),
             None => tenant.writes_full(old.as_ref().unwrap_or(&Tenant::default())),
@@ -277,7 +278,13 @@ impl Office365Source {
         drop(old);
         let full = matches!(mode, ReadMode::Full { .. });
         let mirror = super::mirror::write(self.source_id, base, &cursor, full, replace, writes);
+        let written_ms = writing.elapsed().as_millis() as u64;
         let snapshot = snapshot(tenant, domains);
+        tracing::debug!(
+            mirror_ms = written_ms,
+            snapshot_ms = writing.elapsed().as_millis() as u64 - written_ms,
+            "mirror writes and snapshot made"
+        );
         let stats = self.client.stats();
         Ok(SourceRead {
             snapshot,
@@ -380,6 +387,7 @@ impl Office365Source {
             sent
         };
         let budget = self.needs.purpose_budget;
+        let started = std::time::Instant::now();
         let consumer = async {
             let mut users: HashMap<String, MirrorUser> = HashMap::new();
             let mut queue: Vec<String> = Vec::new();
@@ -395,6 +403,12 @@ impl Office365Source {
                     page = pages_rx.recv(), if !pages_done => {
                         let Some(page) = page else {
                             pages_done = true;
+                            tracing::debug!(
+                                users = users.len(),
+                                ms = started.elapsed().as_millis() as u64,
+                                lookups_left = asking.len(),
+                                "user pages read"
+                            );
                             // The last lookups, fewer than a group.
                             if !queue.is_empty() {
                                 asking.push(launch(std::mem::take(&mut queue)));
@@ -442,6 +456,11 @@ impl Office365Source {
             (users, failure)
         };
         let (read, (users, failure)) = tokio::join!(reader, consumer);
+        tracing::debug!(
+            asked = early.asked,
+            ms = started.elapsed().as_millis() as u64,
+            "users read, early mailbox types asked"
+        );
         read?;
         if let Some(e) = failure {
             return Err(e.into());
