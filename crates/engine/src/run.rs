@@ -24,7 +24,9 @@ use crate::{EngineError, error_text};
 pub struct EngineOptions {
     /// Requests in flight at once per tenant: pages of users and groups, member lists and
     /// `$batch` lookups share them (Graph's per-mailbox limit of 4 concurrent requests
-    /// concerns one mailbox; a `$batch` asks about 20 different ones).
+    /// concerns one mailbox; a `$batch` asks about 20 different ones). 16: a first sync's
+    /// 1,000 `$batch` lookups (20,000 mailbox types) then fit beside the user pages of a
+    /// tenant 100 ms away (at 8 they took 12.5 s, longer than its 101 pages).
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
     /// How often a running run renews its lease (and tells it still works on it).
@@ -40,7 +42,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            max_in_flight: 8,
+            max_in_flight: 16,
             retry: RetryPolicy::default(),
             heartbeat_every: Duration::from_secs(15),
             lease: DEFAULT_LEASE,

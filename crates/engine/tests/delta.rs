@@ -497,6 +497,75 @@ async fn managers_follow_through_delta_rounds(url: String) {
     w.close().await;
 }
 
+/// Watches a whole read: at each page of users, how many mailbox types the tenant was
+/// already asked for.
+struct Watch<'a> {
+    sim: &'a usersync_sim::Simulator,
+    samples: std::sync::Mutex<Vec<(usize, u64)>>,
+}
+
+impl usersync_engine::Progress for Watch<'_> {
+    fn phase(&self, _name: &str) {}
+    fn advance(&self, count: usize) {
+        let asked = self.sim.stats().batch_subrequests;
+        self.samples.lock().unwrap().push((count, asked));
+    }
+}
+
+/// A tenant within the budget: every mailbox's type is asked while later pages still
+/// arrive (not only the disabled and unlicensed ones), so none waits for the last page.
+#[tokio::test]
+async fn mailbox_types_within_the_budget_are_asked_while_pages_still_arrive() {
+    let w = world(
+        usersync_store::testing::fresh_sqlite_url(),
+        SimConfig {
+            users: 1000,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.sim.set_page_size_cap(Some(100));
+    w.sim.set_latency(std::time::Duration::from_millis(20));
+    let watch = Watch {
+        sim: &w.sim,
+        samples: Default::default(),
+    };
+    let first = w.engine.sync(w.source, &watch).await.unwrap();
+    assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+    assert!(
+        !first.stats.notes.iter().any(|n| n.contains("not read yet")),
+        "{:?}",
+        first.stats.notes
+    );
+    let samples = watch.samples.into_inner().unwrap();
+    let mailboxes = w
+        .sim
+        .tenant()
+        .users()
+        .iter()
+        .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
+        .count() as u64;
+    let likely = w
+        .sim
+        .tenant()
+        .users()
+        .iter()
+        .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
+        .filter(|u| !u.account_enabled || u.assigned_licenses.is_empty())
+        .count() as u64;
+    // By the last page, the tenant had been asked about more mailboxes than the disabled
+    // and unlicensed ones: the others went early too.
+    let (_, at_last_page) = *samples
+        .iter()
+        .find(|(users, _)| *users == 1000)
+        .expect("a sample at the last page");
+    assert!(
+        at_last_page > likely && at_last_page >= mailboxes / 2,
+        "asked {at_last_page} of {mailboxes} mailboxes ({likely} disabled or unlicensed) by the last page: {samples:?}"
+    );
+    w.close().await;
+}
+
 on_both_backends!(
     managers_follow_through_delta_rounds,
     an_untrusted_mirror_is_read_whole_and_written_anew,

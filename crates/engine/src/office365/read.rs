@@ -3,6 +3,7 @@
 //! write that goes with the plan.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::{Map, Value};
@@ -318,16 +319,18 @@ impl Office365Source {
         progress.phase("reading users and groups");
         // The total, for a bar with the time left: one cheap request beside the pages; a
         // tenant that refuses it ($count needs an advanced query) only gets a spinner.
+        let counted = AtomicUsize::new(usize::MAX);
         let total = async {
             if let Ok(n) = self.client.count_users().await {
                 progress.total(n);
+                counted.store(n as usize, Ordering::Relaxed);
             }
         };
         // Users and groups page independently; reading both at once halves the wait. The
         // users go into the tenant as their pages arrive, and the mailbox types most likely
         // not `user` are asked meanwhile.
         let (users, groups, ()) = tokio::join!(
-            self.stream_users(old, early, progress),
+            self.stream_users(old, early, &counted, progress),
             self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
             total
         );
@@ -368,10 +371,18 @@ impl Office365Source {
     /// disabled or unlicensed mailboxes whose type is unknown (the likeliest shared, room
     /// and equipment mailboxes) are asked for it while later pages still load, within the
     /// budget. A user repeated across pages is kept once.
+    ///
+    /// The other mailboxes whose type is unknown are asked early too, as far as the budget
+    /// has room beside the disabled and unlicensed ones still to come: once `$count` has
+    /// answered (`counted`), that many are expected in the pages left, at the rate seen so
+    /// far with a margin. (A tenant far away then waits for none of these after its last
+    /// page; if the estimate falls short, the last disabled or unlicensed ones wait for the
+    /// next run.)
     async fn stream_users(
         &self,
         old: Option<&Tenant>,
         early: &mut Early,
+        counted: &AtomicUsize,
         progress: &dyn Progress,
     ) -> Result<HashMap<String, MirrorUser>, SourceError> {
         let (pages_tx, mut pages_rx) =
@@ -391,6 +402,10 @@ impl Office365Source {
         let consumer = async {
             let mut users: HashMap<String, MirrorUser> = HashMap::new();
             let mut queue: Vec<String> = Vec::new();
+            // Mailboxes of unknown type not likely other than `user`, not asked yet; and
+            // how many likely ones the pages so far held.
+            let mut others: Vec<String> = Vec::new();
+            let mut likely_seen = 0usize;
             let mut asking = stream::FuturesUnordered::new();
             let mut failure: Option<GraphError> = None;
             let launch = |ids: Vec<String>| {
@@ -430,18 +445,31 @@ impl Office365Source {
                             let u = &mirrored.user;
                             let likely_not_user = u.account_enabled == Some(false)
                                 || u.assigned_licenses.is_empty();
-                            if mirrored.purpose.is_none()
-                                && (u.mail.is_some() || !u.proxy_addresses.is_empty())
-                                && likely_not_user
-                                && early.asked < budget
-                                && !early.forbidden
-                            {
-                                queue.push(u.id.clone());
-                                early.asked += 1;
+                            let unknown = mirrored.purpose.is_none()
+                                && (u.mail.is_some() || !u.proxy_addresses.is_empty());
+                            if unknown && likely_not_user {
+                                likely_seen += 1;
+                                if early.asked < budget && !early.forbidden {
+                                    queue.push(u.id.clone());
+                                    early.asked += 1;
+                                }
+                            } else if unknown {
+                                others.push(u.id.clone());
                             }
                             users.insert(mirrored.user.id.clone(), mirrored);
                         }
                         progress.advance(users.len());
+                        let total = counted.load(Ordering::Relaxed);
+                        if total != usize::MAX && !early.forbidden && !others.is_empty() {
+                            let left = total.saturating_sub(users.len());
+                            // The likely ones expected in the pages left, a quarter more.
+                            let expected = (likely_seen * left).div_ceil(users.len().max(1));
+                            let reserve = expected + expected / 4 + EARLY_CHUNK;
+                            let room = budget.saturating_sub(early.asked + reserve);
+                            let take = room.min(others.len());
+                            queue.extend(others.drain(..take));
+                            early.asked += take;
+                        }
                         while queue.len() >= EARLY_CHUNK {
                             let ids: Vec<String> = queue.drain(..EARLY_CHUNK).collect();
                             asking.push(launch(ids));
