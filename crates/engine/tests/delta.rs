@@ -566,6 +566,49 @@ async fn mailbox_types_within_the_budget_are_asked_while_pages_still_arrive() {
     w.close().await;
 }
 
+/// A tenant beyond the budget: the budget goes on lookups made while the pages arrive,
+/// and the run still says how many types are left for the next runs.
+#[tokio::test]
+async fn a_budget_spent_while_pages_arrive_still_says_what_is_left() {
+    let w = world(
+        usersync_store::testing::fresh_sqlite_url(),
+        SimConfig {
+            users: 2000,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.sim.set_page_size_cap(Some(200));
+    w.set(&["purpose_budget=100"]).await;
+    let mailboxes = w
+        .sim
+        .tenant()
+        .users()
+        .iter()
+        .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
+        .count();
+    for run in 1..=2 {
+        w.sim.reset_stats();
+        let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        assert_eq!(
+            w.sim.stats().batch_subrequests,
+            100,
+            "run {run} asks its budget"
+        );
+        let left = format!(
+            "the mailbox types of {} mailboxes are not read yet",
+            mailboxes - 100 * run
+        );
+        assert!(
+            outcome.stats.notes.iter().any(|n| n.contains(&left)),
+            "run {run}: {:?}",
+            outcome.stats.notes
+        );
+    }
+    w.close().await;
+}
+
 on_both_backends!(
     managers_follow_through_delta_rounds,
     an_untrusted_mirror_is_read_whole_and_written_anew,
