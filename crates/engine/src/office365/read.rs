@@ -20,9 +20,9 @@ use crate::source::{Progress, ReadMode, SourceError, SourceRead};
 /// Mailbox-type lookups per round of `$batch` calls (100 batches of 20).
 const PURPOSE_CHUNK: usize = 2000;
 
-/// Mailbox-type lookups started while the users' pages arrive, in groups of this many (ten
+/// Mailbox-type lookups started while the users' pages arrive, in groups of this many (two
 /// `$batch` requests of 20).
-const EARLY_CHUNK: usize = 200;
+const EARLY_CHUNK: usize = 40;
 
 /// What the lookups made during a whole read did.
 #[derive(Debug, Default)]
@@ -327,8 +327,8 @@ impl Office365Source {
             }
         };
         // Users and groups page independently; reading both at once halves the wait. The
-        // users go into the tenant as their pages arrive, and the mailbox types most likely
-        // not `user` are asked meanwhile.
+        // users go into the tenant as their pages arrive, and mailbox types are asked
+        // meanwhile (see `stream_users`).
         let (users, groups, ()) = tokio::join!(
             self.stream_users(old, early, &counted, progress),
             self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
@@ -402,11 +402,18 @@ impl Office365Source {
         let consumer = async {
             let mut users: HashMap<String, MirrorUser> = HashMap::new();
             let mut queue: Vec<String> = Vec::new();
-            // Mailboxes of unknown type not likely other than `user`, not asked yet; and
-            // how many likely ones the pages so far held.
+            // Enabled, licensed mailboxes (likely of type `user`) whose type is unknown and
+            // not asked yet; and how many disabled or unlicensed ones the pages so far held.
             let mut others: Vec<String> = Vec::new();
             let mut likely_seen = 0usize;
             let mut asking = stream::FuturesUnordered::new();
+            // Groups of lookups waiting for a slot: the lookups leave two requests in
+            // flight to the pages (a page queued behind lookups delays every page after it:
+            // 100 ms away, a fifth more time for the pages).
+            let mut waiting: std::collections::VecDeque<Vec<String>> = Default::default();
+            let slots = (self.client.config().max_in_flight.saturating_sub(2)
+                / EARLY_CHUNK.div_ceil(usersync_graph::BATCH_SIZE))
+            .max(1);
             let mut failure: Option<GraphError> = None;
             let launch = |ids: Vec<String>| {
                 let client = self.client.clone();
@@ -426,7 +433,10 @@ impl Office365Source {
                             );
                             // The last lookups, fewer than a group.
                             if !queue.is_empty() {
-                                asking.push(launch(std::mem::take(&mut queue)));
+                                waiting.push_back(std::mem::take(&mut queue));
+                            }
+                            while asking.len() < slots && let Some(ids) = waiting.pop_front() {
+                                asking.push(launch(ids));
                             }
                             continue;
                         };
@@ -471,12 +481,17 @@ impl Office365Source {
                             early.asked += take;
                         }
                         while queue.len() >= EARLY_CHUNK {
-                            let ids: Vec<String> = queue.drain(..EARLY_CHUNK).collect();
+                            waiting.push_back(queue.drain(..EARLY_CHUNK).collect());
+                        }
+                        while asking.len() < slots && let Some(ids) = waiting.pop_front() {
                             asking.push(launch(ids));
                         }
                     }
                     Some(outcome) = asking.next(), if !asking.is_empty() => {
                         early.take(outcome, &mut users, &mut failure);
+                        while asking.len() < slots && let Some(ids) = waiting.pop_front() {
+                            asking.push(launch(ids));
+                        }
                     }
                     else => break,
                 }
