@@ -497,6 +497,30 @@ async fn managers_follow_through_delta_rounds(url: String) {
     w.close().await;
 }
 
+/// A SQLite world of `users` whose simulator pages `per_page` users at a time.
+async fn paged_world(users: usize, per_page: usize) -> World {
+    let w = world(
+        usersync_store::testing::fresh_sqlite_url(),
+        SimConfig {
+            users,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    w.sim.set_page_size_cap(Some(per_page));
+    w
+}
+
+/// The tenant's users with a mailbox (a mail address or proxy addresses).
+fn mailboxes(w: &World) -> Vec<usersync_sim::SimUser> {
+    w.sim
+        .tenant()
+        .users()
+        .into_iter()
+        .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
+        .collect()
+}
+
 /// Watches a whole read: at each page of users, how many mailbox types the tenant was
 /// already asked for.
 struct Watch<'a> {
@@ -516,15 +540,7 @@ impl usersync_engine::Progress for Watch<'_> {
 /// arrive (not only the disabled and unlicensed ones), so none waits for the last page.
 #[tokio::test]
 async fn mailbox_types_within_the_budget_are_asked_while_pages_still_arrive() {
-    let w = world(
-        usersync_store::testing::fresh_sqlite_url(),
-        SimConfig {
-            users: 1000,
-            ..SimConfig::default()
-        },
-    )
-    .await;
-    w.sim.set_page_size_cap(Some(100));
+    let w = paged_world(1000, 100).await;
     w.sim.set_latency(std::time::Duration::from_millis(20));
     let watch = Watch {
         sim: &w.sim,
@@ -541,21 +557,12 @@ async fn mailbox_types_within_the_budget_are_asked_while_pages_still_arrive() {
         first.stats.notes
     );
     let samples = watch.samples.into_inner().unwrap();
-    let mailboxes = w
-        .sim
-        .tenant()
-        .users()
+    let mailboxes = mailboxes(&w);
+    let likely = mailboxes
         .iter()
-        .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
-        .count() as u64;
-    let likely = w
-        .sim
-        .tenant()
-        .users()
-        .iter()
-        .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
         .filter(|u| !u.account_enabled || u.assigned_licenses.is_empty())
         .count() as u64;
+    let mailboxes = mailboxes.len() as u64;
     // By the last page, the tenant had been asked about more mailboxes than the disabled
     // and unlicensed ones: the others went early too.
     let (_, at_last_page) = *samples
@@ -573,23 +580,9 @@ async fn mailbox_types_within_the_budget_are_asked_while_pages_still_arrive() {
 /// and the run still says how many types are left for the next runs.
 #[tokio::test]
 async fn a_budget_spent_while_pages_arrive_still_says_what_is_left() {
-    let w = world(
-        usersync_store::testing::fresh_sqlite_url(),
-        SimConfig {
-            users: 2000,
-            ..SimConfig::default()
-        },
-    )
-    .await;
-    w.sim.set_page_size_cap(Some(200));
+    let w = paged_world(2000, 200).await;
     w.set(&["purpose_budget=100"]).await;
-    let mailboxes = w
-        .sim
-        .tenant()
-        .users()
-        .iter()
-        .filter(|u| u.mail.is_some() || !u.proxy_addresses.is_empty())
-        .count();
+    let mailboxes = mailboxes(&w).len();
     for run in 1..=2 {
         w.sim.reset_stats();
         let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
