@@ -13,6 +13,7 @@ pub mod names;
 pub mod options;
 pub mod plan;
 pub mod schedule;
+pub mod scope;
 pub mod snapshot;
 
 pub use address::{AddressError, DomainName, DomainProblem, EmailAddress};
@@ -25,5 +26,7 @@ pub use mapping::{MappingContext, SkipReason};
 pub use model::{DirectoryUser, EmailMethod, MailboxType, SourceKind, UnknownValue, UserStatus};
 pub use names::{MAX_NAME_CHARS, NameError, NameKind, check_name, same_name};
 pub use options::{MailboxDefaults, OptionError, SourceOptions, UnknownTenantGroup};
-pub use plan::{Change, Plan, PlannedGroup, PlannedUpdate, Safeguard, Skip, plan_sync};
+pub use plan::{
+    Change, Plan, PlannedGroup, PlannedUpdate, Safeguard, Skip, plan_sync, plan_within,
+};
 pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser};

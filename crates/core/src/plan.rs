@@ -262,13 +262,38 @@ pub fn plan_sync(
     directory: &[DirectoryUser],
     ctx: &MappingContext,
 ) -> Plan {
+    plan_within(snapshot, directory, ctx, None)
+}
+
+/// Plans the objects of `scope` only (a delta run, see [`crate::scope`]), or every object
+/// when `scope` is `None`. `directory` then holds the entries of the scope's objects and
+/// every entry holding an address they claim; planned against the whole directory, the
+/// same objects would get the same adds, updates, removals and purges.
+pub fn plan_within(
+    snapshot: &SourceSnapshot,
+    directory: &[DirectoryUser],
+    ctx: &MappingContext,
+    scope: Option<&HashSet<String>>,
+) -> Plan {
     let mut plan = Plan::default();
+    let mut desired = desired_entries(snapshot, ctx, scope, &mut plan.skip);
+    plan_desired(snapshot, directory, ctx, &mut desired, plan)
+}
+
+/// Rules 1-7: what the source says each object (of `scope`, or every one) should be; the
+/// objects that are not synced go to `skips` with the reason.
+pub(crate) fn desired_entries(
+    snapshot: &SourceSnapshot,
+    ctx: &MappingContext,
+    scope: Option<&HashSet<String>>,
+    skips: &mut Vec<Skip>,
+) -> Vec<DirectoryUser> {
+    let in_scope = |id: &str| scope.is_none_or(|s| s.contains(id));
     let selected = selected_group_ids(snapshot, ctx);
     let names = GroupNames::new(&snapshot.groups);
-
-    // Rules 1-7: what the source says each object should be.
-    let mut desired: Vec<DirectoryUser> = Vec::with_capacity(snapshot.users.len());
-    for user in &snapshot.users {
+    let mut desired: Vec<DirectoryUser> =
+        Vec::with_capacity(scope.map_or(snapshot.users.len(), HashSet::len));
+    for user in snapshot.users.iter().filter(|u| in_scope(&u.id)) {
         let mapped = map_user(user, ctx).and_then(|entry| match &selected {
             Some(groups) if !user.member_of.iter().any(|g| groups.contains(g.as_str())) => {
                 Err(SkipReason::NotInSelectedGroups)
@@ -277,10 +302,7 @@ pub fn plan_sync(
         });
         match mapped {
             Ok(entry) => desired.push(entry),
-            Err(reason) => {
-                plan.skip
-                    .push(Skip::new(&user.id, user.display_name.as_deref(), &reason))
-            }
+            Err(reason) => skips.push(Skip::new(&user.id, user.display_name.as_deref(), &reason)),
         }
     }
     // Group mailboxes and extra addresses are not people: filters and selections are about
@@ -291,27 +313,37 @@ pub fn plan_sync(
         }
         entry
     };
-    for group in &snapshot.groups {
+    for group in snapshot.groups.iter().filter(|g| in_scope(&g.id)) {
         match map_group(group, ctx) {
             Some(Ok(entry)) => desired.push(unfiltered(entry)),
             Some(Err(reason)) => {
-                plan.skip
-                    .push(Skip::new(&group.id, group.display_name.as_deref(), &reason))
+                skips.push(Skip::new(&group.id, group.display_name.as_deref(), &reason))
             }
             None => {}
         }
     }
     for address in &ctx.options.extra_addresses {
+        let object_id = extra_object_id(address);
+        if !in_scope(&object_id) {
+            continue;
+        }
         match extra_address_entry(address, ctx) {
             Ok(entry) => desired.push(unfiltered(entry)),
-            Err(reason) => plan.skip.push(Skip::new(
-                &extra_object_id(address),
-                Some(address.as_str()),
-                &reason,
-            )),
+            Err(reason) => skips.push(Skip::new(&object_id, Some(address.as_str()), &reason)),
         }
     }
+    desired
+}
 
+/// Rules 8 and 9 over the desired entries: each one added, updated or left, the managed
+/// entries nobody wants removed.
+fn plan_desired(
+    snapshot: &SourceSnapshot,
+    directory: &[DirectoryUser],
+    ctx: &MappingContext,
+    desired: &mut Vec<DirectoryUser>,
+    mut plan: Plan,
+) -> Plan {
     let by_object: HashMap<&str, &DirectoryUser> = directory
         .iter()
         .filter(|e| e.is_managed_by(ctx.source_id))
@@ -357,8 +389,8 @@ pub fn plan_sync(
         index += 1;
         keep[index - 1]
     });
-    drop_conflicting_aliases(&mut desired, directory, ctx, &mut plan);
-    settle_managers_and_services(&mut desired, snapshot, ctx);
+    drop_conflicting_aliases(desired, directory, ctx, &mut plan);
+    settle_managers_and_services(desired, snapshot, ctx);
 
     let desired_objects: HashSet<&str> = desired
         .iter()
@@ -366,9 +398,9 @@ pub fn plan_sync(
         .collect();
     let mut matched: HashSet<i64> = HashSet::with_capacity(desired.len());
     let row = |e: &DirectoryUser| e.id.unwrap_or_default();
-    let vacating = vacating_moves(&desired, &by_object, &by_address, ctx, &desired_objects);
+    let vacating = vacating_moves(desired, &by_object, &by_address, ctx, &desired_objects);
 
-    for entry in &desired {
+    for entry in desired.iter() {
         let object_id = entry.source_object_id.as_deref().unwrap_or_default();
         let current = by_object.get(object_id).copied();
         let holder = by_address
@@ -502,7 +534,7 @@ pub fn plan_sync(
     plan.warnings
         .retain(|w| !skipped.contains(w.source_object_id.as_str()));
 
-    plan.groups = plan_groups(snapshot, &desired, ctx);
+    plan.groups = plan_groups(snapshot, desired, ctx);
 
     plan.add.sort_by(|a, b| a.address.cmp(&b.address));
     plan.update.sort_by(|a, b| a.address.cmp(&b.address));
@@ -580,7 +612,7 @@ pub fn group_kind(group: &crate::snapshot::SourceGroup) -> GroupType {
     }
 }
 
-fn extra_object_id(address: &EmailAddress) -> String {
+pub(crate) fn extra_object_id(address: &EmailAddress) -> String {
     format!("extra:{address}")
 }
 
