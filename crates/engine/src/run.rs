@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::Instrument;
-use usersync_core::{MappingContext, Plan, SourceKind, UserStatus, plan_sync};
+use usersync_core::{MappingContext, Plan, SourceKind, UserStatus, plan_within};
 use usersync_graph::RetryPolicy;
 use usersync_store::{
     Apply, Claim, DEFAULT_LEASE, Enqueued, NewJob, NewRun, RunEnd, RunKind, RunLease, RunOwner,
@@ -478,14 +478,25 @@ impl Engine {
             objects = mirror.as_ref().map_or(0, |m| m.objects.len()),
             "mirror loaded"
         );
+        let planned_before = mirror.as_ref().and_then(|m| m.planned.clone());
+        // Whether a delta read's plan can take in only what changed: decided before the
+        // read, so that the whole directory is loaded only for a plan that needs it.
+        let mut whole_plan = self
+            .whole_plan_because(spec, ctx, planned_before.as_ref())
+            .await?;
         // The customer's directory loads while the source is read (the read waits on the
-        // network, the load on the database): the plan needs both. It is checked to be
+        // network, the load on the database): a whole plan needs it. It is checked to be
         // current when the plan applies, and loaded again if it is not.
-        let (read, preloaded) = tokio::join!(
-            source.read(mirror, progress),
-            self.store.directory_versioned(spec.customer_id)
-        );
-        let mut preloaded = Some(preloaded?);
+        let (read, preloaded) = if whole_plan.is_some() {
+            let (read, preloaded) = tokio::join!(
+                source.read(mirror, progress),
+                self.store.directory_versioned(spec.customer_id)
+            );
+            (read, Some(preloaded?))
+        } else {
+            (source.read(mirror, progress).await, None)
+        };
+        let mut preloaded = preloaded;
         let mut read = match read {
             Ok(read) => read,
             Err(error) => {
@@ -513,6 +524,28 @@ impl Engine {
         if let crate::source::ReadMode::Full { reason } = &read.mode {
             tracing::info!(%reason, "read the whole source");
         }
+        let basis = usersync_core::scope::basis(&ctx);
+        if whole_plan.is_none() && planned_before.as_ref().is_none_or(|p| p.basis != basis) {
+            whole_plan = Some("the tenant's domains were imported into the customer".into());
+        }
+        // The objects a delta read's plan takes in first: what changed, and what the last
+        // plan left with an address conflict.
+        let scope_from: Option<HashSet<String>> = match (&whole_plan, &read.changed) {
+            (None, Some(changed)) => {
+                let mut objects = changed.clone();
+                objects.extend(
+                    planned_before
+                        .iter()
+                        .flat_map(|p| p.unsettled.iter().cloned()),
+                );
+                Some(objects)
+            }
+            (Some(why), Some(_)) => {
+                notes.push(format!("every object was planned: {why}"));
+                None
+            }
+            _ => None,
+        };
         let mut stats = RunStats {
             read_mode: Some(read.mode.as_str().to_string()),
             read_detail: Some(read.mode.detail().to_string()),
@@ -540,23 +573,45 @@ impl Engine {
         loop {
             tries += 1;
             let planning = Instant::now();
-            let (directory, version) = match preloaded.take() {
-                Some(loaded) => loaded,
-                None => self.store.directory_versioned(spec.customer_id).await?,
+            let scoped = match &scope_from {
+                Some(objects) => {
+                    self.scoped_directory(spec, &read.snapshot, &ctx, objects)
+                        .await?
+                }
+                None => None,
+            };
+            let (directory, version, scope) = match scoped {
+                Some((entries, version, objects)) => (entries, version, Some(objects)),
+                None => {
+                    let (directory, version) = match preloaded.take() {
+                        Some(loaded) => loaded,
+                        None => self.store.directory_versioned(spec.customer_id).await?,
+                    };
+                    (directory, version, None)
+                }
             };
             let loaded_ms = elapsed_ms(planning);
-            let mut plan = plan_sync(&read.snapshot, &directory, &ctx);
+            let mut plan = plan_within(&read.snapshot, &directory, &ctx, scope.as_ref());
             tracing::debug!(
                 directory_ms = loaded_ms,
                 plan_ms = elapsed_ms(planning) - loaded_ms,
                 entries = directory.len(),
+                objects = scope.as_ref().map(HashSet::len),
                 "planned"
             );
             plan.import_domains = import.clone();
-            let managed = directory
-                .iter()
-                .filter(|u| u.is_managed_by(ctx.source_id) && u.status == UserStatus::Active)
-                .count();
+            let managed = match &scope {
+                Some(_) => {
+                    self.store
+                        .managed_count(spec.customer_id, spec.source_id)
+                        .await?
+                }
+                None => directory
+                    .iter()
+                    .filter(|u| u.is_managed_by(ctx.source_id) && u.status == UserStatus::Active)
+                    .count(),
+            };
+            stats.planned_objects = scope.as_ref().map(|s| s.len() as u64);
             drop(directory);
             let verdict = self
                 .judge(
@@ -569,6 +624,24 @@ impl Engine {
                 )
                 .await?;
             stats.plan_ms += elapsed_ms(planning);
+            // What the next delta run's plan depends on, saved with this one.
+            if let Some(write) = read.mirror.as_mut() {
+                let mut unsettled = usersync_core::scope::unsettled(&plan);
+                if let (Some(objects), Some(before)) = (&scope, &planned_before) {
+                    // Objects this plan did not take in keep their conflicts.
+                    unsettled.extend(
+                        before
+                            .unsettled
+                            .iter()
+                            .filter(|o| !objects.contains(*o))
+                            .cloned(),
+                    );
+                }
+                write.planned = Some(usersync_store::MirrorPlan {
+                    basis: basis.clone(),
+                    unsettled: unsettled.into_iter().collect(),
+                });
+            }
             if spec.kind == RunKind::Preview {
                 heartbeat.finishing();
                 stats.duration_ms = elapsed_ms(started);
@@ -652,6 +725,81 @@ impl Engine {
             );
             return Ok(self.outcome(spec, verdict.status, plan, stats, verdict.reason));
         }
+    }
+
+    /// Why a delta read's plan must take in every object rather than what changed (see
+    /// `usersync_core::scope`), or `None` when it need not.
+    async fn whole_plan_because(
+        &self,
+        spec: &RunSpec,
+        ctx: &MappingContext,
+        planned: Option<&usersync_store::MirrorPlan>,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(planned) = planned else {
+            return Ok(Some(
+                "the last plan did not record what it depended on".into(),
+            ));
+        };
+        if planned.basis != usersync_core::scope::basis(ctx) {
+            return Ok(Some(
+                "the source's options, filters or the customer's domains changed since the last plan"
+                    .into(),
+            ));
+        }
+        if let Some(why) = usersync_core::scope::whole_because(ctx) {
+            return Ok(Some(why.into()));
+        }
+        if spec.confirms.is_some() {
+            return Ok(Some("held removals are confirmed".into()));
+        }
+        if let Some(held) = self.store.source_health(spec.source_id).await?.hold_run_id {
+            return Ok(Some(format!(
+                "removals are held since run {held} (each run lists them again)"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// The entries the objects of a delta read's plan are planned against, the scope
+    /// closed over the entries holding their addresses (`usersync_core::scope::Scope`),
+    /// with the directory's version and the objects to plan; `None` when the directory
+    /// changed between two rounds of loading (the caller plans whole).
+    async fn scoped_directory(
+        &self,
+        spec: &RunSpec,
+        snapshot: &usersync_core::SourceSnapshot,
+        ctx: &MappingContext,
+        objects: &HashSet<String>,
+    ) -> Result<Option<(Vec<usersync_core::DirectoryUser>, i64, HashSet<String>)>, EngineError>
+    {
+        let mut scope = usersync_core::scope::Scope::new(objects.iter().cloned());
+        let mut version = None;
+        loop {
+            let wanted = scope.wanted(snapshot, ctx);
+            if wanted.is_none() && version.is_some() {
+                break;
+            }
+            let wanted = wanted.unwrap_or_default();
+            let (entries, now) = self
+                .store
+                .directory_entries(
+                    spec.customer_id,
+                    spec.source_id,
+                    &wanted.objects,
+                    &wanted.addresses,
+                )
+                .await?;
+            if version.is_some_and(|v| v != now) {
+                return Ok(None);
+            }
+            version = Some(now);
+            scope.take(entries, spec.source_id);
+        }
+        Ok(Some((
+            scope.entries(),
+            version.unwrap_or_default(),
+            scope.objects().clone(),
+        )))
     }
 
     /// The deletion safeguard (rule 9, per source): removals beyond the threshold, removals

@@ -73,6 +73,9 @@ pub struct SourceRead {
     /// What the read changes in the source's mirror; written with the plan it led to
     /// (a preview writes nothing).
     pub mirror: Option<MirrorWrite>,
+    /// Read by delta: the objects whose plan may differ from the last one (changed,
+    /// removed, typed, or members of a changed group). `None`: every object may differ.
+    pub changed: Option<std::collections::HashSet<String>>,
 }
 
 /// A source of users: Microsoft 365 now, LDAP later.

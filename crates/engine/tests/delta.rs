@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use usersync_core::UserStatus;
 use usersync_engine::{NoProgress, RunOutcome};
-use usersync_sim::{SimConfig, random_changes};
+use usersync_sim::{SimConfig, SimUser, random_changes};
 use usersync_store::{MirrorObject, MirrorWrite, RunStatus};
 
 fn mode(outcome: &RunOutcome) -> (&str, &str) {
@@ -246,6 +246,7 @@ async fn the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror(url
                 ..wrong.clone()
             }],
             deletes: vec![(missing.kind.clone(), missing.id.clone())],
+            planned: mirror.planned.clone(),
         })
         .await
         .unwrap();
@@ -336,6 +337,153 @@ async fn delta_and_whole_reads_plan_the_same_under_random_changes(url: String) {
     let delta = w.engine.preview(w.source, &NoProgress).await.unwrap();
     let full = full_preview(&w).await;
     assert_eq!(plan_json(&delta), plan_json(&full));
+    w.close().await;
+}
+
+/// What a plan does to the directory: adds, updates (field by field), removals, purges
+/// and held removals.
+fn effects(outcome: &RunOutcome) -> serde_json::Value {
+    let p = &outcome.plan;
+    serde_json::json!({
+        "add": p.add, "update": p.update, "remove": p.remove, "purge": p.purge, "held": p.held,
+    })
+}
+
+/// Random changes of every kind, round after round, with a filter on group membership:
+/// each delta run plans only the objects that changed and those sharing their addresses
+/// (or left with a conflict before), and does exactly what a plan of the whole tenant
+/// would; its skips and warnings are the whole plan's for those objects.
+async fn delta_runs_plan_what_changed_and_do_what_a_whole_plan_would(url: String) {
+    let w = world(
+        url,
+        SimConfig {
+            users: 120,
+            seed: 9,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let tenant = w.sim.tenant();
+    let team = tenant
+        .groups()
+        .into_iter()
+        .find(|g| g.security_enabled && !g.members.is_empty())
+        .expect("a security group with members");
+    w.engine
+        .add_filter_rule(
+            w.source,
+            "Team",
+            &format!("memberOf equals \"{}\"", team.display_name),
+            true,
+        )
+        .await
+        .unwrap();
+    w.set(&["deletion_threshold=100,1000"]).await;
+    // Two users claim one address: one gets it, the other is skipped.
+    let contested = format!("contested@{}", w.domain);
+    let claimants: Vec<String> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            let mut u = SimUser::member(&format!("Claimant {n}"), &format!("{n}@{}", w.domain));
+            u.mail = Some(contested.clone());
+            u.proxy_addresses = vec![format!("SMTP:{contested}")];
+            tenant.add_user(u).unwrap()
+        })
+        .collect();
+    let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(
+        first.stats.planned_objects, None,
+        "a whole read plans everything"
+    );
+    let objects = first.stats.read_users + first.stats.read_groups;
+    let holder = |users: &[usersync_core::DirectoryUser]| {
+        users
+            .iter()
+            .find(|u| u.address.as_str() == contested)
+            .and_then(|u| u.source_object_id.clone())
+    };
+    let winner = holder(&w.store.directory(w.customer).await.unwrap()).unwrap();
+    let loser = claimants.iter().find(|c| **c != winner).unwrap().clone();
+    let quiet = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&quiet).0, "delta");
+    assert!(quiet.plan.is_empty(), "{}", plan_json(&quiet));
+    // Only the conflicts the first plan left are planned again.
+    let unsettled = quiet
+        .stats
+        .planned_objects
+        .expect("a delta run plans what changed");
+    assert!(
+        (1..objects / 4).contains(&unsettled),
+        "{unsettled} of {objects}"
+    );
+    // The holder moves away: the delta run, which the skipped user is no part of, gives
+    // the skipped user the address.
+    let moved = format!("moved@{}", w.domain);
+    tenant
+        .update_user(&winner, |u| {
+            u.mail = Some(moved.clone());
+            u.proxy_addresses = vec![format!("SMTP:{moved}")];
+        })
+        .unwrap();
+    let settled = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&settled).0, "delta");
+    assert!(settled.stats.planned_objects.is_some());
+    assert_eq!(
+        holder(&w.store.directory(w.customer).await.unwrap()),
+        Some(loser),
+        "{}",
+        plan_json(&settled)
+    );
+    for round in 0..10u64 {
+        let counts = random_changes(&tenant, 5.0, 300 + round).unwrap();
+        let delta = w.engine.preview(w.source, &NoProgress).await.unwrap();
+        assert_eq!(mode(&delta).0, "delta", "round {round}");
+        let planned = delta
+            .stats
+            .planned_objects
+            .expect("planned by what changed");
+        assert!(planned < objects, "round {round}: {planned} of {objects}");
+        let full = full_preview(&w).await;
+        assert_eq!(
+            effects(&delta),
+            effects(&full),
+            "round {round} after {counts:?}"
+        );
+        for skip in delta.plan.skip.iter().chain(&delta.plan.warnings) {
+            assert!(
+                full.plan.skip.contains(skip) || full.plan.warnings.contains(skip),
+                "round {round}: {skip:?} is not the whole plan's"
+            );
+        }
+        let sync = w.engine.sync(w.source, &NoProgress).await.unwrap();
+        assert_eq!(sync.status, RunStatus::Succeeded, "{:?}", sync.error);
+        assert!(sync.stats.planned_objects.is_some(), "round {round}");
+        let check = full_preview(&w).await;
+        assert!(
+            check.plan.add.is_empty()
+                && check.plan.update.is_empty()
+                && check.plan.remove.is_empty(),
+            "round {round} after {counts:?}: {}",
+            plan_json(&check)
+        );
+    }
+    // Another filter rule: the next plan takes in every object, and says why.
+    w.engine
+        .add_filter_rule(w.source, "Team", "jobTitle equals Driver", false)
+        .await
+        .unwrap();
+    let changed = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(mode(&changed).0, "delta");
+    assert_eq!(changed.stats.planned_objects, None);
+    assert!(
+        changed
+            .stats
+            .notes
+            .iter()
+            .any(|n| n.contains("every object was planned") && n.contains("filters")),
+        "{:?}",
+        changed.stats.notes
+    );
     w.close().await;
 }
 
@@ -614,4 +762,5 @@ on_both_backends!(
     a_refused_delta_link_falls_back_to_a_whole_read,
     the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror,
     delta_and_whole_reads_plan_the_same_under_random_changes,
+    delta_runs_plan_what_changed_and_do_what_a_whole_plan_would,
 );

@@ -40,7 +40,7 @@ pub use customers::{Customer, Domain, DomainOrigin, Group};
 pub use database::mask_password;
 pub use error::{DEFAULT_BUSY_TIMEOUT, StoreError};
 pub use jobs::{Claim, Enqueued, NewJob, QueueStats, Recovered, SourceHealth};
-pub use mirror::{Mirror, MirrorObject, MirrorWrite};
+pub use mirror::{Mirror, MirrorObject, MirrorPlan, MirrorWrite};
 pub use process::RunOwner;
 pub use retention::PurgeReport;
 pub use runs::{

@@ -60,6 +60,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: V10_SQLITE,
         postgres: V10_POSTGRES,
     },
+    both(
+        11,
+        "what the plan applied with a mirror depended on (delta runs plan what changed)",
+        V11,
+    ),
 ];
 
 /// The newest schema version this binary knows.
@@ -290,6 +295,14 @@ DROP TABLE users;
 ALTER TABLE users_v10 RENAME TO users;
 CREATE INDEX users_by_source ON users (source_id);
 CREATE INDEX users_removed ON users (removed_epoch) WHERE status = 'removed';
+"#;
+
+/// With a source's mirror, what the plan applied with it depended on (a fingerprint of the
+/// options, filters and domains) and the objects it left with an address conflict, as
+/// JSON: a delta run plans what changed only while the fingerprint holds, and plans those
+/// objects again. `NULL` (every mirror before this version): the next plan is whole.
+const V11: &str = r#"
+ALTER TABLE source_mirrors ADD COLUMN planned TEXT;
 "#;
 
 const V10_POSTGRES: &str = r#"

@@ -32,6 +32,18 @@ pub struct Mirror {
     /// Seconds since then, on the database's clock.
     pub full_age_secs: i64,
     pub objects: Vec<MirrorObject>,
+    /// What the plan applied with this mirror depended on; `None`: the next plan is whole.
+    pub planned: Option<MirrorPlan>,
+}
+
+/// What the plan applied with a mirror depended on, so that the next run can plan only
+/// what changed: see `usersync_core::scope`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MirrorPlan {
+    /// `usersync_core::scope::basis` of the plan's context.
+    pub basis: String,
+    /// Objects the plan left with an address conflict, planned again by the next run.
+    pub unsettled: Vec<String>,
 }
 
 /// What a run changes in its source's mirror; applied with the run's plan.
@@ -48,6 +60,8 @@ pub struct MirrorWrite {
     pub upserts: Vec<MirrorObject>,
     /// `(kind, id)` of objects gone from the source.
     pub deletes: Vec<(String, String)>,
+    /// What the plan applied with this write depended on; `None` makes the next plan whole.
+    pub planned: Option<MirrorPlan>,
 }
 
 impl MirrorWrite {
@@ -61,7 +75,7 @@ impl Store {
     /// The mirror of a source, or `None` before its first applied run.
     pub async fn mirror(&self, source_id: i64) -> Result<Option<Mirror>, StoreError> {
         let head = query_dyn(&format!(
-            "SELECT generation, cursor, full_at, {} - full_at AS age FROM source_mirrors WHERE source_id = $1",
+            "SELECT generation, cursor, full_at, {} - full_at AS age, planned FROM source_mirrors WHERE source_id = $1",
             self.db_now()
         ))
         .bind(source_id)
@@ -71,6 +85,9 @@ impl Store {
         let cursor: String = head.try_get("cursor")?;
         let cursor = serde_json::from_str(&cursor)
             .map_err(|e| StoreError::Corrupt(format!("source_mirrors.cursor: {e}")))?;
+        // One that does not read is as good as none: the next plan is whole.
+        let planned: Option<String> = head.try_get("planned")?;
+        let planned = planned.and_then(|p| serde_json::from_str(&p).ok());
         let rows =
             sqlx::query("SELECT kind, object_id, data FROM mirror_objects WHERE source_id = $1")
                 .bind(source_id)
@@ -91,6 +108,7 @@ impl Store {
             full_at: head.try_get("full_at")?,
             full_age_secs: head.try_get("age")?,
             objects,
+            planned,
         }))
     }
 
@@ -116,11 +134,15 @@ pub(crate) async fn write_mirror(
     write: &MirrorWrite,
 ) -> Result<(), StoreError> {
     let cursor = write.cursor.to_string();
+    let planned = write
+        .planned
+        .as_ref()
+        .map(|p| serde_json::to_string(p).unwrap_or_default());
     let stamp = now();
     let written = match write.base {
         Some(generation) => query_dyn(&format!(
             "UPDATE source_mirrors SET generation = generation + 1, cursor = $1, updated_at = $2, \
-                 full_at = CASE WHEN $3 = 1 THEN {db_now} ELSE full_at END \
+                 full_at = CASE WHEN $3 = 1 THEN {db_now} ELSE full_at END, planned = $6 \
                  WHERE source_id = $4 AND generation = $5"
         ))
         .bind(&cursor)
@@ -128,19 +150,21 @@ pub(crate) async fn write_mirror(
         .bind(i64::from(write.full))
         .bind(write.source_id)
         .bind(generation)
+        .bind(&planned)
         .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1,
         None => {
             let inserted = query_dyn(&format!(
-                "INSERT INTO source_mirrors (source_id, generation, cursor, full_at, updated_at) \
-                 VALUES ($1, 1, $2, CASE WHEN $3 = 1 THEN {db_now} ELSE 0 END, $4)"
+                "INSERT INTO source_mirrors (source_id, generation, cursor, full_at, updated_at, planned) \
+                 VALUES ($1, 1, $2, CASE WHEN $3 = 1 THEN {db_now} ELSE 0 END, $4, $5)"
             ))
             .bind(write.source_id)
             .bind(&cursor)
             .bind(i64::from(write.full))
             .bind(&stamp)
+            .bind(&planned)
             .execute(&mut **tx)
             .await;
             match inserted {

@@ -103,6 +103,11 @@ pub struct RunStats {
     /// Why the source was read whole, or what the delta round held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_detail: Option<String>,
+    /// A delta read's plan took in only these objects: those that changed and those
+    /// sharing addresses with them or left with a conflict by the last plan. Absent when
+    /// every object was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_objects: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -54,6 +54,17 @@ pub struct Apply<'a> {
     pub mirror: Option<&'a crate::MirrorWrite>,
 }
 
+/// Values in one `IN (...)` list: SQLite binds at most 32,766 parameters a statement.
+const IN_LIST: usize = 10_000;
+
+/// `$start, $start+1, ...`: `count` placeholders of an `IN (...)` list.
+fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Users with their group's name, as [`user_from`] reads them.
 const SELECT_USERS: &str = "SELECT u.id, u.address, u.display_name, u.given_name, u.surname, \
      u.mailbox_type, u.billable, g.name AS group_name, u.source_id, u.source_object_id, u.status, \
@@ -189,6 +200,125 @@ impl Store {
             })
             .collect::<Result<_, StoreError>>()?;
         Ok((users, version))
+    }
+
+    /// The entries a delta run plans against (see `usersync_core::scope`): those of
+    /// `objects` that `source_id` manages, and those holding one of `addresses` as their
+    /// address or an alias; removed ones too, ordered by address, with the directory's
+    /// version (read in one snapshot).
+    pub async fn directory_entries(
+        &self,
+        customer_id: i64,
+        source_id: i64,
+        objects: &[String],
+        addresses: &[EmailAddress],
+    ) -> Result<(Vec<DirectoryUser>, i64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut ids: Vec<i64> = Vec::new();
+        let mut collect = |rows: Vec<AnyRow>, column: &str| -> Result<(), StoreError> {
+            for row in rows {
+                ids.push(row.try_get(column)?);
+            }
+            Ok(())
+        };
+        for chunk in objects.chunks(IN_LIST) {
+            let sql = format!(
+                "SELECT id FROM users WHERE source_id = $1 AND customer_id = $2 AND source_object_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut query = query_dyn(&sql).bind(source_id).bind(customer_id);
+            for object in chunk {
+                query = query.bind(object.as_str());
+            }
+            collect(query.fetch_all(&mut *tx).await?, "id")?;
+        }
+        for chunk in addresses.chunks(IN_LIST) {
+            let list = placeholders(2, chunk.len());
+            for (sql, column) in [
+                (
+                    format!("SELECT id FROM users WHERE customer_id = $1 AND address IN ({list})"),
+                    "id",
+                ),
+                (
+                    format!(
+                        "SELECT a.user_id FROM user_aliases a JOIN users u ON u.id = a.user_id \
+                         WHERE u.customer_id = $1 AND a.address IN ({list})"
+                    ),
+                    "user_id",
+                ),
+            ] {
+                let mut query = query_dyn(&sql).bind(customer_id);
+                for address in chunk {
+                    query = query.bind(address.as_str());
+                }
+                collect(query.fetch_all(&mut *tx).await?, column)?;
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut aliases: HashMap<i64, Vec<EmailAddress>> = HashMap::new();
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_LIST) {
+            let list = placeholders(1, chunk.len());
+            let mut query = query_dyn(&format!(
+                "SELECT user_id, address FROM user_aliases WHERE user_id IN ({list}) ORDER BY user_id, address"
+            ));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let address: String = row.try_get("address")?;
+                aliases.entry(row.try_get("user_id")?).or_default().push(
+                    EmailAddress::stored(&address)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+            }
+            let mut query = query_dyn(&format!("{SELECT_USERS} WHERE u.id IN ({list})"));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            rows.extend(query.fetch_all(&mut *tx).await?);
+        }
+        let version: i64 = sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
+            .bind(customer_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get("directory_version"))
+            .transpose()?
+            .unwrap_or_default();
+        tx.commit().await?;
+        let mut users = rows
+            .iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                user_from(row, aliases.remove(&id).unwrap_or_default())
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        users.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok((users, version))
+    }
+
+    /// How many active entries `source_id` manages in the customer's directory (the
+    /// deletion safeguard's base).
+    pub async fn managed_count(
+        &self,
+        customer_id: i64,
+        source_id: i64,
+    ) -> Result<usize, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM users WHERE source_id = $1 AND customer_id = $2 AND status = 'active'",
+        )
+        .bind(source_id)
+        .bind(customer_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n as usize)
     }
 
     /// Adds a user by hand: no source manages it, so no sync changes or removes it.

@@ -216,6 +216,9 @@ pub(super) struct Merged {
     pub users_removed: usize,
     pub groups_changed: usize,
     pub groups_removed: usize,
+    /// Users whose groups may have changed: the members (through nested groups too) of
+    /// the groups the round changed, before and after the change.
+    pub members: HashSet<String>,
 }
 
 impl Tenant {
@@ -356,6 +359,27 @@ impl Tenant {
             }
         }
         Ok(())
+    }
+
+    /// The users a group holds, directly or through nested groups.
+    pub fn members_deep(&self, group_id: &str, into: &mut HashSet<String>) {
+        let Some(members) = self.groups.get(group_id).and_then(|g| g.members.as_ref()) else {
+            return;
+        };
+        let mut seen: HashSet<&str> = HashSet::from([group_id]);
+        let mut stack: Vec<&Member> = members.iter().collect();
+        while let Some(m) = stack.pop() {
+            if !seen.insert(m.id.as_str()) {
+                continue;
+            }
+            if m.group {
+                if let Some(nested) = self.groups.get(&m.id).and_then(|n| n.members.as_ref()) {
+                    stack.extend(nested.iter());
+                }
+            } else {
+                into.insert(m.id.clone());
+            }
+        }
     }
 
     /// Ids of the groups each user belongs to, directly or through nested groups.
@@ -599,6 +623,7 @@ pub(super) fn write(
         replace,
         upserts,
         deletes,
+        planned: None,
     }
 }
 

@@ -185,7 +185,8 @@ impl Office365Source {
                     .read_changes(&mut loaded.tenant, &loaded.cursor, progress)
                     .await
                 {
-                    Ok((cursor, merged, touched)) => {
+                    Ok((cursor, mut merged, (users, groups))) => {
+                        let touched = (users, groups, std::mem::take(&mut merged.members));
                         let changes = format!(
                             "{} user and {} group changes, of which {} users and {} groups removed",
                             merged.users_changed,
@@ -267,12 +268,12 @@ impl Office365Source {
             self.purposes(&mut tenant, refresh, budget, &mut notes, progress)
                 .await?
         };
-        if let Some((users, _)) = touched.as_mut() {
+        if let Some((users, _, _)) = touched.as_mut() {
             users.extend(typed);
         }
         let writing = std::time::Instant::now();
         let writes = match &touched {
-            Some((users, groups)) => tenant.writes_touched(users, groups),
+            Some((users, groups, _)) => tenant.writes_touched(users, groups),
             None => tenant.writes_full(old.as_ref().unwrap_or(&Tenant::default())),
         }
         .map_err(|e| SourceError::from(format!("the mirror could not be written: {e}")))?;
@@ -286,8 +287,17 @@ impl Office365Source {
             snapshot_ms = writing.elapsed().as_millis() as u64 - written_ms,
             "mirror writes and snapshot made"
         );
+        // What a plan of this read depends on that changed: the objects the round named,
+        // those whose type was read, and the members of changed groups.
+        let changed = touched.map(|(users, groups, members)| {
+            let mut changed = users;
+            changed.extend(groups);
+            changed.extend(members);
+            changed
+        });
         let stats = self.client.stats();
         Ok(SourceRead {
+            changed,
             snapshot,
             requests: stats.requests + stats.token_requests,
             throttled: stats.throttled,
@@ -574,6 +584,12 @@ impl Office365Source {
         tenant
             .merge_users(users.items, &mut merged)
             .map_err(corrupt)?;
+        // The members of a changed group before the change: they may have left it.
+        if cursor.memberships {
+            for id in &touched_groups {
+                tenant.members_deep(id, &mut merged.members);
+            }
+        }
         tenant
             .merge_groups(groups.items, cursor.memberships, &mut merged)
             .map_err(corrupt)?;
@@ -626,6 +642,12 @@ impl Office365Source {
                 Err(e) => return Err(e),
             }
             touched_groups.insert(id);
+        }
+        // And after: they may have joined it, or its name changed under them.
+        if cursor.memberships {
+            for id in &touched_groups {
+                tenant.members_deep(id, &mut merged.members);
+            }
         }
         let next = Cursor {
             users_link: users.delta_link,
