@@ -95,6 +95,8 @@ pub struct Scope {
     objects: HashSet<String>,
     /// Objects whose entries were asked for.
     asked_objects: HashSet<String>,
+    /// Objects whose entry is loaded.
+    with_entry: HashSet<String>,
     /// Addresses whose holders were asked for.
     asked_addresses: HashSet<EmailAddress>,
     /// Entries loaded, by row id.
@@ -132,9 +134,14 @@ impl Scope {
             .into_iter()
             .filter(|a| self.asked_addresses.insert(a.clone()))
             .collect();
-        let mut objects: Vec<String> = new.into_iter().collect();
+        self.asked_objects.extend(new.iter().cloned());
+        // An object that came with a loaded entry has that entry (one object, one entry):
+        // only the others are looked up (a lookup by object walks the source's entries).
+        let mut objects: Vec<String> = new
+            .into_iter()
+            .filter(|o| !self.with_entry.contains(o))
+            .collect();
         objects.sort();
-        self.asked_objects.extend(objects.iter().cloned());
         Some(Wanted { objects, addresses })
     }
 
@@ -144,9 +151,9 @@ impl Scope {
         for entry in entries {
             if entry.is_managed_by(source_id)
                 && let Some(object) = &entry.source_object_id
-                && !self.objects.contains(object)
             {
                 self.objects.insert(object.clone());
+                self.with_entry.insert(object.clone());
             }
             if let Some(id) = entry.id {
                 self.entries.insert(id, entry);

@@ -774,12 +774,22 @@ impl Engine {
     {
         let mut scope = usersync_core::scope::Scope::new(objects.iter().cloned());
         let mut version = None;
+        let mut rounds = 0;
         loop {
+            let asking = Instant::now();
             let wanted = scope.wanted(snapshot, ctx);
             if wanted.is_none() && version.is_some() {
                 break;
             }
             let wanted = wanted.unwrap_or_default();
+            rounds += 1;
+            tracing::debug!(
+                round = rounds,
+                objects = wanted.objects.len(),
+                addresses = wanted.addresses.len(),
+                ms = elapsed_ms(asking),
+                "scope round"
+            );
             let (entries, now) = self
                 .store
                 .directory_entries(

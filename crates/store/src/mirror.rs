@@ -188,11 +188,18 @@ pub(crate) async fn write_mirror(
     }
     for chunk in write.deletes.chunks(ROWS) {
         // Keys as (kind, id) rows of one statement; both databases compare row values.
-        let pairs: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
-            .collect();
+        // Anonymous parameters on SQLite (see `values_clause`).
+        let (first, pairs): (&str, Vec<String>) = match backend {
+            Backend::Sqlite => ("?", vec!["(?, ?)".to_string(); chunk.len()]),
+            Backend::Postgres => (
+                "$1",
+                (0..chunk.len())
+                    .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
+                    .collect(),
+            ),
+        };
         let sql = format!(
-            "DELETE FROM mirror_objects WHERE source_id = $1 AND (kind, object_id) IN (VALUES {})",
+            "DELETE FROM mirror_objects WHERE source_id = {first} AND (kind, object_id) IN (VALUES {})",
             pairs.join(", ")
         );
         let mut query = query_dyn(&sql).bind(write.source_id);

@@ -57,10 +57,19 @@ pub struct Apply<'a> {
 /// Values in one `IN (...)` list: SQLite binds at most 32,766 parameters a statement.
 const IN_LIST: usize = 10_000;
 
-/// `$start, $start+1, ...`: `count` placeholders of an `IN (...)` list.
-fn placeholders(start: usize, count: usize) -> String {
+/// Parameter `n` of a statement: `$n`, or on SQLite an anonymous `?` (a statement that
+/// uses these takes its parameters in the order they appear; see `values_clause`).
+fn param(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_string(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
+/// Parameters `start` to `start + count - 1`, an `IN (...)` list's.
+fn params(backend: Backend, start: usize, count: usize) -> String {
     (start..start + count)
-        .map(|i| format!("${i}"))
+        .map(|n| param(backend, n))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -213,6 +222,7 @@ impl Store {
         objects: &[String],
         addresses: &[EmailAddress],
     ) -> Result<(Vec<DirectoryUser>, i64), StoreError> {
+        let b = self.backend;
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -228,45 +238,65 @@ impl Store {
         };
         for chunk in objects.chunks(IN_LIST) {
             let sql = format!(
-                "SELECT id FROM users WHERE source_id = $1 AND customer_id = $2 AND source_object_id IN ({})",
-                placeholders(3, chunk.len())
+                "SELECT id FROM users WHERE source_id = {} AND source_object_id IN ({})",
+                param(b, 1),
+                params(b, 2, chunk.len())
             );
-            let mut query = query_dyn(&sql).bind(source_id).bind(customer_id);
+            let mut query = query_dyn(&sql).bind(source_id);
             for object in chunk {
                 query = query.bind(object.as_str());
             }
             collect(query.fetch_all(&mut *tx).await?, "id")?;
         }
+        // Each lookup by its own index (an alias joined to its user made SQLite walk the
+        // customer's users, asking each for every address); other customers' entries an
+        // alias lookup finds are left out when the entries are read.
         for chunk in addresses.chunks(IN_LIST) {
-            let list = placeholders(2, chunk.len());
-            for (sql, column) in [
-                (
-                    format!("SELECT id FROM users WHERE customer_id = $1 AND address IN ({list})"),
-                    "id",
-                ),
-                (
-                    format!(
-                        "SELECT a.user_id FROM user_aliases a JOIN users u ON u.id = a.user_id \
-                         WHERE u.customer_id = $1 AND a.address IN ({list})"
-                    ),
-                    "user_id",
-                ),
-            ] {
-                let mut query = query_dyn(&sql).bind(customer_id);
-                for address in chunk {
-                    query = query.bind(address.as_str());
-                }
-                collect(query.fetch_all(&mut *tx).await?, column)?;
+            let sql = format!(
+                "SELECT id FROM users WHERE customer_id = {} AND address IN ({})",
+                param(b, 1),
+                params(b, 2, chunk.len())
+            );
+            let mut query = query_dyn(&sql).bind(customer_id);
+            for address in chunk {
+                query = query.bind(address.as_str());
             }
+            collect(query.fetch_all(&mut *tx).await?, "id")?;
+            let sql = format!(
+                "SELECT user_id FROM user_aliases WHERE address IN ({})",
+                params(b, 1, chunk.len())
+            );
+            let mut query = query_dyn(&sql);
+            for address in chunk {
+                query = query.bind(address.as_str());
+            }
+            collect(query.fetch_all(&mut *tx).await?, "user_id")?;
         }
         ids.sort_unstable();
         ids.dedup();
         let mut aliases: HashMap<i64, Vec<EmailAddress>> = HashMap::new();
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IN_LIST) {
-            let list = placeholders(1, chunk.len());
             let mut query = query_dyn(&format!(
-                "SELECT user_id, address FROM user_aliases WHERE user_id IN ({list}) ORDER BY user_id, address"
+                "{SELECT_USERS} WHERE u.customer_id = {} AND u.id IN ({})",
+                param(b, 1),
+                params(b, 2, chunk.len())
+            ))
+            .bind(customer_id);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            rows.extend(query.fetch_all(&mut *tx).await?);
+        }
+        // The customer's entries only (an alias lookup also finds other customers').
+        let ours: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        for chunk in ours.chunks(IN_LIST) {
+            let mut query = query_dyn(&format!(
+                "SELECT user_id, address FROM user_aliases WHERE user_id IN ({}) ORDER BY user_id, address",
+                params(b, 1, chunk.len())
             ));
             for id in chunk {
                 query = query.bind(*id);
@@ -278,11 +308,6 @@ impl Store {
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 );
             }
-            let mut query = query_dyn(&format!("{SELECT_USERS} WHERE u.id IN ({list})"));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            rows.extend(query.fetch_all(&mut *tx).await?);
         }
         let version: i64 = sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
             .bind(customer_id)
@@ -553,11 +578,9 @@ impl Store {
             .map(|u| u.id)
             .collect();
         for chunk in moving.chunks(CHUNK) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
             let sql = format!(
                 "UPDATE users SET address = '~moving~' || CAST(id AS TEXT) WHERE id IN ({})",
-                placeholders.join(", ")
+                params(self.backend, 1, chunk.len())
             );
             let mut query = query_dyn(&sql);
             for id in chunk {
@@ -767,14 +790,17 @@ impl Store {
         }
         for chunk in removals.chunks(CHUNK) {
             let ids: Vec<i64> = chunk.iter().filter_map(|u| u.id).collect();
-            let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
-                "UPDATE users SET status = $1, removed_at = $2, updated_at = $2, removed_epoch = {} WHERE id IN ({})",
+                "UPDATE users SET status = {}, removed_at = {}, updated_at = {}, removed_epoch = {} WHERE id IN ({})",
+                param(self.backend, 1),
+                param(self.backend, 2),
+                param(self.backend, 3),
                 self.db_now(),
-                placeholders.join(", ")
+                params(self.backend, 4, ids.len())
             );
             let mut query = query_dyn(&sql)
                 .bind(UserStatus::Removed.as_str())
+                .bind(&stamp)
                 .bind(&stamp);
             for id in ids {
                 query = query.bind(id);
