@@ -472,12 +472,8 @@ impl Engine {
         let started = Instant::now();
         tracing::info!("run started");
         // What the last applied run read: the source reads what changed since.
-        let mirror = self.store.mirror(spec.source_id).await?;
-        tracing::debug!(
-            ms = elapsed_ms(started),
-            objects = mirror.as_ref().map_or(0, |m| m.objects.len()),
-            "mirror loaded"
-        );
+        // Its head: the source reads the objects it needs.
+        let mirror = self.store.mirror_head(spec.source_id).await?;
         let planned_before = mirror.as_ref().and_then(|m| m.planned.clone());
         // Whether a delta read's plan can take in only what changed: decided before the
         // read, so that the whole directory is loaded only for a plan that needs it.
@@ -489,12 +485,12 @@ impl Engine {
         // current when the plan applies, and loaded again if it is not.
         let (read, preloaded) = if whole_plan.is_some() {
             let (read, preloaded) = tokio::join!(
-                source.read(mirror, progress),
+                source.read(mirror, false, progress),
                 self.store.directory_versioned(spec.customer_id)
             );
             (read, Some(preloaded?))
         } else {
-            (source.read(mirror, progress).await, None)
+            (source.read(mirror, true, progress).await, None)
         };
         let mut preloaded = preloaded;
         let mut read = match read {
@@ -528,6 +524,17 @@ impl Engine {
         if whole_plan.is_none() && planned_before.as_ref().is_none_or(|p| p.basis != basis) {
             whole_plan = Some("the tenant's domains were imported into the customer".into());
         }
+        let users_total = read.users_total.unwrap_or(read.snapshot.users.len() as u64);
+        // A plan of every object needs every user: those a partial read left out too.
+        if let Some(more) = whole_plan.as_ref().and_then(|_| read.more.take()) {
+            let have: HashSet<String> = read.snapshot.users.iter().map(|u| u.id.clone()).collect();
+            let rest = more.users(None).await?;
+            *read.mirror_read.get_or_insert(0) += rest.len() as u64;
+            read.snapshot
+                .users
+                .extend(rest.into_iter().filter(|u| !have.contains(&u.id)));
+            read.snapshot.users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        }
         // The objects a delta read's plan takes in first: what changed, and what the last
         // plan left with an address conflict.
         let scope_from: Option<HashSet<String>> = match (&whole_plan, &read.changed) {
@@ -549,7 +556,8 @@ impl Engine {
         let mut stats = RunStats {
             read_mode: Some(read.mode.as_str().to_string()),
             read_detail: Some(read.mode.detail().to_string()),
-            read_users: read.snapshot.users.len() as u64,
+            read_users: users_total,
+            mirror_read: read.mirror_read,
             read_groups: read.snapshot.groups.len() as u64,
             requests: read.requests,
             throttled: read.throttled,
@@ -575,8 +583,15 @@ impl Engine {
             let planning = Instant::now();
             let scoped = match &scope_from {
                 Some(objects) => {
-                    self.scoped_directory(spec, &read.snapshot, &ctx, objects)
-                        .await?
+                    self.scoped_directory(
+                        spec,
+                        &mut read.snapshot,
+                        read.more.as_deref(),
+                        &ctx,
+                        objects,
+                        &mut stats.mirror_read,
+                    )
+                    .await?
                 }
                 None => None,
             };
@@ -614,14 +629,7 @@ impl Engine {
             stats.planned_objects = scope.as_ref().map(|s| s.len() as u64);
             drop(directory);
             let verdict = self
-                .judge(
-                    spec,
-                    &ctx,
-                    &mut plan,
-                    managed,
-                    read.snapshot.users.is_empty(),
-                    &confirmed,
-                )
+                .judge(spec, &ctx, &mut plan, managed, users_total == 0, &confirmed)
                 .await?;
             stats.plan_ms += elapsed_ms(planning);
             // What the next delta run's plan depends on, saved with this one.
@@ -767,16 +775,40 @@ impl Engine {
     async fn scoped_directory(
         &self,
         spec: &RunSpec,
-        snapshot: &usersync_core::SourceSnapshot,
+        snapshot: &mut usersync_core::SourceSnapshot,
+        more: Option<&dyn crate::source::MoreObjects>,
         ctx: &MappingContext,
         objects: &HashSet<String>,
+        mirror_read: &mut Option<u64>,
     ) -> Result<Option<(Vec<usersync_core::DirectoryUser>, i64, HashSet<String>)>, EngineError>
     {
         let mut scope = usersync_core::scope::Scope::new(objects.iter().cloned());
         let mut version = None;
         let mut rounds = 0;
+        let mut have: HashSet<String> = snapshot
+            .users
+            .iter()
+            .map(|u| u.id.clone())
+            .chain(snapshot.groups.iter().map(|g| g.id.clone()))
+            .collect();
         loop {
             let asking = Instant::now();
+            // Objects of the scope a partial read left out are read first: what they claim
+            // decides what else the scope takes in.
+            if let Some(more) = more {
+                let missing: Vec<String> = scope
+                    .objects()
+                    .iter()
+                    .filter(|o| !have.contains(*o))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    let users = more.users(Some(&missing)).await?;
+                    *mirror_read.get_or_insert(0) += users.len() as u64;
+                    have.extend(missing);
+                    snapshot.users.extend(users);
+                }
+            }
             let wanted = scope.wanted(snapshot, ctx);
             if wanted.is_none() && version.is_some() {
                 break;
@@ -1024,7 +1056,7 @@ impl Engine {
                     delta: ctx.options.delta,
                     full_every_secs: i64::from(ctx.options.full_sync_every_minutes) * 60,
                 };
-                let source = source.with_needs(needs);
+                let source = source.with_needs(needs).with_store(self.store.clone());
                 Ok((Box::new(source), ctx))
             }
         }

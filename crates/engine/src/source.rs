@@ -76,6 +76,24 @@ pub struct SourceRead {
     /// Read by delta: the objects whose plan may differ from the last one (changed,
     /// removed, typed, or members of a changed group). `None`: every object may differ.
     pub changed: Option<std::collections::HashSet<String>>,
+    /// The snapshot holds only some users (those `changed` names, and the groups): the
+    /// others are read from here when the plan needs them.
+    pub more: Option<std::sync::Arc<dyn MoreObjects>>,
+    /// Users in the source (the snapshot's when it holds every one).
+    pub users_total: Option<u64>,
+    /// Objects read from the mirror (a delta run reads only those it needs).
+    pub mirror_read: Option<u64>,
+}
+
+/// The users a partial read left out of its snapshot, read on demand.
+#[async_trait]
+pub trait MoreObjects: Send + Sync + std::fmt::Debug {
+    /// These users (every one left out when `None`), as the read has them; those the
+    /// source does not hold (or that the read changed) are not returned.
+    async fn users(
+        &self,
+        ids: Option<&[String]>,
+    ) -> Result<Vec<usersync_core::SourceUser>, crate::EngineError>;
 }
 
 /// A source of users: Microsoft 365 now, LDAP later.
@@ -84,9 +102,13 @@ pub trait Source: Send + Sync {
     /// Reads everything a sync needs: what changed since `mirror` (the source as the last
     /// applied run read it) when the source can, else the whole source. Fails rather than
     /// return a partial read: a sync from half a tenant would remove the other half.
+    ///
+    /// With `partial`, the mirror may come without its objects and the snapshot may hold
+    /// only what changed (see [`SourceRead::more`]); else it holds every object.
     async fn read(
         &self,
         mirror: Option<Mirror>,
+        partial: bool,
         progress: &dyn Progress,
     ) -> Result<SourceRead, SourceError>;
 

@@ -428,6 +428,21 @@ async fn delta_runs_plan_what_changed_and_do_what_a_whole_plan_would(url: String
     let settled = w.engine.sync(w.source, &NoProgress).await.unwrap();
     assert_eq!(mode(&settled).0, "delta");
     assert!(settled.stats.planned_objects.is_some());
+    // Read from the mirror: the groups, the moved user and the conflicts left, not the
+    // whole tenant.
+    let read = settled
+        .stats
+        .mirror_read
+        .expect("objects read from the mirror");
+    assert!(
+        (2..=first.stats.read_groups + 1 + unsettled).contains(&read),
+        "{read} of {objects}"
+    );
+    assert_eq!(
+        first.stats.mirror_read, None,
+        "no mirror before the first run"
+    );
+    assert_eq!(quiet.stats.mirror_read.map(|n| n < objects), Some(true));
     assert_eq!(
         holder(&w.store.directory(w.customer).await.unwrap()),
         Some(loser),
@@ -443,6 +458,8 @@ async fn delta_runs_plan_what_changed_and_do_what_a_whole_plan_would(url: String
             .planned_objects
             .expect("planned by what changed");
         assert!(planned < objects, "round {round}: {planned} of {objects}");
+        let read = delta.stats.mirror_read.unwrap_or(objects);
+        assert!(read < objects, "round {round}: read {read} of {objects}");
         let full = full_preview(&w).await;
         assert_eq!(
             effects(&delta),
@@ -475,6 +492,7 @@ async fn delta_runs_plan_what_changed_and_do_what_a_whole_plan_would(url: String
     let changed = w.engine.sync(w.source, &NoProgress).await.unwrap();
     assert_eq!(mode(&changed).0, "delta");
     assert_eq!(changed.stats.planned_objects, None);
+    assert!(changed.stats.mirror_read >= Some(changed.stats.read_users));
     assert!(
         changed
             .stats
@@ -484,6 +502,9 @@ async fn delta_runs_plan_what_changed_and_do_what_a_whole_plan_would(url: String
         "{:?}",
         changed.stats.notes
     );
+    let after = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert!(after.plan.is_empty(), "{}", plan_json(&after));
+    assert!(after.stats.planned_objects.is_some());
     w.close().await;
 }
 

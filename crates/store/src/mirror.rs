@@ -74,6 +74,16 @@ impl MirrorWrite {
 impl Store {
     /// The mirror of a source, or `None` before its first applied run.
     pub async fn mirror(&self, source_id: i64) -> Result<Option<Mirror>, StoreError> {
+        let Some(mut mirror) = self.mirror_head(source_id).await? else {
+            return Ok(None);
+        };
+        mirror.objects = self.mirror_objects(source_id, None, None).await?;
+        Ok(Some(mirror))
+    }
+
+    /// The mirror of a source without its objects (read them with
+    /// [`Store::mirror_objects`]), or `None` before its first applied run.
+    pub async fn mirror_head(&self, source_id: i64) -> Result<Option<Mirror>, StoreError> {
         let head = query_dyn(&format!(
             "SELECT generation, cursor, full_at, {} - full_at AS age, planned FROM source_mirrors WHERE source_id = $1",
             self.db_now()
@@ -88,28 +98,67 @@ impl Store {
         // One that does not read is as good as none: the next plan is whole.
         let planned: Option<String> = head.try_get("planned")?;
         let planned = planned.and_then(|p| serde_json::from_str(&p).ok());
-        let rows =
-            sqlx::query("SELECT kind, object_id, data FROM mirror_objects WHERE source_id = $1")
-                .bind(source_id)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut objects = Vec::with_capacity(rows.len());
-        for row in rows {
-            objects.push(MirrorObject {
-                kind: row.try_get("kind")?,
-                id: row.try_get("object_id")?,
-                data: row.try_get("data")?,
-            });
-        }
         Ok(Some(Mirror {
             source_id,
             generation: head.try_get("generation")?,
             cursor,
             full_at: head.try_get("full_at")?,
             full_age_secs: head.try_get("age")?,
-            objects,
+            objects: Vec::new(),
             planned,
         }))
+    }
+
+    /// Mirrored objects of a source: of one kind or all, of some ids or all.
+    pub async fn mirror_objects(
+        &self,
+        source_id: i64,
+        kind: Option<&str>,
+        ids: Option<&[String]>,
+    ) -> Result<Vec<MirrorObject>, StoreError> {
+        let b = self.backend;
+        let p = |n: usize| match b {
+            Backend::Sqlite => "?".to_string(),
+            Backend::Postgres => format!("${n}"),
+        };
+        let mut sql = format!(
+            "SELECT kind, object_id, data FROM mirror_objects WHERE source_id = {}",
+            p(1)
+        );
+        if kind.is_some() {
+            sql.push_str(&format!(" AND kind = {}", p(2)));
+        }
+        let first = if kind.is_some() { 3 } else { 2 };
+        let chunks: Vec<Option<&[String]>> = match ids {
+            None => vec![None],
+            Some(ids) => ids.chunks(10_000).map(Some).collect(),
+        };
+        let mut objects = Vec::new();
+        for chunk in chunks {
+            let mut sql = sql.clone();
+            if let Some(chunk) = chunk {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let list: Vec<String> = (first..first + chunk.len()).map(p).collect();
+                sql.push_str(&format!(" AND object_id IN ({})", list.join(", ")));
+            }
+            let mut query = query_dyn(&sql).bind(source_id);
+            if let Some(kind) = kind {
+                query = query.bind(kind);
+            }
+            for id in chunk.unwrap_or_default() {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                objects.push(MirrorObject {
+                    kind: row.try_get("kind")?,
+                    id: row.try_get("object_id")?,
+                    data: row.try_get("data")?,
+                });
+            }
+        }
+        Ok(objects)
     }
 
     /// Writes a mirror change on its own (outside a run): repairs, and tests that make a

@@ -108,6 +108,10 @@ pub struct RunStats {
     /// every object was planned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_objects: Option<u64>,
+    /// Objects read from the source's mirror: every one for a whole read, and for a delta
+    /// run only the groups and the users it plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_read: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

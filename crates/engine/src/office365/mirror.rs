@@ -34,6 +34,12 @@ pub(super) struct Cursor {
     /// Users' managers are mirrored (and in the users delta, `manager@delta`).
     #[serde(default)]
     pub managers: bool,
+    /// Users mirrored, and those of them whose mailbox type is not known yet: a delta run
+    /// reads only the users it needs from the mirror while every type is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untyped: Option<u64>,
 }
 
 /// A mirrored user: Graph's properties (`u`, as Graph names them), and its mailbox type
@@ -101,16 +107,7 @@ impl Loaded {
             ));
         }
         let mut tenant = Tenant::default();
-        for (id, parsed) in parse_objects(mirror.objects).map_err(|e| (generation, e))? {
-            match parsed {
-                Parsed::User(u) => {
-                    tenant.users.insert(id, u);
-                }
-                Parsed::Group(g) => {
-                    tenant.groups.insert(id, g);
-                }
-            }
-        }
+        tenant.take(mirror.objects).map_err(|e| (generation, e))?;
         Ok(Loaded {
             generation,
             cursor,
@@ -258,6 +255,10 @@ pub(super) struct Merged {
     /// Users whose groups may have changed: the members (through nested groups too) of
     /// the groups the round changed, before and after the change.
     pub members: HashSet<String>,
+    /// Of the users the round named, how many the mirror held (a partial read).
+    pub found: usize,
+    /// Members of changed groups read from the mirror besides (a partial read).
+    pub found_members: usize,
 }
 
 impl Tenant {
@@ -398,6 +399,30 @@ impl Tenant {
             }
         }
         Ok(())
+    }
+
+    /// Takes stored objects in, or says which one does not read.
+    pub fn take(&mut self, objects: Vec<MirrorObject>) -> Result<(), String> {
+        for (id, parsed) in parse_objects(objects)? {
+            match parsed {
+                Parsed::User(u) => {
+                    self.users.insert(id, u);
+                }
+                Parsed::Group(g) => {
+                    self.groups.insert(id, g);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Users that have an address but no known mailbox type.
+    pub fn untyped(&self) -> usize {
+        self.users
+            .values()
+            .filter(|u| u.purpose.is_none())
+            .filter(|u| u.user.mail.is_some() || !u.user.proxy_addresses.is_empty())
+            .count()
     }
 
     /// The users a group holds, directly or through nested groups.

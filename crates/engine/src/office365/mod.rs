@@ -277,6 +277,8 @@ pub struct Office365Source {
     /// Where and as whom it reads: delta links of another endpoint or app are not used.
     graph_url: String,
     client_id: String,
+    /// Where its mirror's objects are read from when a run is given the mirror's head.
+    store: Option<Store>,
 }
 
 impl Office365Source {
@@ -318,7 +320,14 @@ impl Office365Source {
             source_id: record.id,
             graph_url: settings.graph_url.clone(),
             client_id: settings.client_id.clone(),
+            store: None,
         })
+    }
+
+    /// Reads its mirror's objects from `store` when a run is given only the head.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// The Graph client (subscriptions and other calls outside a read).
@@ -484,9 +493,10 @@ impl Source for Office365Source {
     async fn read(
         &self,
         mirror: Option<Mirror>,
+        partial: bool,
         progress: &dyn Progress,
     ) -> Result<SourceRead, SourceError> {
-        self.read_tenant(mirror, progress).await
+        self.read_tenant(mirror, partial, progress).await
     }
 }
 

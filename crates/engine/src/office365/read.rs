@@ -9,7 +9,7 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{Map, Value};
 use usersync_core::{SourceDomain, SourceSnapshot, SourceUser};
 use usersync_graph::{GROUP_PROPERTIES, GraphError, USER_PROPERTIES};
-use usersync_store::Mirror;
+use usersync_store::{Mirror, Store};
 
 use super::mirror::{
     CURSOR_VERSION, Cursor, Loaded, Member, Merged, MirrorGroup, MirrorUser, Tenant,
@@ -67,6 +67,14 @@ impl Early {
             }
         }
     }
+}
+
+/// The source refused a delta link (expired, or of another schema): read whole.
+fn expired(error: &SourceError) -> bool {
+    matches!(
+        error.downcast_ref::<GraphError>(),
+        Some(GraphError::DeltaExpired { .. })
+    )
 }
 
 fn unix_now() -> i64 {
@@ -157,10 +165,32 @@ impl Office365Source {
     pub(super) async fn read_tenant(
         &self,
         mirror: Option<Mirror>,
+        partial: bool,
         progress: &dyn Progress,
     ) -> Result<SourceRead, SourceError> {
         progress.phase("reading domains");
         let domains = self.client.list_domains().await?;
+        // The mirror's head alone: a delta run reads from it only the users it needs.
+        let mirror = match (mirror, &self.store) {
+            (Some(head), Some(store)) if head.objects.is_empty() => {
+                if partial
+                    && let Some(read) = self.read_partial(store, &head, &domains, progress).await?
+                {
+                    return Ok(read);
+                }
+                let loading = std::time::Instant::now();
+                let mut head = head;
+                head.objects = store.mirror_objects(self.source_id, None, None).await?;
+                tracing::debug!(
+                    ms = loading.elapsed().as_millis() as u64,
+                    objects = head.objects.len(),
+                    "mirror loaded whole"
+                );
+                Some(head)
+            }
+            (mirror, _) => mirror,
+        };
+        let mirror_read = mirror.as_ref().map(|m| m.objects.len());
         let mut notes = Vec::new();
         let parsing = std::time::Instant::now();
         let (loaded, untrusted) = match mirror.map(Loaded::from_store) {
@@ -182,7 +212,7 @@ impl Office365Source {
         let (mut tenant, cursor, old, touched, mode) = match (whole, loaded) {
             (None, Some(mut loaded)) => {
                 match self
-                    .read_changes(&mut loaded.tenant, &loaded.cursor, progress)
+                    .read_changes(&mut loaded.tenant, &loaded.cursor, None, progress)
                     .await
                 {
                     Ok((cursor, mut merged, (users, groups))) => {
@@ -202,7 +232,7 @@ impl Office365Source {
                             ReadMode::Delta { changes },
                         )
                     }
-                    Err(e) if matches!(e, GraphError::DeltaExpired { .. }) => {
+                    Err(e) if expired(&e) => {
                         let reason = format!("the delta link was refused ({e})");
                         let (tenant, cursor) = self
                             .read_whole(Some(&loaded.tenant), &mut early, progress)
@@ -215,7 +245,7 @@ impl Office365Source {
                             ReadMode::Full { reason },
                         )
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
             (whole, mut loaded) => {
@@ -228,12 +258,12 @@ impl Office365Source {
                 let mut compare = false;
                 if let (true, Some(l)) = (whole.reconcile, loaded.as_mut()) {
                     match self
-                        .read_changes(&mut l.tenant, &l.cursor.clone(), progress)
+                        .read_changes(&mut l.tenant, &l.cursor.clone(), None, progress)
                         .await
                     {
                         Ok(_) => compare = true,
-                        Err(GraphError::DeltaExpired { .. }) => {}
-                        Err(e) => return Err(e.into()),
+                        Err(e) if expired(&e) => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 let old = loaded.map(|l| l.tenant);
@@ -271,6 +301,9 @@ impl Office365Source {
         if let Some((users, _, _)) = touched.as_mut() {
             users.extend(typed);
         }
+        let mut cursor = cursor;
+        cursor.users = Some(tenant.users.len() as u64);
+        cursor.untyped = Some(tenant.untyped() as u64);
         let writing = std::time::Instant::now();
         let writes = match &touched {
             Some((users, groups, _)) => tenant.writes_touched(users, groups),
@@ -296,8 +329,13 @@ impl Office365Source {
             changed
         });
         let stats = self.client.stats();
+        let users_total = Some(snapshot.users.len() as u64);
+        let mirror_read = mirror_read.map(|n| n as u64);
         Ok(SourceRead {
             changed,
+            more: None,
+            users_total,
+            mirror_read,
             snapshot,
             requests: stats.requests + stats.token_requests,
             throttled: stats.throttled,
@@ -372,6 +410,8 @@ impl Office365Source {
             groups_link,
             memberships: self.needs.memberships,
             managers: self.needs.managers,
+            users: None,
+            untyped: None,
         };
         Ok((tenant, cursor))
     }
@@ -563,8 +603,9 @@ impl Office365Source {
         &self,
         tenant: &mut Tenant,
         cursor: &Cursor,
+        load: Option<&Store>,
         progress: &dyn Progress,
-    ) -> Result<(Cursor, Merged, (HashSet<String>, HashSet<String>)), GraphError> {
+    ) -> Result<(Cursor, Merged, (HashSet<String>, HashSet<String>)), SourceError> {
         progress.phase("reading changes");
         let report = |n: usize| progress.advance(n);
         let (users, groups) = tokio::join!(
@@ -577,6 +618,12 @@ impl Office365Source {
         let mut touched_users: HashSet<String> = users.items.iter().map(item_id).collect();
         let mut touched_groups: HashSet<String> = groups.items.iter().map(item_id).collect();
         let mut merged = Merged::default();
+        // A tenant read from the mirror in part: the users the round names, as they were.
+        if let Some(store) = load {
+            merged.found = self
+                .load_users(store, tenant, touched_users.iter().cloned().collect())
+                .await?;
+        }
         let corrupt = |e: serde_json::Error| GraphError::Malformed {
             url: "a delta round".into(),
             detail: e.to_string(),
@@ -616,7 +663,7 @@ impl Office365Source {
                     );
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
             touched_users.insert(id);
         }
@@ -639,7 +686,7 @@ impl Office365Source {
                         .insert(id.clone(), MirrorGroup { group, members });
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
             touched_groups.insert(id);
         }
@@ -649,12 +696,147 @@ impl Office365Source {
                 tenant.members_deep(id, &mut merged.members);
             }
         }
+        if let Some(store) = load {
+            let unchanged: Vec<String> = merged
+                .members
+                .iter()
+                .filter(|id| !touched_users.contains(*id) && !tenant.users.contains_key(*id))
+                .cloned()
+                .collect();
+            merged.found_members = self.load_users(store, tenant, unchanged).await?;
+        }
         let next = Cursor {
             users_link: users.delta_link,
             groups_link: groups.delta_link,
             ..cursor.clone()
         };
         Ok((next, merged, (touched_users, touched_groups)))
+    }
+
+    /// Reads these users from the store's mirror into `tenant` (those it holds); returns
+    /// how many it held.
+    async fn load_users(
+        &self,
+        store: &Store,
+        tenant: &mut Tenant,
+        ids: Vec<String>,
+    ) -> Result<usize, SourceError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let objects = store
+            .mirror_objects(self.source_id, Some(super::mirror::USER), Some(&ids))
+            .await?;
+        let found = objects.len();
+        tenant.take(objects).map_err(|e| Box::new(Untrusted(e)))?;
+        Ok(found)
+    }
+
+    /// A delta run that reads from the mirror only what it needs: the groups, the users
+    /// the round names and the members of changed groups; the others stay in the store
+    /// and are read on demand ([`SourceRead::more`]). `None` when this run cannot (it
+    /// reads whole, a mailbox type is still unknown, the mirror does not read, the delta
+    /// link was refused): the caller then reads as usual.
+    async fn read_partial(
+        &self,
+        store: &Store,
+        head: &Mirror,
+        domains: &[usersync_graph::Domain],
+        progress: &dyn Progress,
+    ) -> Result<Option<SourceRead>, SourceError> {
+        let Ok(mut loaded) = Loaded::from_store(head.clone()) else {
+            return Ok(None);
+        };
+        if self.whole_because(Some(&loaded), None).is_some() {
+            return Ok(None);
+        }
+        let (Some(users_before), Some(0)) = (loaded.cursor.users, loaded.cursor.untyped) else {
+            return Ok(None);
+        };
+        let loading = std::time::Instant::now();
+        let groups = store
+            .mirror_objects(self.source_id, Some(super::mirror::GROUP), None)
+            .await?;
+        let groups_read = groups.len();
+        if loaded.tenant.take(groups).is_err() {
+            return Ok(None);
+        }
+        let cursor = loaded.cursor.clone();
+        let (mut cursor, mut merged, (mut users, groups)) = match self
+            .read_changes(&mut loaded.tenant, &cursor, Some(store), progress)
+            .await
+        {
+            Ok(read) => read,
+            Err(e) if expired(&e) || e.downcast_ref::<Untrusted>().is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut tenant = loaded.tenant;
+        let mut notes = Vec::new();
+        let typed = self
+            .purposes(
+                &mut tenant,
+                false,
+                self.needs.purpose_budget,
+                &mut notes,
+                progress,
+            )
+            .await?;
+        users.extend(typed);
+        let present = users
+            .iter()
+            .filter(|id| tenant.users.contains_key(*id))
+            .count();
+        let users_now = (users_before + present as u64).saturating_sub(merged.found as u64);
+        cursor.users = Some(users_now);
+        // The users not read were all typed: those read say how many are left.
+        cursor.untyped = Some(tenant.untyped() as u64);
+        let writes = tenant
+            .writes_touched(&users, &groups)
+            .map_err(|e| SourceError::from(format!("the mirror could not be written: {e}")))?;
+        let mirror = super::mirror::write(
+            self.source_id,
+            Some(loaded.generation),
+            &cursor,
+            false,
+            false,
+            writes,
+        );
+        let changes = format!(
+            "{} user and {} group changes, of which {} users and {} groups removed",
+            merged.users_changed,
+            merged.groups_changed,
+            merged.users_removed,
+            merged.groups_removed
+        );
+        let mut changed: HashSet<String> = users.clone();
+        changed.extend(groups);
+        changed.extend(std::mem::take(&mut merged.members));
+        let more = MirrorUsers {
+            store: store.clone(),
+            source_id: self.source_id,
+            groups: std::sync::Arc::new(tenant.groups.clone()),
+            touched: users,
+        };
+        let snapshot = snapshot(tenant, domains.to_vec());
+        tracing::debug!(
+            ms = loading.elapsed().as_millis() as u64,
+            users = snapshot.users.len(),
+            groups = snapshot.groups.len(),
+            "changes read over the mirror's groups and the users they name"
+        );
+        let stats = self.client.stats();
+        Ok(Some(SourceRead {
+            snapshot,
+            requests: stats.requests + stats.token_requests,
+            throttled: stats.throttled,
+            notes,
+            mode: ReadMode::Delta { changes },
+            mirror: Some(mirror),
+            changed: Some(changed),
+            more: Some(std::sync::Arc::new(more)),
+            users_total: Some(users_now),
+            mirror_read: Some((groups_read + merged.found + merged.found_members) as u64),
+        }))
     }
 
     /// Reads the mailbox types not yet known, up to the per-run budget, disabled and
@@ -758,6 +940,44 @@ fn item_id(item: &usersync_graph::DeltaItem<Map<String, Value>>) -> String {
         usersync_graph::DeltaItem::Removed { id, .. } => id.clone(),
     }
 }
+
+/// A mirror's users that a partial read left in the store, read on demand: as this run
+/// has them, since the run changed none of them (those it changed are in its snapshot,
+/// or gone).
+#[derive(Debug)]
+struct MirrorUsers {
+    store: Store,
+    source_id: i64,
+    groups: std::sync::Arc<HashMap<String, MirrorGroup>>,
+    touched: HashSet<String>,
+}
+
+#[async_trait::async_trait]
+impl crate::source::MoreObjects for MirrorUsers {
+    async fn users(&self, ids: Option<&[String]>) -> Result<Vec<SourceUser>, crate::EngineError> {
+        let objects = self
+            .store
+            .mirror_objects(self.source_id, Some(super::mirror::USER), ids)
+            .await?;
+        let mut tenant = Tenant {
+            users: HashMap::new(),
+            groups: (*self.groups).clone(),
+        };
+        tenant.take(objects).map_err(|e| {
+            usersync_store::StoreError::Corrupt(format!(
+                "the mirror of source #{}: {e}",
+                self.source_id
+            ))
+        })?;
+        tenant.users.retain(|id, _| !self.touched.contains(id));
+        Ok(snapshot(tenant, Vec::new()).users)
+    }
+}
+
+/// A mirrored object that does not read: the run reads the tenant whole instead.
+#[derive(Debug, thiserror::Error)]
+#[error("the mirror could not be read: {0}")]
+struct Untrusted(String);
 
 /// What the core plans from: the tenant's users (with mailbox type and memberships) and
 /// groups in a stable order, and its domains.
