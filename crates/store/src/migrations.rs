@@ -65,6 +65,11 @@ const MIGRATIONS: &[Migration] = &[
         "what the plan applied with a mirror depended on (delta runs plan what changed)",
         V11,
     ),
+    both(
+        12,
+        "mirrored objects the source has more to read about (delta runs find them alone)",
+        V12,
+    ),
 ];
 
 /// The newest schema version this binary knows.
@@ -303,6 +308,13 @@ CREATE INDEX users_removed ON users (removed_epoch) WHERE status = 'removed';
 /// objects again. `NULL` (every mirror before this version): the next plan is whole.
 const V11: &str = r#"
 ALTER TABLE source_mirrors ADD COLUMN planned TEXT;
+"#;
+
+/// Mirrored objects the source has more to read about (a mailbox type not known yet),
+/// found through a partial index without reading the rest of the mirror.
+const V12: &str = r#"
+ALTER TABLE mirror_objects ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX mirror_objects_pending ON mirror_objects (source_id, kind, object_id) WHERE pending = 1;
 "#;
 
 const V10_POSTGRES: &str = r#"

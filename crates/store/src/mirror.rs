@@ -17,6 +17,9 @@ pub struct MirrorObject {
     /// The source's id of the object.
     pub id: String,
     pub data: String,
+    /// The source has more to read about it (a mailbox type not known yet): found by
+    /// [`Store::mirror_pending`] without reading the rest.
+    pub pending: bool,
 }
 
 /// A source's mirror as stored.
@@ -122,7 +125,7 @@ impl Store {
             Backend::Postgres => format!("${n}"),
         };
         let mut sql = format!(
-            "SELECT kind, object_id, data FROM mirror_objects WHERE source_id = {}",
+            "SELECT kind, object_id, data, pending FROM mirror_objects WHERE source_id = {}",
             p(1)
         );
         if kind.is_some() {
@@ -151,14 +154,46 @@ impl Store {
                 query = query.bind(id.as_str());
             }
             for row in query.fetch_all(&self.pool).await? {
-                objects.push(MirrorObject {
-                    kind: row.try_get("kind")?,
-                    id: row.try_get("object_id")?,
-                    data: row.try_get("data")?,
-                });
+                objects.push(object_from(&row)?);
             }
         }
         Ok(objects)
+    }
+
+    /// At most `limit` objects of a kind that are pending, in id order.
+    pub async fn mirror_pending(
+        &self,
+        source_id: i64,
+        kind: &str,
+        limit: usize,
+    ) -> Result<Vec<MirrorObject>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, object_id, data, pending FROM mirror_objects \
+             WHERE source_id = $1 AND kind = $2 AND pending = 1 ORDER BY object_id LIMIT $3",
+        )
+        .bind(source_id)
+        .bind(kind)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(object_from).collect()
+    }
+
+    /// How many objects of a kind are pending.
+    pub async fn mirror_pending_count(
+        &self,
+        source_id: i64,
+        kind: &str,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM mirror_objects WHERE source_id = $1 AND kind = $2 AND pending = 1",
+        )
+        .bind(source_id)
+        .bind(kind)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n as u64)
     }
 
     /// Writes a mirror change on its own (outside a run): repairs, and tests that make a
@@ -169,6 +204,16 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+fn object_from(row: &sqlx::any::AnyRow) -> Result<MirrorObject, StoreError> {
+    let pending: i64 = row.try_get("pending")?;
+    Ok(MirrorObject {
+        kind: row.try_get("kind")?,
+        id: row.try_get("object_id")?,
+        data: row.try_get("data")?,
+        pending: pending != 0,
+    })
 }
 
 /// Rows per statement: SQLite binds at most 32,766 parameters, 4 per row.
@@ -263,8 +308,9 @@ pub(crate) async fn write_mirror(
     let objects = Bulk {
         backend,
         table: "mirror_objects",
-        columns: &["source_id", "kind", "object_id", "data"],
-        tail: "ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data",
+        columns: &["source_id", "kind", "object_id", "data", "pending"],
+        tail: "ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data, \
+               pending = excluded.pending",
     };
     for chunk in upserts.chunks(objects.rows_per_statement()) {
         objects
@@ -274,6 +320,7 @@ pub(crate) async fn write_mirror(
                     Cell::from(o.kind.as_str()),
                     Cell::from(o.id.as_str()),
                     Cell::from(o.data.as_str()),
+                    Cell::from(i64::from(o.pending)),
                 ]
             }))
             .execute(&mut **tx)

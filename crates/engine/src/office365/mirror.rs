@@ -15,7 +15,7 @@ use usersync_graph::{GROUP_PROPERTIES, Group, USER_PROPERTIES, User};
 use usersync_store::{Mirror, MirrorObject, MirrorWrite};
 
 /// The shape of the mirror this code writes; another shape is read again whole.
-pub(super) const CURSOR_VERSION: u32 = 2;
+pub(super) const CURSOR_VERSION: u32 = 3;
 
 pub(super) const USER: &str = "user";
 pub(super) const GROUP: &str = "group";
@@ -56,6 +56,14 @@ pub(super) struct MirrorUser {
     /// oldest again, a budget a day, since a type can change without a delta saying so.
     #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     pub purpose_at: Option<i64>,
+}
+
+impl MirrorUser {
+    /// Its mailbox type is still to be read: it has an address, and no known type.
+    pub fn pending(&self) -> bool {
+        self.purpose.is_none()
+            && (self.user.mail.is_some() || !self.user.proxy_addresses.is_empty())
+    }
 }
 
 /// A member of a group, as the mirror keeps it.
@@ -259,6 +267,8 @@ pub(super) struct Merged {
     pub found: usize,
     /// Members of changed groups read from the mirror besides (a partial read).
     pub found_members: usize,
+    /// Of the users read from the mirror, those whose type was still to be read.
+    pub pending: HashSet<String>,
 }
 
 impl Tenant {
@@ -418,11 +428,7 @@ impl Tenant {
 
     /// Users that have an address but no known mailbox type.
     pub fn untyped(&self) -> usize {
-        self.users
-            .values()
-            .filter(|u| u.purpose.is_none())
-            .filter(|u| u.user.mail.is_some() || !u.user.proxy_addresses.is_empty())
-            .count()
+        self.users.values().filter(|u| u.pending()).count()
     }
 
     /// The users a group holds, directly or through nested groups.
@@ -484,7 +490,7 @@ impl Tenant {
         let mut upserts = objects(USER, &changed)?;
         for (id, g) in &self.groups {
             if old.groups.get(id) != Some(g) {
-                upserts.push(object(GROUP, id, g)?);
+                upserts.push(object(GROUP, id, g, false)?);
             }
         }
         let mut deletes: Vec<(String, String)> = old
@@ -512,13 +518,13 @@ impl Tenant {
         let mut deletes = Vec::new();
         for id in users {
             match self.users.get(id) {
-                Some(u) => upserts.push(object(USER, id, u)?),
+                Some(u) => upserts.push(object(USER, id, u, u.pending())?),
                 None => deletes.push((USER.to_string(), id.clone())),
             }
         }
         for id in groups {
             match self.groups.get(id) {
-                Some(g) => upserts.push(object(GROUP, id, g)?),
+                Some(g) => upserts.push(object(GROUP, id, g, false)?),
                 None => deletes.push((GROUP.to_string(), id.clone())),
             }
         }
@@ -606,13 +612,16 @@ pub(super) type Writes = (Vec<MirrorObject>, Vec<(String, String)>);
 
 /// Many objects of one kind, serialised on every core (a first sync writes them all: a
 /// second at 1,000,000 users on one).
-fn objects<T: Serialize + Sync>(
+fn objects(
     kind: &str,
-    items: &[(&String, &T)],
+    items: &[(&String, &MirrorUser)],
 ) -> Result<Vec<MirrorObject>, serde_json::Error> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || items.len() < 10_000 {
-        return items.iter().map(|(id, v)| object(kind, id, v)).collect();
+        return items
+            .iter()
+            .map(|(id, v)| object(kind, id, v, v.pending()))
+            .collect();
     }
     let per = items.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -621,7 +630,7 @@ fn objects<T: Serialize + Sync>(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|(id, v)| object(kind, id, v))
+                        .map(|(id, v)| object(kind, id, v, v.pending()))
                         .collect::<Result<Vec<_>, _>>()
                 })
             })
@@ -642,11 +651,13 @@ fn object<T: Serialize>(
     kind: &str,
     id: &str,
     value: &T,
+    pending: bool,
 ) -> Result<MirrorObject, serde_json::Error> {
     Ok(MirrorObject {
         kind: kind.to_string(),
         id: id.to_string(),
         data: serde_json::to_string(value)?,
+        pending,
     })
 }
 

@@ -295,7 +295,7 @@ impl Office365Source {
             Vec::new()
         } else {
             let budget = self.needs.purpose_budget.saturating_sub(early.asked);
-            self.purposes(&mut tenant, refresh, budget, &mut notes, progress)
+            self.purposes(&mut tenant, refresh, budget, 0, &mut notes, progress)
                 .await?
         };
         if let Some((users, _, _)) = touched.as_mut() {
@@ -621,7 +621,12 @@ impl Office365Source {
         // A tenant read from the mirror in part: the users the round names, as they were.
         if let Some(store) = load {
             merged.found = self
-                .load_users(store, tenant, touched_users.iter().cloned().collect())
+                .load_users(
+                    store,
+                    tenant,
+                    touched_users.iter().cloned().collect(),
+                    &mut merged.pending,
+                )
                 .await?;
         }
         let corrupt = |e: serde_json::Error| GraphError::Malformed {
@@ -703,7 +708,9 @@ impl Office365Source {
                 .filter(|id| !touched_users.contains(*id) && !tenant.users.contains_key(*id))
                 .cloned()
                 .collect();
-            merged.found_members = self.load_users(store, tenant, unchanged).await?;
+            merged.found_members = self
+                .load_users(store, tenant, unchanged, &mut merged.pending)
+                .await?;
         }
         let next = Cursor {
             users_link: users.delta_link,
@@ -720,6 +727,7 @@ impl Office365Source {
         store: &Store,
         tenant: &mut Tenant,
         ids: Vec<String>,
+        pending: &mut HashSet<String>,
     ) -> Result<usize, SourceError> {
         if ids.is_empty() {
             return Ok(0);
@@ -728,6 +736,7 @@ impl Office365Source {
             .mirror_objects(self.source_id, Some(super::mirror::USER), Some(&ids))
             .await?;
         let found = objects.len();
+        pending.extend(objects.iter().filter(|o| o.pending).map(|o| o.id.clone()));
         tenant.take(objects).map_err(|e| Box::new(Untrusted(e)))?;
         Ok(found)
     }
@@ -750,7 +759,7 @@ impl Office365Source {
         if self.whole_because(Some(&loaded), None).is_some() {
             return Ok(None);
         }
-        let (Some(users_before), Some(0)) = (loaded.cursor.users, loaded.cursor.untyped) else {
+        let Some(users_before) = loaded.cursor.users else {
             return Ok(None);
         };
         let loading = std::time::Instant::now();
@@ -771,15 +780,33 @@ impl Office365Source {
             Err(e) => return Err(e),
         };
         let mut tenant = loaded.tenant;
+        // Mailbox types still to read: this run's share of them, found by their flag.
+        let budget = self.needs.purpose_budget;
+        let pending_before = store
+            .mirror_pending_count(self.source_id, super::mirror::USER)
+            .await?;
+        let mut pending_read = 0;
+        if budget > 0 && pending_before > merged.pending.len() as u64 {
+            let batch: Vec<_> = store
+                .mirror_pending(
+                    self.source_id,
+                    super::mirror::USER,
+                    budget + merged.pending.len(),
+                )
+                .await?
+                .into_iter()
+                .filter(|o| !tenant.users.contains_key(&o.id))
+                .collect();
+            pending_read = batch.len();
+            merged.pending.extend(batch.iter().map(|o| o.id.clone()));
+            if tenant.take(batch).is_err() {
+                return Ok(None);
+            }
+        }
         let mut notes = Vec::new();
+        let elsewhere = pending_before.saturating_sub(merged.pending.len() as u64) as usize;
         let typed = self
-            .purposes(
-                &mut tenant,
-                false,
-                self.needs.purpose_budget,
-                &mut notes,
-                progress,
-            )
+            .purposes(&mut tenant, false, budget, elsewhere, &mut notes, progress)
             .await?;
         users.extend(typed);
         let present = users
@@ -788,8 +815,24 @@ impl Office365Source {
             .count();
         let users_now = (users_before + present as u64).saturating_sub(merged.found as u64);
         cursor.users = Some(users_now);
-        // The users not read were all typed: those read say how many are left.
-        cursor.untyped = Some(tenant.untyped() as u64);
+        // Types still to read: those of the mirror, less the ones read (or gone), plus the
+        // new ones.
+        let pending_now: HashSet<&String> = tenant
+            .users
+            .iter()
+            .filter(|(_, u)| u.pending())
+            .map(|(id, _)| id)
+            .collect();
+        let settled = merged
+            .pending
+            .iter()
+            .filter(|id| !pending_now.contains(id))
+            .count() as u64;
+        let arrived = pending_now
+            .iter()
+            .filter(|id| !merged.pending.contains(**id))
+            .count() as u64;
+        cursor.untyped = Some((pending_before + arrived).saturating_sub(settled));
         let writes = tenant
             .writes_touched(&users, &groups)
             .map_err(|e| SourceError::from(format!("the mirror could not be written: {e}")))?;
@@ -835,7 +878,9 @@ impl Office365Source {
             changed: Some(changed),
             more: Some(std::sync::Arc::new(more)),
             users_total: Some(users_now),
-            mirror_read: Some((groups_read + merged.found + merged.found_members) as u64),
+            mirror_read: Some(
+                (groups_read + merged.found + merged.found_members + pending_read) as u64,
+            ),
         }))
     }
 
@@ -848,6 +893,7 @@ impl Office365Source {
         tenant: &mut Tenant,
         refresh: bool,
         budget: usize,
+        elsewhere: usize,
         notes: &mut Vec<String>,
         progress: &dyn Progress,
     ) -> Result<Vec<String>, SourceError> {
@@ -864,7 +910,8 @@ impl Office365Source {
             .collect();
         // Disabled or unlicensed first, then by id so that runs go through the rest in turn.
         wanted.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-        let left = wanted.len().saturating_sub(budget);
+        // Those of `tenant` beyond the budget, and those a partial read left in the store.
+        let left = wanted.len().saturating_sub(budget) + elsewhere;
         let mut ids: Vec<String> = wanted
             .into_iter()
             .take(budget)
