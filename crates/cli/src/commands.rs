@@ -556,6 +556,8 @@ pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
         "requests": outcome.stats.requests,
         "read_mode": outcome.stats.read_mode,
         "read_detail": outcome.stats.read_detail,
+        "planned_objects": outcome.stats.planned_objects,
+        "mirror_read": outcome.stats.mirror_read,
         "error": outcome.error,
         "retry_in_secs": outcome.retry_in_secs,
         "remedy": outcome.remedy,

@@ -485,6 +485,12 @@ fn read_mode(stats: &RunStats) {
         (Some("full"), Some(detail)) => outln!("Read the whole tenant: {detail}."),
         _ => {}
     }
+    if let Some(planned) = stats.planned_objects {
+        outln!(
+            "Planned the {planned} objects that changed, share an address with them or had a conflict \
+             (the skips and warnings are theirs; the last whole plan lists the others)."
+        );
+    }
 }
 
 /// The command that mends a failed run, when the engine knows one.
@@ -727,6 +733,15 @@ pub fn run_details(r: &RunRecord) {
         );
         if let (Some(mode), Some(detail)) = (&s.read_mode, &s.read_detail) {
             outln!("  mode:     {mode} ({detail})");
+        }
+        match (s.planned_objects, s.mirror_read) {
+            (Some(planned), read) => outln!(
+                "  planned:  {planned} objects (what changed, and those sharing its addresses){}",
+                read.map(|r| format!("; {r} read from the mirror"))
+                    .unwrap_or_default()
+            ),
+            (None, Some(read)) => outln!("  planned:  every object; {read} read from the mirror"),
+            (None, None) => {}
         }
         outln!(
             "  time:     {:.1} s (read {:.1} s, plan {:.1} s, apply {:.1} s)",

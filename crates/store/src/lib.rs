@@ -458,6 +458,21 @@ pub(crate) fn now() -> String {
         .unwrap_or_default()
 }
 
+/// The values of an `IN (...)` sent as one parameter, a JSON array (`n`: its number): the
+/// statement's text is the same whatever the list's length, so there are not thousands of
+/// parameters to bind nor plans to make. `bigint`: the values are ids.
+pub(crate) fn in_json(backend: Backend, n: usize, bigint: bool) -> String {
+    match (backend, bigint) {
+        (Backend::Sqlite, _) => "SELECT value FROM json_each(?)".to_string(),
+        (Backend::Postgres, false) => {
+            format!("SELECT jsonb_array_elements_text(CAST(${n} AS jsonb))")
+        }
+        (Backend::Postgres, true) => {
+            format!("SELECT CAST(jsonb_array_elements_text(CAST(${n} AS jsonb)) AS BIGINT)")
+        }
+    }
+}
+
 /// `($1, $2, ...), (...)` for `rows` rows of `columns` parameters.
 ///
 /// SQLite gets anonymous `?` instead: it looks up every named parameter by a linear scan

@@ -7,7 +7,7 @@
 use sqlx::Row;
 
 use crate::bulk::{Bulk, Cell};
-use crate::{Backend, Store, StoreError, now, query_dyn};
+use crate::{Backend, Store, StoreError, in_json, now, query_dyn};
 
 /// One mirrored object: a user or a group of the source, as the source's JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,31 +131,23 @@ impl Store {
         if kind.is_some() {
             sql.push_str(&format!(" AND kind = {}", p(2)));
         }
-        let first = if kind.is_some() { 3 } else { 2 };
-        let chunks: Vec<Option<&[String]>> = match ids {
-            None => vec![None],
-            Some(ids) => ids.chunks(10_000).map(Some).collect(),
-        };
+        if ids.is_some() {
+            let n = if kind.is_some() { 3 } else { 2 };
+            sql.push_str(&format!(" AND object_id IN ({})", in_json(b, n, false)));
+        }
+        if ids.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut query = query_dyn(&sql).bind(source_id);
+        if let Some(kind) = kind {
+            query = query.bind(kind);
+        }
+        if let Some(ids) = ids {
+            query = query.bind(serde_json::Value::from(ids.to_vec()).to_string());
+        }
         let mut objects = Vec::new();
-        for chunk in chunks {
-            let mut sql = sql.clone();
-            if let Some(chunk) = chunk {
-                if chunk.is_empty() {
-                    continue;
-                }
-                let list: Vec<String> = (first..first + chunk.len()).map(p).collect();
-                sql.push_str(&format!(" AND object_id IN ({})", list.join(", ")));
-            }
-            let mut query = query_dyn(&sql).bind(source_id);
-            if let Some(kind) = kind {
-                query = query.bind(kind);
-            }
-            for id in chunk.unwrap_or_default() {
-                query = query.bind(id.as_str());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                objects.push(object_from(&row)?);
-            }
+        for row in query.fetch_all(&self.pool).await? {
+            objects.push(object_from(&row)?);
         }
         Ok(objects)
     }

@@ -10,7 +10,7 @@ use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 use crate::audit::{By, Change, record};
 use crate::bulk::{Bulk, Cell};
 use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
-use crate::{Backend, Store, StoreError, now, parse_enum, query_dyn};
+use crate::{Backend, Store, StoreError, in_json, now, parse_enum, query_dyn};
 
 /// Ids per statement that names users by id (`IN (…)`).
 const CHUNK: usize = 400;
@@ -53,9 +53,6 @@ pub struct Apply<'a> {
     /// What the run read, for its source's mirror: written with the plan or not at all.
     pub mirror: Option<&'a crate::MirrorWrite>,
 }
-
-/// Values in one `IN (...)` list: SQLite binds at most 32,766 parameters a statement.
-const IN_LIST: usize = 10_000;
 
 /// Parameter `n` of a statement: `$n`, or on SQLite an anonymous `?` (a statement that
 /// uses these takes its parameters in the order they appear; see `values_clause`).
@@ -236,78 +233,70 @@ impl Store {
             }
             Ok(())
         };
-        for chunk in objects.chunks(IN_LIST) {
+        let list = |items: Vec<&str>| serde_json::Value::from(items).to_string();
+        if !objects.is_empty() {
             let sql = format!(
                 "SELECT id FROM users WHERE source_id = {} AND source_object_id IN ({})",
                 param(b, 1),
-                params(b, 2, chunk.len())
+                in_json(b, 2, false)
             );
-            let mut query = query_dyn(&sql).bind(source_id);
-            for object in chunk {
-                query = query.bind(object.as_str());
-            }
+            let query = query_dyn(&sql)
+                .bind(source_id)
+                .bind(list(objects.iter().map(String::as_str).collect()));
             collect(query.fetch_all(&mut *tx).await?, "id")?;
         }
         // Each lookup by its own index (an alias joined to its user made SQLite walk the
         // customer's users, asking each for every address); other customers' entries an
         // alias lookup finds are left out when the entries are read.
-        for chunk in addresses.chunks(IN_LIST) {
+        if !addresses.is_empty() {
+            let addresses = list(addresses.iter().map(EmailAddress::as_str).collect());
             let sql = format!(
                 "SELECT id FROM users WHERE customer_id = {} AND address IN ({})",
                 param(b, 1),
-                params(b, 2, chunk.len())
+                in_json(b, 2, false)
             );
-            let mut query = query_dyn(&sql).bind(customer_id);
-            for address in chunk {
-                query = query.bind(address.as_str());
-            }
+            let query = query_dyn(&sql).bind(customer_id).bind(&addresses);
             collect(query.fetch_all(&mut *tx).await?, "id")?;
             let sql = format!(
                 "SELECT user_id FROM user_aliases WHERE address IN ({})",
-                params(b, 1, chunk.len())
+                in_json(b, 1, false)
             );
-            let mut query = query_dyn(&sql);
-            for address in chunk {
-                query = query.bind(address.as_str());
-            }
-            collect(query.fetch_all(&mut *tx).await?, "user_id")?;
+            collect(
+                query_dyn(&sql).bind(&addresses).fetch_all(&mut *tx).await?,
+                "user_id",
+            )?;
         }
         ids.sort_unstable();
         ids.dedup();
+        let ids = serde_json::Value::from(ids).to_string();
         let mut aliases: HashMap<i64, Vec<EmailAddress>> = HashMap::new();
-        let mut rows = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(IN_LIST) {
-            let mut query = query_dyn(&format!(
-                "{SELECT_USERS} WHERE u.customer_id = {} AND u.id IN ({})",
-                param(b, 1),
-                params(b, 2, chunk.len())
-            ))
-            .bind(customer_id);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            rows.extend(query.fetch_all(&mut *tx).await?);
-        }
+        let rows = query_dyn(&format!(
+            "{SELECT_USERS} WHERE u.customer_id = {} AND u.id IN ({})",
+            param(b, 1),
+            in_json(b, 2, true)
+        ))
+        .bind(customer_id)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
         // The customer's entries only (an alias lookup also finds other customers').
         let ours: Vec<i64> = rows
             .iter()
             .map(|row| row.try_get("id"))
             .collect::<Result<_, _>>()?;
-        for chunk in ours.chunks(IN_LIST) {
-            let mut query = query_dyn(&format!(
-                "SELECT user_id, address FROM user_aliases WHERE user_id IN ({}) ORDER BY user_id, address",
-                params(b, 1, chunk.len())
-            ));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                let address: String = row.try_get("address")?;
-                aliases.entry(row.try_get("user_id")?).or_default().push(
-                    EmailAddress::stored(&address)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
-            }
+        let ours = serde_json::Value::from(ours).to_string();
+        for row in query_dyn(&format!(
+            "SELECT user_id, address FROM user_aliases WHERE user_id IN ({}) ORDER BY user_id, address",
+            in_json(b, 1, true)
+        ))
+        .bind(&ours)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let address: String = row.try_get("address")?;
+            aliases.entry(row.try_get("user_id")?).or_default().push(
+                EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
         }
         let version: i64 = sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
             .bind(customer_id)
