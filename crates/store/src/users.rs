@@ -54,6 +54,22 @@ pub struct Apply<'a> {
     pub mirror: Option<&'a crate::MirrorWrite>,
 }
 
+/// The version a customer's directory is at (0 before its first change).
+async fn directory_version(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    customer_id: i64,
+) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
+            .bind(customer_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get("directory_version"))
+            .transpose()?
+            .unwrap_or_default(),
+    )
+}
+
 /// Parameter `n` of a statement: `$n`, or on SQLite an anonymous `?` (a statement that
 /// uses these takes its parameters in the order they appear; see `values_clause`).
 fn param(backend: Backend, n: usize) -> String {
@@ -190,13 +206,7 @@ impl Store {
         .bind(customer_id)
         .fetch_all(&mut *tx)
         .await?;
-        let version: i64 = sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
-            .bind(customer_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get("directory_version"))
-            .transpose()?
-            .unwrap_or_default();
+        let version = directory_version(&mut tx, customer_id).await?;
         tx.commit().await?;
         let users = rows
             .iter()
@@ -298,13 +308,7 @@ impl Store {
                 EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             );
         }
-        let version: i64 = sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
-            .bind(customer_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get("directory_version"))
-            .transpose()?
-            .unwrap_or_default();
+        let version = directory_version(&mut tx, customer_id).await?;
         tx.commit().await?;
         let mut users = rows
             .iter()

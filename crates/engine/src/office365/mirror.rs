@@ -271,6 +271,16 @@ pub(super) struct Merged {
     pub pending: HashSet<String>,
 }
 
+impl Merged {
+    /// What the round held, for the run's read detail.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} user and {} group changes, of which {} users and {} groups removed",
+            self.users_changed, self.groups_changed, self.users_removed, self.groups_removed
+        )
+    }
+}
+
 impl Tenant {
     /// Merges one users delta round.
     pub fn merge_users(
@@ -433,6 +443,13 @@ impl Tenant {
 
     /// The users a group holds, directly or through nested groups.
     pub fn members_deep(&self, group_id: &str, into: &mut HashSet<String>) {
+        self.each_member(group_id, |id| {
+            into.insert(id.to_string());
+        });
+    }
+
+    /// Calls `f` with each user a group holds, directly or through nested groups, once.
+    fn each_member<'a>(&'a self, group_id: &'a str, mut f: impl FnMut(&'a str)) {
         let Some(members) = self.groups.get(group_id).and_then(|g| g.members.as_ref()) else {
             return;
         };
@@ -447,7 +464,7 @@ impl Tenant {
                     stack.extend(nested.iter());
                 }
             } else {
-                into.insert(m.id.clone());
+                f(m.id.as_str());
             }
         }
     }
@@ -455,23 +472,12 @@ impl Tenant {
     /// Ids of the groups each user belongs to, directly or through nested groups.
     pub fn member_of(&self) -> HashMap<&str, Vec<String>> {
         let mut member_of: HashMap<&str, Vec<String>> = HashMap::new();
-        for (gid, g) in &self.groups {
-            let Some(members) = &g.members else { continue };
-            let mut seen: HashSet<&str> = HashSet::new();
-            let mut stack: Vec<&Member> = members.iter().collect();
-            seen.insert(gid.as_str());
-            while let Some(m) = stack.pop() {
-                if !seen.insert(m.id.as_str()) {
-                    continue;
-                }
-                if m.group {
-                    if let Some(nested) = self.groups.get(&m.id).and_then(|n| n.members.as_ref()) {
-                        stack.extend(nested.iter());
-                    }
-                } else if let Some((key, _)) = self.users.get_key_value(&m.id) {
+        for gid in self.groups.keys() {
+            self.each_member(gid, |id| {
+                if let Some((key, _)) = self.users.get_key_value(id) {
                     member_of.entry(key.as_str()).or_default().push(gid.clone());
                 }
-            }
+            });
         }
         for groups in member_of.values_mut() {
             groups.sort();

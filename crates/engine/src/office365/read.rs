@@ -217,13 +217,7 @@ impl Office365Source {
                 {
                     Ok((cursor, mut merged, (users, groups))) => {
                         let touched = (users, groups, std::mem::take(&mut merged.members));
-                        let changes = format!(
-                            "{} user and {} group changes, of which {} users and {} groups removed",
-                            merged.users_changed,
-                            merged.groups_changed,
-                            merged.users_removed,
-                            merged.groups_removed
-                        );
+                        let changes = merged.describe();
                         (
                             loaded.tenant,
                             cursor,
@@ -844,13 +838,7 @@ impl Office365Source {
             false,
             writes,
         );
-        let changes = format!(
-            "{} user and {} group changes, of which {} users and {} groups removed",
-            merged.users_changed,
-            merged.groups_changed,
-            merged.users_removed,
-            merged.groups_removed
-        );
+        let changes = merged.describe();
         let mut changed: HashSet<String> = users.clone();
         changed.extend(groups);
         changed.extend(std::mem::take(&mut merged.members));
