@@ -70,6 +70,9 @@ async fn directory_version(
     )
 }
 
+/// Rows written by one run beyond which PostgreSQL's statistics are refreshed at once.
+const ANALYZE_AFTER: usize = 10_000;
+
 /// Parameter `n` of a statement: `$n`, or on SQLite an anonymous `?` (a statement that
 /// uses these takes its parameters in the order they appear; see `values_clause`).
 fn param(backend: Backend, n: usize) -> String {
@@ -867,6 +870,19 @@ impl Store {
         lap("recorded");
         tx.commit().await?;
         lap("committed");
+        let written = plan.add.len() + mirror.map_or(0, |m| m.upserts.len());
+        if self.backend == Backend::Postgres && written >= ANALYZE_AFTER {
+            // PostgreSQL plans the next run's lookups from table statistics, which its
+            // autovacuum refreshes only a while after a large write: until then it takes
+            // a first sync's million mirror rows for a hundred and scans them all.
+            if let Err(e) = sqlx::query("ANALYZE users, user_aliases, mirror_objects")
+                .execute(&self.pool)
+                .await
+            {
+                tracing::debug!(error = %e, "statistics not refreshed");
+            }
+            lap("analyzed");
+        }
         Ok(ApplyCounts {
             added: plan.add.len(),
             updated: plan.update.len(),
