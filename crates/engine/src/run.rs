@@ -526,18 +526,12 @@ impl Engine {
         }
         let users_total = read.users_total.unwrap_or(read.snapshot.users.len() as u64);
         // A plan of every object needs every user: those a partial read left out too.
-        if let Some(more) = whole_plan.as_ref().and_then(|_| read.more.take()) {
-            let have: HashSet<String> = read.snapshot.users.iter().map(|u| u.id.clone()).collect();
-            let rest = more.users(None).await?;
-            *read.mirror_read.get_or_insert(0) += rest.len() as u64;
-            read.snapshot
-                .users
-                .extend(rest.into_iter().filter(|u| !have.contains(&u.id)));
-            read.snapshot.users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        if whole_plan.is_some() {
+            read_everything(&mut read).await?;
         }
         // The objects a delta read's plan takes in first: what changed, and what the last
         // plan left with an address conflict.
-        let scope_from: Option<HashSet<String>> = match (&whole_plan, &read.changed) {
+        let mut scope_from: Option<HashSet<String>> = match (&whole_plan, &read.changed) {
             (None, Some(changed)) => {
                 let mut objects = changed.clone();
                 objects.extend(
@@ -598,6 +592,14 @@ impl Engine {
             let (directory, version, scope) = match scoped {
                 Some((entries, version, objects)) => (entries, version, Some(objects)),
                 None => {
+                    // The directory changed while the scope was being loaded: this plan
+                    // takes in every object, so it needs every user.
+                    if scope_from.take().is_some() {
+                        let before = read.mirror_read.unwrap_or(0);
+                        read_everything(&mut read).await?;
+                        let more = read.mirror_read.unwrap_or(0) - before;
+                        *stats.mirror_read.get_or_insert(0) += more;
+                    }
                     let (directory, version) = match preloaded.take() {
                         Some(loaded) => loaded,
                         None => self.store.directory_versioned(spec.customer_id).await?,
@@ -1129,6 +1131,22 @@ impl Engine {
         )?;
         Ok((source, settings))
     }
+}
+
+/// Completes a partial read's snapshot with every user it left out (for a plan of every
+/// object).
+async fn read_everything(read: &mut crate::source::SourceRead) -> Result<(), EngineError> {
+    let Some(more) = read.more.take() else {
+        return Ok(());
+    };
+    let have: HashSet<String> = read.snapshot.users.iter().map(|u| u.id.clone()).collect();
+    let rest = more.users(None).await?;
+    *read.mirror_read.get_or_insert(0) += rest.len() as u64;
+    read.snapshot
+        .users
+        .extend(rest.into_iter().filter(|u| !have.contains(&u.id)));
+    read.snapshot.users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    Ok(())
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
