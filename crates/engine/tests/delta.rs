@@ -508,6 +508,50 @@ async fn delta_runs_plan_what_changed_and_do_what_a_whole_plan_would(url: String
     w.close().await;
 }
 
+/// A delta run that imports a domain the tenant just verified plans every object, with
+/// every user (its read took only what changed from the mirror): nobody is removed, and
+/// the users of the new domain are added.
+async fn a_domain_imported_by_a_delta_run_plans_every_object(url: String) {
+    let w = small_world(url).await;
+    w.set(&["import_domains=true"]).await;
+    let first = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+    let quiet = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert!(quiet.stats.planned_objects.is_some(), "{:?}", quiet.stats);
+    let synced = w.addresses(false).await.len();
+    let tenant = w.sim.tenant();
+    tenant.add_domain(usersync_sim::SimDomain {
+        id: "newly-verified.example".into(),
+        authentication_type: "Managed".into(),
+        is_default: false,
+        is_initial: false,
+        is_verified: true,
+        is_root: true,
+        supported_services: vec!["Email".into()],
+    });
+    tenant
+        .add_user(SimUser::member("Nova New", "nova@newly-verified.example"))
+        .unwrap();
+    let run = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(mode(&run).0, "delta");
+    assert_eq!(run.plan.import_domains.len(), 1, "{}", plan_json(&run));
+    assert_eq!(run.stats.planned_objects, None, "every object planned");
+    assert!(run.plan.remove.is_empty(), "{}", plan_json(&run));
+    assert!(
+        run.stats
+            .notes
+            .iter()
+            .any(|n| n.contains("every object was planned") && n.contains("domains")),
+        "{:?}",
+        run.stats.notes
+    );
+    let now = w.addresses(false).await;
+    assert_eq!(now.len(), synced + 1, "{now:?}");
+    assert!(now.iter().any(|a| a == "nova@newly-verified.example"));
+    w.close().await;
+}
+
 /// A mailbox converted to shared without any change to the account (Graph's user delta
 /// does not carry mailbox settings) is found by the daily reconciliation, which reads the
 /// mailbox types read longest ago again.
@@ -790,4 +834,5 @@ on_both_backends!(
     the_daily_reconciliation_finds_and_fixes_a_difference_in_the_mirror,
     delta_and_whole_reads_plan_the_same_under_random_changes,
     delta_runs_plan_what_changed_and_do_what_a_whole_plan_would,
+    a_domain_imported_by_a_delta_run_plans_every_object,
 );

@@ -893,6 +893,14 @@ impl TenantHandle {
     pub fn domains(&self) -> Vec<SimDomain> {
         self.read().bp.domains.clone()
     }
+    /// Adds a domain to the tenant, as an administrator verifying a new one does.
+    pub fn add_domain(&self, domain: SimDomain) {
+        let mut d = self.write();
+        if domain.is_verified && domain.supports_email() {
+            d.bp.mail_domains.push(domain.id.clone());
+        }
+        d.bp.domains.push(domain);
+    }
     /// Verified, Email-capable custom domains; the default domain first.
     pub fn mail_domains(&self) -> Vec<String> {
         self.read().bp.mail_domains.clone()
