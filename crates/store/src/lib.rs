@@ -458,6 +458,15 @@ pub(crate) fn now() -> String {
         .unwrap_or_default()
 }
 
+/// Parameter `n` of a statement: `$n`, or on SQLite an anonymous `?` (a statement that
+/// uses these takes its parameters in the order they appear; see `values_clause`).
+pub(crate) fn param(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_string(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
 /// The values of an `IN (...)` sent as one parameter, a JSON array (`n`: its number): the
 /// statement's text is the same whatever the list's length, so there are not thousands of
 /// parameters to bind nor plans to make. `bigint`: the values are ids.

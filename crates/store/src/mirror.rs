@@ -7,7 +7,7 @@
 use sqlx::Row;
 
 use crate::bulk::{Bulk, Cell};
-use crate::{Backend, Store, StoreError, in_json, now, query_dyn};
+use crate::{Backend, Store, StoreError, in_json, now, param, query_dyn};
 
 /// One mirrored object: a user or a group of the source, as the source's JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,10 +120,7 @@ impl Store {
         ids: Option<&[String]>,
     ) -> Result<Vec<MirrorObject>, StoreError> {
         let b = self.backend;
-        let p = |n: usize| match b {
-            Backend::Sqlite => "?".to_string(),
-            Backend::Postgres => format!("${n}"),
-        };
+        let p = |n: usize| param(b, n);
         let mut sql = format!(
             "SELECT kind, object_id, data, pending FROM mirror_objects WHERE source_id = {}",
             p(1)

@@ -10,7 +10,7 @@ use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 use crate::audit::{By, Change, record};
 use crate::bulk::{Bulk, Cell};
 use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
-use crate::{Backend, Store, StoreError, in_json, now, parse_enum, query_dyn};
+use crate::{Backend, Store, StoreError, in_json, now, param, parse_enum, query_dyn};
 
 /// Ids per statement that names users by id (`IN (…)`).
 const CHUNK: usize = 400;
@@ -72,15 +72,6 @@ async fn directory_version(
 
 /// Rows written by one run beyond which PostgreSQL's statistics are refreshed at once.
 const ANALYZE_AFTER: usize = 10_000;
-
-/// Parameter `n` of a statement: `$n`, or on SQLite an anonymous `?` (a statement that
-/// uses these takes its parameters in the order they appear; see `values_clause`).
-fn param(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => "?".to_string(),
-        Backend::Postgres => format!("${n}"),
-    }
-}
 
 /// Parameters `start` to `start + count - 1`, an `IN (...)` list's.
 fn params(backend: Backend, start: usize, count: usize) -> String {
