@@ -5,6 +5,7 @@
 //! handed in as plain values, and everything it decides comes back as a [`Plan`].
 
 pub mod address;
+pub mod early;
 pub mod filter;
 pub mod ids;
 pub mod mapping;
