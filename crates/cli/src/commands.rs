@@ -558,6 +558,7 @@ pub fn sync_json(outcome: &RunOutcome) -> serde_json::Value {
         "read_detail": outcome.stats.read_detail,
         "planned_objects": outcome.stats.planned_objects,
         "mirror_read": outcome.stats.mirror_read,
+        "written_while_reading": outcome.stats.written_while_reading,
         "error": outcome.error,
         "retry_in_secs": outcome.retry_in_secs,
         "remedy": outcome.remedy,

@@ -491,6 +491,9 @@ fn read_mode(stats: &RunStats) {
              (the skips and warnings are theirs; the last whole plan lists the others)."
         );
     }
+    if let Some(written) = stats.written_while_reading {
+        outln!("Planned and wrote {written} adds while the tenant was still being read.");
+    }
 }
 
 /// The command that mends a failed run, when the engine knows one.

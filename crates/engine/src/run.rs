@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::Instrument;
-use usersync_core::{MappingContext, Plan, SourceKind, UserStatus, plan_within};
+use usersync_core::early::EarlyPlan;
+use usersync_core::{DirectoryUser, MappingContext, Plan, SourceKind, UserStatus, plan_within};
 use usersync_graph::RetryPolicy;
 use usersync_store::{
     Apply, Claim, DEFAULT_LEASE, Enqueued, NewJob, NewRun, RunEnd, RunKind, RunLease, RunOwner,
@@ -37,6 +38,17 @@ pub struct EngineOptions {
     pub max_attempts: i64,
     /// Who asks, recorded with runs and changes: the operating-system user on the CLI.
     pub actor: String,
+    /// A sync that reads its whole source plans the users it can before the read ends and
+    /// writes their adds into the plan's transaction as they come (see
+    /// `usersync_core::early`), judged on its first this many users: a smaller read is
+    /// planned and written after it. On SQLite the open transaction holds the one writer
+    /// while the rest of the read goes on.
+    pub early_writes_from: usize,
+    /// ... and only when those users came at most this fast (users a second): a read
+    /// faster than the database writes gains nothing from writing beside it (the
+    /// processors are busy with the read already), one slower (a tenant far away, as
+    /// every real one is) leaves the writes nothing to wait for at its end.
+    pub early_writes_below_rate: f64,
 }
 
 impl Default for EngineOptions {
@@ -48,6 +60,8 @@ impl Default for EngineOptions {
             lease: DEFAULT_LEASE,
             max_attempts: 3,
             actor: "usersync".into(),
+            early_writes_from: 5_000,
+            early_writes_below_rate: 20_000.0,
         }
     }
 }
@@ -142,6 +156,14 @@ struct RunSpec {
 }
 
 /// What the deletion safeguard decided for a plan.
+/// Adds planned while the source was read, and the transaction they are written in (see
+/// `Engine::plan_early`).
+struct Early {
+    plan: EarlyPlan,
+    open: usersync_store::OpenApply,
+    adds: Vec<DirectoryUser>,
+}
+
 struct Verdict {
     status: RunStatus,
     reason: Option<String>,
@@ -483,19 +505,35 @@ impl Engine {
         // The customer's directory loads while the source is read (the read waits on the
         // network, the load on the database): a whole plan needs it. It is checked to be
         // current when the plan applies, and loaded again if it is not.
-        let (read, preloaded) = if whole_plan.is_some() {
-            let (read, preloaded) = tokio::join!(
-                source.read(mirror, false, progress),
-                self.store.directory_versioned(spec.customer_id)
+        //
+        // A sync that plans every object plans, as the read hands them over, the users
+        // nothing else bears on, and stages their adds (`usersync_core::early`): most of
+        // a first sync is written while its pages still arrive.
+        let (read, preloaded, early) = if whole_plan.is_some() {
+            let (handover, handed) = match spec.kind {
+                RunKind::Sync => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    (Some(tx), Some(rx))
+                }
+                _ => (None, None),
+            };
+            let (read, staged) = tokio::join!(
+                source.read(mirror, false, handover, progress),
+                self.plan_early(spec, ctx, handed)
             );
-            (read, Some(preloaded?))
+            let (directory, version, early) = staged?;
+            (read, Some((directory, version)), early)
         } else {
-            (source.read(mirror, true, progress).await, None)
+            (source.read(mirror, true, None, progress).await, None, None)
         };
         let mut preloaded = preloaded;
+        let mut early = early;
         let mut read = match read {
             Ok(read) => read,
             Err(error) => {
+                // Its early writes are rolled back first (on SQLite they hold the writer
+                // the failure is recorded with).
+                drop(early.take());
                 let stats = RunStats {
                     duration_ms: elapsed_ms(started),
                     ..RunStats::default()
@@ -608,7 +646,36 @@ impl Engine {
                 }
             };
             let loaded_ms = elapsed_ms(planning);
-            let mut plan = plan_within(&read.snapshot, &directory, &ctx, scope.as_ref());
+            // The early adds stand where nothing the read found after bears on them (and
+            // the domains did not change under them); the rest is planned now.
+            let mut open = None;
+            let mut plan = match early.take() {
+                Some(e) if scope.is_none() && import.is_empty() => {
+                    let settled = e.plan.finish(&read.snapshot, &ctx, &read.changed_after);
+                    let mut written = e.open;
+                    written.withdraw(&settled.withdrawn).await?;
+                    tracing::debug!(
+                        kept = settled.kept.len(),
+                        withdrawn = settled.withdrawn.len(),
+                        "early adds settled"
+                    );
+                    open = Some(written);
+                    usersync_core::early::plan_rest(
+                        &read.snapshot,
+                        &directory,
+                        &ctx,
+                        &settled.kept,
+                        e.adds,
+                    )
+                }
+                // Domains imported after the read change what an add holds: its writes
+                // are rolled back, and everything is planned now.
+                Some(e) => {
+                    drop(e);
+                    plan_within(&read.snapshot, &directory, &ctx, scope.as_ref())
+                }
+                None => plan_within(&read.snapshot, &directory, &ctx, scope.as_ref()),
+            };
             tracing::debug!(
                 directory_ms = loaded_ms,
                 plan_ms = elapsed_ms(planning) - loaded_ms,
@@ -685,23 +752,39 @@ impl Engine {
                     clears_hold: verdict.clears_hold,
                 },
             };
-            let applied = self
-                .store
-                .apply_plan(
-                    &Apply {
-                        lease: spec.lease,
-                        customer_id: spec.customer_id,
-                        source_id: Some(ctx.source_id),
-                        plan: &plan,
-                        directory_version: version,
-                        status: verdict.status,
-                        error: verdict.reason.as_deref(),
-                        settle,
-                        mirror: read.mirror.as_ref(),
-                    },
-                    &mut stats,
-                )
-                .await;
+            let apply = Apply {
+                lease: spec.lease,
+                customer_id: spec.customer_id,
+                source_id: Some(ctx.source_id),
+                plan: &plan,
+                directory_version: version,
+                status: verdict.status,
+                error: verdict.reason.as_deref(),
+                settle,
+                mirror: read.mirror.as_ref(),
+            };
+            let applied = match open {
+                Some(mut written) => {
+                    // Only what the judged plan still adds stays in.
+                    let adds: HashSet<&str> = plan
+                        .add
+                        .iter()
+                        .filter_map(|a| a.source_object_id.as_deref())
+                        .collect();
+                    let dropped: Vec<String> = written
+                        .objects()
+                        .filter(|o| !adds.contains(o))
+                        .map(str::to_string)
+                        .collect();
+                    drop(adds);
+                    written.withdraw(&dropped).await?;
+                    stats.written_while_reading = Some(written.added() as u64);
+                    self.store
+                        .apply_plan_open(&apply, &mut stats, written)
+                        .await
+                }
+                None => self.store.apply_plan(&apply, &mut stats).await,
+            };
             match applied {
                 Ok(_) => {}
                 Err(StoreError::DirectoryChanged { .. }) if tries < 5 => {
@@ -735,6 +818,70 @@ impl Engine {
             );
             return Ok(self.outcome(spec, verdict.status, plan, stats, verdict.reason));
         }
+    }
+
+    /// The customer's directory (loaded while the source is read), and with `handed` (the
+    /// users a sync's read hands over as it goes) the adds planned from them, written into
+    /// the plan's transaction as they come once there are enough of them.
+    async fn plan_early(
+        &self,
+        spec: &RunSpec,
+        ctx: &MappingContext,
+        handed: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<usersync_core::SourceUser>>>,
+    ) -> Result<(Vec<DirectoryUser>, i64, Option<Early>), EngineError> {
+        let (directory, version) = self.store.directory_versioned(spec.customer_id).await?;
+        let (Some(mut handed), Some(mut plan)) = (handed, EarlyPlan::new(&directory, ctx)) else {
+            return Ok((directory, version, None));
+        };
+        // Whether the read is slow enough to plan and write beside it is judged on its
+        // first users, kept until then; a fast one is told to hand over no more.
+        let mut first: Option<Instant> = None;
+        let mut held: Vec<usersync_core::SourceUser> = Vec::new();
+        let mut early = false;
+        while !early {
+            let Some(users) = handed.recv().await else {
+                return Ok((directory, version, None));
+            };
+            let since = *first.get_or_insert_with(Instant::now);
+            held.extend(users);
+            if held.len() >= self.options.early_writes_from.max(1) {
+                let rate = held.len() as f64 / since.elapsed().as_secs_f64().max(1e-3);
+                if rate > self.options.early_writes_below_rate {
+                    tracing::debug!(rate, "the read is fast: planned after it");
+                    return Ok((directory, version, None));
+                }
+                early = true;
+            }
+        }
+        let mut open = match self
+            .store
+            .open_apply(spec.lease, spec.customer_id, Some(ctx.source_id), version)
+            .await
+        {
+            Ok(o) => o,
+            // Another apply came first: this run plans after its read, and plans again
+            // from the directory as it is then.
+            Err(StoreError::DirectoryChanged { .. }) => return Ok((directory, version, None)),
+            Err(error) => return Err(error.into()),
+        };
+        let mut adds: Vec<DirectoryUser> = plan.take(held, ctx);
+        let mut written = 0;
+        loop {
+            let chunk = usersync_store::OpenApply::ADDS_PER_WRITE;
+            let ready = (adds.len() - written) / chunk * chunk;
+            if ready > 0 {
+                open.add(&adds[written..written + ready]).await?;
+                written += ready;
+            }
+            let Some(users) = handed.recv().await else {
+                break;
+            };
+            adds.extend(plan.take(users, ctx));
+        }
+        open.add(&adds[written..]).await?;
+        written = adds.len();
+        tracing::debug!(written, "adds planned and written while reading");
+        Ok((directory, version, Some(Early { plan, open, adds })))
     }
 
     /// Why a delta read's plan must take in every object rather than what changed (see
@@ -1049,10 +1196,7 @@ impl Engine {
                 let mut ctx = MappingContext::new(record.id, domains, settings.options.clone());
                 ctx.rules = self.store.filter_rules(record.id).await?;
                 let needs = ReadNeeds {
-                    memberships: !ctx.options.selected_groups.is_empty()
-                        || ctx.options.include_groups
-                        || !ctx.options.group_map.is_empty()
-                        || ctx.rules.iter().any(|r| r.expression.mentions_member_of()),
+                    memberships: usersync_core::early::needs_memberships(&ctx),
                     purpose_budget: ctx.options.purpose_budget as usize,
                     managers: ctx.options.import_managers,
                     delta: ctx.options.delta,

@@ -83,7 +83,15 @@ pub struct SourceRead {
     pub users_total: Option<u64>,
     /// Objects read from the mirror (a delta run reads only those it needs).
     pub mirror_read: Option<u64>,
+    /// Users handed to the read's [`EarlyUsers`] that changed after (a mailbox type read
+    /// after the last page): what was planned of them early is planned again.
+    pub changed_after: std::collections::HashSet<String>,
 }
+
+/// Where a whole read hands over its users as it holds them for good (a page arrived, its
+/// mailbox types read), so that the run can plan and write them while later pages still
+/// arrive (see `usersync_core::early`). Each user is handed over once.
+pub type EarlyUsers = tokio::sync::mpsc::UnboundedSender<Vec<usersync_core::SourceUser>>;
 
 /// The users a partial read left out of its snapshot, read on demand.
 #[async_trait]
@@ -105,10 +113,14 @@ pub trait Source: Send + Sync {
     ///
     /// With `partial`, the mirror may come without its objects and the snapshot may hold
     /// only what changed (see [`SourceRead::more`]); else it holds every object.
+    ///
+    /// With `early`, a read of the whole source hands its users over there as it goes
+    /// (a source that cannot just never does: the run then plans after the read).
     async fn read(
         &self,
         mirror: Option<Mirror>,
         partial: bool,
+        early: Option<EarlyUsers>,
         progress: &dyn Progress,
     ) -> Result<SourceRead, SourceError>;
 

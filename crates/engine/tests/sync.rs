@@ -737,7 +737,93 @@ async fn real_world_oddities_sync_by_the_rules(url: String) {
     w.close().await;
 }
 
+/// What a directory entry is, as an operator compares two directories.
+fn entries(users: &[usersync_core::DirectoryUser]) -> Vec<String> {
+    let mut rows: Vec<String> = users
+        .iter()
+        .map(|u| {
+            format!(
+                "{} {:?} {} {} {} {:?}",
+                u.address, u.aliases, u.mailbox_type, u.billable, u.group, u.source_object_id
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+async fn a_whole_read_writes_its_adds_while_its_pages_arrive(url: String) {
+    let config = SimConfig {
+        users: 300,
+        seed: 11,
+        page_size_cap: Some(25),
+        ..SimConfig::default()
+    };
+    // (The tests' engine writes early whatever the read's size and pace.)
+    let w = world(url, config.clone()).await;
+    let user_adds = |store: usersync_store::Store, customer: i64| async move {
+        store
+            .audit_log(&usersync_store::AuditQuery {
+                customer_id: Some(customer),
+                since: None,
+                limit: 100_000,
+            })
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "user.add")
+            .count()
+    };
+
+    // A page late in the read fails: what was written beside it is rolled back, and the
+    // failure is recorded (on SQLite, after the writes let go of the writer).
+    w.sim
+        .inject_fault(Fault::status("/v1.0/users", 500).with_query("$skiptoken"));
+    let failed = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(failed.error.as_deref().unwrap().contains("500"));
+    assert!(w.store.users(w.customer, true).await.unwrap().is_empty());
+    assert_eq!(user_adds(w.store.clone(), w.customer).await, 0);
+
+    w.sim.clear_faults();
+    let outcome = w.engine.sync(w.source, &NoProgress).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    let early = outcome.stats.written_while_reading.unwrap_or(0) as usize;
+    assert!(
+        early > 0 && early <= outcome.plan.add.len(),
+        "{early} of {} adds written while reading",
+        outcome.plan.add.len()
+    );
+    let users = w.store.users(w.customer, false).await.unwrap();
+    assert_eq!(users.len(), outcome.plan.add.len());
+    // One audit entry per user added: none left of an early add planned again.
+    assert_eq!(user_adds(w.store.clone(), w.customer).await, users.len());
+    let run = w.store.run(outcome.run_id).await.unwrap();
+    assert_eq!(
+        run.stats.and_then(|s| s.written_while_reading),
+        Some(early as u64)
+    );
+
+    // The same tenant planned and written after its read gives the same directory.
+    let other = world(usersync_store::testing::fresh_sqlite_url(), config).await;
+    let after = usersync_engine::Engine::new(
+        other.store.clone(),
+        usersync_engine::EngineOptions {
+            early_writes_from: usize::MAX,
+            ..usersync_engine::EngineOptions::default()
+        },
+    );
+    let classic = after.sync(other.source, &NoProgress).await.unwrap();
+    assert_eq!(classic.stats.written_while_reading, None);
+    assert_eq!(classic.plan.add, outcome.plan.add);
+    let theirs = other.store.users(other.customer, false).await.unwrap();
+    assert_eq!(entries(&theirs), entries(&users));
+    other.close().await;
+    w.close().await;
+}
+
 on_both_backends!(
+    a_whole_read_writes_its_adds_while_its_pages_arrive,
     real_world_oddities_sync_by_the_rules,
     a_read_tells_the_progress_its_total,
     a_source_with_a_running_sync_is_not_removed,

@@ -18,6 +18,7 @@ mod filters;
 mod jobs;
 mod migrations;
 mod mirror;
+mod open_apply;
 mod process;
 mod retention;
 mod runs;
@@ -41,6 +42,7 @@ pub use database::mask_password;
 pub use error::{DEFAULT_BUSY_TIMEOUT, StoreError};
 pub use jobs::{Claim, Enqueued, NewJob, QueueStats, Recovered, SourceHealth};
 pub use mirror::{Mirror, MirrorObject, MirrorPlan, MirrorWrite};
+pub use open_apply::OpenApply;
 pub use process::RunOwner;
 pub use retention::PurgeReport;
 pub use runs::{

@@ -112,6 +112,10 @@ pub struct RunStats {
     /// run only the groups and the users it plans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_read: Option<u64>,
+    /// Adds planned and written while the source was still being read (a whole read of a
+    /// tenant far away); absent when the plan was made and written after the read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_while_reading: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

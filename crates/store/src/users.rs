@@ -9,6 +9,7 @@ use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 
 use crate::audit::{By, Change, record};
 use crate::bulk::{Bulk, Cell};
+use crate::open_apply::OpenApply;
 use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
 use crate::{Backend, Store, StoreError, in_json, now, param, parse_enum, query_dyn};
 
@@ -412,7 +413,18 @@ impl Store {
         apply: &Apply<'_>,
         stats: &mut RunStats,
     ) -> Result<ApplyCounts, StoreError> {
-        self.apply(apply, stats, false).await
+        self.apply(apply, stats, false, None).await
+    }
+
+    /// [`Store::apply_plan`] in a transaction opened before the plan was whole, holding
+    /// the adds written while the source was read ([`Store::open_apply`]).
+    pub async fn apply_plan_open(
+        &self,
+        apply: &Apply<'_>,
+        stats: &mut RunStats,
+        open: OpenApply,
+    ) -> Result<ApplyCounts, StoreError> {
+        self.apply(apply, stats, false, Some(open)).await
     }
 
     /// Applies the plan of removing a source (its users' removals) and marks the source
@@ -422,7 +434,7 @@ impl Store {
         apply: &Apply<'_>,
         stats: &mut RunStats,
     ) -> Result<ApplyCounts, StoreError> {
-        self.apply(apply, stats, true).await
+        self.apply(apply, stats, true, None).await
     }
 
     async fn apply(
@@ -430,6 +442,7 @@ impl Store {
         apply: &Apply<'_>,
         stats: &mut RunStats,
         remove_source: bool,
+        open: Option<OpenApply>,
     ) -> Result<ApplyCounts, StoreError> {
         let Apply {
             lease,
@@ -442,24 +455,25 @@ impl Store {
             settle,
             mirror,
         } = *apply;
-        let started = std::time::Instant::now();
-        let mut tx = self.write_tx().await?;
-        let stamp = now();
+        let open = match open {
+            Some(open) => open,
+            None => {
+                self.open_apply(lease, customer_id, source_id, directory_version)
+                    .await?
+            }
+        };
+        let OpenApply {
+            mut tx,
+            started,
+            stamp,
+            actor,
+            mut groups,
+            added,
+            aliases: early_aliases,
+            ..
+        } = open;
         let mut changes: Vec<Change> = Vec::new();
         let customer = Some(customer_id);
-        // The plan was made from this version of the directory; the update also makes
-        // applies of one customer take turns (PostgreSQL locks the row until commit).
-        let current = sqlx::query(
-            "UPDATE customers SET directory_version = directory_version + 1 \
-             WHERE id = $1 AND directory_version = $2",
-        )
-        .bind(customer_id)
-        .bind(directory_version)
-        .execute(&mut *tx)
-        .await?;
-        if current.rows_affected() == 0 {
-            return Err(StoreError::DirectoryChanged { customer_id });
-        }
         let lap = |phase: &str| {
             tracing::debug!(
                 phase,
@@ -467,36 +481,10 @@ impl Store {
                 "applying the plan"
             )
         };
-        // The run's changes are the run's, and whoever asked for it; they are written to the
-        // audit log as they are made (a first sync's 100,000 entries are not held at once).
-        let actor: String = sqlx::query(
-            "SELECT COALESCE(requested_by, 'usersync') AS actor FROM runs WHERE id = $1",
-        )
-        .bind(lease.run_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get("actor"))
-        .transpose()?
-        .unwrap_or_else(|| "usersync".into());
         let by = By {
             actor: &actor,
             run_id: Some(lease.run_id),
         };
-        if let Some(source_id) = source_id {
-            // The source may have been removed while this run read it. Touching its row
-            // also makes a removal and a sync of one source (on PostgreSQL) take turns.
-            let live = sqlx::query(
-                "UPDATE sources SET sync_state = sync_state WHERE id = $1 AND removed_at IS NULL",
-            )
-            .bind(source_id)
-            .execute(&mut *tx)
-            .await?;
-            if live.rows_affected() == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "source #{source_id} was removed while this run worked on it; nothing was applied"
-                )));
-            }
-        }
         if let Some(mirror) = mirror {
             crate::mirror::write_mirror(&mut tx, self.backend, &self.db_now(), mirror).await?;
             lap("mirrored");
@@ -526,33 +514,20 @@ impl Store {
         }
 
         // Group names the plan uses, created when missing (filters name their destination).
-        let mut groups: HashMap<String, i64> = HashMap::new();
-        for row in sqlx::query("SELECT id, name FROM console_groups WHERE customer_id = $1")
-            .bind(customer_id)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            groups.insert(row.try_get("name")?, row.try_get("id")?);
-        }
         let wanted = plan.add.iter().map(|u| &u.group).chain(
             plan.update
                 .iter()
                 .filter_map(|u| u.after.as_ref().map(|a| &a.group)),
         );
-        for name in wanted {
-            if !groups.contains_key(name) {
-                let row = sqlx::query(
-                    "INSERT INTO console_groups (customer_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
-                )
-                .bind(customer_id)
-                .bind(name)
-                .bind(&stamp)
-                .fetch_one(&mut *tx)
-                .await?;
-                groups.insert(name.clone(), row.try_get("id")?);
-                changes.push(Change::new(customer, "group.add", name));
-            }
-        }
+        ensure_groups(
+            &mut tx,
+            customer_id,
+            &stamp,
+            &mut groups,
+            wanted,
+            &mut changes,
+        )
+        .await?;
         let group_id = |name: &str| groups.get(name).copied().unwrap_or_default();
 
         // Addresses that change hands in this plan (two users swapping addresses, a chain
@@ -577,81 +552,32 @@ impl Store {
         }
 
         // Adds, many rows per statement: a first sync of 100,000 users is the common case.
-        let mut new_aliases: Vec<(i64, &EmailAddress)> = Vec::new();
+        let mut new_aliases: Vec<(i64, &EmailAddress)> =
+            early_aliases.iter().map(|(id, a)| (*id, a)).collect();
         // In address order: each insert lands beside the last in the index of addresses.
-        let mut adds: Vec<&DirectoryUser> = plan.add.iter().collect();
+        let mut adds: Vec<&DirectoryUser> = plan
+            .add
+            .iter()
+            .filter(|u| {
+                u.source_object_id
+                    .as_ref()
+                    .is_none_or(|o| !added.contains_key(o))
+            })
+            .collect();
         adds.sort_unstable_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
-        let users = Bulk {
-            backend: self.backend,
-            table: "users",
-            columns: &[
-                "customer_id",
-                "address",
-                "display_name",
-                "given_name",
-                "surname",
-                "mailbox_type",
-                "billable",
-                "group_id",
-                "source_id",
-                "source_object_id",
-                "status",
-                "created_at",
-                "updated_at",
-                "manager",
-                "services",
-            ],
-            tail: "RETURNING id, address",
-        };
-        for chunk in adds.chunks(users.rows_per_statement()) {
-            let query = users.query(chunk.iter().map(|u| {
-                vec![
-                    Cell::from(customer_id),
-                    Cell::from(u.address.as_str()),
-                    Cell::from(u.display_name.as_str()),
-                    Cell::from(u.given_name.as_deref()),
-                    Cell::from(u.surname.as_deref()),
-                    Cell::from(u.mailbox_type.as_str()),
-                    Cell::from(i64::from(u.billable)),
-                    Cell::from(group_id(&u.group)),
-                    Cell::from(u.source_id),
-                    Cell::from(u.source_object_id.as_deref()),
-                    Cell::from(UserStatus::Active.as_str()),
-                    Cell::from(stamp.as_str()),
-                    Cell::from(stamp.as_str()),
-                    Cell::Owned(u.manager.as_ref().map(|m| m.to_string())),
-                    Cell::Owned(
-                        u.services
-                            .as_ref()
-                            .and_then(|v| serde_json::to_string(v).ok()),
-                    ),
-                ]
-            }));
-            let rows = query.fetch_all(&mut *tx).await.map_err(|e| {
-                if StoreError::is_unique_violation(&e) {
-                    StoreError::Conflict(
-                        "an address of the plan was taken while the sync ran; run it again".into(),
-                    )
-                } else {
-                    e.into()
-                }
-            })?;
-            let ids: HashMap<String, i64> = rows
-                .iter()
-                .map(|r| Ok((r.try_get("address")?, r.try_get("id")?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-            for u in chunk {
-                let id = ids.get(u.address.as_str()).copied().ok_or_else(|| {
-                    StoreError::Corrupt(format!("no id came back for {}", u.address))
-                })?;
-                new_aliases.extend(u.aliases.iter().map(|a| (id, a)));
-            }
-            changes.extend(
-                chunk
-                    .iter()
-                    .map(|u| Change::new(customer, "user.add", &u.address).after(user_summary(u))),
-            );
-            flush(&mut tx, self.backend, &by, &mut changes, false).await?;
+        let ids = insert_users(
+            &mut tx,
+            self.backend,
+            customer_id,
+            &stamp,
+            &groups,
+            &adds,
+            &by,
+            &mut changes,
+        )
+        .await?;
+        for (u, id) in adds.iter().zip(ids) {
+            new_aliases.extend(u.aliases.iter().map(|a| (id, a)));
         }
 
         // Removed entries whose address a live user takes now go first, freeing it.
@@ -724,22 +650,7 @@ impl Store {
             }
         }
         lap("updated");
-        let aliases = Bulk {
-            backend: self.backend,
-            table: "user_aliases",
-            columns: &["user_id", "address"],
-            tail: "",
-        };
-        for chunk in new_aliases.chunks(aliases.rows_per_statement()) {
-            aliases
-                .query(
-                    chunk
-                        .iter()
-                        .map(|(id, address)| vec![Cell::from(*id), Cell::from(address.as_str())]),
-                )
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_aliases(&mut tx, self.backend, &new_aliases).await?;
 
         lap("aliases");
         // Rule 9: removal is a soft delete; the entry stays, restorable.
@@ -1054,6 +965,151 @@ async fn apply_groups(
 
 /// Writes the changes held so far to the audit log when there are many of them (or when
 /// `all`), and lets go of them.
+/// Creates the console groups of these names that `groups` lacks (filters name their
+/// destination), each with its audit entry.
+pub(crate) async fn ensure_groups<'a>(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    customer_id: i64,
+    stamp: &str,
+    groups: &mut HashMap<String, i64>,
+    names: impl Iterator<Item = &'a String>,
+    changes: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    for name in names {
+        if !groups.contains_key(name) {
+            let row = sqlx::query(
+                "INSERT INTO console_groups (customer_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(customer_id)
+            .bind(name)
+            .bind(stamp)
+            .fetch_one(&mut **tx)
+            .await?;
+            groups.insert(name.clone(), row.try_get("id")?);
+            changes.push(Change::new(Some(customer_id), "group.add", name));
+        }
+    }
+    Ok(())
+}
+
+/// Inserts new users (`adds`, in address order: each lands beside the last in the index of
+/// addresses), many rows per statement; returns their row ids in the same order. Their
+/// audit entries are written as they go.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_users(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    customer_id: i64,
+    stamp: &str,
+    groups: &HashMap<String, i64>,
+    adds: &[&DirectoryUser],
+    by: &By<'_>,
+    changes: &mut Vec<Change>,
+) -> Result<Vec<i64>, StoreError> {
+    let customer = Some(customer_id);
+    let group_id = |name: &str| groups.get(name).copied().unwrap_or_default();
+    let mut out = Vec::with_capacity(adds.len());
+    let users = Bulk {
+        backend,
+        table: "users",
+        columns: &[
+            "customer_id",
+            "address",
+            "display_name",
+            "given_name",
+            "surname",
+            "mailbox_type",
+            "billable",
+            "group_id",
+            "source_id",
+            "source_object_id",
+            "status",
+            "created_at",
+            "updated_at",
+            "manager",
+            "services",
+        ],
+        tail: "RETURNING id, address",
+    };
+    for chunk in adds.chunks(users.rows_per_statement()) {
+        let query = users.query(chunk.iter().map(|u| {
+            vec![
+                Cell::from(customer_id),
+                Cell::from(u.address.as_str()),
+                Cell::from(u.display_name.as_str()),
+                Cell::from(u.given_name.as_deref()),
+                Cell::from(u.surname.as_deref()),
+                Cell::from(u.mailbox_type.as_str()),
+                Cell::from(i64::from(u.billable)),
+                Cell::from(group_id(&u.group)),
+                Cell::from(u.source_id),
+                Cell::from(u.source_object_id.as_deref()),
+                Cell::from(UserStatus::Active.as_str()),
+                Cell::from(stamp),
+                Cell::from(stamp),
+                Cell::Owned(u.manager.as_ref().map(|m| m.to_string())),
+                Cell::Owned(
+                    u.services
+                        .as_ref()
+                        .and_then(|v| serde_json::to_string(v).ok()),
+                ),
+            ]
+        }));
+        let rows = query.fetch_all(&mut **tx).await.map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::Conflict(
+                    "an address of the plan was taken while the sync ran; run it again".into(),
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        let ids: HashMap<String, i64> = rows
+            .iter()
+            .map(|r| Ok((r.try_get("address")?, r.try_get("id")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        for u in chunk {
+            let id = ids
+                .get(u.address.as_str())
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("no id came back for {}", u.address)))?;
+            out.push(id);
+        }
+        changes.extend(
+            chunk
+                .iter()
+                .map(|u| Change::new(customer, "user.add", &u.address).after(user_summary(u))),
+        );
+        flush(tx, backend, by, changes, false).await?;
+    }
+
+    Ok(out)
+}
+
+/// Inserts aliases (user id, address), many rows per statement.
+pub(crate) async fn insert_aliases(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    aliases: &[(i64, &EmailAddress)],
+) -> Result<(), StoreError> {
+    let rows = Bulk {
+        backend,
+        table: "user_aliases",
+        columns: &["user_id", "address"],
+        tail: "",
+    };
+    for chunk in aliases.chunks(rows.rows_per_statement()) {
+        rows.query(
+            chunk
+                .iter()
+                .map(|(id, address)| vec![Cell::from(*id), Cell::from(address.as_str())]),
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 async fn flush(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
@@ -1069,7 +1125,7 @@ async fn flush(
 }
 
 /// A user as the audit log shows it when it is added.
-fn user_summary(u: &DirectoryUser) -> serde_json::Value {
+pub(crate) fn user_summary(u: &DirectoryUser) -> serde_json::Value {
     serde_json::json!({
         "display_name": u.display_name,
         "type": u.mailbox_type,

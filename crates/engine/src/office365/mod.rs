@@ -494,9 +494,10 @@ impl Source for Office365Source {
         &self,
         mirror: Option<Mirror>,
         partial: bool,
+        early: Option<crate::source::EarlyUsers>,
         progress: &dyn Progress,
     ) -> Result<SourceRead, SourceError> {
-        self.read_tenant(mirror, partial, progress).await
+        self.read_tenant(mirror, partial, early, progress).await
     }
 }
 

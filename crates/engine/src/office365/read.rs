@@ -166,6 +166,7 @@ impl Office365Source {
         &self,
         mirror: Option<Mirror>,
         partial: bool,
+        handover: Option<crate::source::EarlyUsers>,
         progress: &dyn Progress,
     ) -> Result<SourceRead, SourceError> {
         progress.phase("reading domains");
@@ -209,77 +210,78 @@ impl Office365Source {
 
         // Mailbox types a whole read asks for while its pages still arrive.
         let mut early = Early::default();
-        let (mut tenant, cursor, old, touched, mode) = match (whole, loaded) {
-            (None, Some(mut loaded)) => {
-                match self
-                    .read_changes(&mut loaded.tenant, &loaded.cursor, None, progress)
-                    .await
-                {
-                    Ok((cursor, mut merged, (users, groups))) => {
-                        let touched = (users, groups, std::mem::take(&mut merged.members));
-                        let changes = merged.describe();
-                        (
-                            loaded.tenant,
-                            cursor,
-                            None,
-                            Some(touched),
-                            ReadMode::Delta { changes },
-                        )
-                    }
-                    Err(e) if expired(&e) => {
-                        let reason = format!("the delta link was refused ({e})");
-                        let (tenant, cursor) = self
-                            .read_whole(Some(&loaded.tenant), &mut early, progress)
-                            .await?;
-                        (
-                            tenant,
-                            cursor,
-                            Some(loaded.tenant),
-                            None,
-                            ReadMode::Full { reason },
-                        )
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            (whole, mut loaded) => {
-                let whole = whole.unwrap_or(Whole {
-                    reason: "the first read of this source".into(),
-                    reconcile: false,
-                });
-                // A reconciliation first takes what changed, so that what the whole read
-                // finds beyond it is a difference the delta rounds missed.
-                let mut compare = false;
-                if let (true, Some(l)) = (whole.reconcile, loaded.as_mut()) {
+        let (mut tenant, cursor, old, touched, mode) =
+            match (whole, loaded) {
+                (None, Some(mut loaded)) => {
                     match self
-                        .read_changes(&mut l.tenant, &l.cursor.clone(), None, progress)
+                        .read_changes(&mut loaded.tenant, &loaded.cursor, None, progress)
                         .await
                     {
-                        Ok(_) => compare = true,
-                        Err(e) if expired(&e) => {}
+                        Ok((cursor, mut merged, (users, groups))) => {
+                            let touched = (users, groups, std::mem::take(&mut merged.members));
+                            let changes = merged.describe();
+                            (
+                                loaded.tenant,
+                                cursor,
+                                None,
+                                Some(touched),
+                                ReadMode::Delta { changes },
+                            )
+                        }
+                        Err(e) if expired(&e) => {
+                            let reason = format!("the delta link was refused ({e})");
+                            let (tenant, cursor) = self
+                                .read_whole(Some(&loaded.tenant), &mut early, handover, progress)
+                                .await?;
+                            (
+                                tenant,
+                                cursor,
+                                Some(loaded.tenant),
+                                None,
+                                ReadMode::Full { reason },
+                            )
+                        }
                         Err(e) => return Err(e),
                     }
                 }
-                let old = loaded.map(|l| l.tenant);
-                let (tenant, cursor) = self.read_whole(old.as_ref(), &mut early, progress).await?;
-                if let (Some(old), true) = (&old, compare) {
-                    notes.push(
-                        tenant.differences(old).unwrap_or_else(|| {
+                (whole, mut loaded) => {
+                    let whole = whole.unwrap_or(Whole {
+                        reason: "the first read of this source".into(),
+                        reconcile: false,
+                    });
+                    // A reconciliation first takes what changed, so that what the whole read
+                    // finds beyond it is a difference the delta rounds missed.
+                    let mut compare = false;
+                    if let (true, Some(l)) = (whole.reconcile, loaded.as_mut()) {
+                        match self
+                            .read_changes(&mut l.tenant, &l.cursor.clone(), None, progress)
+                            .await
+                        {
+                            Ok(_) => compare = true,
+                            Err(e) if expired(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    let old = loaded.map(|l| l.tenant);
+                    let (tenant, cursor) = self
+                        .read_whole(old.as_ref(), &mut early, handover, progress)
+                        .await?;
+                    if let (Some(old), true) = (&old, compare) {
+                        notes.push(tenant.differences(old).unwrap_or_else(|| {
                             "reconciliation: the mirror matched the tenant".into()
-                        }),
-                    );
+                        }));
+                    }
+                    (
+                        tenant,
+                        cursor,
+                        old,
+                        None,
+                        ReadMode::Full {
+                            reason: whole.reason,
+                        },
+                    )
                 }
-                (
-                    tenant,
-                    cursor,
-                    old,
-                    None,
-                    ReadMode::Full {
-                        reason: whole.reason,
-                    },
-                )
-            }
-        };
+            };
         let mut touched = touched;
         // A reconciliation also reads again the mailbox types read longest ago (a type
         // can change without the account changing, so without a delta saying so).
@@ -292,9 +294,13 @@ impl Office365Source {
             self.purposes(&mut tenant, refresh, budget, 0, &mut notes, progress)
                 .await?
         };
-        if let Some((users, _, _)) = touched.as_mut() {
-            users.extend(typed);
-        }
+        let changed_after: HashSet<String> = match touched.as_mut() {
+            Some((users, _, _)) => {
+                users.extend(typed);
+                HashSet::new()
+            }
+            None => typed.into_iter().collect(),
+        };
         let mut cursor = cursor;
         cursor.users = Some(tenant.users.len() as u64);
         cursor.untyped = Some(tenant.untyped() as u64);
@@ -336,6 +342,7 @@ impl Office365Source {
             notes,
             mode,
             mirror: Some(mirror),
+            changed_after,
         })
     }
 
@@ -345,6 +352,7 @@ impl Office365Source {
         &self,
         old: Option<&Tenant>,
         early: &mut Early,
+        handover: Option<crate::source::EarlyUsers>,
         progress: &dyn Progress,
     ) -> Result<(Tenant, Cursor), SourceError> {
         let group_select = self.group_select();
@@ -372,7 +380,7 @@ impl Office365Source {
         // users go into the tenant as their pages arrive, and mailbox types are asked
         // meanwhile (see `stream_users`).
         let (users, groups, ()) = tokio::join!(
-            self.stream_users(old, early, &counted, progress),
+            self.stream_users(old, early, handover, &counted, progress),
             self.client.list_groups(GROUP_PROPERTIES, &|_| {}),
             total
         );
@@ -426,9 +434,26 @@ impl Office365Source {
         &self,
         old: Option<&Tenant>,
         early: &mut Early,
+        handover: Option<crate::source::EarlyUsers>,
         counted: &AtomicUsize,
         progress: &dyn Progress,
     ) -> Result<HashMap<String, MirrorUser>, SourceError> {
+        // Users held for good go to `handover`: at once when their type is known or will
+        // not be asked this run, else when their lookup answers (see `Source::read`).
+        let hand = |users: &HashMap<String, MirrorUser>, ids: &[String]| {
+            // (A run that plans after the read closes it: no more copies are made.)
+            if let Some(to) = &handover
+                && !ids.is_empty()
+                && !to.is_closed()
+            {
+                let batch = ids
+                    .iter()
+                    .filter_map(|id| users.get(id))
+                    .map(handed_over)
+                    .collect();
+                let _ = to.send(batch);
+            }
+        };
         let (pages_tx, mut pages_rx) =
             tokio::sync::mpsc::unbounded_channel::<Vec<usersync_graph::User>>();
         let reader = async move {
@@ -461,7 +486,10 @@ impl Office365Source {
             let mut failure: Option<GraphError> = None;
             let launch = |ids: Vec<String>| {
                 let client = self.client.clone();
-                async move { client.mailbox_purposes(&ids, &|_| {}).await }
+                async move {
+                    let outcome = client.mailbox_purposes(&ids, &|_| {}).await;
+                    (ids, outcome)
+                }
             };
             let mut pages_done = false;
             loop {
@@ -475,6 +503,10 @@ impl Office365Source {
                                 lookups_left = asking.len(),
                                 "user pages read"
                             );
+                            // The others not asked: the lookups after the pages may take
+                            // some with what the budget leaves (the read says which,
+                            // `changed_after`).
+                            hand(&users, &std::mem::take(&mut others));
                             // The last lookups, fewer than a group.
                             if !queue.is_empty() {
                                 waiting.push_back(std::mem::take(&mut queue));
@@ -484,6 +516,7 @@ impl Office365Source {
                             }
                             continue;
                         };
+                        let mut settled: Vec<String> = Vec::new();
                         for mut user in page {
                             if users.contains_key(&user.id) {
                                 continue;
@@ -506,13 +539,18 @@ impl Office365Source {
                                 if early.asked < budget && !early.forbidden {
                                     queue.push(u.id.clone());
                                     early.asked += 1;
+                                } else {
+                                    settled.push(u.id.clone());
                                 }
                             } else if unknown {
                                 others.push(u.id.clone());
+                            } else {
+                                settled.push(u.id.clone());
                             }
                             users.insert(mirrored.user.id.clone(), mirrored);
                         }
                         progress.advance(users.len());
+                        hand(&users, &settled);
                         let total = counted.load(Ordering::Relaxed);
                         if total != usize::MAX && !early.forbidden && !others.is_empty() {
                             let left = total.saturating_sub(users.len());
@@ -524,6 +562,10 @@ impl Office365Source {
                             queue.extend(others.drain(..take));
                             early.asked += take;
                         }
+                        // Once the budget is spent, the others are asked no more this run.
+                        if early.asked >= budget || early.forbidden {
+                            hand(&users, &std::mem::take(&mut others));
+                        }
                         while queue.len() >= EARLY_CHUNK {
                             waiting.push_back(queue.drain(..EARLY_CHUNK).collect());
                         }
@@ -531,8 +573,9 @@ impl Office365Source {
                             asking.push(launch(ids));
                         }
                     }
-                    Some(outcome) = asking.next(), if !asking.is_empty() => {
+                    Some((ids, outcome)) = asking.next(), if !asking.is_empty() => {
                         early.take(outcome, &mut users, &mut failure);
+                        hand(&users, &ids);
                         while asking.len() < slots && let Some(ids) = waiting.pop_front() {
                             asking.push(launch(ids));
                         }
@@ -869,6 +912,7 @@ impl Office365Source {
             mirror_read: Some(
                 (groups_read + merged.found + merged.found_members + pending_read) as u64,
             ),
+            changed_after: HashSet::new(),
         }))
     }
 
@@ -1014,6 +1058,14 @@ impl crate::source::MoreObjects for MirrorUsers {
 #[error("the mirror could not be read: {0}")]
 struct Untrusted(String);
 
+/// A user as the snapshot will hold it (without group memberships: a run that plans
+/// early reads none).
+fn handed_over(u: &MirrorUser) -> SourceUser {
+    let mut s = source_user(u.user.clone());
+    s.user_purpose = u.purpose.clone().filter(|p| !p.is_empty());
+    s
+}
+
 /// What the core plans from: the tenant's users (with mailbox type and memberships) and
 /// groups in a stable order, and its domains.
 fn snapshot(tenant: Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnapshot {
@@ -1034,6 +1086,7 @@ fn snapshot(tenant: Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnaps
             let purpose = u.purpose;
             let mut s = source_user(u.user);
             s.user_purpose = purpose.filter(|p| !p.is_empty());
+            // (As `handed_over` gives it, and the memberships.)
             s.member_of = member_of.remove(&s.id).unwrap_or_default();
             s
         })

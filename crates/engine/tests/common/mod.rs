@@ -68,10 +68,14 @@ pub async fn world_with(
     tweak(&mut new);
     let source = connect_office365(&store, new).await.unwrap().id;
     // Short back-offs keep failure tests quick; Retry-After from the server is still honoured.
+    // Every sync that can write adds while its read goes on does (a tenant of the tests is
+    // small): the tests check that path; the CLI's tests check the other.
     let engine = Engine::new(
         store.clone(),
         EngineOptions {
             max_in_flight: 4,
+            early_writes_from: 1,
+            early_writes_below_rate: f64::INFINITY,
             retry: RetryPolicy {
                 max_retries: 3,
                 base_delay: Duration::from_millis(10),
