@@ -855,7 +855,7 @@ impl Engine {
         }
         let mut open = match self
             .store
-            .open_apply(spec.lease, spec.customer_id, Some(ctx.source_id), version)
+            .open_apply(spec.lease, spec.customer_id, version)
             .await
         {
             Ok(o) => o,

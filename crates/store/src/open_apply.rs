@@ -45,57 +45,31 @@ impl std::fmt::Debug for OpenApply {
 
 impl Store {
     /// Opens the transaction that applies a plan made from `directory_version` of the
-    /// customer's directory: fails with `DirectoryChanged` when another apply came first,
-    /// or `Conflict` when the source was removed. On SQLite it holds the one writer until
-    /// it ends; on PostgreSQL other customers' applies go on beside it.
+    /// customer's directory: fails with `DirectoryChanged` when another apply came first.
+    /// On SQLite it holds the one writer until it ends; on PostgreSQL other applies go on
+    /// beside it.
     pub async fn open_apply(
         &self,
         lease: RunLease,
         customer_id: i64,
-        source_id: Option<i64>,
         directory_version: i64,
     ) -> Result<OpenApply, StoreError> {
         let started = Instant::now();
         let mut tx = self.write_tx().await?;
-        // The plan was made from this version of the directory; the update also makes
-        // applies of one customer take turns (PostgreSQL locks the row until commit).
-        let current = sqlx::query(
-            "UPDATE customers SET directory_version = directory_version + 1 \
-             WHERE id = $1 AND directory_version = $2",
-        )
-        .bind(customer_id)
-        .bind(directory_version)
-        .execute(&mut *tx)
-        .await?;
-        if current.rows_affected() == 0 {
+        // The version is taken (and the source checked) when the plan is applied: then
+        // the customer's and the source's rows are locked only for the apply, not for the
+        // rest of a read. A plan made from another version is refused now already.
+        let version: Option<i64> =
+            sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
+                .bind(customer_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("directory_version"))
+                .transpose()?;
+        if version != Some(directory_version) {
             return Err(StoreError::DirectoryChanged { customer_id });
         }
-        // The run's changes are the run's, and whoever asked for it; they are written to
-        // the audit log as they are made (a first sync's 100,000 entries are not held).
-        let actor: String = sqlx::query(
-            "SELECT COALESCE(requested_by, 'usersync') AS actor FROM runs WHERE id = $1",
-        )
-        .bind(lease.run_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get("actor"))
-        .transpose()?
-        .unwrap_or_else(|| "usersync".into());
-        if let Some(source_id) = source_id {
-            // The source may have been removed while this run read it. Touching its row
-            // also makes a removal and a sync of one source (on PostgreSQL) take turns.
-            let live = sqlx::query(
-                "UPDATE sources SET sync_state = sync_state WHERE id = $1 AND removed_at IS NULL",
-            )
-            .bind(source_id)
-            .execute(&mut *tx)
-            .await?;
-            if live.rows_affected() == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "source #{source_id} was removed while this run worked on it; nothing was applied"
-                )));
-            }
-        }
+        let actor = run_actor(&mut tx, lease.run_id).await?;
         let mut groups = HashMap::new();
         for row in sqlx::query("SELECT id, name FROM console_groups WHERE customer_id = $1")
             .bind(customer_id)
@@ -121,6 +95,59 @@ impl Store {
 
 /// Aliases per statement (of two columns: as many as `Bulk` puts in one).
 const ALIASES_PER_STATEMENT: usize = 4000;
+
+/// Who the run's changes are recorded as: whoever asked for it, else usersync.
+pub(crate) async fn run_actor(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    run_id: i64,
+) -> Result<String, StoreError> {
+    Ok(
+        sqlx::query("SELECT COALESCE(requested_by, 'usersync') AS actor FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get("actor"))
+            .transpose()?
+            .unwrap_or_else(|| "usersync".into()),
+    )
+}
+
+/// Takes the customer's directory at `directory_version` for this apply (the row stays
+/// locked on PostgreSQL until the commit: applies of one customer take turns), and checks
+/// that the source was not removed meanwhile (touching its row, so that a removal and a
+/// sync of one source take turns too).
+pub(crate) async fn take_version(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    customer_id: i64,
+    source_id: Option<i64>,
+    directory_version: i64,
+) -> Result<(), StoreError> {
+    let current = sqlx::query(
+        "UPDATE customers SET directory_version = directory_version + 1 \
+         WHERE id = $1 AND directory_version = $2",
+    )
+    .bind(customer_id)
+    .bind(directory_version)
+    .execute(&mut **tx)
+    .await?;
+    if current.rows_affected() == 0 {
+        return Err(StoreError::DirectoryChanged { customer_id });
+    }
+    if let Some(source_id) = source_id {
+        let live = sqlx::query(
+            "UPDATE sources SET sync_state = sync_state WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(source_id)
+        .execute(&mut **tx)
+        .await?;
+        if live.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "source #{source_id} was removed while this run worked on it; nothing was applied"
+            )));
+        }
+    }
+    Ok(())
+}
 
 impl OpenApply {
     /// Adds per call of [`OpenApply::add`] that keep every statement the same length, so

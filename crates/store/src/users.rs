@@ -458,7 +458,7 @@ impl Store {
         let open = match open {
             Some(open) => open,
             None => {
-                self.open_apply(lease, customer_id, source_id, directory_version)
+                self.open_apply(lease, customer_id, directory_version)
                     .await?
             }
         };
@@ -472,6 +472,7 @@ impl Store {
             aliases: early_aliases,
             ..
         } = open;
+        crate::open_apply::take_version(&mut tx, customer_id, source_id, directory_version).await?;
         let mut changes: Vec<Change> = Vec::new();
         let customer = Some(customer_id);
         let lap = |phase: &str| {
