@@ -790,6 +790,8 @@ impl Engine {
                 Err(StoreError::DirectoryChanged { .. }) if tries < 5 => {
                     tracing::info!("the directory changed while planning; planning again");
                     stats.duration_ms = 0;
+                    // (What was written while reading was rolled back with it.)
+                    stats.written_while_reading = None;
                     continue;
                 }
                 Err(error) => {
