@@ -227,34 +227,10 @@ pub fn plan_rest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::DomainName;
     use crate::model::{DirectoryUser, UserStatus};
     use crate::plan::plan_sync;
     use crate::snapshot::{SourceGroup, SourceUser};
-
-    const SOURCE: i64 = 1;
-
-    fn ctx() -> MappingContext {
-        MappingContext::new(
-            SOURCE,
-            [DomainName::parse("contoso.com").unwrap()].into(),
-            crate::options::SourceOptions::default(),
-        )
-    }
-
-    fn user(id: &str, address: &str, aliases: &[String]) -> SourceUser {
-        let mut proxy = vec![format!("SMTP:{address}")];
-        proxy.extend(aliases.iter().map(|a| format!("smtp:{a}")));
-        SourceUser {
-            id: id.into(),
-            mail: Some(address.into()),
-            proxy_addresses: proxy,
-            display_name: Some(id.to_uppercase()),
-            account_enabled: Some(true),
-            assigned_licenses: vec!["e3".into()],
-            ..SourceUser::default()
-        }
-    }
+    use crate::testing::{SOURCE, ctx, user};
 
     /// A small generator (xorshift): tenants whose objects often claim one address.
     struct Rng(u64);
@@ -379,17 +355,14 @@ mod tests {
     fn an_early_add_a_later_page_contests_is_planned_again() {
         let ctx = ctx();
         let mut early = EarlyPlan::new(&[], &ctx).unwrap();
-        let first = early.take(vec![user("b", "x@contoso.com", &[])], &ctx);
+        let first = early.take(vec![user::<&str>("b", "x@contoso.com", &[])], &ctx);
         assert_eq!(first.len(), 1);
-        let later = early.take(
-            vec![user("a", "y@contoso.com", &["x@contoso.com".into()])],
-            &ctx,
-        );
+        let later = early.take(vec![user("a", "y@contoso.com", &["x@contoso.com"])], &ctx);
         assert!(later.is_empty(), "a claims an address b claimed");
         let snapshot = SourceSnapshot {
             users: vec![
-                user("a", "y@contoso.com", &["x@contoso.com".into()]),
-                user("b", "x@contoso.com", &[]),
+                user("a", "y@contoso.com", &["x@contoso.com"]),
+                user::<&str>("b", "x@contoso.com", &[]),
             ],
             ..SourceSnapshot::default()
         };

@@ -16,6 +16,8 @@ pub mod plan;
 pub mod schedule;
 pub mod scope;
 pub mod snapshot;
+#[cfg(test)]
+mod testing;
 
 pub use address::{AddressError, DomainName, DomainProblem, EmailAddress};
 pub use filter::{

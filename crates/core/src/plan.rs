@@ -1003,30 +1003,13 @@ fn diff(current: &DirectoryUser, desired: &DirectoryUser) -> BTreeMap<String, Ch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::DomainName;
     use crate::model::MailboxType;
     use crate::snapshot::SourceUser;
 
-    const SOURCE: i64 = 1;
-
-    fn ctx() -> MappingContext {
-        MappingContext::new(
-            SOURCE,
-            [DomainName::parse("contoso.com").unwrap()].into(),
-            crate::options::SourceOptions::default(),
-        )
-    }
+    use crate::testing::{SOURCE, ctx};
 
     fn user(id: &str, address: &str) -> SourceUser {
-        SourceUser {
-            id: id.into(),
-            mail: Some(address.into()),
-            proxy_addresses: vec![format!("SMTP:{address}")],
-            display_name: Some(id.to_uppercase()),
-            account_enabled: Some(true),
-            assigned_licenses: vec!["e3".into()],
-            ..SourceUser::default()
-        }
+        crate::testing::user::<&str>(id, address, &[])
     }
 
     fn snapshot(users: Vec<SourceUser>) -> SourceSnapshot {

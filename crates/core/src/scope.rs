@@ -181,29 +181,10 @@ mod tests {
     use crate::model::DirectoryUser;
     use crate::plan::{plan_sync, plan_within};
     use crate::snapshot::SourceUser;
-
-    const SOURCE: i64 = 1;
-
-    fn ctx() -> MappingContext {
-        MappingContext::new(
-            SOURCE,
-            [DomainName::parse("contoso.com").unwrap()].into(),
-            crate::options::SourceOptions::default(),
-        )
-    }
+    use crate::testing::{SOURCE, ctx};
 
     fn user(id: &str, address: &str, aliases: &[&str]) -> SourceUser {
-        let mut proxy = vec![format!("SMTP:{address}")];
-        proxy.extend(aliases.iter().map(|a| format!("smtp:{a}")));
-        SourceUser {
-            id: id.into(),
-            mail: Some(address.into()),
-            proxy_addresses: proxy,
-            display_name: Some(id.to_uppercase()),
-            account_enabled: Some(true),
-            assigned_licenses: vec!["e3".into()],
-            ..SourceUser::default()
-        }
+        crate::testing::user(id, address, aliases)
     }
 
     fn tenant(users: Vec<SourceUser>) -> SourceSnapshot {
