@@ -13,7 +13,7 @@ use usersync_core::{DirectoryUser, EmailAddress};
 use crate::audit::{By, record};
 use crate::runs::RunLease;
 use crate::users::{ensure_groups, insert_aliases, insert_users};
-use crate::{Backend, Store, StoreError, in_json, query_dyn};
+use crate::{Backend, Store, StoreError, in_json, param, query_dyn};
 
 /// An apply under way: its transaction (the directory version taken, the source checked),
 /// and the adds written so far.
@@ -59,14 +59,7 @@ impl Store {
         // The version is taken (and the source checked) when the plan is applied: then
         // the customer's and the source's rows are locked only for the apply, not for the
         // rest of a read. A plan made from another version is refused now already.
-        let version: Option<i64> =
-            sqlx::query("SELECT directory_version FROM customers WHERE id = $1")
-                .bind(customer_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("directory_version"))
-                .transpose()?;
-        if version != Some(directory_version) {
+        if crate::users::directory_version(&mut tx, customer_id).await? != directory_version {
             return Err(StoreError::DirectoryChanged { customer_id });
         }
         let actor = run_actor(&mut tx, lease.run_id).await?;
@@ -246,10 +239,7 @@ impl OpenApply {
         .bind(ids)
         .execute(&mut *self.tx)
         .await?;
-        let (run, list) = match self.backend {
-            Backend::Sqlite => ("?", in_json(self.backend, 2, false)),
-            Backend::Postgres => ("$1", in_json(self.backend, 2, false)),
-        };
+        let (run, list) = (param(self.backend, 1), in_json(self.backend, 2, false));
         query_dyn(&format!(
             "DELETE FROM audit_log WHERE run_id = {run} AND action = 'user.add' AND object IN ({list})"
         ))

@@ -56,7 +56,7 @@ pub struct Apply<'a> {
 }
 
 /// The version a customer's directory is at (0 before its first change).
-async fn directory_version(
+pub(crate) async fn directory_version(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     customer_id: i64,
 ) -> Result<i64, StoreError> {

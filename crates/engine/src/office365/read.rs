@@ -1061,8 +1061,13 @@ struct Untrusted(String);
 /// A user as the snapshot will hold it (without group memberships: a run that plans
 /// early reads none).
 fn handed_over(u: &MirrorUser) -> SourceUser {
-    let mut s = source_user(u.user.clone());
-    s.user_purpose = u.purpose.clone().filter(|p| !p.is_empty());
+    planned_user(u.user.clone(), u.purpose.clone())
+}
+
+/// A mirrored user as the core plans it, with its mailbox type when a lookup gave one.
+fn planned_user(user: usersync_graph::User, purpose: Option<String>) -> SourceUser {
+    let mut s = source_user(user);
+    s.user_purpose = purpose.filter(|p| !p.is_empty());
     s
 }
 
@@ -1083,10 +1088,7 @@ fn snapshot(tenant: Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnaps
     let mut users: Vec<SourceUser> = mirrored
         .into_values()
         .map(|u| {
-            let purpose = u.purpose;
-            let mut s = source_user(u.user);
-            s.user_purpose = purpose.filter(|p| !p.is_empty());
-            // (As `handed_over` gives it, and the memberships.)
+            let mut s = planned_user(u.user, u.purpose);
             s.member_of = member_of.remove(&s.id).unwrap_or_default();
             s
         })
