@@ -42,31 +42,50 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// A `microsoft.graph.user`.
+/// A `microsoft.graph.user`. Serialised (the source mirror keeps users so) without the
+/// properties it lacks: they read back as absent, the same as `null`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct User {
     /// Object id (GUID).
     #[serde(deserialize_with = "null_default")]
     pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_principal_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mail: Option<String>,
     /// e.g. `["SMTP:primary@contoso.com", "smtp:alias@contoso.com"]`.
-    #[serde(deserialize_with = "null_default")]
+    #[serde(
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub proxy_addresses: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub given_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub surname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_enabled: Option<bool>,
-    #[serde(deserialize_with = "null_default")]
+    #[serde(
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub assigned_licenses: Vec<AssignedLicense>,
     /// `Member` or `Guest`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub company_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub job_title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub department: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mail_enabled: Option<bool>,
     /// The manager, when read with `$expand=manager($select=id)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub manager: Option<DirectoryObject>,
 }
 
@@ -75,9 +94,13 @@ pub struct User {
 #[serde(rename_all = "camelCase", default)]
 pub struct AssignedLicense {
     /// The SKU's GUID (see [`SubscribedSku::sku_id`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sku_id: Option<String>,
     /// Service plan GUIDs disabled for this user.
-    #[serde(deserialize_with = "null_default")]
+    #[serde(
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub disabled_plans: Vec<String>,
 }
 
