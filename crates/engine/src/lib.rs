@@ -30,6 +30,6 @@ pub use service::{
 };
 pub use source::{
     CheckStatus, ConnectionReport, FailureKind, NoProgress, PermissionCheck, Progress, ReadMode,
-    Source, SourceError, SourceRead,
+    SnapshotMirror, Source, SourceError, SourceRead,
 };
 pub use sources::{Reconnect, SourceRemovalOutcome};

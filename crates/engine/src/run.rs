@@ -752,6 +752,11 @@ impl Engine {
                     clears_hold: verdict.clears_hold,
                 },
             };
+            // A whole read's users go to the mirror as they are written.
+            let user_rows = read.mirror_users.as_deref().map(|mirror| SnapshotRows {
+                users: &read.snapshot.users,
+                mirror,
+            });
             let apply = Apply {
                 lease: spec.lease,
                 customer_id: spec.customer_id,
@@ -762,6 +767,9 @@ impl Engine {
                 error: verdict.reason.as_deref(),
                 settle,
                 mirror: read.mirror.as_ref(),
+                mirror_rows: user_rows
+                    .as_ref()
+                    .map(|r| r as &dyn usersync_store::MirrorRows),
             };
             let applied = match open {
                 Some(mut written) => {
@@ -1281,6 +1289,30 @@ impl Engine {
 
 /// Completes a partial read's snapshot with every user it left out (for a plan of every
 /// object).
+/// The mirror objects of a read's users, made from its snapshot as the store writes them.
+#[derive(Debug)]
+struct SnapshotRows<'a> {
+    users: &'a [usersync_core::SourceUser],
+    mirror: &'a dyn crate::source::SnapshotMirror,
+}
+
+impl usersync_store::MirrorRows for SnapshotRows<'_> {
+    fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    fn rows(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<usersync_store::MirrorObject>, String> {
+        if self.mirror.len() != self.users.len() {
+            return Err("the read's users changed after it".into());
+        }
+        let from = range.start;
+        self.mirror.rows(&self.users[range], from)
+    }
+}
+
 async fn read_everything(read: &mut crate::source::SourceRead) -> Result<(), EngineError> {
     let Some(more) = read.more.take() else {
         return Ok(());

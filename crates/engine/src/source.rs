@@ -86,6 +86,26 @@ pub struct SourceRead {
     /// Users handed to the read's [`EarlyUsers`] that changed after (a mailbox type read
     /// after the last page): what was planned of them early is planned again.
     pub changed_after: std::collections::HashSet<String>,
+    /// The mirror objects of the snapshot's users, to add to `mirror`'s: made as they are
+    /// written (a first read's users, every one new to the mirror).
+    pub mirror_users: Option<std::sync::Arc<dyn SnapshotMirror>>,
+}
+
+/// Makes the mirror objects of a read's users from the snapshot's records when they are
+/// written ([`usersync_store::MirrorRows`]), so that a whole read does not hold every user
+/// a second time as text (at 1,000,000 users, most of a gigabyte).
+pub trait SnapshotMirror: Send + Sync + std::fmt::Debug {
+    /// How many users it makes objects of: the snapshot's.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The objects of `users`, the snapshot's users from index `from` on.
+    fn rows(
+        &self,
+        users: &[usersync_core::SourceUser],
+        from: usize,
+    ) -> Result<Vec<usersync_store::MirrorObject>, String>;
 }
 
 /// Where a whole read hands over its users as it holds them for good (a page arrived, its

@@ -288,6 +288,7 @@ impl Engine {
                     error: None,
                     settle: Settle::Nothing,
                     mirror: None,
+                    mirror_rows: None,
                 },
                 &mut stats,
             )

@@ -41,7 +41,7 @@ pub use customers::{Customer, Domain, DomainOrigin, Group};
 pub use database::mask_password;
 pub use error::{DEFAULT_BUSY_TIMEOUT, StoreError};
 pub use jobs::{Claim, Enqueued, NewJob, QueueStats, Recovered, SourceHealth};
-pub use mirror::{Mirror, MirrorObject, MirrorPlan, MirrorWrite};
+pub use mirror::{Mirror, MirrorObject, MirrorPlan, MirrorRows, MirrorWrite};
 pub use open_apply::OpenApply;
 pub use process::RunOwner;
 pub use retention::PurgeReport;

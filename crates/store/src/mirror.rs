@@ -67,6 +67,19 @@ pub struct MirrorWrite {
     pub planned: Option<MirrorPlan>,
 }
 
+/// Objects of a mirror write made as they are written, a statement's worth at a time, so
+/// that a whole read's objects are never all held as text at once (at 1,000,000 users that
+/// text was most of a gigabyte).
+pub trait MirrorRows: Send + Sync + std::fmt::Debug {
+    /// How many objects there are.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Objects `range`, in key order.
+    fn rows(&self, range: std::ops::Range<usize>) -> Result<Vec<MirrorObject>, String>;
+}
+
 impl MirrorWrite {
     /// Nothing but the cursor changes.
     pub fn is_cursor_only(&self) -> bool {
@@ -189,7 +202,7 @@ impl Store {
     /// mirror differ from its tenant.
     pub async fn write_mirror(&self, write: &MirrorWrite) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        write_mirror(&mut tx, self.backend, &self.db_now(), write).await?;
+        write_mirror(&mut tx, self.backend, &self.db_now(), write, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -215,6 +228,7 @@ pub(crate) async fn write_mirror(
     backend: Backend,
     db_now: &str,
     write: &MirrorWrite,
+    more: Option<&dyn MirrorRows>,
 ) -> Result<(), StoreError> {
     let cursor = write.cursor.to_string();
     let planned = write
@@ -301,7 +315,8 @@ pub(crate) async fn write_mirror(
         tail: "ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data, \
                pending = excluded.pending",
     };
-    for chunk in upserts.chunks(objects.rows_per_statement()) {
+    let per = objects.rows_per_statement();
+    for chunk in upserts.chunks(per) {
         objects
             .query(chunk.iter().map(|o| {
                 vec![
@@ -314,6 +329,36 @@ pub(crate) async fn write_mirror(
             }))
             .execute(&mut **tx)
             .await?;
+    }
+    let Some(more) = more else { return Ok(()) };
+    // Each statement's objects are made while the one before runs (in SQLite's thread, or
+    // PostgreSQL's process).
+    let total = more.len();
+    let make = |from: usize| -> Result<Vec<MirrorObject>, StoreError> {
+        more.rows(from..(from + per).min(total)).map_err(|e| {
+            StoreError::Corrupt(format!("the source mirror could not be written: {e}"))
+        })
+    };
+    let mut next = (total > 0).then(|| make(0)).transpose()?;
+    let mut from = 0;
+    while let Some(rows) = next.take() {
+        from += rows.len();
+        let statement = objects
+            .query(rows.into_iter().map(|o| {
+                vec![
+                    Cell::from(write.source_id),
+                    Cell::Owned(Some(o.kind)),
+                    Cell::Owned(Some(o.id)),
+                    Cell::Owned(Some(o.data)),
+                    Cell::from(i64::from(o.pending)),
+                ]
+            }))
+            .execute(&mut **tx);
+        let (done, made) = tokio::join!(statement, async {
+            (from < total).then(|| make(from)).transpose()
+        });
+        done?;
+        next = made?;
     }
     Ok(())
 }

@@ -53,6 +53,8 @@ pub struct Apply<'a> {
     pub settle: Settle<'a>,
     /// What the run read, for its source's mirror: written with the plan or not at all.
     pub mirror: Option<&'a crate::MirrorWrite>,
+    /// Objects of that write made as they are written (a whole read's users).
+    pub mirror_rows: Option<&'a dyn crate::MirrorRows>,
 }
 
 /// The version a customer's directory is at (0 before its first change).
@@ -454,6 +456,7 @@ impl Store {
             error,
             settle,
             mirror,
+            mirror_rows,
         } = *apply;
         let open = match open {
             Some(open) => open,
@@ -487,7 +490,8 @@ impl Store {
             run_id: Some(lease.run_id),
         };
         if let Some(mirror) = mirror {
-            crate::mirror::write_mirror(&mut tx, self.backend, &self.db_now(), mirror).await?;
+            crate::mirror::write_mirror(&mut tx, self.backend, &self.db_now(), mirror, mirror_rows)
+                .await?;
             lap("mirrored");
         }
 
@@ -773,7 +777,9 @@ impl Store {
         lap("recorded");
         tx.commit().await?;
         lap("committed");
-        let written = plan.add.len() + mirror.map_or(0, |m| m.upserts.len());
+        let written = plan.add.len()
+            + mirror.map_or(0, |m| m.upserts.len())
+            + mirror_rows.map_or(0, |r| r.len());
         if self.backend == Backend::Postgres && written >= ANALYZE_AFTER {
             // PostgreSQL plans the next run's lookups from table statistics, which its
             // autovacuum refreshes only a while after a large write: until then it takes

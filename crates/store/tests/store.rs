@@ -102,6 +102,7 @@ async fn apply(
                 error: None,
                 settle: Settle::Succeeded { clears_hold: false },
                 mirror: None,
+                mirror_rows: None,
             },
             stats,
         )

@@ -222,14 +222,107 @@ pub(super) fn manager_ref(id: String) -> usersync_graph::DirectoryObject {
     }
 }
 
-/// Keeps only the id of a user's expanded manager, as a delta round gives it (so that the
-/// same manager compares equal whichever way it was read).
-pub(super) fn keep_manager_id(user: &mut User) {
+/// A user read from Graph as the mirror keeps it, so that it compares equal whichever way
+/// it was read and is made again whole from the snapshot's record ([`graph_user`]): only
+/// the id of its manager (as a delta round gives it), and of its licences only the SKUs
+/// (the sync reads nothing else of them).
+pub(super) fn mirrored_form(user: &mut User) {
     user.manager = user
         .manager
         .take()
         .filter(|m| !m.id.is_empty())
         .map(|m| manager_ref(m.id));
+    user.assigned_licenses.retain(|l| l.sku_id.is_some());
+    for licence in &mut user.assigned_licenses {
+        licence.disabled_plans = Vec::new();
+    }
+}
+
+/// The Graph user a snapshot's record was made from (by [`super::source_user`], of a user
+/// in [`mirrored_form`]).
+pub(super) fn graph_user(s: &usersync_core::SourceUser) -> User {
+    User {
+        id: s.id.clone(),
+        user_principal_name: s.user_principal_name.clone(),
+        mail: s.mail.clone(),
+        proxy_addresses: s.proxy_addresses.clone(),
+        display_name: s.display_name.clone(),
+        given_name: s.given_name.clone(),
+        surname: s.surname.clone(),
+        account_enabled: s.account_enabled,
+        assigned_licenses: s
+            .assigned_licenses
+            .iter()
+            .map(|sku| usersync_graph::AssignedLicense {
+                sku_id: Some(sku.clone()),
+                disabled_plans: Vec::new(),
+            })
+            .collect(),
+        user_type: s.user_type.clone(),
+        company_name: s.company_name.clone(),
+        job_title: s.job_title.clone(),
+        department: s.department.clone(),
+        mail_enabled: s.mail_enabled,
+        manager: s.manager_id.clone().map(manager_ref),
+    }
+}
+
+/// What the mirror keeps of a user beyond the snapshot's record: that it has no mailbox
+/// (a type read as `""`), and when its type was read.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Kept {
+    pub no_mailbox: bool,
+    pub purpose_at: Option<i64>,
+}
+
+impl Kept {
+    pub fn of(user: &MirrorUser) -> Kept {
+        Kept {
+            no_mailbox: user.purpose.as_deref() == Some(""),
+            purpose_at: user.purpose_at,
+        }
+    }
+}
+
+/// The mirror objects of a whole read's users, made from the snapshot when written.
+#[derive(Debug)]
+pub(super) struct UserRows {
+    /// Beside each of the snapshot's users, in its order.
+    pub kept: Vec<Kept>,
+}
+
+impl crate::source::SnapshotMirror for UserRows {
+    fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    fn rows(
+        &self,
+        users: &[usersync_core::SourceUser],
+        from: usize,
+    ) -> Result<Vec<MirrorObject>, String> {
+        let kept = self
+            .kept
+            .get(from..from + users.len())
+            .ok_or("the read's users changed after it")?;
+        users
+            .iter()
+            .zip(kept)
+            .map(|(s, k)| {
+                let purpose = match (&s.user_purpose, k.no_mailbox) {
+                    (Some(p), _) => Some(p.clone()),
+                    (None, true) => Some(String::new()),
+                    (None, false) => None,
+                };
+                let user = MirrorUser {
+                    user: graph_user(s),
+                    purpose,
+                    purpose_at: k.purpose_at,
+                };
+                object(USER, &s.id, &user, user.pending()).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
 }
 
 /// `manager@delta` of a users delta entry: `Some(None)` when the manager was removed,
@@ -312,6 +405,7 @@ impl Tenant {
                             if let Some(manager) = manager {
                                 user.manager = manager.map(manager_ref);
                             }
+                            mirrored_form(&mut user);
                             let (mut purpose, mut purpose_at) =
                                 (old.purpose.clone(), old.purpose_at);
                             let touched = PURPOSE_PROPERTIES.iter().any(|p| patch.contains_key(*p));
@@ -331,6 +425,7 @@ impl Tenant {
                         None if is_whole(&patch, USER_PROPERTIES) => {
                             let mut user: User = serde_json::from_value(Value::Object(patch))?;
                             user.manager = manager.flatten().map(manager_ref);
+                            mirrored_form(&mut user);
                             merged.users_to_read.retain(|x| x != &id);
                             self.users.insert(
                                 id,
@@ -425,7 +520,9 @@ impl Tenant {
     pub fn take(&mut self, objects: Vec<MirrorObject>) -> Result<(), String> {
         for (id, parsed) in parse_objects(objects)? {
             match parsed {
-                Parsed::User(u) => {
+                Parsed::User(mut u) => {
+                    // (A mirror written before licences were kept as SKUs alone.)
+                    mirrored_form(&mut u.user);
                     self.users.insert(id, u);
                 }
                 Parsed::Group(g) => {
@@ -487,11 +584,12 @@ impl Tenant {
 
     /// The mirror writes that turn `old` into `self` (a whole read): changed and new
     /// objects, and the ids gone.
-    pub fn writes_full(&self, old: &Tenant) -> Result<Writes, serde_json::Error> {
+    /// Without `users`, users are left to [`UserRows`] (every one is new to the mirror).
+    pub fn writes_full(&self, old: &Tenant, users: bool) -> Result<Writes, serde_json::Error> {
         let changed: Vec<(&String, &MirrorUser)> = self
             .users
             .iter()
-            .filter(|(id, u)| old.users.get(*id) != Some(*u))
+            .filter(|(id, u)| users && old.users.get(*id) != Some(*u))
             .collect();
         let mut upserts = objects(USER, &changed)?;
         for (id, g) in &self.groups {
@@ -727,6 +825,56 @@ mod tests {
         m.insert("department".into(), json!("Sales"));
         m.insert("accountEnabled".into(), json!(true));
         m
+    }
+
+    #[test]
+    fn a_user_written_from_the_snapshot_is_the_user_read() {
+        use crate::source::SnapshotMirror;
+        let mut raw = whole_user("1", "a@x.com");
+        raw.insert(
+            "proxyAddresses".into(),
+            json!(["SMTP:a@x.com", "smtp:b@x.com"]),
+        );
+        raw.insert(
+            "assignedLicenses".into(),
+            json!([{"skuId": "s1", "disabledPlans": ["p1"]}, {"skuId": null}]),
+        );
+        raw.insert("manager".into(), json!({"id": "m", "displayName": "M"}));
+        raw.insert("userType".into(), json!("Member"));
+        let mut user: User = serde_json::from_value(Value::Object(raw)).unwrap();
+        mirrored_form(&mut user);
+        assert_eq!(user.assigned_licenses.len(), 1);
+        for (purpose, purpose_at) in [
+            (None, None),
+            (Some(""), Some(1_700_000_000)),
+            (Some("shared"), Some(1_700_000_001)),
+        ] {
+            let read = MirrorUser {
+                user: user.clone(),
+                purpose: purpose.map(str::to_string),
+                purpose_at,
+            };
+            let mut record = super::super::source_user(read.user.clone());
+            record.user_purpose = purpose.filter(|p| !p.is_empty()).map(str::to_string);
+            let rows = UserRows {
+                kept: vec![Kept::default(), Kept::of(&read)],
+            };
+            let written = rows.rows(std::slice::from_ref(&record), 1).unwrap();
+            let direct = object(USER, "1", &read, read.pending()).unwrap();
+            assert_eq!(written[0].data, direct.data, "{purpose:?}");
+            assert_eq!(written[0].pending, direct.pending);
+            assert_eq!(
+                serde_json::from_str::<MirrorUser>(&written[0].data).unwrap(),
+                read
+            );
+        }
+        // Rows asked beyond what it was made for are refused, not made up.
+        let rows = UserRows { kept: Vec::new() };
+        assert!(rows.rows(&[record_of_nobody()], 0).is_err());
+    }
+
+    fn record_of_nobody() -> usersync_core::SourceUser {
+        usersync_core::SourceUser::default()
     }
 
     #[test]

@@ -12,7 +12,7 @@ use usersync_graph::{GROUP_PROPERTIES, GraphError, USER_PROPERTIES};
 use usersync_store::{Mirror, Store};
 
 use super::mirror::{
-    CURSOR_VERSION, Cursor, Loaded, Member, Merged, MirrorGroup, MirrorUser, Tenant,
+    CURSOR_VERSION, Cursor, Kept, Loaded, Member, Merged, MirrorGroup, MirrorUser, Tenant, UserRows,
 };
 use super::{Office365Source, dedup_by_id, source_group, source_user};
 use crate::source::{Progress, ReadMode, SourceError, SourceRead};
@@ -305,16 +305,19 @@ impl Office365Source {
         cursor.users = Some(tenant.users.len() as u64);
         cursor.untyped = Some(tenant.untyped() as u64);
         let writing = std::time::Instant::now();
+        // A whole read with no mirror to compare with writes every user: their objects are
+        // made from the snapshot when written, not held here as text beside it.
+        let every_user = touched.is_none() && old.is_none();
         let writes = match &touched {
             Some((users, groups, _)) => tenant.writes_touched(users, groups),
-            None => tenant.writes_full(old.as_ref().unwrap_or(&Tenant::default())),
+            None => tenant.writes_full(old.as_ref().unwrap_or(&Tenant::default()), !every_user),
         }
         .map_err(|e| SourceError::from(format!("the mirror could not be written: {e}")))?;
         drop(old);
         let full = matches!(mode, ReadMode::Full { .. });
         let mirror = super::mirror::write(self.source_id, base, &cursor, full, replace, writes);
         let written_ms = writing.elapsed().as_millis() as u64;
-        let snapshot = snapshot(tenant, domains);
+        let (snapshot, user_rows) = snapshot_kept(tenant, domains, every_user);
         tracing::debug!(
             mirror_ms = written_ms,
             snapshot_ms = writing.elapsed().as_millis() as u64 - written_ms,
@@ -343,6 +346,7 @@ impl Office365Source {
             mode,
             mirror: Some(mirror),
             changed_after,
+            mirror_users: user_rows.map(|r| std::sync::Arc::new(r) as _),
         })
     }
 
@@ -521,7 +525,7 @@ impl Office365Source {
                             if users.contains_key(&user.id) {
                                 continue;
                             }
-                            super::mirror::keep_manager_id(&mut user);
+                            super::mirror::mirrored_form(&mut user);
                             let mut mirrored = MirrorUser {
                                 user,
                                 ..MirrorUser::default()
@@ -695,7 +699,7 @@ impl Office365Source {
                 Ok(raw) => {
                     let mut user: usersync_graph::User =
                         serde_json::from_value(Value::Object(raw)).map_err(corrupt)?;
-                    super::mirror::keep_manager_id(&mut user);
+                    super::mirror::mirrored_form(&mut user);
                     tenant.users.insert(
                         id.clone(),
                         MirrorUser {
@@ -913,6 +917,7 @@ impl Office365Source {
                 (groups_read + merged.found + merged.found_members + pending_read) as u64,
             ),
             changed_after: HashSet::new(),
+            mirror_users: None,
         }))
     }
 
@@ -1074,6 +1079,16 @@ fn planned_user(user: usersync_graph::User, purpose: Option<String>) -> SourceUs
 /// What the core plans from: the tenant's users (with mailbox type and memberships) and
 /// groups in a stable order, and its domains.
 fn snapshot(tenant: Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnapshot {
+    snapshot_kept(tenant, domains, false).0
+}
+
+/// The snapshot, and with `keep` what the mirror keeps of its users beyond it (the
+/// [`UserRows`] that write them).
+fn snapshot_kept(
+    tenant: Tenant,
+    domains: Vec<usersync_graph::Domain>,
+    keep: bool,
+) -> (SourceSnapshot, Option<UserRows>) {
     // Consumes the tenant: at 100,000 users a copy of every user was a large share of a
     // read's peak memory.
     let mut member_of: HashMap<String, Vec<String>> = tenant
@@ -1085,21 +1100,27 @@ fn snapshot(tenant: Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnaps
         users: mirrored,
         groups: mirrored_groups,
     } = tenant;
-    let mut users: Vec<SourceUser> = mirrored
+    let mut users: Vec<(SourceUser, Kept)> = mirrored
         .into_values()
         .map(|u| {
+            let kept = Kept::of(&u);
             let mut s = planned_user(u.user, u.purpose);
             s.member_of = member_of.remove(&s.id).unwrap_or_default();
-            s
+            (s, kept)
         })
         .collect();
-    users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    users.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
+    let (users, kept): (Vec<SourceUser>, Vec<Kept>) = if keep {
+        users.into_iter().unzip()
+    } else {
+        (users.into_iter().map(|(u, _)| u).collect(), Vec::new())
+    };
     let mut groups: Vec<_> = mirrored_groups
         .into_values()
         .map(|g| source_group(g.group))
         .collect();
     groups.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    SourceSnapshot {
+    let snapshot = SourceSnapshot {
         users,
         groups,
         domains: domains
@@ -1111,7 +1132,8 @@ fn snapshot(tenant: Tenant, domains: Vec<usersync_graph::Domain>) -> SourceSnaps
                 supported_services: d.supported_services,
             })
             .collect(),
-    }
+    };
+    (snapshot, keep.then_some(UserRows { kept }))
 }
 
 fn age(secs: i64) -> String {
