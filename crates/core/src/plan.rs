@@ -335,6 +335,23 @@ pub(crate) fn desired_entries(
     desired
 }
 
+/// Moves `items` into `order` (`order[k]`: the index of the item that goes to `k`), by
+/// following each cycle of the permutation.
+fn put_in_order<T>(items: &mut [T], mut order: Vec<usize>) {
+    for start in 0..items.len() {
+        let mut at = start;
+        loop {
+            let from = order[at];
+            order[at] = at;
+            if from == start {
+                break;
+            }
+            items.swap(at, from);
+            at = from;
+        }
+    }
+}
+
 /// Rules 8 and 9 over the desired entries: each one added, updated or left, the managed
 /// entries nobody wants removed.
 fn plan_desired(
@@ -360,7 +377,14 @@ fn plan_desired(
             .and_then(|o| by_object.get(o))
             .is_some_and(|current| current.address == e.address)
     };
-    desired.sort_by_cached_key(|e| (!owns_now(e), e.source_object_id.clone()));
+    // Sorted through an order of indices: keys borrowed, not a copy of every object id.
+    let owns: Vec<bool> = desired.iter().map(owns_now).collect();
+    let mut order: Vec<usize> = (0..desired.len()).collect();
+    order.sort_by(|&a, &b| {
+        (!owns[a], &desired[a].source_object_id).cmp(&(!owns[b], &desired[b].source_object_id))
+    });
+    drop(owns);
+    put_in_order(desired, order);
     // Decided over borrowed keys first, then applied: at 100,000 users, maps of cloned
     // addresses and ids were a large share of a sync's peak memory.
     let mut keep = vec![true; desired.len()];
@@ -1022,6 +1046,16 @@ mod tests {
     use crate::snapshot::SourceUser;
 
     use crate::testing::{SOURCE, ctx};
+
+    #[test]
+    fn items_are_put_in_the_order_given() {
+        let mut items = vec!['a', 'b', 'c', 'd', 'e'];
+        put_in_order(&mut items, vec![2, 0, 1, 4, 3]);
+        assert_eq!(items, vec!['c', 'a', 'b', 'e', 'd']);
+        let mut items = vec![1, 2, 3];
+        put_in_order(&mut items, vec![0, 1, 2]);
+        assert_eq!(items, vec![1, 2, 3]);
+    }
 
     fn user(id: &str, address: &str) -> SourceUser {
         crate::testing::user::<&str>(id, address, &[])

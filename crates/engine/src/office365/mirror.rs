@@ -46,8 +46,9 @@ pub(super) struct Cursor {
 /// once read. Nested, not flattened: a mirror of 100,000 users reads back much faster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct MirrorUser {
+    /// Boxed: a table of 1,000,000 users is half empty slots, each as large as the value.
     #[serde(rename = "u")]
-    pub user: User,
+    pub user: Box<User>,
     /// `mailboxSettings.userPurpose`; `""` when the account has no mailbox; absent when
     /// not read yet.
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
@@ -315,7 +316,7 @@ impl crate::source::SnapshotMirror for UserRows {
                     (None, false) => None,
                 };
                 let user = MirrorUser {
-                    user: graph_user(s),
+                    user: Box::new(graph_user(s)),
                     purpose,
                     purpose_at: k.purpose_at,
                 };
@@ -400,7 +401,7 @@ impl Tenant {
                     merged.users_changed += 1;
                     match self.users.get(&id) {
                         Some(old) => {
-                            let mut user: User = overlay(&old.user, &patch)?;
+                            let mut user: User = overlay(&*old.user, &patch)?;
                             user.id = id.clone();
                             if let Some(manager) = manager {
                                 user.manager = manager.map(manager_ref);
@@ -416,7 +417,7 @@ impl Tenant {
                             self.users.insert(
                                 id,
                                 MirrorUser {
-                                    user,
+                                    user: Box::new(user),
                                     purpose,
                                     purpose_at,
                                 },
@@ -430,7 +431,7 @@ impl Tenant {
                             self.users.insert(
                                 id,
                                 MirrorUser {
-                                    user,
+                                    user: Box::new(user),
                                     ..MirrorUser::default()
                                 },
                             );
@@ -850,11 +851,11 @@ mod tests {
             (Some("shared"), Some(1_700_000_001)),
         ] {
             let read = MirrorUser {
-                user: user.clone(),
+                user: Box::new(user.clone()),
                 purpose: purpose.map(str::to_string),
                 purpose_at,
             };
-            let mut record = super::super::source_user(read.user.clone());
+            let mut record = super::super::source_user(*read.user.clone());
             record.user_purpose = purpose.filter(|p| !p.is_empty()).map(str::to_string);
             let rows = UserRows {
                 kept: vec![Kept::default(), Kept::of(&read)],
@@ -984,7 +985,7 @@ mod tests {
         // What a user lacks is not written (a mirror of 1,000,000 users is smaller by
         // much), and reads back as lacking.
         let sparse = MirrorUser {
-            user: User {
+            user: Box::new(User {
                 id: "2".into(),
                 mail: Some("b@x.com".into()),
                 assigned_licenses: vec![usersync_graph::AssignedLicense {
@@ -992,7 +993,7 @@ mod tests {
                     disabled_plans: Vec::new(),
                 }],
                 ..Default::default()
-            },
+            }),
             ..Default::default()
         };
         let text = serde_json::to_string(&sparse).unwrap();

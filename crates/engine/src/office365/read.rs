@@ -527,7 +527,7 @@ impl Office365Source {
                             }
                             super::mirror::mirrored_form(&mut user);
                             let mut mirrored = MirrorUser {
-                                user,
+                                user: Box::new(user),
                                 ..MirrorUser::default()
                             };
                             if let Some(o) = old.and_then(|o| o.users.get(&mirrored.user.id)) {
@@ -703,7 +703,7 @@ impl Office365Source {
                     tenant.users.insert(
                         id.clone(),
                         MirrorUser {
-                            user,
+                            user: Box::new(user),
                             ..MirrorUser::default()
                         },
                     );
@@ -1066,7 +1066,7 @@ struct Untrusted(String);
 /// A user as the snapshot will hold it (without group memberships: a run that plans
 /// early reads none).
 fn handed_over(u: &MirrorUser) -> SourceUser {
-    planned_user(u.user.clone(), u.purpose.clone())
+    planned_user(*u.user.clone(), u.purpose.clone())
 }
 
 /// A mirrored user as the core plans it, with its mailbox type when a lookup gave one.
@@ -1104,7 +1104,7 @@ fn snapshot_kept(
         .into_values()
         .map(|u| {
             let kept = Kept::of(&u);
-            let mut s = planned_user(u.user, u.purpose);
+            let mut s = planned_user(*u.user, u.purpose);
             s.member_of = member_of.remove(&s.id).unwrap_or_default();
             (s, kept)
         })
