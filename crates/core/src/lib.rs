@@ -12,6 +12,7 @@ pub mod mapping;
 pub mod model;
 pub mod names;
 pub mod options;
+mod order;
 pub mod plan;
 pub mod schedule;
 pub mod scope;
@@ -32,4 +33,4 @@ pub use options::{MailboxDefaults, OptionError, SourceOptions, UnknownTenantGrou
 pub use plan::{
     Change, Plan, PlannedGroup, PlannedUpdate, Safeguard, Skip, plan_sync, plan_within,
 };
-pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser};
+pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser, sort_users_beside};

@@ -51,6 +51,16 @@ impl SourceUser {
     }
 }
 
+/// Sorts `users` by id, and `beside` (one item per user) with them: no copy of either is
+/// made (at 1,000,000 users, each copy of the users was 400 MB).
+pub fn sort_users_beside<T>(users: &mut [SourceUser], beside: &mut [T]) {
+    assert_eq!(users.len(), beside.len(), "one item beside each user");
+    let mut order: Vec<usize> = (0..users.len()).collect();
+    order.sort_unstable_by(|&a, &b| users[a].id.cmp(&users[b].id));
+    crate::order::put_in_order(users, order.clone());
+    crate::order::put_in_order(beside, order);
+}
+
 /// One group object of the source, as read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceGroup {
@@ -90,4 +100,23 @@ pub struct SourceSnapshot {
     pub users: Vec<SourceUser>,
     pub groups: Vec<SourceGroup>,
     pub domains: Vec<SourceDomain>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_sorted_with_what_stands_beside_them() {
+        let user = |id: &str| SourceUser {
+            id: id.into(),
+            ..Default::default()
+        };
+        let mut users = vec![user("c"), user("a"), user("b")];
+        let mut beside = vec![3, 1, 2];
+        sort_users_beside(&mut users, &mut beside);
+        let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(beside, [1, 2, 3]);
+    }
 }
