@@ -777,6 +777,7 @@ impl Store {
         lap("recorded");
         tx.commit().await?;
         lap("committed");
+        self.checkpoint_soon();
         let written = plan.add.len()
             + mirror.map_or(0, |m| m.upserts.len())
             + mirror_rows.map_or(0, |r| r.len());
