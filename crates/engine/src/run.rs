@@ -47,7 +47,10 @@ pub struct EngineOptions {
     /// ... and only when those users came at most this fast (users a second): a read
     /// faster than the database writes gains nothing from writing beside it (the
     /// processors are busy with the read already), one slower (a tenant far away, as
-    /// every real one is) leaves the writes nothing to wait for at its end.
+    /// every real one is) leaves the writes nothing to wait for at its end. Measured on 2
+    /// cores: 100 ms away a read hands over about 8,700 users a second; on this machine
+    /// 23,000 to 60,000, and then the early writes cost time and a second copy of every
+    /// user (a 1,000,000-user first sync: 76 s and 2.9 GB against 54 s and 2.0 GB).
     pub early_writes_below_rate: f64,
 }
 
@@ -61,7 +64,7 @@ impl Default for EngineOptions {
             max_attempts: 3,
             actor: "usersync".into(),
             early_writes_from: 5_000,
-            early_writes_below_rate: 20_000.0,
+            early_writes_below_rate: 12_000.0,
         }
     }
 }
@@ -860,6 +863,7 @@ impl Engine {
                     tracing::debug!(rate, "the read is fast: planned after it");
                     return Ok((directory, version, None));
                 }
+                tracing::debug!(rate, "the read is slow: planned and written beside it");
                 early = true;
             }
         }
