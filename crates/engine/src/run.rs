@@ -48,8 +48,8 @@ pub struct EngineOptions {
     /// faster than the database writes gains nothing from writing beside it (the
     /// processors are busy with the read already), one slower (a tenant far away, as
     /// every real one is) leaves the writes nothing to wait for at its end. Measured on 2
-    /// cores: 100 ms away a read hands over about 8,700 users a second; on this machine
-    /// 23,000 to 60,000, and then the early writes cost time and a second copy of every
+    /// cores: 100 ms away a read hands over about 2,750 users a second; nearby 23,000 to
+    /// 60,000, and then the early writes cost time and a second copy of every
     /// user (a 1,000,000-user first sync: 76 s and 2.9 GB against 54 s and 2.0 GB).
     pub early_writes_below_rate: f64,
 }
@@ -1291,8 +1291,6 @@ impl Engine {
     }
 }
 
-/// Completes a partial read's snapshot with every user it left out (for a plan of every
-/// object).
 /// The mirror objects of a read's users, made from its snapshot as the store writes them.
 #[derive(Debug)]
 struct SnapshotRows<'a> {
@@ -1317,6 +1315,8 @@ impl usersync_store::MirrorRows for SnapshotRows<'_> {
     }
 }
 
+/// Completes a partial read's snapshot with every user it left out (for a plan of every
+/// object).
 async fn read_everything(read: &mut crate::source::SourceRead) -> Result<(), EngineError> {
     let Some(more) = read.more.take() else {
         return Ok(());
