@@ -83,7 +83,11 @@ struct Figures {
     plan_s: f64,
     apply_s: f64,
     requests: u64,
+    /// Peak memory up to the end of the first sync.
     peak_rss_mb: f64,
+    /// Peak memory of the whole case: the typing runs, the re-sync, the delta run and the
+    /// whole read after it too.
+    peak_rss_all_mb: f64,
     added: usize,
     skipped: usize,
     /// Runs after the first until every mailbox type was read (a budget per run).
@@ -187,6 +191,7 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .keep("apply")
             .keep("requests")
             .keep("peak MB")
+            .keep("peak all MB")
             .keep("added")
             .keep("skipped")
             .keep("typing runs")
@@ -210,6 +215,7 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 format!("{:.2}", f.apply_s),
                 f.requests.to_string(),
                 format!("{:.0}", f.peak_rss_mb),
+                format!("{:.0}", f.peak_rss_all_mb),
                 f.added.to_string(),
                 f.skipped.to_string(),
                 f.typing_runs.to_string(),
@@ -376,6 +382,7 @@ async fn one_case(
     let started = Instant::now();
     let whole = engine.sync(source.id, &NoProgress).await?;
     let full_s = started.elapsed().as_secs_f64();
+    let peak_rss_all_mb = self::peak_rss_mb();
     engine.close().await;
     drop(sim);
     if backend == "postgres" {
@@ -423,6 +430,7 @@ async fn one_case(
         apply_s: outcome.stats.apply_ms as f64 / 1000.0,
         requests: outcome.stats.requests,
         peak_rss_mb,
+        peak_rss_all_mb,
         added: outcome.plan.add.len(),
         skipped: outcome.plan.skip.len(),
         typing_runs,
