@@ -361,7 +361,22 @@ impl Store {
         .ok_or_else(|| StoreError::not_found("run", id))?;
         let mut run = run_from(&row)?;
         let plan: Option<String> = row.try_get("plan")?;
-        run.plan = plan.map(|p| decode_plan(&p)).transpose()?;
+        run.plan = match plan {
+            // Kept in the run's row before schema version 13.
+            Some(text) => Some(decode_plan(&text)?),
+            None => {
+                let parts =
+                    sqlx::query("SELECT data FROM run_plans WHERE run_id = $1 ORDER BY part")
+                        .bind(id)
+                        .fetch_all(&self.pool)
+                        .await?;
+                let mut gzip = Vec::new();
+                for part in &parts {
+                    gzip.extend_from_slice(&part.try_get::<Vec<u8>, _>("data")?);
+                }
+                (!gzip.is_empty()).then(|| decode_gzip(&gzip)).transpose()?
+            }
+        };
         Ok(run)
     }
 }
@@ -425,7 +440,7 @@ pub(crate) async fn finish(
                 count(p.held.len()),
             )
         });
-    let plan_json = end.plan.map(encode_plan).transpose()?;
+    let plan = end.plan.map(encode_plan).transpose()?;
     let stats_json =
         serde_json::to_string(end.stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = sqlx::query(
@@ -442,7 +457,7 @@ pub(crate) async fn finish(
     .bind(linked)
     .bind(stats_json)
     .bind(end.error)
-    .bind(plan_json)
+    .bind(None::<String>)
     .bind(lease.run_id)
     .bind(lease.token)
     .bind(held)
@@ -450,7 +465,21 @@ pub(crate) async fn finish(
     .fetch_optional(&mut **tx)
     .await?;
     match row {
-        Some(row) => Ok(row.try_get("source_id")?),
+        Some(row) => {
+            sqlx::query("DELETE FROM run_plans WHERE run_id = $1")
+                .bind(lease.run_id)
+                .execute(&mut **tx)
+                .await?;
+            for (part, data) in plan.iter().flatten().enumerate() {
+                sqlx::query("INSERT INTO run_plans (run_id, part, data) VALUES ($1, $2, $3)")
+                    .bind(lease.run_id)
+                    .bind(part as i64)
+                    .bind(data)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(row.try_get("source_id")?)
+        }
         None => {
             let status: Option<String> = sqlx::query("SELECT status FROM runs WHERE id = $1")
                 .bind(lease.run_id)
@@ -474,31 +503,65 @@ pub(crate) async fn finish(
     }
 }
 
-/// Plans are kept gzip-compressed (base64, so one text column serves both databases): the
-/// plan of a first sync of 100,000 users is 35 MB of JSON, 3 MB compressed, and holding
-/// the JSON and the database's copies of it was the largest part of a sync's peak memory.
+/// Plans are kept gzip-compressed, in `run_plans` in parts of this many bytes: the plan of
+/// a first sync of 100,000 users is 35 MB of JSON, 3 MB compressed, and holding the JSON
+/// and the database's copies of it was the largest part of a sync's peak memory.
+pub(crate) const PLAN_PART: usize = 1 << 20;
+
+/// How plans were kept in `runs.plan` before schema version 13: base64 of the gzip.
 const PLAN_PREFIX: &str = "gzip:";
 
-fn encode_plan(plan: &Plan) -> Result<String, StoreError> {
-    use base64::Engine;
+/// The gzip of a plan, in parts of [`PLAN_PART`] bytes as deflate writes it: no buffer of
+/// the whole (a growing one held up to twice its size).
+#[derive(Default)]
+struct Parts(Vec<Vec<u8>>);
+
+impl std::io::Write for Parts {
+    fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<usize> {
+        let written = bytes.len();
+        while !bytes.is_empty() {
+            if self.0.last().is_none_or(|part| part.len() == PLAN_PART) {
+                self.0.push(Vec::with_capacity(PLAN_PART));
+            }
+            let part = self.0.last_mut().expect("a part with room");
+            let take = bytes.len().min(PLAN_PART - part.len());
+            part.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn encode_plan(plan: &Plan) -> Result<Vec<Vec<u8>>, StoreError> {
     use std::io::Write;
     let failed = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("encoding the plan: {e}"));
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let encoder = flate2::write::GzEncoder::new(Parts::default(), flate2::Compression::fast());
     // serde_json writes a few bytes at a time; each write to the encoder runs deflate.
     let mut buffered = std::io::BufWriter::with_capacity(256 * 1024, encoder);
     serde_json::to_writer(&mut buffered, plan).map_err(|e| failed(&e))?;
     buffered.flush().map_err(|e| failed(&e))?;
-    let bytes = buffered
+    let Parts(mut parts) = buffered
         .into_inner()
         .map_err(|e| failed(&e))?
         .finish()
         .map_err(|e| failed(&e))?;
-    Ok(format!(
-        "{PLAN_PREFIX}{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    ))
+    if let Some(last) = parts.last_mut() {
+        last.shrink_to_fit();
+    }
+    Ok(parts)
 }
 
+fn decode_gzip(bytes: &[u8]) -> Result<Plan, StoreError> {
+    serde_json::from_reader(flate2::read::GzDecoder::new(bytes))
+        .map_err(|e| StoreError::Corrupt(format!("run_plans: {e}")))
+}
+
+/// A plan as `runs.plan` held it before schema version 13: base64 of the gzip after
+/// [`PLAN_PREFIX`], or plain JSON.
 fn decode_plan(text: &str) -> Result<Plan, StoreError> {
     use base64::Engine;
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("runs.plan: {e}"));
@@ -507,8 +570,7 @@ fn decode_plan(text: &str) -> Result<Plan, StoreError> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .map_err(|e| corrupt(&e))?;
-            serde_json::from_reader(flate2::read::GzDecoder::new(bytes.as_slice()))
-                .map_err(|e| corrupt(&e))
+            decode_gzip(&bytes)
         }
         None => serde_json::from_str(text).map_err(|e| corrupt(&e)),
     }
@@ -517,6 +579,18 @@ fn decode_plan(text: &str) -> Result<Plan, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gzip_is_cut_into_whole_parts() {
+        use std::io::Write;
+        let mut parts = Parts::default();
+        let bytes: Vec<u8> = (0..PLAN_PART * 2 + 10).map(|i| i as u8).collect();
+        parts.write_all(&bytes[..7]).unwrap();
+        parts.write_all(&bytes[7..]).unwrap();
+        let lengths: Vec<usize> = parts.0.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [PLAN_PART, PLAN_PART, 10]);
+        assert_eq!(parts.0.concat(), bytes);
+    }
 
     #[test]
     fn a_plan_survives_compression_and_plain_json_still_reads() {
@@ -529,9 +603,14 @@ mod tests {
             }],
             ..Plan::default()
         };
-        let stored = encode_plan(&plan).unwrap();
-        assert!(stored.starts_with(PLAN_PREFIX));
-        assert_eq!(decode_plan(&stored).unwrap(), plan);
+        let stored = encode_plan(&plan).unwrap().concat();
+        assert_eq!(decode_gzip(&stored).unwrap(), plan);
+        use base64::Engine;
+        let before_13 = format!(
+            "{PLAN_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(&stored)
+        );
+        assert_eq!(decode_plan(&before_13).unwrap(), plan);
         assert_eq!(
             decode_plan(&serde_json::to_string(&plan).unwrap()).unwrap(),
             plan

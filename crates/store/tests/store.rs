@@ -249,6 +249,49 @@ async fn a_plan_is_applied_whole_and_recorded_with_its_run(url: String) {
     discard(&url).await;
 }
 
+async fn a_large_plan_is_recorded_in_parts_and_read_back_whole(url: String) {
+    use sqlx::Connection;
+    let store = open_fresh(&url).await;
+    let (customer, source) = setup(&store).await;
+    let run = new_run(&store, customer, source).await;
+    // Text that does not compress away: the recorded plan takes more than one part.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut noise = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        format!("{state:016x}")
+    };
+    let plan = Plan {
+        skip: (0..60_000)
+            .map(|i| usersync_core::Skip {
+                source_object_id: noise(),
+                name: format!("user {i} {}", noise()),
+                code: "guest".into(),
+                reason: noise(),
+            })
+            .collect(),
+        ..Plan::default()
+    };
+    let mut stats = RunStats::default();
+    apply(&store, run, customer, source, &plan, &mut stats)
+        .await
+        .unwrap();
+    let recorded = store.run(run.run_id).await.unwrap();
+    assert_eq!(recorded.skipped, 60_000);
+    assert_eq!(recorded.plan.as_ref(), Some(&plan));
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let parts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM run_plans WHERE run_id = $1")
+        .bind(run.run_id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(parts > 1, "{parts} part(s)");
+    db.close().await.unwrap();
+    store.close().await;
+    discard(&url).await;
+}
+
 async fn a_plan_that_fails_part_way_applies_nothing(url: String) {
     let store = open_fresh(&url).await;
     let (customer, source) = setup(&store).await;
@@ -395,6 +438,7 @@ usersync_store::on_both_backends!(
     a_database_whose_secrets_are_all_gone_takes_a_new_key,
     customers_domains_and_sources_are_kept_with_clear_conflicts,
     a_plan_is_applied_whole_and_recorded_with_its_run,
+    a_large_plan_is_recorded_in_parts_and_read_back_whole,
     a_plan_that_fails_part_way_applies_nothing,
     a_database_is_refused_with_a_key_that_does_not_open_its_secrets,
     a_run_whose_process_died_is_taken_back,
