@@ -198,19 +198,18 @@ impl Field {
     /// Calls `test` on each text value of the field until one passes; `false` when none
     /// does or the field has no values. Always `false` for true/false fields.
     fn any_value(self, user: &SourceUser, ctx: &GroupNames, test: &dyn Fn(&str) -> bool) -> bool {
-        let single =
-            |value: &Option<String>| value.as_deref().is_some_and(|v| present(v) && test(v));
+        let single = |value: Option<&str>| value.is_some_and(|v| present(v) && test(v));
         match self {
             Field::AccountEnabled | Field::MailEnabled => false,
-            Field::CompanyName => single(&user.company_name),
-            Field::Department => single(&user.department),
-            Field::DisplayName => single(&user.display_name),
-            Field::GivenName => single(&user.given_name),
-            Field::JobTitle => single(&user.job_title),
-            Field::Mail => single(&user.mail),
-            Field::UserType => single(&user.user_type),
-            Field::Surname => single(&user.surname),
-            Field::UserPrincipalName => single(&user.user_principal_name),
+            Field::CompanyName => single(user.company_name.as_deref()),
+            Field::Department => single(user.department.as_deref()),
+            Field::DisplayName => single(user.display_name.as_deref()),
+            Field::GivenName => single(user.given_name.as_deref()),
+            Field::JobTitle => single(user.job_title.as_deref()),
+            Field::Mail => single(user.mail.as_deref()),
+            Field::UserType => single(user.user_type.as_deref()),
+            Field::Surname => single(user.surname.as_deref()),
+            Field::UserPrincipalName => single(user.user_principal_name.as_deref()),
             Field::Id => present(&user.id) && test(&user.id),
             Field::ProxyAddresses => user.proxy_addresses.iter().any(|entry| {
                 present(entry)

@@ -33,4 +33,6 @@ pub use options::{MailboxDefaults, OptionError, SourceOptions, UnknownTenantGrou
 pub use plan::{
     Change, Plan, PlannedGroup, PlannedUpdate, Safeguard, Skip, plan_sync, plan_within,
 };
-pub use snapshot::{SourceDomain, SourceGroup, SourceSnapshot, SourceUser, sort_users_beside};
+pub use snapshot::{
+    Interner, Shared, SourceDomain, SourceGroup, SourceSnapshot, SourceUser, sort_users_beside,
+};

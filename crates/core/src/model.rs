@@ -125,7 +125,8 @@ pub struct DirectoryUser {
     /// Services and locale settings, given when a sync creates the mailbox and never
     /// changed by a sync after that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services: Option<crate::options::MailboxDefaults>,
+    /// (One copy shared by all the entries a plan adds.)
+    pub services: Option<std::sync::Arc<crate::options::MailboxDefaults>>,
     /// In a plan: which filter rule (or the default) chose the user's group. Not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_by: Option<String>,

@@ -113,7 +113,9 @@ fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, 
             .map(|m| EmailAddress::stored(&m))
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        services: services.and_then(|s| serde_json::from_str(&s).ok()),
+        services: services
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .map(std::sync::Arc::new),
         placed_by: None,
     })
 }

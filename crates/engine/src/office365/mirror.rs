@@ -255,16 +255,19 @@ pub(super) fn graph_user(s: &usersync_core::SourceUser) -> User {
             .assigned_licenses
             .iter()
             .map(|sku| usersync_graph::AssignedLicense {
-                sku_id: Some(sku.clone()),
+                sku_id: Some(sku.to_string()),
                 disabled_plans: Vec::new(),
             })
             .collect(),
-        user_type: s.user_type.clone(),
-        company_name: s.company_name.clone(),
-        job_title: s.job_title.clone(),
-        department: s.department.clone(),
+        user_type: s.user_type.as_deref().map(str::to_string),
+        company_name: s.company_name.as_deref().map(str::to_string),
+        job_title: s.job_title.as_deref().map(str::to_string),
+        department: s.department.as_deref().map(str::to_string),
         mail_enabled: s.mail_enabled,
-        manager: s.manager_id.clone().map(manager_ref),
+        manager: s
+            .manager_id
+            .as_deref()
+            .map(|id| manager_ref(id.to_string())),
     }
 }
 
@@ -311,7 +314,7 @@ impl crate::source::SnapshotMirror for UserRows {
             .zip(kept)
             .map(|(s, k)| {
                 let purpose = match (&s.user_purpose, k.no_mailbox) {
-                    (Some(p), _) => Some(p.clone()),
+                    (Some(p), _) => Some(p.to_string()),
                     (None, true) => Some(String::new()),
                     (None, false) => None,
                 };
@@ -855,8 +858,8 @@ mod tests {
                 purpose: purpose.map(str::to_string),
                 purpose_at,
             };
-            let mut record = super::super::source_user(*read.user.clone());
-            record.user_purpose = purpose.filter(|p| !p.is_empty()).map(str::to_string);
+            let mut record = super::super::source_user(*read.user.clone(), &mut Default::default());
+            record.user_purpose = purpose.filter(|p| !p.is_empty()).map(Into::into);
             let rows = UserRows {
                 kept: vec![Kept::default(), Kept::of(&read)],
             };

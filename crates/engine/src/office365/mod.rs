@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use url::Url;
-use usersync_core::{ClientId, SourceGroup, SourceKind, SourceOptions, SourceUser, TenantId};
+use usersync_core::{
+    ClientId, Interner, SourceGroup, SourceKind, SourceOptions, SourceUser, TenantId,
+};
 use usersync_graph::{ClientSecret, GROUP_PROPERTIES, GraphClient, GraphConfig, RetryPolicy};
 use usersync_store::{Mirror, NewSource, SecretString, SourceRecord, Store};
 
@@ -506,28 +508,35 @@ pub(super) fn dedup_by_id<T>(items: &mut Vec<T>, id: impl Fn(&T) -> &String) {
     items.retain(|item| seen.insert(id(item).clone()));
 }
 
-pub(super) fn source_user(u: usersync_graph::User) -> SourceUser {
+/// The core's record of a user read from Graph; text that many users share is taken
+/// from `texts`.
+pub(super) fn source_user(u: usersync_graph::User, texts: &mut Interner) -> SourceUser {
+    // Lists as parsed hold room for four items (192 bytes for one licence): a snapshot of
+    // 1,000,000 users keeps them at their size, made anew (an in-place `collect` would keep
+    // the parsed list's room).
+    let mut assigned_licenses = Vec::with_capacity(u.assigned_licenses.len());
+    for sku in u.assigned_licenses.into_iter().filter_map(|l| l.sku_id) {
+        assigned_licenses.push(texts.text(&sku));
+    }
+    let mut proxy_addresses = u.proxy_addresses;
+    proxy_addresses.shrink_to_fit();
     SourceUser {
         id: u.id,
         user_principal_name: u.user_principal_name,
         mail: u.mail,
-        proxy_addresses: u.proxy_addresses,
+        proxy_addresses,
         display_name: u.display_name,
         given_name: u.given_name,
         surname: u.surname,
         account_enabled: u.account_enabled,
-        assigned_licenses: u
-            .assigned_licenses
-            .into_iter()
-            .filter_map(|l| l.sku_id)
-            .collect(),
-        user_type: u.user_type,
-        company_name: u.company_name,
-        job_title: u.job_title,
-        department: u.department,
+        assigned_licenses,
+        user_type: texts.option(u.user_type),
+        company_name: texts.option(u.company_name),
+        job_title: texts.option(u.job_title),
+        department: texts.option(u.department),
         mail_enabled: u.mail_enabled,
         user_purpose: None,
-        manager_id: u.manager.map(|m| m.id).filter(|id| !id.is_empty()),
+        manager_id: texts.option(u.manager.map(|m| m.id).filter(|id| !id.is_empty())),
         member_of: Vec::new(),
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::{Map, Value};
-use usersync_core::{SourceDomain, SourceSnapshot, SourceUser};
+use usersync_core::{Interner, SourceDomain, SourceSnapshot, SourceUser};
 use usersync_graph::{GROUP_PROPERTIES, GraphError, USER_PROPERTIES};
 use usersync_store::{Mirror, Store};
 
@@ -444,16 +444,18 @@ impl Office365Source {
     ) -> Result<HashMap<String, MirrorUser>, SourceError> {
         // Users held for good go to `handover`: at once when their type is known or will
         // not be asked this run, else when their lookup answers (see `Source::read`).
+        let texts = std::sync::Mutex::new(Interner::default());
         let hand = |users: &HashMap<String, MirrorUser>, ids: &[String]| {
             // (A run that plans after the read closes it: no more copies are made.)
             if let Some(to) = &handover
                 && !ids.is_empty()
                 && !to.is_closed()
             {
+                let mut texts = texts.lock().unwrap_or_else(|e| e.into_inner());
                 let batch = ids
                     .iter()
                     .filter_map(|id| users.get(id))
-                    .map(handed_over)
+                    .map(|u| handed_over(u, &mut texts))
                     .collect();
                 let _ = to.send(batch);
             }
@@ -1071,14 +1073,18 @@ struct Untrusted(String);
 
 /// A user as the snapshot will hold it (without group memberships: a run that plans
 /// early reads none).
-fn handed_over(u: &MirrorUser) -> SourceUser {
-    planned_user(*u.user.clone(), u.purpose.clone())
+fn handed_over(u: &MirrorUser, texts: &mut Interner) -> SourceUser {
+    planned_user(*u.user.clone(), u.purpose.as_deref(), texts)
 }
 
 /// A mirrored user as the core plans it, with its mailbox type when a lookup gave one.
-fn planned_user(user: usersync_graph::User, purpose: Option<String>) -> SourceUser {
-    let mut s = source_user(user);
-    s.user_purpose = purpose.filter(|p| !p.is_empty());
+fn planned_user(
+    user: usersync_graph::User,
+    purpose: Option<&str>,
+    texts: &mut Interner,
+) -> SourceUser {
+    let mut s = source_user(user, texts);
+    s.user_purpose = purpose.filter(|p| !p.is_empty()).map(|p| texts.text(p));
     s
 }
 
@@ -1107,13 +1113,20 @@ fn snapshot_kept(
         groups: mirrored_groups,
     } = tenant;
     let mut kept: Vec<Kept> = Vec::with_capacity(if keep { mirrored.len() } else { 0 });
+    let mut texts = Interner::default();
+    // Each user is made over in the order it was read into memory, so that what it leaves
+    // free is whole pages the allocator gives back as the work goes on: in the table's
+    // order every page stayed half full to the end (at 1,000,000 users, 370 MB more at
+    // the read's peak).
+    let mut mirrored: Vec<MirrorUser> = mirrored.into_values().collect();
+    mirrored.sort_unstable_by_key(|u| std::ptr::from_ref::<usersync_graph::User>(&u.user).addr());
     let mut users: Vec<SourceUser> = mirrored
-        .into_values()
+        .into_iter()
         .map(|u| {
             if keep {
                 kept.push(Kept::of(&u));
             }
-            let mut s = planned_user(*u.user, u.purpose);
+            let mut s = planned_user(*u.user, u.purpose.as_deref(), &mut texts);
             s.member_of = member_of.remove(&s.id).unwrap_or_default();
             s
         })
