@@ -566,13 +566,12 @@ fn plan_desired(
         plan.add.append(desired);
     }
 
-    // No two entries of a list share an address, so an unstable sort gives the one order,
-    // without the stable sort's buffer of half the list (132 MB of adds at 1,000,000).
+    // No two adds share an address (the second was skipped above), so an unstable sort
+    // gives the one order, without the stable sort's buffer of half the list (132 MB of
+    // adds at 1,000,000).
     plan.add.sort_unstable_by(|a, b| a.address.cmp(&b.address));
-    plan.update
-        .sort_unstable_by(|a, b| a.address.cmp(&b.address));
-    plan.remove
-        .sort_unstable_by(|a, b| a.address.cmp(&b.address));
+    plan.update.sort_by(|a, b| a.address.cmp(&b.address));
+    plan.remove.sort_by(|a, b| a.address.cmp(&b.address));
     for list in [&mut plan.skip, &mut plan.warnings] {
         list.sort_by(|a, b| (&a.name, &a.source_object_id).cmp(&(&b.name, &b.source_object_id)));
     }
