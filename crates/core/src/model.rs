@@ -123,9 +123,8 @@ pub struct DirectoryUser {
     #[serde(default)]
     pub manager: Option<EmailAddress>,
     /// Services and locale settings, given when a sync creates the mailbox and never
-    /// changed by a sync after that.
+    /// changed by a sync after that (one copy shared by all the entries a plan adds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// (One copy shared by all the entries a plan adds.)
     pub services: Option<std::sync::Arc<crate::options::MailboxDefaults>>,
     /// In a plan: which filter rule (or the default) chose the user's group. Not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
