@@ -10,7 +10,7 @@ use crate::address::{DomainName, EmailAddress};
 use crate::filter::FilterRule;
 use crate::model::{DirectoryUser, EmailMethod, MailboxType, UserStatus};
 use crate::options::SourceOptions;
-use crate::snapshot::{SourceGroup, SourceUser};
+use crate::snapshot::{Shared, SourceGroup, SourceUser};
 
 /// The name of the group every customer has and every unrouted user goes to.
 pub const MAIN_GROUP: &str = "Main";
@@ -190,8 +190,8 @@ pub fn map_user(user: &SourceUser, ctx: &MappingContext) -> Result<DirectoryUser
     Ok(DirectoryUser {
         id: None,
         display_name: display_name(user.display_name.as_deref(), &address),
-        given_name: non_empty(user.given_name.as_deref()),
-        surname: non_empty(user.surname.as_deref()),
+        given_name: non_empty_shared(user.given_name.as_ref()),
+        surname: non_empty_shared(user.surname.as_ref()),
         billable: is_billable(mailbox_type, user),
         mailbox_type,
         aliases,
@@ -405,6 +405,16 @@ fn non_empty(text: Option<&str>) -> Option<String> {
     text.map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_string)
+}
+
+/// [`non_empty`] of shared text: the same copy when there was nothing to trim.
+fn non_empty_shared(text: Option<&Shared>) -> Option<Shared> {
+    let text = text?;
+    match text.trim() {
+        "" => None,
+        trimmed if trimmed.len() == text.len() => Some(text.clone()),
+        trimmed => Some(trimmed.into()),
+    }
 }
 
 #[cfg(test)]
@@ -783,5 +793,22 @@ mod tests {
         assert_eq!(entry.given_name, None);
         assert_eq!(entry.surname.as_deref(), Some("Smith"));
         assert_eq!(entry.source_object_id.as_deref(), Some("u-1"));
+    }
+
+    #[test]
+    fn names_are_trimmed_and_otherwise_shared_with_the_source_user() {
+        let mut u = anne();
+        u.given_name = Some(" Anne ".into());
+        u.surname = Some("\t".into());
+        let entry = map_user(&u, &ctx(EmailMethod::PrimarySmtp)).unwrap();
+        assert_eq!(entry.given_name.as_deref(), Some("Anne"));
+        assert_eq!(entry.surname, None);
+        // Nothing to trim: the entry holds the snapshot's copy, not one of its own.
+        let u = anne();
+        let entry = map_user(&u, &ctx(EmailMethod::PrimarySmtp)).unwrap();
+        let (Some(read), Some(mapped)) = (&u.surname, &entry.surname) else {
+            panic!("a surname was mapped");
+        };
+        assert!(Shared::ptr_eq(read, mapped));
     }
 }

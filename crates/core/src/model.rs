@@ -107,8 +107,9 @@ pub struct DirectoryUser {
     pub id: Option<i64>,
     pub address: EmailAddress,
     pub display_name: String,
-    pub given_name: Option<String>,
-    pub surname: Option<String>,
+    /// Shared with the snapshot's user it was mapped from (one copy of each name).
+    pub given_name: Option<crate::Shared>,
+    pub surname: Option<crate::Shared>,
     #[serde(rename = "type")]
     pub mailbox_type: MailboxType,
     pub billable: bool,

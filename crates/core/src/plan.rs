@@ -29,6 +29,12 @@ impl From<Option<String>> for FieldValue {
     }
 }
 
+impl From<Option<crate::Shared>> for FieldValue {
+    fn from(v: Option<crate::Shared>) -> Self {
+        v.map_or(FieldValue::Null, |t| FieldValue::Text(t.to_string()))
+    }
+}
+
 /// A field's value before and after; serialises as `[before, after]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change(pub FieldValue, pub FieldValue);

@@ -41,8 +41,9 @@ pub struct SourceUser {
     /// Graph `proxyAddresses`: `SMTP:primary`, `smtp:alias`, `SIP:...`, `X500:...`.
     pub proxy_addresses: Vec<String>,
     pub display_name: Option<String>,
-    pub given_name: Option<String>,
-    pub surname: Option<String>,
+    /// Given names and surnames repeat across a tenant: one copy of each is held.
+    pub given_name: Option<Shared>,
+    pub surname: Option<Shared>,
     pub account_enabled: Option<bool>,
     /// SKU ids of the assigned licences.
     pub assigned_licenses: Vec<Shared>,

@@ -755,11 +755,14 @@ impl Engine {
                     clears_hold: verdict.clears_hold,
                 },
             };
-            // A whole read's users go to the mirror as they are written.
-            let user_rows = read.mirror_users.as_deref().map(|mirror| SnapshotRows {
-                users: &read.snapshot.users,
-                mirror,
-            });
+            // A whole read's users go to the mirror as they are written, first thing in the
+            // apply; the plan holds what the rest of it needs, so each user is let go once
+            // its object is made (at 1,000,000 users, most of a gigabyte the adds need not
+            // wait beside).
+            let user_rows = read
+                .mirror_users
+                .as_deref()
+                .map(|mirror| SnapshotRows::new(std::mem::take(&mut read.snapshot.users), mirror));
             let apply = Apply {
                 lease: spec.lease,
                 customer_id: spec.customer_id,
@@ -796,9 +799,24 @@ impl Engine {
                 }
                 None => self.store.apply_plan(&apply, &mut stats).await,
             };
+            // Planning again needs the users back: a directory that changed is found before
+            // the first mirror object is made, so they are all still there.
+            let kept = user_rows.map(SnapshotRows::into_users);
             match applied {
                 Ok(_) => {}
                 Err(StoreError::DirectoryChanged { .. }) if tries < 5 => {
+                    match kept {
+                        Some(Some(users)) => read.snapshot.users = users,
+                        None => {}
+                        Some(None) => {
+                            let message = "the directory changed while the plan was being \
+                                           saved; nothing was changed, run the sync again"
+                                .to_string();
+                            stats.apply_ms = 0;
+                            stats.duration_ms = elapsed_ms(started);
+                            return self.failed(spec, Some(plan), stats, message, None).await;
+                        }
+                    }
                     tracing::info!("the directory changed while planning; planning again");
                     stats.duration_ms = 0;
                     // (What was written while reading was rolled back with it.)
@@ -1291,27 +1309,71 @@ impl Engine {
     }
 }
 
-/// The mirror objects of a read's users, made from its snapshot as the store writes them.
+/// The mirror objects of a read's users, made from its snapshot as the store writes them;
+/// each user's text is let go once its object is made.
 #[derive(Debug)]
 struct SnapshotRows<'a> {
-    users: &'a [usersync_core::SourceUser],
+    users: std::sync::Mutex<Made>,
+    total: usize,
     mirror: &'a dyn crate::source::SnapshotMirror,
+}
+
+/// The snapshot's users, and how many of them have been made into objects (and let go).
+#[derive(Debug)]
+struct Made {
+    users: Vec<usersync_core::SourceUser>,
+    made: usize,
+}
+
+impl<'a> SnapshotRows<'a> {
+    fn new(
+        users: Vec<usersync_core::SourceUser>,
+        mirror: &'a dyn crate::source::SnapshotMirror,
+    ) -> Self {
+        SnapshotRows {
+            total: users.len(),
+            users: std::sync::Mutex::new(Made { users, made: 0 }),
+            mirror,
+        }
+    }
+
+    /// The users back, whole; `None` once any was let go.
+    fn into_users(self) -> Option<Vec<usersync_core::SourceUser>> {
+        let made = self.users.into_inner().ok()?;
+        (made.made == 0).then_some(made.users)
+    }
 }
 
 impl usersync_store::MirrorRows for SnapshotRows<'_> {
     fn len(&self) -> usize {
-        self.users.len()
+        self.total
     }
 
     fn rows(
         &self,
         range: std::ops::Range<usize>,
     ) -> Result<Vec<usersync_store::MirrorObject>, String> {
-        if self.mirror.len() != self.users.len() {
+        if self.mirror.len() != self.total {
             return Err("the read's users changed after it".into());
         }
+        let mut made = self
+            .users
+            .lock()
+            .map_err(|_| "a write of the mirror failed")?;
+        if range.start < made.made || range.end > made.users.len() {
+            return Err("the read's users were asked for again after they were written".into());
+        }
         let from = range.start;
-        self.mirror.rows(&self.users[range], from)
+        let rows = self.mirror.rows(&made.users[range.clone()], from)?;
+        for user in &mut made.users[range.clone()] {
+            drop(std::mem::take(user));
+        }
+        made.made = range.end;
+        if range.end == self.total {
+            // The last of them: the list itself goes too.
+            made.users = Vec::new();
+        }
+        Ok(rows)
     }
 }
 
@@ -1333,4 +1395,71 @@ async fn read_everything(read: &mut crate::source::SourceRead) -> Result<(), Eng
 
 fn elapsed_ms(started: Instant) -> u64 {
     started.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotRows;
+    use usersync_core::SourceUser;
+    use usersync_store::{MirrorObject, MirrorRows};
+
+    #[derive(Debug)]
+    struct Ids(usize);
+
+    impl crate::source::SnapshotMirror for Ids {
+        fn len(&self) -> usize {
+            self.0
+        }
+
+        fn rows(&self, users: &[SourceUser], _from: usize) -> Result<Vec<MirrorObject>, String> {
+            Ok(users
+                .iter()
+                .map(|u| MirrorObject {
+                    kind: "user".into(),
+                    id: u.id.clone(),
+                    data: format!("{{\"id\":\"{}\"}}", u.id),
+                    pending: false,
+                })
+                .collect())
+        }
+    }
+
+    fn users(n: usize) -> Vec<SourceUser> {
+        (0..n)
+            .map(|i| SourceUser {
+                id: format!("u{i}"),
+                display_name: Some(format!("User {i}")),
+                ..SourceUser::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_snapshot_users_are_given_back_whole_until_one_is_written() {
+        let mirror = Ids(3);
+        let rows = SnapshotRows::new(users(3), &mirror);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.into_users(), Some(users(3)));
+
+        let rows = SnapshotRows::new(users(3), &mirror);
+        let first = rows.rows(0..2).unwrap();
+        assert_eq!(
+            first.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+            ["u0", "u1"]
+        );
+        // Written users are let go: they cannot be asked for again, nor given back.
+        let again = rows.rows(0..2).unwrap_err();
+        assert!(again.contains("asked for again"), "{again}");
+        let last = rows.rows(2..3).unwrap();
+        assert_eq!(last[0].data, r#"{"id":"u2"}"#);
+        assert_eq!(rows.into_users(), None);
+    }
+
+    #[test]
+    fn a_snapshot_that_changed_after_the_read_is_not_written() {
+        let mirror = Ids(2);
+        let rows = SnapshotRows::new(users(3), &mirror);
+        let error = rows.rows(0..3).unwrap_err();
+        assert!(error.contains("changed after"), "{error}");
+    }
 }

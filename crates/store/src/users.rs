@@ -100,8 +100,10 @@ fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, 
         id: Some(row.try_get("id")?),
         address: EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         display_name: row.try_get("display_name")?,
-        given_name: row.try_get("given_name")?,
-        surname: row.try_get("surname")?,
+        given_name: row
+            .try_get::<Option<String>, _>("given_name")?
+            .map(Into::into),
+        surname: row.try_get::<Option<String>, _>("surname")?.map(Into::into),
         mailbox_type: parse_enum(&mailbox_type, "users.mailbox_type")?,
         billable: billable != 0,
         aliases,

@@ -237,6 +237,12 @@ pub(super) fn mirrored_form(user: &mut User) {
     for licence in &mut user.assigned_licenses {
         licence.disabled_plans = Vec::new();
     }
+    // Lists as parsed hold room for four (192 bytes for one licence). Cut to size as the
+    // page arrives, the room freed is taken again by the next pages; freed only when the
+    // snapshot is made, it stayed as holes among the text the snapshot keeps (at
+    // 1,000,000 users, about 150 MB resident to the end of the run).
+    user.assigned_licenses.shrink_to_fit();
+    user.proxy_addresses.shrink_to_fit();
 }
 
 /// The Graph user a snapshot's record was made from (by [`super::source_user`], of a user
@@ -248,8 +254,8 @@ pub(super) fn graph_user(s: &usersync_core::SourceUser) -> User {
         mail: s.mail.clone(),
         proxy_addresses: s.proxy_addresses.clone(),
         display_name: s.display_name.clone(),
-        given_name: s.given_name.clone(),
-        surname: s.surname.clone(),
+        given_name: s.given_name.as_deref().map(str::to_string),
+        surname: s.surname.as_deref().map(str::to_string),
         account_enabled: s.account_enabled,
         assigned_licenses: s
             .assigned_licenses
@@ -848,6 +854,9 @@ mod tests {
         let mut user: User = serde_json::from_value(Value::Object(raw)).unwrap();
         mirrored_form(&mut user);
         assert_eq!(user.assigned_licenses.len(), 1);
+        // Held to the end of the read: no room beyond what it holds.
+        assert_eq!(user.assigned_licenses.capacity(), 1);
+        assert_eq!(user.proxy_addresses.capacity(), 2);
         for (purpose, purpose_at) in [
             (None, None),
             (Some(""), Some(1_700_000_000)),
