@@ -224,7 +224,9 @@ pub fn plan_rest(
             .is_some_and(|o| kept.contains(o))
     });
     adds.append(&mut plan.add);
-    adds.sort_by(|a, b| a.address.cmp(&b.address));
+    // Their addresses are unique: the unstable sort orders them the same, without the
+    // stable sort's buffer of half of them (132 MB at 1,000,000 adds).
+    adds.sort_unstable_by(|a, b| a.address.cmp(&b.address));
     plan.add = adds;
     plan
 }
