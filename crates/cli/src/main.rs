@@ -25,6 +25,10 @@ use usersync_store::{DEFAULT_DATABASE_URL, KeySource, RunStatus, Store, StoreOpt
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (include/mimalloc.h); the
+/// bindings name no constant for it. A test checks the major version.
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
 /// mimalloc gives memory freed in bulk back to the system a second later by default; a
 /// first sync frees the read's copy of the tenant while it makes the snapshot, and for
 /// that second both were resident (at 1,000,000 users, the run's peak: 1.57 GB where it
@@ -32,9 +36,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// processor time on it; after 100 ms, within the noise. `MIMALLOC_PURGE_DELAY` (in
 /// milliseconds) still decides when set.
 fn give_back_freed_memory_soon() {
-    // `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (include/mimalloc.h); the
-    // bindings name no constant for it. A test checks the major version.
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }
@@ -661,7 +662,8 @@ mod tests {
             fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
         }
         // SAFETY: plain reads of the allocator's version and options.
-        let (version, delay) = unsafe { (mi_version(), mi_option_get(15)) };
+        let (version, delay) =
+            unsafe { (mi_version(), mi_option_get(super::MI_OPTION_PURGE_DELAY)) };
         assert_eq!(
             version / 10_000,
             3,
@@ -670,7 +672,7 @@ mod tests {
         // Its default, before `main` sets it: 1,000 ms in mimalloc 3.
         assert!(
             std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() || delay == 1_000,
-            "option 15 reads {delay}"
+            "the purge delay reads {delay}"
         );
     }
 }
