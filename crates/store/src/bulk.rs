@@ -52,11 +52,16 @@ impl Bulk {
     /// Rows per statement: under SQLite's 32,766 and PostgreSQL's 65,535 parameters, and
     /// few enough that the statement's text stays small.
     pub fn rows_per_statement(&self) -> usize {
-        let parameters = match self.backend {
+        Bulk::rows_for(self.backend, self.columns.len())
+    }
+
+    /// Rows of `columns` values per statement on `backend` (see `rows_per_statement`).
+    pub fn rows_for(backend: Backend, columns: usize) -> usize {
+        let parameters = match backend {
             Backend::Sqlite => 32_000,
             Backend::Postgres => 65_000,
         };
-        (parameters / self.columns.len()).min(4000)
+        (parameters / columns).min(4000)
     }
 
     /// The statement for `rows` (each as long as `columns`), values bound.
@@ -71,17 +76,25 @@ impl Bulk {
             values_clause(self.backend, rows.len(), self.columns.len()),
             self.tail
         );
-        let mut query = query_dyn(&sql);
-        for row in rows {
-            debug_assert_eq!(row.len(), self.columns.len());
-            for cell in row {
-                query = match cell {
-                    Cell::Int(v) => query.bind(v),
-                    Cell::Text(v) => query.bind(v.map(str::to_string)),
-                    Cell::Owned(v) => query.bind(v),
-                };
-            }
-        }
-        query
+        bind_rows(query_dyn(&sql), self.columns.len(), rows)
     }
+}
+
+/// `query` with the values of `rows` (each `columns` long) bound in order.
+pub(crate) fn bind_rows<'a>(
+    mut query: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
+    columns: usize,
+    rows: impl Iterator<Item = Vec<Cell<'a>>>,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    for row in rows {
+        debug_assert_eq!(row.len(), columns);
+        for cell in row {
+            query = match cell {
+                Cell::Int(v) => query.bind(v),
+                Cell::Text(v) => query.bind(v.map(str::to_string)),
+                Cell::Owned(v) => query.bind(v),
+            };
+        }
+    }
+    query
 }

@@ -162,6 +162,20 @@ impl Store {
         Ok(objects)
     }
 
+    /// Every mirrored object of a source, as the database sends them: a reader that takes
+    /// them in as they come never holds the text of a whole large mirror at once (1.3 GB
+    /// at 1,000,000 users).
+    pub fn mirror_stream(
+        &self,
+        source_id: i64,
+    ) -> impl futures_util::Stream<Item = Result<MirrorObject, StoreError>> + Send + '_ {
+        use futures_util::StreamExt;
+        query_dyn("SELECT kind, object_id, data, pending FROM mirror_objects WHERE source_id = $1")
+            .bind(source_id)
+            .fetch(&self.pool)
+            .map(|row| object_from(&row?))
+    }
+
     /// At most `limit` objects of a kind that are pending, in id order.
     pub async fn mirror_pending(
         &self,

@@ -432,7 +432,95 @@ async fn a_database_whose_secrets_are_all_gone_takes_a_new_key(url: String) {
     discard(&url).await;
 }
 
+/// A delta run's directory: the entries its source holds for the objects that changed
+/// (not another source's entry of the same object id), and those holding its addresses.
+async fn a_delta_finds_its_sources_entries_by_object_and_any_entry_by_address(url: String) {
+    let store = open_fresh(&url).await;
+    let (customer, source) = setup(&store).await;
+    let other = store
+        .add_source(NewSource {
+            customer_id: customer,
+            kind: SourceKind::Office365,
+            tenant_id: "tenant-2".into(),
+            settings: serde_json::json!({"client_id": "app"}),
+            secret: Some(SecretString::new("very-secret-value")),
+        })
+        .await
+        .unwrap()
+        .id;
+    let plan = Plan {
+        add: vec![
+            entry("anne@contoso.com", "a", source),
+            entry("bob@contoso.com", "b", source),
+        ],
+        ..Plan::default()
+    };
+    let run = new_run(&store, customer, source).await;
+    apply(
+        &store,
+        run,
+        customer,
+        source,
+        &plan,
+        &mut RunStats::default(),
+    )
+    .await
+    .unwrap();
+    let plan = Plan {
+        add: vec![entry("carl@contoso.com", "a", other)],
+        ..Plan::default()
+    };
+    let run = new_run(&store, customer, other).await;
+    apply(
+        &store,
+        run,
+        customer,
+        other,
+        &plan,
+        &mut RunStats::default(),
+    )
+    .await
+    .unwrap();
+
+    let addresses = |users: &[DirectoryUser]| {
+        users
+            .iter()
+            .map(|u| u.address.to_string())
+            .collect::<Vec<_>>()
+    };
+    let (found, _) = store
+        .directory_entries(customer, source, &["a".to_string()], &[])
+        .await
+        .unwrap();
+    assert_eq!(addresses(&found), ["anne@contoso.com"]);
+    let (found, _) = store
+        .directory_entries(customer, other, &["a".to_string(), "b".to_string()], &[])
+        .await
+        .unwrap();
+    assert_eq!(addresses(&found), ["carl@contoso.com"]);
+    // By address or alias, whoever holds it.
+    let (found, _) = store
+        .directory_entries(
+            customer,
+            source,
+            &["b".to_string()],
+            &[
+                EmailAddress::parse("carl@contoso.com").unwrap(),
+                EmailAddress::parse("alias.anne@contoso.com").unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        addresses(&found),
+        ["anne@contoso.com", "bob@contoso.com", "carl@contoso.com"]
+    );
+    store.close().await;
+    discard(&url).await;
+}
+
 usersync_store::on_both_backends!(
+    a_delta_finds_its_sources_entries_by_object_and_any_entry_by_address,
     a_newer_schema_is_refused_before_anything_is_migrated,
     a_run_of_a_source_removed_meanwhile_applies_nothing,
     a_database_whose_secrets_are_all_gone_takes_a_new_key,

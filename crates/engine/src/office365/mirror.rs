@@ -134,6 +134,17 @@ enum Parsed {
     Group(MirrorGroup),
 }
 
+/// Stored objects read back, not yet in a tenant: a whole mirror is parsed a part at a
+/// time on other threads while the store sends the next part.
+pub(super) struct ParsedObjects(Vec<(String, Parsed)>);
+
+impl ParsedObjects {
+    /// Parses `objects`, or says which one does not read.
+    pub fn of(objects: Vec<MirrorObject>) -> Result<ParsedObjects, String> {
+        parse_objects(objects).map(ParsedObjects)
+    }
+}
+
 /// Reads stored objects back on every core (at 100,000 users, a third of a delta run was
 /// this on one), or says which one does not read.
 fn parse_objects(objects: Vec<MirrorObject>) -> Result<Vec<(String, Parsed)>, String> {
@@ -528,7 +539,13 @@ impl Tenant {
 
     /// Takes stored objects in, or says which one does not read.
     pub fn take(&mut self, objects: Vec<MirrorObject>) -> Result<(), String> {
-        for (id, parsed) in parse_objects(objects)? {
+        self.insert(ParsedObjects::of(objects)?);
+        Ok(())
+    }
+
+    /// Takes objects in that were parsed apart from it (see [`ParsedObjects`]).
+    pub fn insert(&mut self, objects: ParsedObjects) {
+        for (id, parsed) in objects.0 {
             match parsed {
                 Parsed::User(mut u) => {
                     // (A mirror written before licences were kept as SKUs alone.)
@@ -540,7 +557,6 @@ impl Tenant {
                 }
             }
         }
-        Ok(())
     }
 
     /// Users that have an address but no known mailbox type.

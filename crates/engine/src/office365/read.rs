@@ -12,10 +12,15 @@ use usersync_graph::{GROUP_PROPERTIES, GraphError, USER_PROPERTIES};
 use usersync_store::{Mirror, Store};
 
 use super::mirror::{
-    CURSOR_VERSION, Cursor, Kept, Loaded, Member, Merged, MirrorGroup, MirrorUser, Tenant, UserRows,
+    CURSOR_VERSION, Cursor, Kept, Loaded, Member, Merged, MirrorGroup, MirrorUser, ParsedObjects,
+    Tenant, UserRows,
 };
 use super::{Office365Source, dedup_by_id, source_group, source_user};
 use crate::source::{Progress, ReadMode, SourceError, SourceRead};
+
+/// Mirrored objects parsed at a time when a whole mirror is read (each part's text is let
+/// go once it is parsed).
+const LOAD_PART: usize = 50_000;
 
 /// Mailbox-type lookups per round of `$batch` calls (100 batches of 20).
 const PURPOSE_CHUNK: usize = 2000;
@@ -172,34 +177,64 @@ impl Office365Source {
         progress.phase("reading domains");
         let domains = self.client.list_domains().await?;
         // The mirror's head alone: a delta run reads from it only the users it needs.
-        let mirror = match (mirror, &self.store) {
+        let (mirror, from_store) = match (mirror, &self.store) {
             (Some(head), Some(store)) if head.objects.is_empty() => {
                 if partial
                     && let Some(read) = self.read_partial(store, &head, &domains, progress).await?
                 {
                     return Ok(read);
                 }
-                let loading = std::time::Instant::now();
-                let mut head = head;
-                head.objects = store.mirror_objects(self.source_id, None, None).await?;
-                tracing::debug!(
-                    ms = loading.elapsed().as_millis() as u64,
-                    objects = head.objects.len(),
-                    "mirror loaded whole"
-                );
-                Some(head)
+                (Some(head), Some(store))
             }
-            (mirror, _) => mirror,
+            (mirror, _) => (mirror, None),
         };
-        let mirror_read = mirror.as_ref().map(|m| m.objects.len());
+        let mut mirror_read = mirror.as_ref().map(|m| m.objects.len());
         let mut notes = Vec::new();
         let parsing = std::time::Instant::now();
-        let (loaded, untrusted) = match mirror.map(Loaded::from_store) {
+        let (mut loaded, mut untrusted) = match mirror.map(Loaded::from_store) {
             None => (None, None),
             Some(Ok(l)) => (Some(l), None),
             Some(Err(bad)) => (None, Some(bad)),
         };
-        tracing::debug!(ms = parsing.elapsed().as_millis() as u64, "mirror parsed");
+        // The whole mirror, taken in as the store sends it: parsed a part at a time (on
+        // other threads, while the next part arrives), so that its text is never all held
+        // beside what it parses into.
+        if let (Some(store), Some(l)) = (from_store, loaded.as_mut()) {
+            let mut parts = store.mirror_stream(self.source_id).chunks(LOAD_PART);
+            let mut objects = 0;
+            let mut parsing: Option<tokio::task::JoinHandle<Result<ParsedObjects, String>>> = None;
+            loop {
+                let next = parts.next().await;
+                if let Some(parsed) = parsing.take() {
+                    // (A panic in serde_json is a bug: carried on.)
+                    let parsed = match parsed.await {
+                        Ok(parsed) => parsed,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match parsed {
+                        Ok(parsed) => l.tenant.insert(parsed),
+                        Err(bad) => {
+                            untrusted = Some((l.generation, bad));
+                            break;
+                        }
+                    }
+                }
+                let Some(part) = next else { break };
+                let part = part.into_iter().collect::<Result<Vec<_>, _>>()?;
+                objects += part.len();
+                parsing = Some(tokio::task::spawn_blocking(move || ParsedObjects::of(part)));
+            }
+            mirror_read = Some(objects);
+            if untrusted.is_some() {
+                loaded = None;
+            }
+        }
+        tracing::debug!(
+            ms = parsing.elapsed().as_millis() as u64,
+            objects = mirror_read,
+            "mirror read and parsed"
+        );
         let base = loaded
             .as_ref()
             .map(|l| l.generation)
