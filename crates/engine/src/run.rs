@@ -165,6 +165,8 @@ struct Early {
     plan: EarlyPlan,
     open: usersync_store::OpenApply,
     adds: Vec<DirectoryUser>,
+    /// Users whose mirror objects are written in `open` (a first read's, as handed over).
+    mirrored: HashSet<String>,
 }
 
 struct Verdict {
@@ -496,6 +498,9 @@ impl Engine {
     ) -> Result<RunOutcome, EngineError> {
         let started = Instant::now();
         tracing::info!("run started");
+        // The statistics a run before refreshed after its commit, current: the lookups
+        // below are planned from them.
+        self.store.statistics_current().await;
         // What the last applied run read: the source reads what changed since.
         // Its head: the source reads the objects it needs.
         let mirror = self.store.mirror_head(spec.source_id).await?;
@@ -652,9 +657,13 @@ impl Engine {
             // The early adds stand where nothing the read found after bears on them (and
             // the domains did not change under them); the rest is planned now.
             let mut open = None;
+            let mut mirrored = HashSet::new();
             let mut plan = match early.take() {
                 Some(e) if scope.is_none() && import.is_empty() => {
                     let settled = e.plan.finish(&read.snapshot, &ctx, &read.changed_after);
+                    // Users that changed after they were handed over are written again.
+                    mirrored = e.mirrored;
+                    mirrored.retain(|id| !read.changed_after.contains(id));
                     let mut written = e.open;
                     written.withdraw(&settled.withdrawn).await?;
                     tracing::debug!(
@@ -759,10 +768,13 @@ impl Engine {
             // apply; the plan holds what the rest of it needs, so each user is let go once
             // its object is made (at 1,000,000 users, most of a gigabyte the adds need not
             // wait beside).
-            let user_rows = read
-                .mirror_users
-                .as_deref()
-                .map(|mirror| SnapshotRows::new(std::mem::take(&mut read.snapshot.users), mirror));
+            let user_rows = read.mirror_users.as_deref().map(|mirror| {
+                SnapshotRows::new(
+                    std::mem::take(&mut read.snapshot.users),
+                    mirror,
+                    std::mem::take(&mut mirrored),
+                )
+            });
             let apply = Apply {
                 lease: spec.lease,
                 customer_id: spec.customer_id,
@@ -858,7 +870,7 @@ impl Engine {
         &self,
         spec: &RunSpec,
         ctx: &MappingContext,
-        handed: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<usersync_core::SourceUser>>>,
+        handed: Option<tokio::sync::mpsc::UnboundedReceiver<crate::source::Handed>>,
     ) -> Result<(Vec<DirectoryUser>, i64, Option<Early>), EngineError> {
         let (directory, version) = self.store.directory_versioned(spec.customer_id).await?;
         let (Some(mut handed), Some(mut plan)) = (handed, EarlyPlan::new(&directory, ctx)) else {
@@ -868,13 +880,15 @@ impl Engine {
         // first users, kept until then; a fast one is told to hand over no more.
         let mut first: Option<Instant> = None;
         let mut held: Vec<usersync_core::SourceUser> = Vec::new();
+        let mut mirror: Vec<usersync_store::MirrorObject> = Vec::new();
         let mut early = false;
         while !early {
-            let Some(users) = handed.recv().await else {
+            let Some(handed) = handed.recv().await else {
                 return Ok((directory, version, None));
             };
             let since = *first.get_or_insert_with(Instant::now);
-            held.extend(users);
+            held.extend(handed.users);
+            mirror.extend(handed.mirror);
             if held.len() >= self.options.early_writes_from.max(1) {
                 let rate = held.len() as f64 / since.elapsed().as_secs_f64().max(1e-3);
                 if rate > self.options.early_writes_below_rate {
@@ -898,22 +912,46 @@ impl Engine {
         };
         let mut adds: Vec<DirectoryUser> = plan.take(held, ctx);
         let mut written = 0;
+        // The users' mirror objects go in beside (a first read's: see `Handed`).
+        let mut mirrored = HashSet::new();
+        let chunk = usersync_store::OpenApply::ADDS_PER_WRITE;
         loop {
-            let chunk = usersync_store::OpenApply::ADDS_PER_WRITE;
             let ready = (adds.len() - written) / chunk * chunk;
             if ready > 0 {
                 open.add(&adds[written..written + ready]).await?;
                 written += ready;
             }
-            let Some(users) = handed.recv().await else {
+            if mirror.len() >= chunk {
+                let rest = mirror.split_off(mirror.len() / chunk * chunk);
+                mirrored.extend(mirror.iter().map(|o| o.id.clone()));
+                open.mirror(spec.source_id, std::mem::replace(&mut mirror, rest))
+                    .await?;
+            }
+            let Some(handed) = handed.recv().await else {
                 break;
             };
-            adds.extend(plan.take(users, ctx));
+            adds.extend(plan.take(handed.users, ctx));
+            mirror.extend(handed.mirror);
         }
         open.add(&adds[written..]).await?;
         written = adds.len();
-        tracing::debug!(written, "adds planned and written while reading");
-        Ok((directory, version, Some(Early { plan, open, adds })))
+        mirrored.extend(mirror.iter().map(|o| o.id.clone()));
+        open.mirror(spec.source_id, mirror).await?;
+        tracing::debug!(
+            written,
+            mirrored = mirrored.len(),
+            "adds planned and written while reading, with the users' mirror objects"
+        );
+        Ok((
+            directory,
+            version,
+            Some(Early {
+                plan,
+                open,
+                adds,
+                mirrored,
+            }),
+        ))
     }
 
     /// Why a delta read's plan must take in every object rather than what changed (see
@@ -1316,6 +1354,8 @@ struct SnapshotRows<'a> {
     users: std::sync::Mutex<Made>,
     total: usize,
     mirror: &'a dyn crate::source::SnapshotMirror,
+    /// Users whose objects were written while the read went on (left out here).
+    written: HashSet<String>,
 }
 
 /// The snapshot's users, and how many of them have been made into objects (and let go).
@@ -1329,11 +1369,13 @@ impl<'a> SnapshotRows<'a> {
     fn new(
         users: Vec<usersync_core::SourceUser>,
         mirror: &'a dyn crate::source::SnapshotMirror,
+        written: HashSet<String>,
     ) -> Self {
         SnapshotRows {
             total: users.len(),
             users: std::sync::Mutex::new(Made { users, made: 0 }),
             mirror,
+            written,
         }
     }
 
@@ -1364,7 +1406,9 @@ impl usersync_store::MirrorRows for SnapshotRows<'_> {
             return Err("the read's users were asked for again after they were written".into());
         }
         let from = range.start;
-        let rows = self.mirror.rows(&made.users[range.clone()], from)?;
+        let rows = self.mirror.rows(&made.users[range.clone()], from, &|u| {
+            !self.written.contains(&u.id)
+        })?;
         for user in &mut made.users[range.clone()] {
             drop(std::mem::take(user));
         }
@@ -1411,9 +1455,15 @@ mod tests {
             self.0
         }
 
-        fn rows(&self, users: &[SourceUser], _from: usize) -> Result<Vec<MirrorObject>, String> {
+        fn rows(
+            &self,
+            users: &[SourceUser],
+            _from: usize,
+            wanted: &dyn Fn(&SourceUser) -> bool,
+        ) -> Result<Vec<MirrorObject>, String> {
             Ok(users
                 .iter()
+                .filter(|u| wanted(u))
                 .map(|u| MirrorObject {
                     kind: "user".into(),
                     id: u.id.clone(),
@@ -1437,11 +1487,11 @@ mod tests {
     #[test]
     fn the_snapshot_users_are_given_back_whole_until_one_is_written() {
         let mirror = Ids(3);
-        let rows = SnapshotRows::new(users(3), &mirror);
+        let rows = SnapshotRows::new(users(3), &mirror, Default::default());
         assert_eq!(rows.len(), 3);
         assert_eq!(rows.into_users(), Some(users(3)));
 
-        let rows = SnapshotRows::new(users(3), &mirror);
+        let rows = SnapshotRows::new(users(3), &mirror, Default::default());
         let first = rows.rows(0..2).unwrap();
         assert_eq!(
             first.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
@@ -1456,9 +1506,21 @@ mod tests {
     }
 
     #[test]
+    fn users_written_while_the_read_went_on_are_left_out() {
+        let mirror = Ids(3);
+        let written = ["u0", "u2"].map(String::from).into_iter().collect();
+        let rows = SnapshotRows::new(users(3), &mirror, written);
+        let made = rows.rows(0..3).unwrap();
+        assert_eq!(
+            made.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+            ["u1"]
+        );
+    }
+
+    #[test]
     fn a_snapshot_that_changed_after_the_read_is_not_written() {
         let mirror = Ids(2);
-        let rows = SnapshotRows::new(users(3), &mirror);
+        let rows = SnapshotRows::new(users(3), &mirror, Default::default());
         let error = rows.rows(0..3).unwrap_err();
         assert!(error.contains("changed after"), "{error}");
     }

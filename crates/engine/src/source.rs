@@ -100,18 +100,31 @@ pub trait SnapshotMirror: Send + Sync + std::fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The objects of `users`, the snapshot's users from index `from` on.
+    /// The objects of those of `users` (the snapshot's users from index `from` on) that
+    /// are `wanted`.
     fn rows(
         &self,
         users: &[usersync_core::SourceUser],
         from: usize,
+        wanted: &dyn Fn(&usersync_core::SourceUser) -> bool,
     ) -> Result<Vec<usersync_store::MirrorObject>, String>;
 }
 
 /// Where a whole read hands over its users as it holds them for good (a page arrived, its
 /// mailbox types read), so that the run can plan and write them while later pages still
 /// arrive (see `usersync_core::early`). Each user is handed over once.
-pub type EarlyUsers = tokio::sync::mpsc::UnboundedSender<Vec<usersync_core::SourceUser>>;
+pub type EarlyUsers = tokio::sync::mpsc::UnboundedSender<Handed>;
+
+/// Users a read holds for good, handed over as it goes (see [`EarlyUsers`]).
+#[derive(Debug, Default)]
+pub struct Handed {
+    pub users: Vec<usersync_core::SourceUser>,
+    /// Their mirror objects, when the read writes every user to a mirror that holds none
+    /// yet (a source's first read): the run writes them beside its early adds, so that
+    /// they are not all left to the end of a slow read. A user that changes after it was
+    /// handed over (`SourceRead::changed_after`) is written again with the rest.
+    pub mirror: Vec<usersync_store::MirrorObject>,
+}
 
 /// The users a partial read left out of its snapshot, read on demand.
 #[async_trait]

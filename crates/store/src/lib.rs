@@ -114,6 +114,9 @@ pub struct Store {
     actor: std::sync::Arc<str>,
     /// Wakes the task that checkpoints a SQLite file's WAL (see [`checkpoints`]).
     checkpoint: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Held while PostgreSQL's statistics are refreshed after a large apply (in the
+    /// background, after its commit): see [`Store::statistics_current`].
+    statistics: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -251,6 +254,7 @@ impl Store {
             clock: Default::default(),
             actor: "usersync".into(),
             checkpoint,
+            statistics: Default::default(),
         };
         // The key before any migration: a wrong key leaves the database as it was.
         let keep_check = if options.verify_key {
@@ -293,8 +297,17 @@ impl Store {
     /// Closes the pool, waiting for connections to finish (SQLite checkpoints the WAL as
     /// the last one closes).
     pub async fn close(&self) {
+        // A refresh of the statistics under way is let finish: the next process plans
+        // from them.
+        self.statistics_current().await;
         self.pool.close().await;
         self.checkpoint_soon();
+    }
+
+    /// Waits for a refresh of the database's statistics that an apply of this handle
+    /// started (see `apply`): a run plans its lookups from current ones.
+    pub async fn statistics_current(&self) {
+        drop(self.statistics.lock().await);
     }
 
     /// Asks for the WAL of a SQLite file to be checkpointed now, not at the next tick: after

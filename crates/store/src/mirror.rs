@@ -76,7 +76,8 @@ pub trait MirrorRows: Send + Sync + std::fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Objects `range`, in key order.
+    /// The objects of `range` still to be written, in key order: those written already
+    /// in the transaction (see [`crate::OpenApply::mirror`]) may be left out.
     fn rows(&self, range: std::ops::Range<usize>) -> Result<Vec<MirrorObject>, String>;
 }
 
@@ -322,13 +323,7 @@ pub(crate) async fn write_mirror(
     // In key order: each insert lands beside the last (a first sync writes every object).
     let mut upserts: Vec<&MirrorObject> = write.upserts.iter().collect();
     upserts.sort_unstable_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
-    let objects = Bulk {
-        backend,
-        table: "mirror_objects",
-        columns: &["source_id", "kind", "object_id", "data", "pending"],
-        tail: "ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data, \
-               pending = excluded.pending",
-    };
+    let objects = objects_bulk(backend);
     let per = objects.rows_per_statement();
     for chunk in upserts.chunks(per) {
         objects
@@ -346,33 +341,75 @@ pub(crate) async fn write_mirror(
     }
     let Some(more) = more else { return Ok(()) };
     // Each statement's objects are made while the one before runs (in SQLite's thread, or
-    // PostgreSQL's process).
+    // PostgreSQL's process). A range may give fewer objects than it spans (those written
+    // already): they are gathered up to a whole statement, so that each is prepared once.
     let total = more.len();
-    let make = |from: usize| -> Result<Vec<MirrorObject>, StoreError> {
-        more.rows(from..(from + per).min(total)).map_err(|e| {
-            StoreError::Corrupt(format!("the source mirror could not be written: {e}"))
-        })
+    let make = |from: usize| -> Result<(Vec<MirrorObject>, usize), StoreError> {
+        let mut rows = Vec::new();
+        let mut at = from;
+        while rows.len() < per && at < total {
+            let end = (at + per - rows.len()).min(total);
+            rows.extend(more.rows(at..end).map_err(|e| {
+                StoreError::Corrupt(format!("the source mirror could not be written: {e}"))
+            })?);
+            at = end;
+        }
+        Ok((rows, at))
     };
-    let mut next = (total > 0).then(|| make(0)).transpose()?;
-    let mut from = 0;
-    while let Some(rows) = next.take() {
-        from += rows.len();
-        let statement = objects
-            .query(rows.into_iter().map(|o| {
-                vec![
-                    Cell::from(write.source_id),
-                    Cell::Owned(Some(o.kind)),
-                    Cell::Owned(Some(o.id)),
-                    Cell::Owned(Some(o.data)),
-                    Cell::from(i64::from(o.pending)),
-                ]
-            }))
-            .execute(&mut **tx);
-        let (done, made) = tokio::join!(statement, async {
-            (from < total).then(|| make(from)).transpose()
-        });
+    let (mut rows, mut from) = make(0)?;
+    while !rows.is_empty() {
+        let statement = objects_statement(&objects, write.source_id, rows).execute(&mut **tx);
+        let (done, made) = tokio::join!(statement, async { make(from) });
         done?;
-        next = made?;
+        (rows, from) = made?;
+    }
+    Ok(())
+}
+
+/// The statement that writes mirror objects: new ones, or over those of the same key.
+fn objects_bulk(backend: Backend) -> Bulk {
+    Bulk {
+        backend,
+        table: "mirror_objects",
+        columns: &["source_id", "kind", "object_id", "data", "pending"],
+        tail: "ON CONFLICT (source_id, kind, object_id) DO UPDATE SET data = excluded.data, \
+               pending = excluded.pending",
+    }
+}
+
+fn objects_statement(
+    objects: &Bulk,
+    source_id: i64,
+    rows: Vec<MirrorObject>,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    objects.query(rows.into_iter().map(|o| {
+        vec![
+            Cell::from(source_id),
+            Cell::Owned(Some(o.kind)),
+            Cell::Owned(Some(o.id)),
+            Cell::Owned(Some(o.data)),
+            Cell::from(i64::from(o.pending)),
+        ]
+    }))
+}
+
+/// Writes objects of a source's mirror ahead of its head (see [`crate::OpenApply::mirror`]),
+/// in key order, a statement's worth at a time.
+pub(crate) async fn write_objects(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    source_id: i64,
+    mut rows: Vec<MirrorObject>,
+) -> Result<(), StoreError> {
+    rows.sort_unstable_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
+    let objects = objects_bulk(backend);
+    let per = objects.rows_per_statement();
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(per));
+        objects_statement(&objects, source_id, rows)
+            .execute(&mut **tx)
+            .await?;
+        rows = rest;
     }
     Ok(())
 }

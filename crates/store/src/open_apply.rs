@@ -213,6 +213,17 @@ impl OpenApply {
         Ok(())
     }
 
+    /// Writes objects of the source's mirror that the read holds for good (a first read's
+    /// users, as its pages arrive); the rest of the mirror, its head with the generation
+    /// checked, goes with the plan. Objects written again later replace these.
+    pub async fn mirror(
+        &mut self,
+        source_id: i64,
+        rows: Vec<crate::MirrorObject>,
+    ) -> Result<(), StoreError> {
+        crate::mirror::write_objects(&mut self.tx, self.backend, source_id, rows).await
+    }
+
     /// Takes back the adds of these objects (planned again with the rest of the plan):
     /// their rows, aliases and audit entries.
     pub async fn withdraw(&mut self, objects: &[String]) -> Result<(), StoreError> {

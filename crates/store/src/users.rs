@@ -850,20 +850,34 @@ impl Store {
         let written = plan.add.len()
             + mirror.map_or(0, |m| m.upserts.len())
             + mirror_rows.map_or(0, |r| r.len());
-        if self.backend == Backend::Postgres
-            && written >= ANALYZE_AFTER
-            && self.stale(written).await
-        {
+        if self.backend == Backend::Postgres && written >= ANALYZE_AFTER {
             // PostgreSQL plans the next run's lookups from table statistics, which its
             // autovacuum refreshes only a while after a large write: until then it takes
-            // a first sync's million mirror rows for a hundred and scans them all.
-            if let Err(e) = sqlx::query("ANALYZE users, user_aliases, mirror_objects")
-                .execute(&self.pool)
-                .await
-            {
-                tracing::debug!(error = %e, "statistics not refreshed");
-            }
-            lap("analyzed");
+            // a first sync's million mirror rows for a hundred and scans them all. They
+            // are refreshed after the commit, while the run reports; the next run of this
+            // handle (and `close`) waits for that (`statistics_current`).
+            let held = self.statistics.clone().lock_owned().await;
+            let store = self.clone();
+            let span = tracing::Span::current();
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let started = std::time::Instant::now();
+                    if store.stale(written).await {
+                        if let Err(e) = sqlx::query("ANALYZE users, user_aliases, mirror_objects")
+                            .execute(&store.pool)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "statistics not refreshed");
+                        }
+                        tracing::debug!(
+                            ms = started.elapsed().as_millis() as u64,
+                            "statistics refreshed"
+                        );
+                    }
+                    drop(held);
+                },
+                span,
+            ));
         }
         Ok(ApplyCounts {
             added: plan.add.len(),

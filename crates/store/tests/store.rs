@@ -6,8 +6,8 @@ use usersync_core::{
 };
 use usersync_store::testing::{discard, open_fresh};
 use usersync_store::{
-    Apply, DomainOrigin, Enqueued, NewJob, NewRun, NewSource, RunEnd, RunKind, RunLease, RunReason,
-    RunStats, RunStatus, SecretString, Settle, Store, StoreError,
+    Apply, DomainOrigin, Enqueued, MirrorObject, MirrorWrite, NewJob, NewRun, NewSource, RunEnd,
+    RunKind, RunLease, RunReason, RunStats, RunStatus, SecretString, Settle, Store, StoreError,
 };
 
 fn entry(address: &str, object: &str, source: i64) -> DirectoryUser {
@@ -432,6 +432,89 @@ async fn a_database_whose_secrets_are_all_gone_takes_a_new_key(url: String) {
     discard(&url).await;
 }
 
+/// A first read's users' mirror objects written while it goes on, the rest with the
+/// plan: those the rows leave out stay as written; the others fill whole statements.
+async fn mirror_objects_written_early_stand_beside_those_written_with_the_plan(url: String) {
+    #[derive(Debug)]
+    struct Late(usize);
+    impl usersync_store::MirrorRows for Late {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn rows(&self, range: std::ops::Range<usize>) -> Result<Vec<MirrorObject>, String> {
+            // Every third was written early: left out.
+            Ok(range
+                .filter(|i| i % 3 != 0)
+                .map(|i| object(i, "late"))
+                .collect())
+        }
+    }
+    fn object(i: usize, when: &str) -> MirrorObject {
+        MirrorObject {
+            kind: "user".into(),
+            id: format!("u{i:05}"),
+            data: format!("{{\"when\":\"{when}\"}}"),
+            pending: i.is_multiple_of(2),
+        }
+    }
+    let store = open_fresh(&url).await;
+    let (customer, source) = setup(&store).await;
+    let lease = new_run(&store, customer, source).await;
+    let (_, version) = store.directory_versioned(customer).await.unwrap();
+    let total = 10_001;
+    let mut open = store.open_apply(lease, customer, version).await.unwrap();
+    let early: Vec<MirrorObject> = (0..total)
+        .filter(|i| i % 3 == 0)
+        .map(|i| object(i, "early"))
+        .collect();
+    open.mirror(source, early).await.unwrap();
+    let plan = Plan::default();
+    let write = MirrorWrite {
+        source_id: source,
+        cursor: serde_json::json!({"v": 1}),
+        full: true,
+        ..MirrorWrite::default()
+    };
+    store
+        .apply_plan_open(
+            &Apply {
+                lease,
+                customer_id: customer,
+                source_id: Some(source),
+                plan: &plan,
+                directory_version: version,
+                status: RunStatus::Succeeded,
+                error: None,
+                settle: Settle::Succeeded { clears_hold: false },
+                mirror: Some(&write),
+                mirror_rows: Some(&Late(total)),
+            },
+            &mut RunStats::default(),
+            open,
+        )
+        .await
+        .unwrap();
+    let mut objects = store.mirror_objects(source, None, None).await.unwrap();
+    objects.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(objects.len(), total);
+    for (i, o) in objects.iter().enumerate() {
+        let when = if i % 3 == 0 { "early" } else { "late" };
+        assert_eq!(o, &object(i, when));
+    }
+    // Nothing is seen of an apply that does not commit.
+    let lease = new_run(&store, customer, source).await;
+    let (_, version) = store.directory_versioned(customer).await.unwrap();
+    let mut open = store.open_apply(lease, customer, version).await.unwrap();
+    open.mirror(source, vec![object(total, "early")])
+        .await
+        .unwrap();
+    drop(open);
+    let objects = store.mirror_objects(source, None, None).await.unwrap();
+    assert_eq!(objects.len(), total);
+    store.close().await;
+    discard(&url).await;
+}
+
 /// A delta run's directory: the entries its source holds for the objects that changed
 /// (not another source's entry of the same object id), and those holding its addresses.
 async fn a_delta_finds_its_sources_entries_by_object_and_any_entry_by_address(url: String) {
@@ -521,6 +604,7 @@ async fn a_delta_finds_its_sources_entries_by_object_and_any_entry_by_address(ur
 
 usersync_store::on_both_backends!(
     a_delta_finds_its_sources_entries_by_object_and_any_entry_by_address,
+    mirror_objects_written_early_stand_beside_those_written_with_the_plan,
     a_newer_schema_is_refused_before_anything_is_migrated,
     a_run_of_a_source_removed_meanwhile_applies_nothing,
     a_database_whose_secrets_are_all_gone_takes_a_new_key,

@@ -321,6 +321,7 @@ impl crate::source::SnapshotMirror for UserRows {
         &self,
         users: &[usersync_core::SourceUser],
         from: usize,
+        wanted: &dyn Fn(&usersync_core::SourceUser) -> bool,
     ) -> Result<Vec<MirrorObject>, String> {
         let kept = self
             .kept
@@ -329,6 +330,7 @@ impl crate::source::SnapshotMirror for UserRows {
         users
             .iter()
             .zip(kept)
+            .filter(|(s, _)| wanted(s))
             .map(|(s, k)| {
                 let purpose = match (&s.user_purpose, k.no_mailbox) {
                     (Some(p), _) => Some(p.to_string()),
@@ -777,6 +779,11 @@ fn objects(
     })
 }
 
+/// A user's mirror object, as a whole read writes it.
+pub(super) fn user_object(user: &MirrorUser) -> Result<MirrorObject, serde_json::Error> {
+    object(USER, &user.user.id, user, user.pending())
+}
+
 fn object<T: Serialize>(
     kind: &str,
     id: &str,
@@ -888,8 +895,12 @@ mod tests {
             let rows = UserRows {
                 kept: vec![Kept::default(), Kept::of(&read)],
             };
-            let written = rows.rows(std::slice::from_ref(&record), 1).unwrap();
-            let direct = object(USER, "1", &read, read.pending()).unwrap();
+            let written = rows
+                .rows(std::slice::from_ref(&record), 1, &|_| true)
+                .unwrap();
+            // The same as the object a first read writes as it hands the user over.
+            let direct = user_object(&read).unwrap();
+            assert_eq!(written[0].id, direct.id);
             assert_eq!(written[0].data, direct.data, "{purpose:?}");
             assert_eq!(written[0].pending, direct.pending);
             assert_eq!(
@@ -899,7 +910,7 @@ mod tests {
         }
         // Rows asked beyond what it was made for are refused, not made up.
         let rows = UserRows { kept: Vec::new() };
-        assert!(rows.rows(&[record_of_nobody()], 0).is_err());
+        assert!(rows.rows(&[record_of_nobody()], 0, &|_| true).is_err());
     }
 
     fn record_of_nobody() -> usersync_core::SourceUser {
