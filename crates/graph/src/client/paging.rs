@@ -65,19 +65,21 @@ impl GraphClient {
             .for_each_page(start, headers, |page: Vec<T>| {
                 items.extend(page);
                 progress(items.len());
+                std::future::ready(())
             })
             .await?;
         Ok((items, link))
     }
 
     /// Reads every page from `start`, handing each page's objects to `each` as it
-    /// arrives (so that work on a page can start while later pages load); returns the
-    /// `@odata.deltaLink` of the last page, if any.
-    pub(super) async fn for_each_page<T: DeserializeOwned>(
+    /// arrives (so that work on a page can start while later pages load) and asking for
+    /// the next once what `each` returns is done (a reader that waits for room); returns
+    /// the `@odata.deltaLink` of the last page, if any.
+    pub(super) async fn for_each_page<T: DeserializeOwned, F: std::future::Future<Output = ()>>(
         &self,
         start: Url,
         headers: &[(&'static str, &'static str)],
-        mut each: impl FnMut(Vec<T>),
+        mut each: impl FnMut(Vec<T>) -> F,
     ) -> Result<Option<String>, GraphError> {
         let mut url = start;
         let mut seen: HashSet<String> = HashSet::new();
@@ -94,7 +96,7 @@ impl GraphClient {
             })?;
             pages += 1;
             debug!(url = %url_without_query(&url), page = pages, items = value.len(), "page read");
-            each(value);
+            each(value).await;
             match page.next_link {
                 Some(next) => {
                     let next_url = url.join(&next).map_err(|e| GraphError::Malformed {

@@ -36,12 +36,13 @@ impl GraphClient {
     }
 
     /// Every user, a page at a time: `each` gets each page's users as it arrives (with
-    /// `with_manager`, each user's manager id inline, as [`GraphClient::list_users_with_manager`]).
-    pub async fn each_user_page(
+    /// `with_manager`, each user's manager id inline, as [`GraphClient::list_users_with_manager`]);
+    /// the next page is asked for once the future it returns is done.
+    pub async fn each_user_page<F: std::future::Future<Output = ()>>(
         &self,
         select: &[&str],
         with_manager: bool,
-        each: impl FnMut(Vec<User>),
+        each: impl FnMut(Vec<User>) -> F,
     ) -> Result<(), GraphError> {
         let extra = if with_manager {
             "&$expand=manager($select=id)"
