@@ -2,6 +2,8 @@
 //! run, written in the transaction that makes the change (so there is never a change
 //! without its entry, nor an entry for a change that did not commit).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -86,6 +88,27 @@ pub(crate) async fn record(
     by: &By<'_>,
     changes: &[Change],
 ) -> Result<(), StoreError> {
+    write(tx, backend, by, changes, None).await
+}
+
+/// [`record`], keeping the id of each `user.add` entry by its object (the address).
+pub(crate) async fn record_adds(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    by: &By<'_>,
+    changes: &[Change],
+    entries: &mut HashMap<String, i64>,
+) -> Result<(), StoreError> {
+    write(tx, backend, by, changes, Some(entries)).await
+}
+
+async fn write(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    by: &By<'_>,
+    changes: &[Change],
+    mut kept: Option<&mut HashMap<String, i64>>,
+) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -104,7 +127,11 @@ pub(crate) async fn record(
             "before",
             "after",
         ],
-        tail: "",
+        tail: if kept.is_some() {
+            "RETURNING id, action, object"
+        } else {
+            ""
+        },
     };
     for chunk in changes.chunks(entries.rows_per_statement()) {
         let query = entries.query(chunk.iter().map(|c| {
@@ -119,7 +146,19 @@ pub(crate) async fn record(
                 Cell::Owned(text(&c.after)),
             ]
         }));
-        query.execute(&mut **tx).await?;
+        match kept.as_deref_mut() {
+            Some(kept) => {
+                for row in query.fetch_all(&mut **tx).await? {
+                    let action: String = row.try_get("action")?;
+                    if action == "user.add" {
+                        kept.insert(row.try_get("object")?, row.try_get("id")?);
+                    }
+                }
+            }
+            None => {
+                query.execute(&mut **tx).await?;
+            }
+        }
     }
     Ok(())
 }

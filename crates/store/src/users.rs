@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
 
-use crate::audit::{By, Change, record};
+use crate::audit::{By, Change, record, record_adds};
 use crate::bulk::{Bulk, Cell, bind_rows};
 use crate::open_apply::OpenApply;
 use crate::runs::{RunEnd, RunLease, RunStats, RunStatus, Settle, finish};
@@ -621,6 +621,7 @@ impl Store {
             &adds,
             &by,
             &mut changes,
+            None,
         )
         .await?;
         for (u, id) in adds.iter().zip(ids) {
@@ -1122,6 +1123,7 @@ pub(crate) async fn insert_users(
     adds: &[&DirectoryUser],
     by: &By<'_>,
     changes: &mut Vec<Change>,
+    mut entries: Option<&mut HashMap<String, i64>>,
 ) -> Result<Vec<i64>, StoreError> {
     let customer = Some(customer_id);
     let group_id = |name: &str| groups.get(name).copied().unwrap_or_default();
@@ -1197,7 +1199,7 @@ pub(crate) async fn insert_users(
                 .iter()
                 .map(|u| Change::new(customer, "user.add", &u.address).after(user_summary(u))),
         );
-        flush(tx, backend, by, changes, false).await?;
+        flush_keeping(tx, backend, by, changes, false, entries.as_deref_mut()).await?;
     }
 
     Ok(out)
@@ -1234,8 +1236,23 @@ async fn flush(
     changes: &mut Vec<Change>,
     all: bool,
 ) -> Result<(), StoreError> {
+    flush_keeping(tx, backend, by, changes, all, None).await
+}
+
+/// [`flush`], keeping the ids of `user.add` entries in `entries` when given.
+async fn flush_keeping(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    by: &By<'_>,
+    changes: &mut Vec<Change>,
+    all: bool,
+    entries: Option<&mut HashMap<String, i64>>,
+) -> Result<(), StoreError> {
     if all || changes.len() >= 2000 {
-        record(tx, backend, by, changes).await?;
+        match entries {
+            Some(entries) => record_adds(tx, backend, by, changes, entries).await?,
+            None => record(tx, backend, by, changes).await?,
+        }
         changes.clear();
     }
     Ok(())
