@@ -30,7 +30,7 @@ pub struct OpenApply {
     /// Adds written, by object id: the row id, the address, and the id of the add's audit
     /// entry (an add taken back takes its entry by id: looked up by run and address, on
     /// PostgreSQL it read every entry of the run, 0.1 s at 90,000).
-    pub(crate) added: HashMap<String, (i64, EmailAddress, Option<i64>)>,
+    pub(crate) added: HashMap<String, (i64, EmailAddress, i64)>,
     /// Aliases of the adds written, not inserted yet: they go in whole statements (a
     /// statement of another length is prepared anew), the rest with the plan's.
     pub(crate) aliases: Vec<(i64, EmailAddress)>,
@@ -212,7 +212,9 @@ impl OpenApply {
         self.aliases.drain(..whole);
         for (u, id) in adds.iter().zip(ids) {
             let object = u.source_object_id.clone().unwrap_or_default();
-            let entry = entries.get(u.address.as_str()).copied();
+            let entry = entries.get(u.address.as_str()).copied().ok_or_else(|| {
+                StoreError::Corrupt(format!("no audit entry came back for {}", u.address))
+            })?;
             self.added.insert(object, (id, u.address.clone(), entry));
         }
         Ok(())
@@ -232,7 +234,7 @@ impl OpenApply {
     /// Takes back the adds of these objects (planned again with the rest of the plan):
     /// their rows, aliases and audit entries.
     pub async fn withdraw(&mut self, objects: &[String]) -> Result<(), StoreError> {
-        let taken: Vec<(i64, EmailAddress, Option<i64>)> = objects
+        let taken: Vec<(i64, EmailAddress, i64)> = objects
             .iter()
             .filter_map(|o| self.added.remove(o))
             .collect();
@@ -244,7 +246,7 @@ impl OpenApply {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         let ids = serde_json::to_string(&taken.iter().map(|t| t.0).collect::<Vec<_>>())
             .map_err(corrupt)?;
-        let entries = serde_json::to_string(&taken.iter().filter_map(|t| t.2).collect::<Vec<_>>())
+        let entries = serde_json::to_string(&taken.iter().map(|t| t.2).collect::<Vec<_>>())
             .map_err(corrupt)?;
         // The aliases go with their users (ON DELETE CASCADE).
         query_dyn(&format!(
