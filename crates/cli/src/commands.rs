@@ -14,8 +14,9 @@ use usersync_store::{Enqueued, KeyLocation, RunStatus, SecretString, Store, Stor
 use crate::output::{self, print_json};
 use crate::progress::TerminalProgress;
 use crate::{
-    Cli, Command, CustomerCommand, DomainCommand, FilterCommand, GroupsCommand, KeyCommand,
-    Office365Args, RunsCommand, SourceAdd, SourceCommand, UsersCommand, outln,
+    AdminCommand, Cli, Command, CustomerCommand, DomainCommand, FilterCommand, GroupsCommand,
+    KeyCommand, Office365Args, RunsCommand, SourceAdd, SourceCommand, TokenCommand, UsersCommand,
+    outln,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -79,6 +80,82 @@ fn hinted(error: EngineError) -> anyhow::Error {
 async fn dispatch(cli: &Cli, engine: &Engine) -> anyhow::Result<ExitCode> {
     let command = &cli.command;
     match command {
+        Command::Admin(AdminCommand::Create {
+            email,
+            role,
+            customer,
+            json,
+        }) => {
+            let password = read_password(email)?;
+            let account = engine
+                .create_account(email, &password, *role, customer.as_deref())
+                .await?;
+            if json.json {
+                print_json(&account)?;
+            } else {
+                outln!(
+                    "Made the {} account {}{} (id {}); sign in to the console served by `usersync serve`.",
+                    account.role,
+                    account.email,
+                    account
+                        .customer
+                        .as_deref()
+                        .map(|c| format!(" of customer '{c}'"))
+                        .unwrap_or_default(),
+                    account.id
+                );
+            }
+        }
+        Command::Admin(AdminCommand::List { json }) => {
+            let accounts = engine.store().accounts().await?;
+            if json.json {
+                print_json(&accounts)?;
+            } else {
+                output::accounts_table(&accounts);
+            }
+        }
+        Command::Token(TokenCommand::Create {
+            role,
+            customer,
+            name,
+            json,
+        }) => {
+            let made = engine
+                .create_token(name, *role, customer.as_deref())
+                .await?;
+            if json.json {
+                #[derive(serde::Serialize)]
+                struct Made<'a> {
+                    token: &'a str,
+                    #[serde(flatten)]
+                    record: &'a usersync_store::ApiToken,
+                }
+                print_json(&Made {
+                    token: made.token.expose(),
+                    record: &made.record,
+                })?;
+            } else {
+                eprintln!(
+                    "Made API token #{} ({}, {}); it is shown this once, keep it now:",
+                    made.record.id,
+                    made.record.role,
+                    made.record.customer.as_deref().unwrap_or("every customer")
+                );
+                outln!("{}", made.token.expose());
+            }
+        }
+        Command::Token(TokenCommand::List { json }) => {
+            let tokens = engine.store().api_tokens(None).await?;
+            if json.json {
+                print_json(&tokens)?;
+            } else {
+                output::tokens_table(&tokens);
+            }
+        }
+        Command::Token(TokenCommand::Revoke { token_id }) => {
+            let token = engine.store().revoke_api_token(*token_id).await?;
+            outln!("Revoked API token #{} ({}).", token.id, token.name);
+        }
         Command::Customer(CustomerCommand::Add { name, json }) => {
             let customer = engine.add_customer(name).await?;
             if json.json {
@@ -665,6 +742,30 @@ fn key_generated_note(engine: &Engine) {
             path.display()
         );
     }
+}
+
+/// A new account's password: typed twice on the terminal (not shown), or the first line
+/// of stdin. Never an argument.
+fn read_password(email: &str) -> anyhow::Result<SecretString> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {email} (not shown): "))
+            .context("reading the password from the terminal")?;
+        let again = rpassword::prompt_password("The same password again: ")
+            .context("reading the password from the terminal")?;
+        if first != again {
+            anyhow::bail!("the two passwords differ; nothing was made");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    Ok(SecretString::new(password))
 }
 
 /// The new secret: typed on the terminal (not shown); else the first line of stdin; else,

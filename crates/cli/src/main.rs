@@ -152,6 +152,12 @@ enum Command {
     /// The key that encrypts secrets at rest.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Console accounts: `admin create EMAIL` makes the first provider admin.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// API tokens for /api/v1 (`Authorization: Bearer TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the effective configuration (secrets masked) and where each value comes from.
     Config {
         #[command(flatten)]
@@ -184,6 +190,60 @@ enum KeyCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Make a console account. The password is asked on the terminal (twice), or read
+    /// from the first line of stdin when stdin is not a terminal; at least 12 characters.
+    Create {
+        email: String,
+        /// provider_admin (every customer), customer_admin (one customer, --customer) or
+        /// read_only (every customer, or one with --customer).
+        #[arg(long, default_value = "provider_admin", value_parser = parse_role)]
+        role: usersync_core::Role,
+        /// The customer a customer_admin (or a read_only account) is bound to.
+        #[arg(long)]
+        customer: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List the console accounts.
+    List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make an API token; it is printed once (only its hash is kept).
+    Create {
+        /// provider_admin, customer_admin (with --customer) or read_only.
+        #[arg(long, value_parser = parse_role)]
+        role: usersync_core::Role,
+        /// The customer the token is bound to.
+        #[arg(long)]
+        customer: Option<String>,
+        /// What the token is for, as shown in lists and the audit log.
+        #[arg(long, default_value = "api")]
+        name: String,
+        /// Print {"token": ..., "id": ...} as JSON.
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List API tokens (never their text), newest first.
+    List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke a token: it authenticates nothing from now on.
+    Revoke { token_id: i64 },
+}
+
+fn parse_role(text: &str) -> Result<usersync_core::Role, String> {
+    text.parse()
+        .map_err(|e: usersync_core::UnknownValue| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -98,6 +98,64 @@ pub fn customers_table(customers: &[Customer]) {
     t.print();
 }
 
+pub fn accounts_table(accounts: &[usersync_store::Account]) {
+    if accounts.is_empty() {
+        hint("No console accounts yet. Make the first with `usersync admin create EMAIL`.");
+        return;
+    }
+    let mut t = Table::new()
+        .keep("id")
+        .shorten("email")
+        .keep("role")
+        .shorten("customer")
+        .drop("created", 1);
+    for a in accounts {
+        t.row(vec![
+            a.id.to_string(),
+            a.email.clone(),
+            format!("{}{}", a.role, if a.disabled { " (disabled)" } else { "" }),
+            a.customer
+                .clone()
+                .unwrap_or_else(|| "every customer".into()),
+            time(&a.created_at),
+        ]);
+    }
+    t.print();
+}
+
+pub fn tokens_table(tokens: &[usersync_store::ApiToken]) {
+    if tokens.is_empty() {
+        hint("No API tokens yet. Make one with `usersync token create --role ROLE`.");
+        return;
+    }
+    let mut t = Table::new()
+        .keep("id")
+        .shorten("name")
+        .keep("role")
+        .shorten("customer")
+        .keep("last used")
+        .drop("created", 1);
+    for k in tokens {
+        t.row(vec![
+            k.id.to_string(),
+            k.name.clone(),
+            match &k.revoked_at {
+                Some(_) => format!("{} (revoked)", k.role),
+                None => k.role.to_string(),
+            },
+            k.customer
+                .clone()
+                .unwrap_or_else(|| "every customer".into()),
+            k.last_used_at
+                .as_deref()
+                .map(time)
+                .unwrap_or_else(|| "never".into()),
+            time(&k.created_at),
+        ]);
+    }
+    t.print();
+}
+
 pub fn domains_table(domains: &[Domain]) {
     if domains.is_empty() {
         hint("No domains yet. Add one with `usersync domain add DOMAIN --customer NAME`.");

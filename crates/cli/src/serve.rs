@@ -122,6 +122,7 @@ async fn run(
             Some(url) => url,
             None => url::Url::parse(&format!("http://{address}"))?,
         };
+        let secure_cookies = public_url.scheme() == "https";
         notifications = Some(NotificationService {
             public_url,
             inbox: inbox.clone(),
@@ -139,16 +140,23 @@ async fn run(
             .route("/metrics", axum::routing::get(metrics_text))
             .route(NOTIFICATION_PATH, axum::routing::post(notified))
             .route(LIFECYCLE_PATH, axum::routing::post(lifecycle))
-            .with_state(app);
+            .with_state(app)
+            .merge(usersync_web::router(
+                engine.clone(),
+                usersync_web::WebOptions { secure_cookies },
+            ));
         let mut until = stopped.clone();
         http = Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let _ = axum::serve(listener, service)
                 .with_graceful_shutdown(async move {
                     let _ = until.wait_for(|s| *s).await;
                 })
                 .await;
         }));
-        eprintln!("Listening on http://{address} (/healthz, /readyz, /metrics).");
+        eprintln!(
+            "Listening on http://{address} (the console, the REST API at /api/v1, /healthz, /readyz, /metrics)."
+        );
         if let Some(n) = &notifications {
             eprintln!(
                 "Graph change notifications are received at {} (sources with notifications=true).",

@@ -106,6 +106,24 @@ impl Service {
     fn get(&self, path: &str) -> (u16, String) {
         self.request("GET", path, None)
     }
+
+    /// An API request with `Authorization: Bearer TOKEN`: (status, JSON body).
+    fn api(&self, token: &str, method: &str, path: &str) -> (u16, Value) {
+        let mut stream = std::net::TcpStream::connect(self.address.as_ref().unwrap()).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
 }
 
 /// Polls until `check` holds, up to `limit`.
@@ -413,7 +431,84 @@ async fn notifications_bring_a_tenant_change_through_serve(database: String) {
     sim.shutdown().await;
 }
 
+/// The entry points of the console's issue: `admin create` (password on stdin), `token
+/// create --json`, and a Sync & Save through the API of `serve`, run by its workers.
+async fn a_token_made_on_the_command_line_syncs_through_the_api_of_serve(database: String) {
+    let sim = Simulator::start(SimConfig {
+        users: 120,
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cli = Cli::connected_to(&database, sim.info());
+    let id = connect(&cli, sim.info());
+
+    let mut admin = cli
+        .command(&["admin", "create", "Admin@Example.com", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    admin
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    let out = admin.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let account: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(account["email"], "admin@example.com");
+    assert_eq!(account["role"], "provider_admin");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("password"));
+    // A short password is refused, naming the field; the second account for one e-mail too.
+    let mut short = cli
+        .command(&["admin", "create", "b@example.com"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    short.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = short.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password: give at least 12 characters"));
+    let refused = cli.fails(&["token", "create", "--role", "customer_admin"]);
+    assert!(refused.contains("--customer"), "{refused}");
+
+    let made = cli.ok_json(&["token", "create", "--role", "provider_admin", "--json"]);
+    let token = made["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("ust_"), "{made}");
+    let listed = cli.run(&["token", "list"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&token));
+
+    let serve = Service::start(
+        &cli,
+        &["serve", "--listen", "127.0.0.1:0", "--workers", "1"],
+    );
+    let (status, body) = serve.api("ust_wrong", "GET", "/api/v1/customers");
+    assert_eq!(status, 401, "{body}");
+    let (status, queued) = serve.api(&token, "POST", &format!("/api/v1/sources/{id}/sync"));
+    assert_eq!(status, 202, "{queued}");
+    let run = queued["run_id"].as_i64().unwrap();
+    let mut last = Value::Null;
+    eventually("the queued sync succeeds", Duration::from_secs(60), || {
+        last = serve.api(&token, "GET", &format!("/api/v1/runs/{run}")).1;
+        last["status"] == "succeeded"
+    });
+    assert!(last["added"].as_i64().unwrap() > 50, "{last}");
+    assert_eq!(last["requested_by"], format!("token #{} api", made["id"]));
+    sim.shutdown().await;
+}
+
 on_both_backends!(
+    a_token_made_on_the_command_line_syncs_through_the_api_of_serve,
     notifications_bring_a_tenant_change_through_serve,
     serve_answers_health_runs_what_is_queued_and_stops_cleanly,
     a_worker_killed_mid_run_leaves_it_to_another_that_applies_it_once,

@@ -4,6 +4,7 @@
 //! Everything it needs (the source snapshot, the current directory, the options) is
 //! handed in as plain values, and everything it decides comes back as a [`Plan`].
 
+pub mod access;
 pub mod address;
 pub mod early;
 pub mod filter;
@@ -20,6 +21,7 @@ pub mod snapshot;
 #[cfg(test)]
 mod testing;
 
+pub use access::{Grant, GrantError, ScopeRule};
 pub use address::{AddressError, DomainName, DomainProblem, EmailAddress};
 pub use filter::{
     Clause, Expression, Field, FieldKind, FilterError, FilterRule, GroupNames, Operator,
@@ -27,7 +29,9 @@ pub use filter::{
 };
 pub use ids::{ClientId, IdError, TenantId};
 pub use mapping::{MappingContext, SkipReason};
-pub use model::{DirectoryUser, EmailMethod, MailboxType, SourceKind, UnknownValue, UserStatus};
+pub use model::{
+    DirectoryUser, EmailMethod, MailboxType, Role, SourceKind, UnknownValue, UserStatus,
+};
 pub use names::{MAX_NAME_CHARS, NameError, NameKind, check_name, same_name};
 pub use options::{MailboxDefaults, OptionError, SourceOptions, UnknownTenantGroup};
 pub use plan::{

@@ -65,6 +65,18 @@ named_enum! {
 }
 
 named_enum! {
+    /// A console account's or an API token's role (see [`crate::access`]).
+    Role, "role" {
+        /// The provider's staff: every customer, every change.
+        ProviderAdmin => "provider_admin",
+        /// One customer's admin: that customer only, changes included.
+        CustomerAdmin => "customer_admin",
+        /// Reads what its scope holds (every customer, or one), changes nothing.
+        ReadOnly => "read_only",
+    }
+}
+
+named_enum! {
     /// Whether a directory user is live or soft-deleted (kept, restorable).
     UserStatus, "user status" {
         Active => "active",

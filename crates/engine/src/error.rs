@@ -24,6 +24,12 @@ pub enum EngineError {
     /// not held).
     #[error("{0}")]
     Conflict(String),
+    /// No valid sign-in or token was given (a wrong password, an unknown or revoked token).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The principal sees the object but may not do this to it (a read-only role).
+    #[error("{0}")]
+    Forbidden(String),
     /// The tenant answered a call outside a run (a subscription) with an error.
     #[error("{what}: {error}")]
     Tenant {
@@ -42,6 +48,10 @@ pub enum ErrorKind {
     Invalid,
     NotFound,
     Conflict,
+    /// No valid sign-in or token.
+    Unauthenticated,
+    /// Seen but not allowed (a read-only role asking for a change).
+    Forbidden,
     /// The tenant refused: consent or a permission missing, a secret wrong or expired.
     Consent,
     /// Throttled, busy or unreachable: retry later.
@@ -75,6 +85,8 @@ impl EngineError {
             }
             EngineError::TenantGroup(_) => ErrorKind::Invalid,
             EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::Tenant { error, .. } => match error.as_ref() {
                 usersync_graph::GraphError::Forbidden { .. }
                 | usersync_graph::GraphError::Unauthorized { .. }

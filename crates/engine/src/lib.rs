@@ -4,6 +4,7 @@
 //! later) goes through [`Engine`]; none of them holds sync logic. Sources are reached only
 //! through the [`Source`] trait, so Microsoft 365 is the first source, not the only one.
 
+mod access;
 mod directory;
 mod error;
 mod notifications;
@@ -14,6 +15,10 @@ mod service;
 mod source;
 mod sources;
 
+pub use access::{
+    Access, LiveSession, MIN_PASSWORD_CHARS, NewSession, NewToken, Principal, PrincipalKind,
+    SESSION_TTL_SECS, random_token,
+};
 pub use directory::{AuditRequest, CustomerSetting, NewOffice365, NewUser};
 pub use error::{EngineError, ErrorKind, error_text};
 pub use notifications::{

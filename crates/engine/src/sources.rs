@@ -49,6 +49,12 @@ impl Engine {
     /// Sets options of a source from `KEY=VALUE` texts, all or none, and returns them.
     /// Tenant groups that `selected_groups` and `group_map` name are checked against the
     /// tenant (read now), console groups that `group_map` names against the customer.
+    /// A source's options as they are set now.
+    pub async fn source_options(&self, source_id: i64) -> Result<SourceOptions, EngineError> {
+        let record = self.store.source(source_id).await?;
+        Ok(office365_settings(&record)?.options)
+    }
+
     pub async fn set_source_options(
         &self,
         source_id: i64,

@@ -8,6 +8,7 @@
 //! transaction that writes begins `IMMEDIATE` ([`Store::write_tx`]): writers queue for the
 //! one write lock instead of failing when another committed first.
 
+mod accounts;
 mod audit;
 mod bulk;
 mod crypto;
@@ -35,6 +36,7 @@ use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use accounts::{Account, ApiToken, SessionRecord};
 pub use audit::{AuditEntry, AuditQuery};
 pub use crypto::{KeyLocation, KeySource, SecretBox, SecretString};
 pub use customers::{Customer, Domain, DomainOrigin, Group};
@@ -51,7 +53,7 @@ pub use runs::{
 };
 pub use sources::{NewSource, SourceRecord};
 pub use subscriptions::{NewSubscription, Subscription};
-pub use users::{Apply, ApplyCounts};
+pub use users::{Apply, ApplyCounts, UserQuery};
 
 use database::Target;
 

@@ -81,6 +81,7 @@ const MIGRATIONS: &[Migration] = &[
         "users indexed by tenant object (a delta run finds the entries of what changed)",
         V14,
     ),
+    both(15, "console accounts, their sessions, and API tokens", V15),
 ];
 
 /// The newest schema version this binary knows.
@@ -107,6 +108,9 @@ const OUR_TABLES: &[&str] = &[
     "mirror_objects",
     "subscriptions",
     "run_plans",
+    "accounts",
+    "sessions",
+    "api_tokens",
 ];
 
 /// What both backends add in version 5.
@@ -357,6 +361,41 @@ CREATE TABLE run_plans (
 /// in it a source's entries lie in row order, so counting its active ones reads the table
 /// in order (with the object id in that index, SQLite read the rows in random order, 3.5 s
 /// for a count at 1,000,000).
+/// Who signs in to the console and who calls the API (issue 10). Passwords are kept as
+/// Argon2id hashes, session and API tokens as SHA-256 hashes of their random text (the text
+/// itself is only ever shown once, to its holder). `customer_id` binds a customer admin, or
+/// a read-only principal, to one customer. Expiry is seconds on the database's clock.
+const V15: &str = r#"
+CREATE TABLE accounts (
+    id {id},
+    email TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    customer_id BIGINT REFERENCES customers(id),
+    created_at TEXT NOT NULL,
+    disabled_at TEXT
+);
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    csrf_token TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX sessions_by_account ON sessions (account_id);
+CREATE TABLE api_tokens (
+    id {id},
+    token_hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    customer_id BIGINT REFERENCES customers(id),
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+"#;
+
 const V14: &str = r#"
 CREATE INDEX users_by_object ON users (source_object_id);
 "#;

@@ -6,7 +6,7 @@ use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use usersync_core::{DirectoryUser, EmailAddress, Plan, UserStatus};
+use usersync_core::{DirectoryUser, EmailAddress, MailboxType, Plan, UserStatus};
 
 use crate::audit::{By, Change, record, record_adds};
 use crate::bulk::{Bulk, Cell, bind_rows};
@@ -111,6 +111,21 @@ const SELECT_USERS: &str = "SELECT u.id, u.address, u.display_name, u.given_name
      u.mailbox_type, u.billable, g.name AS group_name, u.source_id, u.source_object_id, u.status, \
      u.manager, u.services FROM users u JOIN console_groups g ON g.id = u.group_id";
 
+/// Which of a customer's entries a page lists.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Part of the address or display name, any case.
+    pub search: Option<String>,
+    pub status: Option<UserStatus>,
+    pub mailbox_type: Option<MailboxType>,
+    /// A console group's name, any case.
+    pub group: Option<String>,
+    /// The last address of the page before.
+    pub after: Option<String>,
+    /// Entries per page (1 to 1,000).
+    pub limit: i64,
+}
+
 fn user_from(row: &AnyRow, aliases: Vec<EmailAddress>) -> Result<DirectoryUser, StoreError> {
     let address: String = row.try_get("address")?;
     let mailbox_type: String = row.try_get("mailbox_type")?;
@@ -166,6 +181,79 @@ impl Store {
         include_removed: bool,
     ) -> Result<Vec<DirectoryUser>, StoreError> {
         Ok(self.read_users(customer_id, include_removed).await?.0)
+    }
+
+    /// One page of a customer's entries by address, after `query.after` (a cursor: the last
+    /// address of the page before), and whether more follow.
+    pub async fn users_page(
+        &self,
+        customer_id: i64,
+        query: &UserQuery,
+    ) -> Result<(Vec<DirectoryUser>, bool), StoreError> {
+        let mut sql = format!("{SELECT_USERS} WHERE u.customer_id = $1");
+        let mut binds: Vec<String> = Vec::new();
+        let mut next = |value: String, sql: &mut String, clause: &str| {
+            binds.push(value);
+            sql.push_str(&clause.replace('?', &format!("${}", binds.len() + 1)));
+        };
+        if let Some(after) = &query.after {
+            next(after.clone(), &mut sql, " AND u.address > ?");
+        }
+        if let Some(status) = query.status {
+            next(status.as_str().into(), &mut sql, " AND u.status = ?");
+        }
+        if let Some(kind) = query.mailbox_type {
+            next(kind.as_str().into(), &mut sql, " AND u.mailbox_type = ?");
+        }
+        if let Some(group) = &query.group {
+            next(group.to_lowercase(), &mut sql, " AND LOWER(g.name) = ?");
+        }
+        if let Some(search) = query
+            .search
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let pattern = format!(
+                "%{}%",
+                search
+                    .to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            binds.push(pattern);
+            let n = binds.len() + 1;
+            sql.push_str(&format!(
+                " AND (LOWER(u.address) LIKE ${n} ESCAPE '\\' OR LOWER(u.display_name) LIKE ${n} ESCAPE '\\')"
+            ));
+        }
+        let limit = query.limit.clamp(1, 1000);
+        sql.push_str(&format!(" ORDER BY u.address LIMIT {}", limit + 1));
+        let mut q = query_dyn(&sql).bind(customer_id);
+        for value in binds {
+            q = q.bind(value);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let more = rows.len() as i64 > limit;
+        let mut users = Vec::with_capacity(rows.len().min(limit as usize));
+        for row in rows.iter().take(limit as usize) {
+            let id: i64 = row.try_get("id")?;
+            let aliases =
+                sqlx::query("SELECT address FROM user_aliases WHERE user_id = $1 ORDER BY address")
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        let address: String = r.try_get("address")?;
+                        EmailAddress::stored(&address)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+            users.push(user_from(row, aliases)?);
+        }
+        Ok((users, more))
     }
 
     /// One entry, by its id, removed or not.

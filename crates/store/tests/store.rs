@@ -1110,7 +1110,7 @@ async fn a_foreign_postgres_database_is_not_migrated() {
     create_empty(&url).await;
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
     for sql in [
-        "CREATE TABLE accounts (id BIGINT)",
+        "CREATE TABLE invoices (id BIGINT)",
         "CREATE TABLE orders (id BIGINT)",
     ] {
         sqlx::query(sql).execute(&mut conn).await.unwrap();
@@ -1119,7 +1119,7 @@ async fn a_foreign_postgres_database_is_not_migrated() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("accounts, orders"), "{err}");
+    assert!(err.contains("invoices, orders"), "{err}");
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT CAST(tablename AS TEXT) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
     )

@@ -1,0 +1,370 @@
+//! `/api/v1`: one handler per operation, each a call of [`usersync_engine::Access`].
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use usersync_core::{MailboxType, Role, UserStatus};
+use usersync_engine::{PlanReport, RunOutcome};
+use usersync_store::{ApiToken, Enqueued, RunStatus, UserQuery};
+
+use crate::auth::Caller;
+use crate::paging::{Page, PageParams};
+use crate::{ApiError, WebState};
+
+type State = Arc<WebState>;
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub fn routes() -> Router<State> {
+    Router::new()
+        .route("/customers", get(customers).post(add_customer))
+        .route("/customers/{id}", get(customer))
+        .route("/customers/{id}/domains", get(domains).post(add_domain))
+        .route("/customers/{id}/users", get(users))
+        .route(
+            "/customers/{id}/users/{address}/restore",
+            post(restore_user),
+        )
+        .route("/customers/{id}/sources", get(sources))
+        .route("/sources/{id}", get(source))
+        .route("/sources/{id}/preview", post(preview))
+        .route("/sources/{id}/sync", post(sync))
+        .route("/sources/{id}/runs", get(source_runs))
+        .route("/runs/{id}", get(run))
+        .route("/runs/{id}/confirm", post(confirm))
+        .route("/audit", get(audit))
+        .route("/tokens", get(tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .fallback(|| async {
+            ApiError::not_found("no such API endpoint; the API's paths start with /api/v1/")
+        })
+}
+
+/// A JSON body whose faults are answered in the API's error format, naming the field.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(body_error(rejection)),
+        }
+    }
+}
+
+fn body_error(rejection: JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    // serde's text names the field: "missing field `name`", "unknown field `x`".
+    let field = text
+        .split('`')
+        .nth(1)
+        .filter(|_| text.contains("field `"))
+        .map(str::to_string);
+    let mut error = ApiError::invalid(field.as_deref(), text);
+    if matches!(rejection, JsonRejection::MissingJsonContentType(_)) {
+        error.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        error.message = "send the body as JSON (Content-Type: application/json)".into();
+    }
+    error
+}
+
+fn id_key(id: i64) -> String {
+    format!("{id:020}")
+}
+
+// Customers.
+
+async fn customers(Caller(access): Caller, Query(page): Query<PageParams>) -> Result<Response> {
+    let all = access.customers().await?;
+    let mut all = all;
+    all.sort_by_key(|c| c.id);
+    Ok(Json(Page::of_sorted(all, &page, |c| id_key(c.id))?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCustomer {
+    name: String,
+}
+
+async fn add_customer(Caller(access): Caller, Body(new): Body<NewCustomer>) -> Result<Response> {
+    let customer = access
+        .add_customer(&new.name)
+        .await
+        .map_err(|e| named(e, "name"))?;
+    Ok((StatusCode::CREATED, Json(customer)).into_response())
+}
+
+/// An invalid-input error of a body with one field, named as the client sent it.
+fn named(error: usersync_engine::EngineError, field: &str) -> ApiError {
+    let mut api = ApiError::from(error);
+    if api.code == "invalid" {
+        api.field = Some(field.to_string());
+    }
+    api
+}
+
+async fn customer(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(access.customer(id).await?).into_response())
+}
+
+// Domains.
+
+async fn domains(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Query(page): Query<PageParams>,
+) -> Result<Response> {
+    let all = access.domains(id).await?;
+    Ok(Json(Page::of_sorted(all, &page, |d| d.name.to_string())?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDomain {
+    name: String,
+}
+
+async fn add_domain(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(new): Body<NewDomain>,
+) -> Result<Response> {
+    let domain = access
+        .add_domain(id, &new.name)
+        .await
+        .map_err(|e| named(e, "name"))?;
+    Ok((StatusCode::CREATED, Json(domain)).into_response())
+}
+
+// Users.
+
+#[derive(Deserialize)]
+struct UserParams {
+    search: Option<String>,
+    status: Option<String>,
+    #[serde(rename = "type")]
+    mailbox_type: Option<String>,
+    group: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn users(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Query(params): Query<UserParams>,
+) -> Result<Response> {
+    let page = PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    };
+    let parse_status = |s: &str| {
+        s.parse::<UserStatus>()
+            .map_err(|e| ApiError::invalid(Some("status"), e.to_string()))
+    };
+    let parse_type = |s: &str| {
+        s.parse::<MailboxType>()
+            .map_err(|e| ApiError::invalid(Some("type"), e.to_string()))
+    };
+    let query = UserQuery {
+        search: params.search,
+        status: params.status.as_deref().map(parse_status).transpose()?,
+        mailbox_type: params.mailbox_type.as_deref().map(parse_type).transpose()?,
+        group: params.group,
+        after: page.after()?,
+        limit: page.limit()?,
+    };
+    let (users, more) = access.users(id, &query).await?;
+    Ok(Json(Page::new(users, more, |u| u.address.to_string())).into_response())
+}
+
+async fn restore_user(
+    Caller(access): Caller,
+    Path((id, address)): Path<(i64, String)>,
+) -> Result<Response> {
+    Ok(Json(access.restore_user(id, &address).await?).into_response())
+}
+
+// Sources and runs.
+
+async fn sources(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Query(page): Query<PageParams>,
+) -> Result<Response> {
+    let all = access.sources(id).await?;
+    Ok(Json(Page::of_sorted(all, &page, |s| id_key(s.id))?).into_response())
+}
+
+async fn source(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(access.source(id).await?).into_response())
+}
+
+/// A run just made, with its plan when it has one.
+#[derive(Serialize)]
+struct Outcome<'a> {
+    #[serde(flatten)]
+    outcome: &'a RunOutcome,
+    plan: PlanReport<'a>,
+}
+
+async fn preview(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    let outcome = access.preview(id).await?;
+    let body = Outcome {
+        outcome: &outcome,
+        plan: PlanReport::new(outcome.run_id, &outcome.plan),
+    };
+    Ok(Json(body).into_response())
+}
+
+#[derive(Serialize)]
+struct Queued {
+    run_id: i64,
+    /// `queued` (a new run), `folded` (a queued run of the source took the request) or
+    /// `running` (a run of the source is in progress already).
+    status: &'static str,
+}
+
+/// Sync & Save: queued for a worker of `usersync serve`; the answer names the run to
+/// follow at /api/v1/runs/{id}.
+async fn sync(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    let (run_id, status) = match access.run_now(id).await? {
+        Enqueued::Queued(run) => (run, "queued"),
+        Enqueued::Folded(run) => (run, "folded"),
+        Enqueued::Running(run) => (run, "running"),
+    };
+    Ok((StatusCode::ACCEPTED, Json(Queued { run_id, status })).into_response())
+}
+
+#[derive(Deserialize)]
+struct RunParams {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn source_runs(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Query(params): Query<RunParams>,
+) -> Result<Response> {
+    let statuses = match params.status.as_deref() {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                s.trim().parse::<RunStatus>().map_err(|()| {
+                    let valid: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    ApiError::invalid(
+                        Some("status"),
+                        format!(
+                            "'{s}' is not a run status; use one of: {}",
+                            valid.join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let limit = PageParams {
+        limit: params.limit,
+        cursor: None,
+    }
+    .limit()?;
+    let runs = access.runs(id, &statuses, limit).await?;
+    Ok(Json(Page {
+        items: runs,
+        next_cursor: None,
+    })
+    .into_response())
+}
+
+async fn run(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(access.run(id).await?).into_response())
+}
+
+/// "Confirm removals" of a held run: applies them now (the tenant is read again).
+async fn confirm(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    let outcome = access.confirm(id).await?;
+    let body = Outcome {
+        outcome: &outcome,
+        plan: PlanReport::new(outcome.run_id, &outcome.plan),
+    };
+    Ok(Json(body).into_response())
+}
+
+// The audit log.
+
+#[derive(Deserialize)]
+struct AuditParams {
+    customer_id: Option<i64>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn audit(Caller(access): Caller, Query(params): Query<AuditParams>) -> Result<Response> {
+    let limit = PageParams {
+        limit: params.limit,
+        cursor: None,
+    }
+    .limit()?;
+    let entries = access
+        .audit(params.customer_id, params.since.as_deref(), limit)
+        .await?;
+    Ok(Json(Page {
+        items: entries,
+        next_cursor: None,
+    })
+    .into_response())
+}
+
+// API tokens.
+
+async fn tokens(Caller(access): Caller, Query(page): Query<PageParams>) -> Result<Response> {
+    let mut all = access.tokens().await?;
+    all.sort_by_key(|t| t.id);
+    Ok(Json(Page::of_sorted(all, &page, |t: &ApiToken| id_key(t.id))?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: String,
+    customer_id: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Made {
+    /// Shown this once; the service keeps only its hash.
+    token: String,
+    #[serde(flatten)]
+    record: ApiToken,
+}
+
+async fn create_token(Caller(access): Caller, Body(new): Body<NewToken>) -> Result<Response> {
+    let role: Role = new
+        .role
+        .parse()
+        .map_err(|e: usersync_core::UnknownValue| ApiError::invalid(Some("role"), e.to_string()))?;
+    let made = access
+        .create_token(&new.name, role, new.customer_id)
+        .await?;
+    let body = Made {
+        token: made.token.expose().to_string(),
+        record: made.record,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn revoke_token(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(access.revoke_token(id).await?).into_response())
+}

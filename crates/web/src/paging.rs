@@ -1,0 +1,85 @@
+//! Cursor paging of lists: `?limit=N&cursor=C` in, `{"items": [...], "next_cursor": C}`
+//! out (no `next_cursor` on the last page). A cursor is opaque to clients.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use crate::ApiError;
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PageParams {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::invalid(
+                Some("limit"),
+                format!("{n} is out of range; give 1 to {MAX_LIMIT}"),
+            )),
+        }
+    }
+
+    /// The key the cursor carries.
+    pub fn after(&self) -> Result<Option<String>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            Some("cursor"),
+                            "not a cursor of this list; give next_cursor of the page before",
+                        )
+                    })
+            })
+            .transpose()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page whose next one starts after `last` when `more` follow.
+    pub fn new(items: Vec<T>, more: bool, last: impl Fn(&T) -> String) -> Page<T> {
+        let next_cursor = if more {
+            items.last().map(|t| URL_SAFE_NO_PAD.encode(last(t)))
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+
+    /// A page of a list held whole, ordered by `key` (compared as text).
+    pub fn of_sorted(
+        all: Vec<T>,
+        params: &PageParams,
+        key: impl Fn(&T) -> String,
+    ) -> Result<Page<T>, ApiError> {
+        let limit = params.limit()? as usize;
+        let after = params.after()?;
+        let mut rest: Vec<T> = match &after {
+            Some(a) => all.into_iter().filter(|t| key(t) > *a).collect(),
+            None => all,
+        };
+        let more = rest.len() > limit;
+        rest.truncate(limit);
+        Ok(Page::new(rest, more, key))
+    }
+}

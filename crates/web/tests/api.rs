@@ -1,0 +1,539 @@
+//! The REST API over HTTP, on SQLite and PostgreSQL: a real server on a loopback port, a
+//! simulated tenant, tokens made as the CLI makes them.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use usersync_core::{DomainName, Role};
+use usersync_engine::{
+    Engine, EngineOptions, NewOffice365Source, Office365Settings, connect_office365,
+};
+use usersync_sim::{SimConfig, Simulator};
+use usersync_store::testing::{discard, open_fresh};
+use usersync_store::{DomainOrigin, SecretString, Store};
+
+usersync_store::on_both_backends!(
+    a_customer_admin_reaches_nothing_of_another_customer,
+    every_error_kind_is_answered_in_one_shape,
+    preview_sync_and_a_users_list_walked_by_cursor,
+    a_token_reaches_no_further_than_its_maker,
+);
+
+struct Api {
+    sim: Simulator,
+    store: Store,
+    engine: Engine,
+    url: String,
+    base: String,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Contoso: a connected tenant. Fabrikam: a domain and a user added by hand.
+    contoso: i64,
+    fabrikam: i64,
+    source: i64,
+}
+
+async fn api(url: String) -> Api {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let info = sim.info().clone();
+    let store = open_fresh(&url).await;
+    let contoso = store.add_customer("Contoso").await.unwrap().id;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                contoso,
+                &DomainName::parse(domain).unwrap(),
+                DomainOrigin::Manual,
+            )
+            .await
+            .unwrap();
+    }
+    let source = connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: contoso,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    let engine = Engine::new(
+        store.clone(),
+        EngineOptions {
+            actor: "test".into(),
+            ..EngineOptions::default()
+        },
+    );
+    let fabrikam = engine.add_customer("Fabrikam").await.unwrap().id;
+    engine
+        .add_domain("Fabrikam", "fabrikam.example")
+        .await
+        .unwrap();
+    engine
+        .add_user(usersync_engine::NewUser {
+            customer: "Fabrikam".into(),
+            address: "ann@fabrikam.example".into(),
+            display_name: Some("Ann".into()),
+            mailbox_type: usersync_core::MailboxType::User,
+        })
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let router = usersync_web::router(engine.clone(), usersync_web::WebOptions::default());
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    Api {
+        sim,
+        store,
+        engine,
+        url,
+        base,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        stop: Some(stop),
+        contoso,
+        fabrikam,
+        source,
+    }
+}
+
+impl Api {
+    async fn token(&self, role: Role, customer: Option<&str>) -> String {
+        self.engine
+            .create_token("test", role, customer)
+            .await
+            .unwrap()
+            .token
+            .expose()
+            .to_string()
+    }
+
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        (status, value)
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(Some(token), Method::GET, path, None).await
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Some(token), Method::POST, path, Some(body)).await
+    }
+
+    async fn close(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.sim.shutdown().await;
+        self.store.close().await;
+        discard(&self.url).await;
+    }
+}
+
+/// The error of an answer: its code and field.
+fn error(body: &Value) -> (&str, Option<&str>) {
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    (e["code"].as_str().unwrap(), e["field"].as_str())
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn a_customer_admin_reaches_nothing_of_another_customer(url: String) {
+    let api = api(url).await;
+    let provider = api.token(Role::ProviderAdmin, None).await;
+    api.engine
+        .sync(api.source, &usersync_engine::NoProgress)
+        .await
+        .unwrap();
+    let run = api.engine.runs(Some(api.source), &[], 1).await.unwrap()[0].id;
+    let fabrikam = api.token(Role::CustomerAdmin, Some("fabrikam")).await;
+
+    let (status, all) = api.get(&provider, "/customers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(names(&all), ["Contoso", "Fabrikam"]);
+    let (_, own) = api.get(&fabrikam, "/customers").await;
+    assert_eq!(names(&own), ["Fabrikam"]);
+    let (status, users) = api
+        .get(&fabrikam, &format!("/customers/{}/users", api.fabrikam))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(users["items"][0]["address"], "ann@fabrikam.example");
+
+    // Everything of Contoso's answers as if it did not exist, as an id nobody has does.
+    let c = api.contoso;
+    for path in [
+        format!("/customers/{c}"),
+        format!("/customers/{c}/users"),
+        format!("/customers/{c}/domains"),
+        format!("/customers/{c}/sources"),
+        format!("/sources/{}", api.source),
+        format!("/sources/{}/runs", api.source),
+        format!("/runs/{run}"),
+        format!("/audit?customer_id={c}"),
+        "/customers/999999".to_string(),
+    ] {
+        let (status, body) = api.get(&fabrikam, &path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(error(&body).0, "not_found", "{path}");
+        assert!(
+            !body.to_string().contains("Contoso"),
+            "{path} leaks: {body}"
+        );
+    }
+    for (path, body) in [
+        (
+            format!("/customers/{c}/domains"),
+            json!({"name": "stolen.example"}),
+        ),
+        (format!("/sources/{}/sync", api.source), json!({})),
+        (format!("/sources/{}/preview", api.source), json!({})),
+        (format!("/runs/{run}/confirm"), json!({})),
+    ] {
+        let (status, answer) = api.post(&fabrikam, &path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {answer}");
+    }
+    // Its own audit log holds nothing of Contoso's.
+    let (_, audit) = api.get(&fabrikam, "/audit").await;
+    let entries = audit["items"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    assert!(
+        entries.iter().all(|e| e["customer_id"] == api.fabrikam),
+        "{audit}"
+    );
+    // The provider sees the run, and Contoso's users.
+    let (status, seen) = api.get(&provider, &format!("/runs/{run}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["status"], "succeeded");
+    api.close().await;
+}
+
+async fn every_error_kind_is_answered_in_one_shape(url: String) {
+    let api = api(url).await;
+    let provider = api.token(Role::ProviderAdmin, None).await;
+    let reader = api.token(Role::ReadOnly, None).await;
+
+    // No token, a wrong one, a revoked one: 401, with the scheme to use.
+    let (status, body) = api.call(None, Method::GET, "/customers", None).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    let (status, _) = api.get("ust_not-a-token", "/customers").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let revoked = api
+        .engine
+        .create_token("old", Role::ReadOnly, None)
+        .await
+        .unwrap();
+    let (status, _) = api
+        .call(
+            Some(&provider),
+            Method::DELETE,
+            &format!("/tokens/{}", revoked.record.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.get(revoked.token.expose(), "/customers").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let response = api
+        .http
+        .get(format!("{}/customers", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+
+    // Bad input names its field.
+    let (status, body) = api.post(&provider, "/customers", json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error(&body), ("invalid", Some("name")));
+    let (status, body) = api
+        .post(&provider, "/customers", json!({"name": "  "}))
+        .await;
+    assert_eq!(
+        (status, error(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, ("invalid", Some("name")))
+    );
+    let path = format!("/customers/{}/domains", api.fabrikam);
+    let (status, body) = api
+        .post(&provider, &path, json!({"name": "not a domain"}))
+        .await;
+    assert_eq!(
+        (status, error(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, ("invalid", Some("name")))
+    );
+    let path = format!("/customers/{}/users?limit=0", api.fabrikam);
+    let (status, body) = api.get(&provider, &path).await;
+    assert_eq!(
+        (status, error(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, ("invalid", Some("limit")))
+    );
+    let path = format!("/customers/{}/users?type=robot", api.fabrikam);
+    let (_, body) = api.get(&provider, &path).await;
+    assert_eq!(error(&body), ("invalid", Some("type")));
+    let path = format!("/customers/{}/users?cursor=%%%", api.fabrikam);
+    let (_, body) = api.get(&provider, &path).await;
+    assert_eq!(error(&body), ("invalid", Some("cursor")));
+    let response = api
+        .http
+        .post(format!("{}/customers", api.base))
+        .bearer_auth(&provider)
+        .body("name=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // A conflict, a refusal, nothing there.
+    let (status, body) = api
+        .post(&provider, "/customers", json!({"name": "contoso"}))
+        .await;
+    assert_eq!((status, error(&body).0), (StatusCode::CONFLICT, "conflict"));
+    let (status, body) = api
+        .post(&reader, "/customers", json!({"name": "Northwind"}))
+        .await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let path = format!("/sources/{}/sync", api.source);
+    let (status, _) = api.post(&reader, &path, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = api.get(&provider, "/nothing/here").await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, body) = api.post(&provider, "/runs/424242/confirm", json!({})).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    // A run that is not held has no removals to confirm.
+    api.engine
+        .sync(api.source, &usersync_engine::NoProgress)
+        .await
+        .unwrap();
+    let run = api.engine.runs(Some(api.source), &[], 1).await.unwrap()[0].id;
+    let (status, body) = api
+        .post(&provider, &format!("/runs/{run}/confirm"), json!({}))
+        .await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::CONFLICT, "conflict"),
+        "{body}"
+    );
+
+    // A made customer, and who made it in the audit log.
+    let (status, made) = api
+        .post(&provider, "/customers", json!({"name": "Northwind"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(made["name"], "Northwind");
+    let (_, audit) = api.get(&provider, "/audit?limit=5").await;
+    let entry = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "customer.add" && e["object"] == "Northwind")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(
+        entry["actor"].as_str().unwrap().starts_with("token #"),
+        "{entry}"
+    );
+    api.close().await;
+}
+
+async fn preview_sync_and_a_users_list_walked_by_cursor(url: String) {
+    let api = api(url).await;
+    let provider = api.token(Role::ProviderAdmin, None).await;
+    let path = format!("/sources/{}/preview", api.source);
+    let (status, preview) = api.post(&provider, &path, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    let adds = preview["plan"]["counts"]["add"].as_u64().unwrap();
+    assert!(adds > 10, "{preview}");
+    assert_eq!(
+        preview["plan"]["add"].as_array().unwrap().len() as u64,
+        adds
+    );
+    assert!(
+        api.store
+            .users(api.contoso, false)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a preview wrote users"
+    );
+
+    // Sync & Save is queued; a worker (here: this process) executes it.
+    let path = format!("/sources/{}/sync", api.source);
+    let (status, queued) = api.post(&provider, &path, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    assert_eq!(queued["status"], "queued");
+    let run = queued["run_id"].as_i64().unwrap();
+    let (_, body) = api.get(&provider, &format!("/runs/{run}")).await;
+    assert_eq!(body["status"], "queued");
+    let outcome = api
+        .engine
+        .sync(api.source, &usersync_engine::NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(outcome.run_id, run, "the queued run was the one executed");
+    let (_, body) = api.get(&provider, &format!("/runs/{run}")).await;
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["added"].as_u64(), Some(adds));
+
+    // The users, three at a time, walk the whole list once, in order.
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = format!("/customers/{}/users?limit=3", api.contoso);
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = api.get(&provider, &path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        for u in page["items"].as_array().unwrap() {
+            seen.push(u["address"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let all: Vec<String> = api
+        .store
+        .users(api.contoso, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.address.to_string())
+        .collect();
+    assert_eq!(seen, all);
+    assert_eq!(pages, all.len().div_ceil(3));
+    // Search and type filters.
+    let first = &all[0];
+    let local = first.split('@').next().unwrap().to_uppercase();
+    let path = format!("/customers/{}/users?search={local}", api.contoso);
+    let (_, found) = api.get(&provider, &path).await;
+    let found: Vec<&str> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["address"].as_str().unwrap())
+        .collect();
+    assert!(found.contains(&first.as_str()), "{found:?}");
+    let path = format!("/customers/{}/users?type=shared&limit=1000", api.contoso);
+    let (_, shared) = api.get(&provider, &path).await;
+    let shared = shared["items"].as_array().unwrap();
+    assert!(shared.iter().all(|u| u["type"] == "shared"), "{shared:?}");
+    let want = api
+        .store
+        .users(api.contoso, false)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|u| u.mailbox_type == usersync_core::MailboxType::Shared)
+        .count();
+    assert_eq!(shared.len(), want);
+    api.close().await;
+}
+
+async fn a_token_reaches_no_further_than_its_maker(url: String) {
+    let api = api(url).await;
+    let admin = api.token(Role::CustomerAdmin, Some("Fabrikam")).await;
+    let f = api.fabrikam;
+    let (status, made) = api
+        .post(
+            &admin,
+            "/tokens",
+            json!({"name": "ci", "role": "read_only", "customer_id": f}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let reader = made["token"].as_str().unwrap().to_string();
+    assert!(reader.starts_with("ust_"));
+    let (status, _) = api.get(&reader, &format!("/customers/{f}/users")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api
+        .post(
+            &admin,
+            "/tokens",
+            json!({"name": "x", "role": "provider_admin"}),
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{body}"
+    );
+    let (status, _) = api
+        .post(
+            &admin,
+            "/tokens",
+            json!({"name": "x", "role": "read_only", "customer_id": api.contoso}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .post(
+            &admin,
+            "/tokens",
+            json!({"name": "x", "role": "owner", "customer_id": f}),
+        )
+        .await;
+    assert_eq!(error(&body), ("invalid", Some("role")), "{status} {body}");
+    // Listing shows no token's text or hash.
+    let (_, list) = api.get(&admin, "/tokens").await;
+    assert!(!list.to_string().contains(&reader), "{list}");
+    assert!(!list.to_string().contains("hash"), "{list}");
+    let _ = &api.store;
+    api.close().await;
+}

@@ -1,0 +1,352 @@
+//! The console in a real browser: headless Chromium driven through chromedriver
+//! (WebDriver), signing in and finding a synced user. Needs Debian's `chromium` and
+//! `chromium-driver` (`.ci/run` installs them); without them the test says so and skips,
+//! unless USERSYNC_REQUIRE_BROWSER=1 (set by `.ci/run`), when it fails.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::json;
+use usersync_core::{DomainName, Role};
+use usersync_engine::{
+    Engine, EngineOptions, NewOffice365Source, Office365Settings, connect_office365,
+};
+use usersync_sim::{SimConfig, Simulator};
+use usersync_store::testing::{discard, fresh_sqlite_url, open_fresh};
+use usersync_store::{DomainOrigin, SecretString};
+
+const PASSWORD: &str = "a long enough password";
+
+/// chromedriver on a loopback port, stopped with the test.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver() -> Option<Driver> {
+    let program = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    if !std::path::Path::new(&program).exists() {
+        let why = format!(
+            "{program} is missing: apt-get install -y chromium chromium-driver (.ci/run does)"
+        );
+        if std::env::var("USERSYNC_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("{why}");
+        }
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&program)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Driver { child, url })
+}
+
+#[tokio::test]
+async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
+    let Some(driver) = chromedriver() else { return };
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let info = sim.info().clone();
+    let url = fresh_sqlite_url();
+    let store = open_fresh(&url).await;
+    let engine = Engine::new(
+        store.clone(),
+        EngineOptions {
+            actor: "test".into(),
+            ..EngineOptions::default()
+        },
+    );
+    let contoso = engine.add_customer("Contoso").await.unwrap().id;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                contoso,
+                &DomainName::parse(domain).unwrap(),
+                DomainOrigin::Manual,
+            )
+            .await
+            .unwrap();
+    }
+    let source = connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: contoso,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    let (stop_workers, stopped_workers) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn(usersync_engine::run_service(
+        engine.clone(),
+        usersync_engine::ServiceOptions {
+            workers: 1,
+            scheduler: false,
+            poll: Duration::from_millis(200),
+            grace: Duration::from_secs(5),
+            notifications: None,
+        },
+        std::sync::Arc::new(usersync_engine::Metrics::default()),
+        stopped_workers,
+    ));
+    // The tenant's users' addresses, which the preview must list.
+    let wanted_hint = format!("@{}", info.mail_domains[0]);
+    engine
+        .create_account(
+            "admin@example.com",
+            &SecretString::new(PASSWORD),
+            Role::ProviderAdmin,
+            None,
+        )
+        .await
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = usersync_web::router(engine.clone(), usersync_web::WebOptions::default());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+            "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                     "--disable-background-networking", "--window-size=1280,900"],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let browser = ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session");
+    let domain = info.mail_domains[0].clone();
+    let walk = async {
+        // Signed out, the console sends to the sign-in form, then back.
+        browser.goto(&format!("{base}/customers/{contoso}")).await?;
+        let path = browser.current_url().await?.path().to_string();
+        assert_eq!(path, "/sign-in");
+        browser
+            .find(Locator::Id("email"))
+            .await?
+            .send_keys("admin@example.com")
+            .await?;
+        browser
+            .find(Locator::Id("password"))
+            .await?
+            .send_keys("wrong password!!")
+            .await?;
+        browser.find(Locator::Id("sign-in")).await?.click().await?;
+        let problem = browser
+            .wait()
+            .for_element(Locator::Id("sign-in-error"))
+            .await?;
+        assert!(
+            problem
+                .text()
+                .await?
+                .contains("the e-mail or the password is wrong")
+        );
+        // The e-mail stays; the password is typed again.
+        browser
+            .find(Locator::Id("password"))
+            .await?
+            .send_keys(PASSWORD)
+            .await?;
+        browser.find(Locator::Id("sign-in")).await?.click().await?;
+        browser.wait().for_element(Locator::Id("sources")).await?;
+        assert_eq!(
+            browser.current_url().await?.path(),
+            format!("/customers/{contoso}")
+        );
+        let heading = browser.find(Locator::Css("h1")).await?.text().await?;
+        assert_eq!(heading, "Contoso");
+        let sources = browser.find(Locator::Id("sources")).await?.text().await?;
+        assert!(sources.contains(&info.tenant_id), "{sources}");
+
+        // The domain's User Sync tab: Preview, the automatic switch, Sync & Save.
+        browser
+            .find(Locator::Css(&format!(
+                "a[href$='/domains/{domain}/user-sync']"
+            )))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .for_element(Locator::Id(&format!("source-{source}")))
+            .await?;
+        let tab = browser
+            .find(Locator::Css("nav.tabs [aria-current=page]"))
+            .await?
+            .text()
+            .await?;
+        assert_eq!(tab, "User Sync");
+        browser
+            .find(Locator::Id(&format!("preview-{source}")))
+            .await?
+            .click()
+            .await?;
+        let status = browser
+            .wait()
+            .for_element(Locator::Id("run-status"))
+            .await?;
+        assert_eq!(status.text().await?, "succeeded");
+        assert!(
+            browser.source().await?.contains(wanted_hint.as_str()),
+            "the preview lists the tenant's users"
+        );
+        browser.back().await?;
+        let switch = browser
+            .wait()
+            .for_element(Locator::Id(&format!("auto-sync-{source}")))
+            .await?;
+        assert_eq!(switch.attr("aria-checked").await?.as_deref(), Some("false"));
+        switch.click().await?;
+        let switch = browser
+            .wait()
+            .for_element(Locator::Css(&format!(
+                "#auto-sync-{source}[aria-checked=true]"
+            )))
+            .await?;
+        assert_eq!(switch.text().await?, "On");
+        // A tenant far away: the sync takes seconds, so its page is seen before it ends.
+        sim.set_latency(Duration::from_millis(400));
+        browser
+            .find(Locator::Id(&format!("sync-{source}")))
+            .await?
+            .click()
+            .await?;
+        // The run's page follows the queued run without being reloaded by hand, until it
+        // shows the report of the finished sync.
+        let status = browser
+            .wait()
+            .for_element(Locator::Id("run-status"))
+            .await?;
+        let first = status.text().await?;
+        assert!(["queued", "running"].contains(&first.as_str()), "{first}");
+        browser
+            .wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Css("#run-status.succeeded"))
+            .await?;
+        browser
+            .wait()
+            .for_element(Locator::XPath("//h2[starts-with(., 'Added')]"))
+            .await?;
+
+        // Users: search by part of the name, in any case.
+        let users = store.users(contoso, false).await.unwrap();
+        let wanted = users[users.len() / 2].clone();
+        browser.goto(&format!("{base}/customers/{contoso}")).await?;
+        browser
+            .find(Locator::LinkText("Users"))
+            .await?
+            .click()
+            .await?;
+        browser.wait().for_element(Locator::Id("search")).await?;
+        let part = wanted
+            .display_name
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_uppercase();
+        browser
+            .find(Locator::Id("search"))
+            .await?
+            .send_keys(&part)
+            .await?;
+        browser
+            .find(Locator::Css("form.filters button"))
+            .await?
+            .click()
+            .await?;
+        let table = browser.wait().for_element(Locator::Id("users")).await?;
+        let text = table.text().await?;
+        assert!(text.contains(wanted.address.as_str()), "{part}: {text}");
+        let rows = browser.find_all(Locator::Css("#users tbody tr")).await?;
+        assert!(
+            !rows.is_empty() && rows.len() < users.len(),
+            "the search narrowed the list"
+        );
+
+        // The run's report, from the customer page.
+        browser
+            .find(Locator::LinkText("Contoso"))
+            .await?
+            .click()
+            .await?;
+        browser
+            .find(Locator::Css("#sources a.run"))
+            .await?
+            .click()
+            .await?;
+        let status = browser
+            .wait()
+            .for_element(Locator::Id("run-status"))
+            .await?;
+        assert_eq!(status.text().await?, "succeeded");
+        let page = browser.source().await?;
+        assert!(
+            page.contains(wanted.address.as_str()),
+            "the report lists the added user"
+        );
+
+        // Signing out ends the session.
+        browser
+            .find(Locator::Css("form.signout button"))
+            .await?
+            .click()
+            .await?;
+        browser.wait().for_element(Locator::Id("sign-in")).await?;
+        browser.goto(&format!("{base}/")).await?;
+        assert_eq!(browser.current_url().await?.path(), "/sign-in");
+        Ok::<_, fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    let _ = stop.send(());
+    let _ = stop_workers.send(true);
+    let _ = workers.await;
+    sim.shutdown().await;
+    engine.close().await;
+    discard(&url).await;
+    walk.expect("the walk through the console");
+}

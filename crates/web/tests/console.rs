@@ -1,0 +1,568 @@
+//! The console over HTTP, on SQLite and PostgreSQL: sign-in and its limits, the session
+//! cookie, CSRF on every form, the security headers, and nobody seeing another customer's
+//! pages. (The browser walk-through is in `browser.rs`.)
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::redirect::Policy;
+use usersync_core::{DomainName, Role};
+use usersync_engine::{
+    Engine, EngineOptions, NewOffice365Source, NoProgress, Office365Settings, connect_office365,
+};
+use usersync_sim::{SimConfig, Simulator};
+use usersync_store::testing::{discard, open_fresh};
+use usersync_store::{DomainOrigin, SecretString};
+
+usersync_store::on_both_backends!(
+    signing_in_sets_a_session_that_every_form_checks,
+    a_customer_admin_sees_only_its_own_customer_in_the_console,
+    failed_sign_ins_are_limited_per_account,
+    the_user_sync_tab_previews_switches_and_syncs,
+);
+
+const PASSWORD: &str = "a long enough password";
+
+struct Console {
+    engine: Engine,
+    url: String,
+    base: String,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A browser's worth of state: the cookies it was given.
+#[derive(Default)]
+struct Jar(HashMap<String, String>);
+
+impl Jar {
+    fn take(&mut self, response: &reqwest::Response) {
+        for value in response.headers().get_all("set-cookie") {
+            let text = value.to_str().unwrap();
+            let (pair, _) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() || text.contains("Max-Age=0") {
+                self.0.remove(name);
+            } else {
+                self.0.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The value of a hidden input named `name` in a page.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+async fn console(url: String) -> Console {
+    let store = open_fresh(&url).await;
+    let engine = Engine::new(
+        store,
+        EngineOptions {
+            actor: "test".into(),
+            ..EngineOptions::default()
+        },
+    );
+    engine.add_customer("Contoso").await.unwrap();
+    engine.add_customer("Fabrikam").await.unwrap();
+    engine
+        .add_domain("Fabrikam", "fabrikam.example")
+        .await
+        .unwrap();
+    let secret = SecretString::new(PASSWORD);
+    engine
+        .create_account("admin@example.com", &secret, Role::ProviderAdmin, None)
+        .await
+        .unwrap();
+    engine
+        .create_account(
+            "ann@contoso.example",
+            &secret,
+            Role::CustomerAdmin,
+            Some("Contoso"),
+        )
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let router = usersync_web::router(engine.clone(), usersync_web::WebOptions::default());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Console {
+        engine,
+        url,
+        base,
+        http: reqwest::Client::builder()
+            .redirect(Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        stop: Some(stop),
+    }
+}
+
+impl Console {
+    async fn get(&self, jar: &mut Jar, path: &str) -> (StatusCode, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", jar.header())
+            .send()
+            .await
+            .unwrap();
+        jar.take(&response);
+        (response.status(), response.text().await.unwrap())
+    }
+
+    async fn post(&self, jar: &mut Jar, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", jar.header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        jar.take(&response);
+        response
+    }
+
+    /// Signs in as `email`; the jar then holds the session.
+    async fn sign_in(&self, jar: &mut Jar, email: &str, password: &str) -> reqwest::Response {
+        let (_, page) = self.get(jar, "/sign-in").await;
+        let csrf = hidden(&page, "csrf");
+        self.post(
+            jar,
+            "/sign-in",
+            &[
+                ("email", email),
+                ("password", password),
+                ("csrf", &csrf),
+                ("next", "/"),
+            ],
+        )
+        .await
+    }
+
+    async fn close(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.engine.close().await;
+        discard(&self.url).await;
+    }
+}
+
+async fn signing_in_sets_a_session_that_every_form_checks(url: String) {
+    let console = console(url).await;
+    let mut jar = Jar::default();
+    // Signed out, a page sends to the sign-in, keeping where it was going.
+    let (status, _) = console.get(&mut jar, "/customers/1").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let response = console
+        .http
+        .get(format!("{}/customers/1", console.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["location"], "/sign-in?next=/customers/1");
+
+    let response = console
+        .sign_in(&mut jar, "Admin@Example.com", PASSWORD)
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("usersync_session="))
+        .expect("a session cookie");
+    for part in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "http: no Secure flag: {cookie}");
+    let (status, home) = console.get(&mut jar, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        home.contains("Contoso") && home.contains("Fabrikam"),
+        "{home}"
+    );
+    assert!(home.contains("admin@example.com"));
+
+    // Every answer carries the security headers.
+    let response = console
+        .http
+        .get(format!("{}/", console.base))
+        .header("cookie", jar.header())
+        .send()
+        .await
+        .unwrap();
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+
+    // A form without the session's token changes nothing.
+    let response = console
+        .post(
+            &mut jar,
+            "/customers",
+            &[("name", "Northwind"), ("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("Nothing was changed")
+    );
+    let names: Vec<String> = console
+        .engine
+        .customers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["Contoso", "Fabrikam"]);
+    // With it, the customer is added, and the audit log names who did it.
+    let csrf = hidden(&home, "csrf");
+    let response = console
+        .post(
+            &mut jar,
+            "/customers",
+            &[("name", "Northwind"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let (_, audit) = console.get(&mut jar, "/audit").await;
+    assert!(
+        audit.contains("admin@example.com") && audit.contains("customer.add"),
+        "{audit}"
+    );
+    // A bad domain is shown next to its field, with what was typed.
+    let fabrikam = console.engine.customer("Fabrikam").await.unwrap().id;
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/customers/{fabrikam}/domains"),
+            &[("name", "not a domain"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("id=\"domain-name-error\""), "{page}");
+    assert!(page.contains("value=\"not a domain\""), "{page}");
+
+    // Signing out ends the session: its cookie no longer opens a page.
+    let session = jar.0.get("usersync_session").cloned().unwrap();
+    let response = console
+        .post(&mut jar, "/sign-out", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let mut old = Jar::default();
+    old.0.insert("usersync_session".into(), session);
+    let (status, _) = console.get(&mut old, "/").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    console.close().await;
+}
+
+async fn a_customer_admin_sees_only_its_own_customer_in_the_console(url: String) {
+    let console = console(url).await;
+    let mut jar = Jar::default();
+    let response = console
+        .sign_in(&mut jar, "ann@contoso.example", PASSWORD)
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let (_, home) = console.get(&mut jar, "/").await;
+    assert!(
+        home.contains("Contoso") && !home.contains("Fabrikam"),
+        "{home}"
+    );
+    assert!(
+        !home.contains("New customer"),
+        "a customer admin adds no customers"
+    );
+    let fabrikam = console.engine.customer("Fabrikam").await.unwrap().id;
+    for path in [
+        format!("/customers/{fabrikam}"),
+        format!("/customers/{fabrikam}/users"),
+        "/customers/424242".to_string(),
+        "/runs/424242".to_string(),
+    ] {
+        let (status, page) = console.get(&mut jar, &path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            !page.contains("Fabrikam") && !page.contains("fabrikam.example"),
+            "{path}"
+        );
+    }
+    let csrf = hidden(&home, "csrf");
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/customers/{fabrikam}/domains"),
+            &[("name", "stolen.example"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let (_, audit) = console.get(&mut jar, "/audit").await;
+    assert!(!audit.contains("fabrikam.example"), "{audit}");
+    console.close().await;
+}
+
+async fn failed_sign_ins_are_limited_per_account(url: String) {
+    let console = console(url).await;
+    let mut jar = Jar::default();
+    let response = console
+        .sign_in(&mut jar, "admin@example.com", "wrong password!")
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("the e-mail or the password is wrong"),
+        "{page}"
+    );
+    assert!(
+        page.contains("value=\"admin@example.com\""),
+        "the e-mail is kept: {page}"
+    );
+    // An unknown account is refused in the same words.
+    let response = console
+        .sign_in(&mut jar, "nobody@example.com", PASSWORD)
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("the e-mail or the password is wrong")
+    );
+    for _ in 0..4 {
+        console
+            .sign_in(&mut jar, "admin@example.com", "wrong password!")
+            .await;
+    }
+    // Five failures: even the right password waits.
+    let response = console
+        .sign_in(&mut jar, "admin@example.com", PASSWORD)
+        .await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("Too many failed sign-ins")
+    );
+    // Another account is not held back by it.
+    let response = console
+        .sign_in(&mut jar, "ann@contoso.example", PASSWORD)
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    // A sign-in form from elsewhere (no matching cookie) is refused.
+    let response = console
+        .http
+        .post(format!("{}/sign-in", console.base))
+        .form(&[
+            ("email", "admin@example.com"),
+            ("password", PASSWORD),
+            ("csrf", "x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    console.close().await;
+}
+
+async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
+    let console = console(url).await;
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let info = sim.info().clone();
+    let store = console.engine.store().clone();
+    let contoso = console.engine.customer("Contoso").await.unwrap().id;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                contoso,
+                &DomainName::parse(domain).unwrap(),
+                DomainOrigin::Manual,
+            )
+            .await
+            .unwrap();
+    }
+    let source = connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: contoso,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    let domain = &info.mail_domains[0];
+    let tab = format!("/customers/{contoso}/domains/{domain}/user-sync");
+    let mut jar = Jar::default();
+    console
+        .sign_in(&mut jar, "admin@example.com", PASSWORD)
+        .await;
+    let (status, page) = console.get(&mut jar, &tab).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for words in [
+        "User Sources",
+        "Connected to Office 365",
+        "Enable Automatic User Sync",
+        "Preview",
+        "Manual Sync",
+        "Sync &amp; Save",
+    ] {
+        assert!(page.contains(words), "{words} missing: {page}");
+    }
+    assert!(page.contains("aria-checked=\"false\""), "{page}");
+    let csrf = hidden(&page, "csrf");
+
+    // The switch turns automatic sync on, and says so.
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/sources/{source}/auto-sync"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("enabled", "true"),
+                ("back", tab.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let back = response.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.starts_with(&tab), "{back}");
+    assert!(
+        console
+            .engine
+            .source_options(source)
+            .await
+            .unwrap()
+            .auto_sync
+    );
+    let (_, page) = console.get(&mut jar, &back).await;
+    assert!(page.contains("Automatic User Sync is on"), "{page}");
+    assert!(page.contains("aria-checked=\"true\""), "{page}");
+
+    // Preview: the run's report, and nothing in the directory.
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/sources/{source}/preview"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let report = response.headers()["location"].to_str().unwrap().to_string();
+    let (_, page) = console.get(&mut jar, &report).await;
+    assert!(
+        page.contains("preview run") && page.contains(">succeeded<"),
+        "{page}"
+    );
+    assert!(page.contains("Added"), "{page}");
+    assert!(store.users(contoso, false).await.unwrap().is_empty());
+
+    // Sync & Save is queued; its page follows it with a script, until a worker ran it.
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/sources/{source}/sync"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let run_page = response.headers()["location"].to_str().unwrap().to_string();
+    let (_, page) = console.get(&mut jar, &run_page).await;
+    assert!(page.contains("<script src=\"/static/run.js\""), "{page}");
+    let (_, progress) = console.get(&mut jar, &format!("{run_page}/progress")).await;
+    let progress: serde_json::Value = serde_json::from_str(&progress).unwrap();
+    assert_eq!(
+        (progress["status"].as_str(), progress["final"].as_bool()),
+        (Some("queued"), Some(false))
+    );
+    let outcome = console.engine.sync(source, &NoProgress).await.unwrap();
+    assert_eq!(format!("/runs/{}", outcome.run_id), run_page);
+    let (_, progress) = console.get(&mut jar, &format!("{run_page}/progress")).await;
+    let progress: serde_json::Value = serde_json::from_str(&progress).unwrap();
+    assert_eq!(progress["final"], true);
+    assert!(progress["added"].as_i64().unwrap() > 10, "{progress}");
+    let (_, page) = console.get(&mut jar, &run_page).await;
+    assert!(
+        !page.contains("run.js"),
+        "a finished run's page does not follow it"
+    );
+
+    // A read-only account sees the tab without its buttons, and cannot press them.
+    console
+        .engine
+        .create_account(
+            "reader@example.com",
+            &SecretString::new(PASSWORD),
+            Role::ReadOnly,
+            None,
+        )
+        .await
+        .unwrap();
+    let mut reader = Jar::default();
+    console
+        .sign_in(&mut reader, "reader@example.com", PASSWORD)
+        .await;
+    let (_, page) = console.get(&mut reader, &tab).await;
+    assert!(
+        !page.contains("Sync &amp; Save") && page.contains("Automatic User Sync: on"),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+    let response = console
+        .post(
+            &mut reader,
+            &format!("/sources/{source}/sync"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    sim.shutdown().await;
+    console.close().await;
+}
