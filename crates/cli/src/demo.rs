@@ -13,6 +13,8 @@ use crate::{Cli, outln};
 /// The demo's own database, made anew on each run, unless --database names another.
 const DEMO_DATABASE: &str = "usersync-demo.db";
 const CUSTOMER: &str = "Contoso (demo)";
+/// The console account the demo makes (its password is new on each run).
+const DEMO_ACCOUNT: &str = "demo@usersync.example";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -22,6 +24,12 @@ pub struct DemoArgs {
     /// Seed of the simulated tenant.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// End after the tour instead of serving the console (for scripts).
+    #[arg(long)]
+    no_serve: bool,
+    /// Where the console listens after the tour (another free port when it is taken).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
 }
 
 pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
@@ -133,6 +141,36 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    if !args.no_serve {
+        // The console, on this database and this simulator, until Ctrl-C.
+        let password = usersync_engine::random_token();
+        let account = engine
+            .create_account(
+                DEMO_ACCOUNT,
+                &SecretString::new(password.clone()),
+                usersync_core::Role::ProviderAdmin,
+                None,
+            )
+            .await?;
+        outln!(
+            "\n8. The console: sign in as {} with the password {password}",
+            account.email
+        );
+        outln!(
+            "   (the tenant's administrator for \"Connect Office 365\" is admin@{})",
+            info.mail_domains.first().cloned().unwrap_or_default()
+        );
+        let app = usersync_engine::Office365App {
+            client_id: info.client_id.clone(),
+            client_secret: SecretString::new(info.client_secret.clone()),
+            authority_url: info.authority_url.clone(),
+            graph_url: info.graph_url.clone(),
+        };
+        let code = crate::serve::serve_demo(engine.clone(), args.listen, app).await;
+        sim.shutdown().await;
+        engine.close().await;
+        return code;
+    }
     sim.shutdown().await;
     engine.close().await;
     let db = if own_database {

@@ -41,6 +41,26 @@ pub struct ServeArgs {
     /// Subscriptions are renewed when less than this is left.
     #[arg(long, default_value = "24h", value_parser = parse_duration, hide = true)]
     subscription_renew_before: Duration,
+    /// The provider's multi-tenant app registration (application id) with which
+    /// "Connect Office 365" in the console connects tenants; its secret is read from
+    /// USERSYNC_M365_CLIENT_SECRET, and PUBLIC_URL/connect/office365/callback must be one
+    /// of its redirect URIs.
+    #[arg(long, env = "USERSYNC_M365_CLIENT_ID")]
+    m365_client_id: Option<String>,
+    /// The identity platform the app signs in at.
+    #[arg(
+        long,
+        env = "USERSYNC_M365_AUTHORITY_URL",
+        default_value = "https://login.microsoftonline.com"
+    )]
+    m365_authority_url: String,
+    /// Microsoft Graph.
+    #[arg(
+        long,
+        env = "USERSYNC_M365_GRAPH_URL",
+        default_value = "https://graph.microsoft.com"
+    )]
+    m365_graph_url: String,
     #[command(flatten)]
     workers: WorkerArgs,
 }
@@ -67,6 +87,7 @@ struct App {
 
 /// Where `serve` listens and is reached.
 struct Http {
+    office365: Option<usersync_engine::Office365App>,
     listen: SocketAddr,
     public_url: Option<url::Url>,
     subscriptions_every: Duration,
@@ -82,7 +103,29 @@ pub async fn serve(engine: Engine, args: &ServeArgs) -> anyhow::Result<ExitCode>
             "--public-url: '{url}' must be an http or https URL, such as https://usersync.example.com"
         );
     }
+    let office365 = match &args.m365_client_id {
+        None => None,
+        Some(client_id) => {
+            let secret = std::env::var("USERSYNC_M365_CLIENT_SECRET")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--m365-client-id: the app's secret is missing; set USERSYNC_M365_CLIENT_SECRET"
+                    )
+                })?;
+            let app = usersync_engine::Office365App {
+                client_id: client_id.clone(),
+                client_secret: usersync_store::SecretString::new(secret),
+                authority_url: args.m365_authority_url.clone(),
+                graph_url: args.m365_graph_url.clone(),
+            };
+            app.check()?;
+            Some(app)
+        }
+    };
     let http = Http {
+        office365,
         listen: args.listen,
         public_url: args.public_url.clone(),
         subscriptions_every: args.subscriptions_every,
@@ -92,6 +135,38 @@ pub async fn serve(engine: Engine, args: &ServeArgs) -> anyhow::Result<ExitCode>
         },
     };
     run(engine, &args.workers, true, Some(http)).await
+}
+
+/// `usersync demo`'s console: the service on `listen` (another free port when it is
+/// taken), with "Connect Office 365" using `office365`, until Ctrl-C.
+pub(crate) async fn serve_demo(
+    engine: Engine,
+    listen: SocketAddr,
+    office365: usersync_engine::Office365App,
+) -> anyhow::Result<ExitCode> {
+    let listen = match std::net::TcpListener::bind(listen) {
+        Ok(free) => {
+            drop(free);
+            listen
+        }
+        Err(_) => {
+            eprintln!("{listen} is taken; the console takes another port.");
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    };
+    let http = Http {
+        office365: Some(office365),
+        listen,
+        public_url: None,
+        subscriptions_every: Duration::from_secs(60),
+        timing: SubscriptionTiming::default(),
+    };
+    let workers = WorkerArgs {
+        workers: 2,
+        grace: Duration::from_secs(5),
+        poll: Duration::from_millis(500),
+    };
+    run(engine, &workers, true, Some(http)).await
 }
 
 /// `usersync worker`: workers only (more machines on one PostgreSQL database).
@@ -123,6 +198,11 @@ async fn run(
             None => url::Url::parse(&format!("http://{address}"))?,
         };
         let secure_cookies = public_url.scheme() == "https";
+        let web = usersync_web::WebOptions {
+            secure_cookies,
+            public_url: Some(public_url.clone()),
+            office365: options.office365,
+        };
         notifications = Some(NotificationService {
             public_url,
             inbox: inbox.clone(),
@@ -141,10 +221,7 @@ async fn run(
             .route(NOTIFICATION_PATH, axum::routing::post(notified))
             .route(LIFECYCLE_PATH, axum::routing::post(lifecycle))
             .with_state(app)
-            .merge(usersync_web::router(
-                engine.clone(),
-                usersync_web::WebOptions { secure_cookies },
-            ));
+            .merge(usersync_web::router(engine.clone(), web));
         let mut until = stopped.clone();
         http = Some(tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();

@@ -266,7 +266,7 @@ fn the_demo_runs_with_no_flags_and_shows_a_removal() {
     let dir = std::env::temp_dir().join(format!("usersync-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_usersync"))
-        .arg("demo")
+        .args(["demo", "--no-serve"])
         .current_dir(&dir)
         .env_remove("USERSYNC_DATABASE_URL")
         .output()
@@ -282,6 +282,91 @@ fn the_demo_runs_with_no_flags_and_shows_a_removal() {
         "{text}"
     );
     assert!(dir.join("usersync-demo.db").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Without --no-serve the demo goes on serving the console, with a sign-in it prints,
+/// until it is stopped.
+#[test]
+fn the_demo_then_serves_the_console_with_the_sign_in_it_prints() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = std::env::temp_dir().join(format!("usersync-demo-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["demo", "--users", "60", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .env_remove("USERSYNC_DATABASE_URL")
+        .env("USERSYNC_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut password = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split_once("with the password ") {
+            password = Some(rest.1.trim().to_string());
+            break;
+        }
+    }
+    let password = password.expect("the demo prints a password");
+    let mut address = None;
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Listening on http://") {
+            address = rest.split_whitespace().next().map(str::to_string);
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in stderr {});
+    let address = address.expect("the demo says where the console listens");
+    let request = |text: String| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.write_all(text.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let form = request(format!(
+        "GET /sign-in HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    ));
+    let cookie = form
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let csrf = cookie.split_once('=').unwrap().1.to_string();
+    let body = format!(
+        "email=demo%40usersync.example&password={}&csrf={csrf}&next=%2F",
+        password.replace('-', "%2D")
+    );
+    let signed = request(format!(
+        "POST /sign-in HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(signed.starts_with("HTTP/1.1 303"), "{signed}");
+    let session = signed
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: "))
+        .find(|c| c.starts_with("usersync_session="))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let home = request(format!(
+        "GET / HTTP/1.1\r\nHost: {address}\r\nCookie: {session}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(
+        home.starts_with("HTTP/1.1 200") && home.contains("Contoso (demo)"),
+        "{home}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "a clean stop");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -96,7 +96,7 @@ pub fn random_token() -> String {
 }
 
 /// What the store keeps of a session's or a token's text.
-fn digest(secret: &str) -> String {
+pub(crate) fn digest(secret: &str) -> String {
     let hash = Sha256::digest(secret.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -311,11 +311,17 @@ impl Access {
         &self.principal
     }
 
+    /// The engine, acting as the principal (for this crate's operations that check first).
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     fn grant(&self) -> &Grant {
         &self.principal.grant
     }
 
-    fn may_change(&self) -> Result<(), EngineError> {
+    /// Whether the principal may change things (a read-only one may not: `Forbidden`).
+    pub fn may_change(&self) -> Result<(), EngineError> {
         if self.grant().changes() {
             Ok(())
         } else {

@@ -5,6 +5,7 @@
 //! through the [`Source`] trait, so Microsoft 365 is the first source, not the only one.
 
 mod access;
+mod consent;
 mod directory;
 mod error;
 mod notifications;
@@ -19,6 +20,7 @@ pub use access::{
     Access, LiveSession, MIN_PASSWORD_CHARS, NewSession, NewToken, Principal, PrincipalKind,
     SESSION_TTL_SECS, random_token,
 };
+pub use consent::{CONSENT_TTL_SECS, ConsentAnswer, Office365App};
 pub use directory::{AuditRequest, CustomerSetting, NewOffice365, NewUser};
 pub use error::{EngineError, ErrorKind, error_text};
 pub use notifications::{

@@ -191,6 +191,9 @@ pub enum FailureKind {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionReport {
     pub checks: Vec<PermissionCheck>,
+    /// The tenant's name as it calls itself (Graph's organization), when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_name: Option<String>,
 }
 
 impl ConnectionReport {

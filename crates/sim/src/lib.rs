@@ -26,6 +26,7 @@
 mod auth;
 mod batch;
 mod changes;
+mod consent;
 mod directory;
 mod generate;
 mod graph;

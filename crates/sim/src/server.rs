@@ -348,6 +348,14 @@ fn router(shared: Arc<Shared>) -> Router {
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(crate::auth::openid_configuration),
         )
+        .route(
+            "/{tenant}/v2.0/adminconsent",
+            get(crate::consent::admin_consent),
+        )
+        .route(
+            "/{tenant}/v2.0/adminconsent/decide",
+            axum::routing::post(crate::consent::decide),
+        )
         .route("/_sim/changes", axum::routing::post(sim_changes))
         .fallback(crate::graph::entry)
         .with_state(shared)

@@ -42,6 +42,10 @@ pub fn routes() -> Router<AppState> {
         .route("/customers/{id}/users", get(users))
         .route("/customers/{id}/users/restore", post(restore_user))
         .route("/customers/{id}/domains/{domain}/user-sync", get(user_sync))
+        .route("/customers/{id}/sources/new", get(add_source))
+        .route("/customers/{id}/connect/office365", post(connect))
+        .route("/connect/office365/callback", get(connected))
+        .route("/sources/{id}/test", post(test_connection))
         .route("/sources/{id}/auto-sync", post(auto_sync))
         .route("/sources/{id}/preview", post(preview))
         .route("/sources/{id}/sync", post(sync))
@@ -860,6 +864,235 @@ async fn sync(signed: Signed, Path(id): Path<i64>, Form(form): Form<CsrfForm>) -
             | usersync_store::Enqueued::Running(run),
         ) => Redirect::to(&format!("/runs/{run}")).into_response(),
         Err(e) => Page::error(signed.who(), e).into_response(),
+    }
+}
+
+// Adding an Office 365 source: "Connect Office 365", Microsoft's consent, and back.
+
+/// Where Microsoft sends the administrator back.
+pub const CALLBACK_PATH: &str = "/connect/office365/callback";
+
+#[derive(Template)]
+#[template(path = "connect.html")]
+struct ConnectPage {
+    who: Option<Who>,
+    csrf: String,
+    customer: usersync_store::Customer,
+    redirect_uri: String,
+    problem: Option<String>,
+    right_url: Option<String>,
+}
+
+/// The console's public base URL, and the host this request came to.
+fn public_base(state: &WebState, headers: &HeaderMap) -> (String, Option<String>) {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let base = match &state.public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_string(),
+        None => format!("http://{}", host.as_deref().unwrap_or("127.0.0.1:8080")),
+    };
+    (base, host)
+}
+
+async fn add_source(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    signed: Signed,
+    Path(id): Path<i64>,
+) -> Response {
+    let customer = match signed.access.customer(id).await {
+        Ok(c) => c,
+        Err(e) => return Page::error(signed.who(), e).into_response(),
+    };
+    if let Err(e) = signed.access.may_change() {
+        return Page::error(signed.who(), e).into_response();
+    }
+    let (base, host) = public_base(&state, &headers);
+    let redirect_uri = format!("{base}{CALLBACK_PATH}");
+    let mut problem = None;
+    let mut right_url = None;
+    if state.office365.is_none() {
+        problem = Some(
+            "This console has no Microsoft 365 app registration to connect tenants with: start \
+             `usersync serve` with USERSYNC_M365_CLIENT_ID and USERSYNC_M365_CLIENT_SECRET (the \
+             provider's multi-tenant app, with this console's callback as a redirect URI)."
+                .to_string(),
+        );
+    } else if let (Some(url), Some(host)) = (&state.public_url, &host) {
+        let expected = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
+            None => url.host_str().unwrap_or("").to_string(),
+        };
+        if !expected.eq_ignore_ascii_case(host) {
+            problem = Some(format!(
+                "This console is opened as {host}, but it is set up to be reached at {base} \
+                 (--public-url), and Microsoft sends the administrator back there. Open it \
+                 there to connect Office 365."
+            ));
+            right_url = Some(format!("{base}/customers/{id}/sources/new"));
+        }
+    }
+    let origin = state
+        .office365
+        .as_ref()
+        .and_then(|app| url::Url::parse(&app.authority_url).ok())
+        .map(|u| u.origin().ascii_serialization());
+    let mut response = Page::ok(ConnectPage {
+        who: signed.who(),
+        csrf: signed.csrf.clone(),
+        customer,
+        redirect_uri,
+        problem,
+        right_url,
+    })
+    .into_response();
+    // The form's answer leads on to Microsoft: the policy lets it go there.
+    if let Some(origin) = origin
+        && let Ok(value) = HeaderValue::from_str(&crate::csp_with_form_target(&origin))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct ConnectForm {
+    csrf: String,
+    tenant: Option<String>,
+}
+
+/// "Connect Office 365": off to Microsoft's consent page.
+async fn connect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Form(form): Form<ConnectForm>,
+) -> Response {
+    if let Err(page) = signed.check(&form.csrf) {
+        return page.into_response();
+    }
+    let Some(app) = &state.office365 else {
+        return Redirect::to(&format!("/customers/{id}/sources/new")).into_response();
+    };
+    let (base, _) = public_base(&state, &headers);
+    let redirect_uri = format!("{base}{CALLBACK_PATH}");
+    match signed
+        .access
+        .start_consent(app, id, form.tenant.as_deref(), &redirect_uri, &signed.csrf)
+        .await
+    {
+        Ok(url) => Redirect::to(&url).into_response(),
+        Err(e) => Page::error(signed.who(), e).into_response(),
+    }
+}
+
+struct CheckRow {
+    permission: String,
+    needed_for: String,
+    status: String,
+    required: bool,
+    detail: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "connected.html")]
+struct ConnectedPage {
+    who: Option<Who>,
+    csrf: String,
+    customer: String,
+    customer_id: i64,
+    source_id: i64,
+    tenant_id: String,
+    tenant_name: String,
+    ready: bool,
+    checks: Vec<CheckRow>,
+    may_change: bool,
+}
+
+fn connected_page(
+    signed: &Signed,
+    record: &usersync_store::SourceRecord,
+    report: usersync_engine::ConnectionReport,
+) -> Page {
+    Page::ok(ConnectedPage {
+        who: signed.who(),
+        csrf: signed.csrf.clone(),
+        customer: record.customer.clone(),
+        customer_id: record.customer_id,
+        source_id: record.id,
+        tenant_id: record.tenant_id.clone(),
+        tenant_name: report
+            .tenant_name
+            .clone()
+            .unwrap_or_else(|| "(its name could not be read)".into()),
+        ready: report.is_ready(),
+        checks: report
+            .checks
+            .into_iter()
+            .map(|c| CheckRow {
+                permission: c.permission,
+                needed_for: c.needed_for,
+                status: c.status.as_str().to_string(),
+                required: c.required,
+                detail: c.detail,
+            })
+            .collect(),
+        may_change: signed.access.principal().grant.changes(),
+    })
+}
+
+/// Microsoft's answer: connected (with each permission checked), or why not.
+async fn connected(
+    State(state): State<AppState>,
+    signed: Signed,
+    Query(answer): Query<usersync_engine::ConsentAnswer>,
+) -> Page {
+    let Some(app) = &state.office365 else {
+        return Page::message(
+            StatusCode::NOT_FOUND,
+            signed.who(),
+            "Not found",
+            "This console connects no tenants (no app registration is configured).",
+        );
+    };
+    match signed
+        .access
+        .finish_consent(app, &answer, &signed.csrf)
+        .await
+    {
+        Ok((record, report)) => connected_page(&signed, &record, report),
+        Err(e) if matches!(e.kind(), ErrorKind::Invalid | ErrorKind::Conflict) => Page::message(
+            if e.kind() == ErrorKind::Conflict {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            signed.who(),
+            "Office 365 was not connected",
+            &error_text(&e),
+        ),
+        Err(e) => Page::error(signed.who(), e),
+    }
+}
+
+/// "Test connection".
+async fn test_connection(signed: Signed, Path(id): Path<i64>, Form(form): Form<CsrfForm>) -> Page {
+    if let Err(page) = signed.check(&form.csrf) {
+        return page;
+    }
+    let tested = async {
+        let record = signed.access.source(id).await?;
+        let report = signed.access.test_source(id).await?;
+        Ok::<_, EngineError>((record, report))
+    };
+    match tested.await {
+        Ok((record, report)) => connected_page(&signed, &record, report),
+        Err(e) => Page::error(signed.who(), e),
     }
 }
 

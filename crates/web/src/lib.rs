@@ -23,6 +23,12 @@ pub use error::ApiError;
 pub struct WebOptions {
     /// Cookies only over https: on when the public URL is https.
     pub secure_cookies: bool,
+    /// Where the console is reached from outside (Microsoft sends administrators back
+    /// there after consent); without it, the host each request names.
+    pub public_url: Option<url::Url>,
+    /// The provider's app registration that "Connect Office 365" uses; without it the
+    /// console explains how to configure one.
+    pub office365: Option<usersync_engine::Office365App>,
 }
 
 /// What every request handler shares.
@@ -30,6 +36,8 @@ pub struct WebOptions {
 pub struct WebState {
     pub engine: Engine,
     pub(crate) secure_cookies: bool,
+    pub(crate) public_url: Option<url::Url>,
+    pub(crate) office365: Option<usersync_engine::Office365App>,
     pub(crate) limiter: console::SignInLimiter,
 }
 
@@ -40,6 +48,8 @@ pub fn router(engine: Engine, options: WebOptions) -> axum::Router {
     let state = Arc::new(WebState {
         engine,
         secure_cookies: options.secure_cookies,
+        public_url: options.public_url,
+        office365: options.office365,
         limiter: console::SignInLimiter::default(),
     });
     axum::Router::new()
@@ -49,18 +59,39 @@ pub fn router(engine: Engine, options: WebOptions) -> axum::Router {
         .layer(axum::middleware::map_response(security_headers))
 }
 
+/// The Content-Security-Policy of every page; `$extra` joins `form-action` (the one page
+/// whose form leads to Microsoft's consent page adds the identity platform's origin).
+macro_rules! const_format_csp {
+    ($extra:expr) => {
+        concat!(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; ",
+            "form-action 'self'",
+            $extra,
+            "; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+        )
+    };
+}
+
+/// The policy with `origin` allowed as a form's destination.
+pub(crate) fn csp_with_form_target(origin: &str) -> String {
+    const_format_csp!("").replacen(
+        "form-action 'self'",
+        &format!("form-action 'self' {origin}"),
+        1,
+    )
+}
+
 /// Headers every answer carries: no script or style from elsewhere, no inline script,
 /// never framed, no type sniffing, no referrer to other sites.
 async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
     use axum::http::{HeaderValue, header};
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
-        ),
-    );
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(const_format_csp!("")),
+        );
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 use usersync_core::{DomainName, Role};
-use usersync_engine::{
-    Engine, EngineOptions, NewOffice365Source, Office365Settings, connect_office365,
-};
+use usersync_engine::{Engine, EngineOptions};
 use usersync_sim::{SimConfig, Simulator};
 use usersync_store::testing::{discard, fresh_sqlite_url, open_fresh};
 use usersync_store::{DomainOrigin, SecretString};
@@ -67,7 +65,13 @@ fn chromedriver() -> Option<Driver> {
 #[tokio::test]
 async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
     let Some(driver) = chromedriver() else { return };
-    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    // The tenant has not consented to the app yet: "Connect Office 365" asks for it.
+    let sim = Simulator::start(SimConfig {
+        consented: false,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
     let info = sim.info().clone();
     let url = fresh_sqlite_url();
     let store = open_fresh(&url).await;
@@ -89,18 +93,6 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             .await
             .unwrap();
     }
-    let source = connect_office365(
-        &store,
-        NewOffice365Source {
-            customer_id: contoso,
-            tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
-            client_secret: SecretString::new(info.client_secret.clone()),
-        },
-    )
-    .await
-    .unwrap()
-    .id;
     let (stop_workers, stopped_workers) = tokio::sync::watch::channel(false);
     let workers = tokio::spawn(usersync_engine::run_service(
         engine.clone(),
@@ -129,7 +121,17 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = usersync_web::router(engine.clone(), usersync_web::WebOptions::default());
+    let options = usersync_web::WebOptions {
+        secure_cookies: false,
+        public_url: Some(base.parse().unwrap()),
+        office365: Some(usersync_engine::Office365App {
+            client_id: info.client_id.clone(),
+            client_secret: SecretString::new(info.client_secret.clone()),
+            authority_url: info.authority_url.clone(),
+            graph_url: info.graph_url.clone(),
+        }),
+    };
+    let router = usersync_web::router(engine.clone(), options);
     tokio::spawn(async move {
         axum::serve(
             listener,
@@ -191,17 +193,64 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             .send_keys(PASSWORD)
             .await?;
         browser.find(Locator::Id("sign-in")).await?.click().await?;
-        browser.wait().for_element(Locator::Id("sources")).await?;
+        browser.wait().for_element(Locator::Id("domains")).await?;
         assert_eq!(
             browser.current_url().await?.path(),
             format!("/customers/{contoso}")
         );
         let heading = browser.find(Locator::Css("h1")).await?.text().await?;
         assert_eq!(heading, "Contoso");
-        let sources = browser.find(Locator::Id("sources")).await?.text().await?;
-        assert!(sources.contains(&info.tenant_id), "{sources}");
 
-        // The domain's User Sync tab: Preview, the automatic switch, Sync & Save.
+        // The domain's User Sync tab: "Add", "Office 365", "Connect Office 365", and
+        // Microsoft's consent (the simulator's pages) as its administrator.
+        let user_sync = Locator::Css(&format!("a[href$='/domains/{domain}/user-sync']"));
+        browser.find(user_sync).await?.click().await?;
+        browser
+            .wait()
+            .for_element(Locator::Id("add-source"))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .for_element(Locator::Id("connect-office365"))
+            .await?
+            .click()
+            .await?;
+        let account = browser.wait().for_element(Locator::Id("account")).await?;
+        account.send_keys(&format!("admin@{domain}")).await?;
+        browser.find(Locator::Id("next")).await?.click().await?;
+        let who = browser.wait().for_element(Locator::Id("signed-in")).await?;
+        assert_eq!(who.text().await?, format!("admin@{domain} (admin)"));
+        browser.find(Locator::Id("accept")).await?.click().await?;
+        let connected = browser.wait().for_element(Locator::Id("connected")).await?;
+        assert_eq!(connected.text().await?, "Connected to Office 365");
+        let tenant = browser.find(Locator::Id("tenant-id")).await?.text().await?;
+        assert_eq!(tenant, info.tenant_id);
+        let checks = browser.find(Locator::Id("checks")).await?.text().await?;
+        assert!(
+            checks.contains("User.Read.All") && !checks.contains("missing"),
+            "{checks}"
+        );
+        browser
+            .find(Locator::Id("test-connection"))
+            .await?
+            .click()
+            .await?;
+        browser.wait().for_element(Locator::Id("connected")).await?;
+        let source = engine.sources(Some("Contoso"), false).await.unwrap()[0].id;
+        browser
+            .find(Locator::Id("back-to-customer"))
+            .await?
+            .click()
+            .await?;
+        let sources = browser
+            .wait()
+            .for_element(Locator::Id("sources"))
+            .await?
+            .text()
+            .await?;
+        assert!(sources.contains(&info.tenant_id), "{sources}");
         browser
             .find(Locator::Css(&format!(
                 "a[href$='/domains/{domain}/user-sync']"
@@ -341,6 +390,15 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
         Ok::<_, fantoccini::error::CmdError>(())
     }
     .await;
+    if walk.is_err() {
+        // Where the walk stopped, for whoever reads the failure.
+        let at = browser.current_url().await.map(|u| u.to_string());
+        let page = browser.source().await.unwrap_or_default();
+        eprintln!(
+            "the browser was at {at:?}:\n{}",
+            &page[..page.len().min(3000)]
+        );
+    }
     let _ = browser.close().await;
     let _ = stop.send(());
     let _ = stop_workers.send(true);

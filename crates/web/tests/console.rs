@@ -20,6 +20,7 @@ usersync_store::on_both_backends!(
     a_customer_admin_sees_only_its_own_customer_in_the_console,
     failed_sign_ins_are_limited_per_account,
     the_user_sync_tab_previews_switches_and_syncs,
+    connect_office365_goes_through_microsofts_consent_and_back,
 );
 
 const PASSWORD: &str = "a long enough password";
@@ -70,6 +71,11 @@ fn hidden(html: &str, name: &str) -> String {
 }
 
 async fn console(url: String) -> Console {
+    console_with(url, None).await
+}
+
+/// A console whose "Connect Office 365" uses `app`, reached at its loopback address.
+async fn console_with(url: String, app: Option<usersync_engine::Office365App>) -> Console {
     let store = open_fresh(&url).await;
     let engine = Engine::new(
         store,
@@ -101,7 +107,12 @@ async fn console(url: String) -> Console {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let router = usersync_web::router(engine.clone(), usersync_web::WebOptions::default());
+    let options = usersync_web::WebOptions {
+        secure_cookies: false,
+        public_url: Some(base.parse().unwrap()),
+        office365: app,
+    };
+    let router = usersync_web::router(engine.clone(), options);
     tokio::spawn(async move {
         axum::serve(
             listener,
@@ -565,4 +576,189 @@ async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     sim.shutdown().await;
     console.close().await;
+}
+
+/// Follows Microsoft's side of the consent by hand: the simulator's pages, as a browser
+/// would submit them.
+async fn connect_office365_goes_through_microsofts_consent_and_back(url: String) {
+    let sim = Simulator::start(SimConfig {
+        consented: false,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let info = sim.info().clone();
+    let app = usersync_engine::Office365App {
+        client_id: info.client_id.clone(),
+        client_secret: SecretString::new(info.client_secret.clone()),
+        authority_url: info.authority_url.clone(),
+        graph_url: info.graph_url.clone(),
+    };
+    let console = console_with(url, Some(app)).await;
+    let contoso = console.engine.customer("Contoso").await.unwrap().id;
+    let mut jar = Jar::default();
+    console
+        .sign_in(&mut jar, "admin@example.com", PASSWORD)
+        .await;
+    let (status, page) = console
+        .get(&mut jar, &format!("/customers/{contoso}/sources/new"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Connect Office 365"), "{page}");
+    let callback = format!("{}/connect/office365/callback", console.base);
+    assert!(
+        page.contains(&callback),
+        "the redirect URI is shown: {page}"
+    );
+    let csrf = hidden(&page, "csrf");
+
+    // "Connect Office 365" sends the browser to the admin-consent endpoint.
+    let consent = start(&console, &mut jar, contoso, &csrf).await;
+    assert_eq!(consent.path(), "/organizations/v2.0/adminconsent");
+    let query: HashMap<String, String> = consent.query_pairs().into_owned().collect();
+    assert_eq!(query["client_id"], info.client_id);
+    assert_eq!(query["redirect_uri"], callback);
+    let sim_http = &console.http;
+    let sign_in = sim_http.get(consent.clone()).send().await.unwrap();
+    assert!(sign_in.text().await.unwrap().contains("Sign in"));
+
+    // A user who is not a global administrator is refused, as Microsoft refuses them.
+    let domain = &info.mail_domains[0];
+    let mut as_user = consent.clone();
+    as_user
+        .query_pairs_mut()
+        .append_pair("account", &format!("someone@{domain}"));
+    let refused = sim_http.get(as_user).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.text().await.unwrap().contains("AADSTS90094"));
+
+    // The administrator sees the permissions, and "Cancel" connects nothing.
+    let admin = format!("admin@{domain}");
+    let mut as_admin = consent.clone();
+    as_admin.query_pairs_mut().append_pair("account", &admin);
+    let page = sim_http
+        .get(as_admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("{admin} (admin)")), "{page}");
+    assert!(page.contains("Accept") && page.contains("Cancel") && page.contains("User.Read.All"));
+    let decide = |decision: &'static str, query: HashMap<String, String>| {
+        let url = consent
+            .join("/organizations/v2.0/adminconsent/decide")
+            .unwrap();
+        let admin = admin.clone();
+        async move {
+            let mut form: Vec<(String, String)> = query.into_iter().collect();
+            form.push(("account".into(), admin));
+            form.push(("decision".into(), decision.into()));
+            let response = sim_http.post(url).form(&form).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            response.headers()["location"].to_str().unwrap().to_string()
+        }
+    };
+    let back = decide("cancel", query.clone()).await;
+    assert!(
+        back.starts_with(&callback) && back.contains("error=access_denied"),
+        "{back}"
+    );
+    let path = back.strip_prefix(&console.base).unwrap().to_string();
+    let (status, page) = console.get(&mut jar, &path).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("AADSTS65004") && page.contains("declined"),
+        "{page}"
+    );
+    assert!(
+        console
+            .engine
+            .sources(Some("Contoso"), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // "Accept": back in the console, connected, each permission granted.
+    let consent = start(&console, &mut jar, contoso, &csrf).await;
+    let query: HashMap<String, String> = consent.query_pairs().into_owned().collect();
+    let back = decide("accept", query).await;
+    assert!(
+        back.contains("admin_consent=True") && back.contains(&info.tenant_id),
+        "{back}"
+    );
+    let path = back.strip_prefix(&console.base).unwrap().to_string();
+    // The answer belongs to this browser's sign-in: another session's is refused.
+    let mut other = Jar::default();
+    console
+        .sign_in(&mut other, "admin@example.com", PASSWORD)
+        .await;
+    let (status, page) = console.get(&mut other, &path).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("another sign-in"), "{page}");
+    let (status, page) = console.get(&mut jar, &path).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Connected to Office 365"), "{page}");
+    assert!(
+        page.contains(&info.tenant_id) && page.contains("granted"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("missing") && !page.contains(&info.client_secret),
+        "{page}"
+    );
+    let sources = console
+        .engine
+        .sources(Some("Contoso"), false)
+        .await
+        .unwrap();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].tenant_id, info.tenant_id);
+    // The source syncs with the app's credentials.
+    console.engine.add_domain("Contoso", domain).await.unwrap();
+    let outcome = console
+        .engine
+        .sync(sources[0].id, &NoProgress)
+        .await
+        .unwrap();
+    assert!(
+        outcome.error.is_none() && outcome.stats.requests > 0,
+        "{:?}",
+        outcome.error
+    );
+
+    // The same tenant for another customer is refused, naming the customer that has it.
+    let fabrikam = console.engine.customer("Fabrikam").await.unwrap().id;
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/customers/{fabrikam}/connect/office365"),
+            &[("csrf", csrf.as_str()), ("tenant", info.tenant_id.as_str())],
+        )
+        .await;
+    let consent = reqwest::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        consent.path(),
+        format!("/{}/v2.0/adminconsent", info.tenant_id)
+    );
+    let query: HashMap<String, String> = consent.query_pairs().into_owned().collect();
+    let back = decide("accept", query).await;
+    let path = back.strip_prefix(&console.base).unwrap().to_string();
+    let (status, page) = console.get(&mut jar, &path).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("Contoso"), "{page}");
+    sim.shutdown().await;
+    console.close().await;
+}
+
+/// "Connect Office 365" on `customer`: where it sends the browser.
+async fn start(console: &Console, jar: &mut Jar, customer: i64, csrf: &str) -> reqwest::Url {
+    let path = format!("/customers/{customer}/connect/office365");
+    let response = console
+        .post(jar, &path, &[("csrf", csrf), ("tenant", "")])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    reqwest::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
 }

@@ -489,7 +489,19 @@ impl Source for Office365Source {
             }
             _ => checks.push(not_checked(mailbox.0, mailbox.1, false)),
         }
-        ConnectionReport { checks }
+        let tenant_name = if signed_in {
+            self.client
+                .organization()
+                .await
+                .ok()
+                .and_then(|o| o.display_name)
+        } else {
+            None
+        };
+        ConnectionReport {
+            checks,
+            tenant_name,
+        }
     }
 
     async fn read(

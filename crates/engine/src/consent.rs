@@ -1,0 +1,208 @@
+//! "Connect Office 365": the admin-consent round trip of the identity platform. The
+//! console sends the customer's administrator to
+//! `{authority}/{tenant or organizations}/v2.0/adminconsent?client_id&redirect_uri&state`;
+//! Microsoft sends them back to the redirect URI with `tenant`, `admin_consent=True` and
+//! the `state`, or with `error` and `error_description`. The state is sealed with the
+//! store's key (it names the customer, is bound to the browser session that asked, and
+//! expires), so any `serve` process of the database can take the answer.
+
+use serde::{Deserialize, Serialize};
+use usersync_core::TenantId;
+use usersync_store::{SecretString, SourceRecord, StoreError};
+
+use crate::office365::Office365Settings;
+use crate::{Access, ConnectionReport, EngineError, NewOffice365};
+
+/// How long an administrator has to answer Microsoft's consent page.
+pub const CONSENT_TTL_SECS: i64 = 30 * 60;
+
+const STATE_CONTEXT: &str = "office365.admin_consent.state";
+
+/// The provider's multi-tenant app registration, with which the console connects tenants.
+#[derive(Debug, Clone)]
+pub struct Office365App {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// The identity platform, e.g. `https://login.microsoftonline.com`.
+    pub authority_url: String,
+    /// Microsoft Graph, e.g. `https://graph.microsoft.com`.
+    pub graph_url: String,
+}
+
+impl Office365App {
+    fn settings(&self) -> Office365Settings {
+        Office365Settings::new(&self.client_id, &self.authority_url, &self.graph_url)
+    }
+
+    /// Checks the registration's settings as a new source's are checked.
+    pub fn check(&self) -> Result<(), EngineError> {
+        self.settings().check()
+    }
+}
+
+/// What Microsoft's redirect brought back.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConsentAnswer {
+    pub tenant: Option<String>,
+    pub admin_consent: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConsentState {
+    customer_id: i64,
+    /// The browser session that asked (a digest of its CSRF token).
+    session: String,
+    /// Seconds since the epoch after which the answer is refused.
+    expires: i64,
+}
+
+fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn consent_error(problem: impl Into<String>) -> EngineError {
+    EngineError::config("consent", problem)
+}
+
+impl Access {
+    /// The URL of Microsoft's admin-consent page for connecting a tenant to `customer_id`;
+    /// `tenant_hint` (an id or a domain) skips the choice of directory, else the
+    /// administrator's own is used (`organizations`). `session` binds the answer to the
+    /// browser that asked.
+    pub async fn start_consent(
+        &self,
+        app: &Office365App,
+        customer_id: i64,
+        tenant_hint: Option<&str>,
+        redirect_uri: &str,
+        session: &str,
+    ) -> Result<String, EngineError> {
+        self.may_change()?;
+        self.customer(customer_id).await?;
+        app.check()?;
+        let tenant = match tenant_hint.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => TenantId::parse(t)
+                .map_err(|e| EngineError::config("tenant", e.to_string()))?
+                .to_string(),
+            None => "organizations".to_string(),
+        };
+        let state = ConsentState {
+            customer_id,
+            session: crate::access::digest(session),
+            expires: now_secs() + CONSENT_TTL_SECS,
+        };
+        let text = serde_json::to_string(&state)
+            .map_err(|e| consent_error(format!("the request could not be made: {e}")))?;
+        let sealed = self
+            .engine()
+            .store()
+            .key()
+            .seal(&SecretString::new(text), STATE_CONTEXT)?;
+        let mut url = url::Url::parse(&format!(
+            "{}/{tenant}/v2.0/adminconsent",
+            app.authority_url.trim_end_matches('/')
+        ))
+        .map_err(|e| EngineError::config("authority_url", e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &app.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("state", &sealed);
+        Ok(url.to_string())
+    }
+
+    /// Takes Microsoft's answer: on consent, connects the tenant to the customer the
+    /// request named (refused when another customer has it) and tests the connection.
+    pub async fn finish_consent(
+        &self,
+        app: &Office365App,
+        answer: &ConsentAnswer,
+        session: &str,
+    ) -> Result<(SourceRecord, ConnectionReport), EngineError> {
+        let sealed = answer.state.as_deref().ok_or_else(|| {
+            consent_error("the answer carries no state; start again from Connect Office 365")
+        })?;
+        let state: ConsentState = self
+            .engine()
+            .store()
+            .key()
+            .open(sealed, STATE_CONTEXT)
+            .ok()
+            .and_then(|text| serde_json::from_str(text.expose()).ok())
+            .ok_or_else(|| consent_error("the answer's state is not one this console made; start again from Connect Office 365"))?;
+        if state.session != crate::access::digest(session) {
+            return Err(consent_error(
+                "the answer belongs to another sign-in; start again from Connect Office 365 in this browser",
+            ));
+        }
+        if state.expires < now_secs() {
+            return Err(consent_error(
+                "the consent took longer than 30 minutes; start again from Connect Office 365",
+            ));
+        }
+        self.may_change()?;
+        let customer = self.customer(state.customer_id).await?;
+        if let Some(error) = &answer.error {
+            let description = answer
+                .error_description
+                .as_deref()
+                .unwrap_or("no description");
+            let hint = if description.contains("AADSTS65004") || error == "access_denied" {
+                " The administrator declined (Cancel): nothing was connected."
+            } else if description.contains("AADSTS90094") {
+                " Only a global administrator of the tenant can consent for it."
+            } else {
+                ""
+            };
+            return Err(consent_error(format!(
+                "Microsoft 365 answered {error}: {description}.{hint}"
+            )));
+        }
+        if !answer
+            .admin_consent
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case("true"))
+        {
+            return Err(consent_error(
+                "Microsoft 365 did not say the administrator consented; start again",
+            ));
+        }
+        let tenant = answer
+            .tenant
+            .as_deref()
+            .ok_or_else(|| consent_error("Microsoft 365 did not say which tenant consented"))?;
+        let tenant = TenantId::parse(tenant)
+            .map_err(|e| consent_error(format!("the tenant Microsoft 365 named: {e}")))?;
+        let added = self
+            .engine()
+            .add_office365_source(NewOffice365 {
+                customer: customer.name.clone(),
+                tenant_id: tenant.to_string(),
+                settings: app.settings(),
+                client_secret: app.client_secret.clone(),
+            })
+            .await;
+        let record = match added {
+            // Another customer's tenant: named to whoever sees every customer only.
+            Err(EngineError::Store(StoreError::Conflict(_)))
+                if !self.principal().grant.sees_all() =>
+            {
+                return Err(EngineError::Conflict(format!(
+                    "the tenant {tenant} is connected to another customer already; one tenant \
+                     belongs to one customer (ask your provider)"
+                )));
+            }
+            other => other?,
+        };
+        let report = self.engine().test_source(record.id).await?;
+        Ok((record, report))
+    }
+
+    /// Tests a source's connection: each permission the sync needs, granted or missing.
+    pub async fn test_source(&self, source_id: i64) -> Result<ConnectionReport, EngineError> {
+        self.source(source_id).await?;
+        self.engine().test_source(source_id).await
+    }
+}
