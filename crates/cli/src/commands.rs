@@ -692,6 +692,7 @@ async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<
             email_method: args.email_method,
             ..Default::default()
         },
+        setup_step: None,
     };
     let source = engine
         .add_office365_source(NewOffice365 {

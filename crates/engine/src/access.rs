@@ -404,6 +404,15 @@ impl Access {
         self.engine.restore_user(&customer.name, address).await
     }
 
+    /// A customer's console groups (the "Destination" of filters), with their members.
+    pub async fn groups(
+        &self,
+        customer_id: i64,
+    ) -> Result<Vec<usersync_store::Group>, EngineError> {
+        let customer = self.customer(customer_id).await?;
+        self.engine.groups(&customer.name).await
+    }
+
     // Sources and runs.
 
     pub async fn sources(&self, customer_id: i64) -> Result<Vec<SourceRecord>, EngineError> {
@@ -441,6 +450,65 @@ impl Access {
         self.may_change()?;
         self.source(source_id).await?;
         self.engine.set_source_options(source_id, assignments).await
+    }
+
+    /// How far the console's setup wizard got for the source.
+    pub async fn setup_step(&self, source_id: i64) -> Result<Option<String>, EngineError> {
+        self.source(source_id).await?;
+        self.engine.setup_step(source_id).await
+    }
+
+    pub async fn set_setup_step(&self, source_id: i64, step: &str) -> Result<(), EngineError> {
+        self.may_change()?;
+        self.source(source_id).await?;
+        self.engine.set_setup_step(source_id, step).await
+    }
+
+    /// A source's filter rules, first to last.
+    pub async fn filter_rules(
+        &self,
+        source_id: i64,
+    ) -> Result<Vec<usersync_core::FilterRule>, EngineError> {
+        self.source(source_id).await?;
+        self.engine.filter_rules(source_id).await
+    }
+
+    /// Appends a filter rule sending matching users to the console group `group`
+    /// ("Destination"), made when `create_group`.
+    pub async fn add_filter_rule(
+        &self,
+        source_id: i64,
+        group: &str,
+        rule: &str,
+        create_group: bool,
+    ) -> Result<usersync_core::FilterRule, EngineError> {
+        self.may_change()?;
+        self.source(source_id).await?;
+        self.engine
+            .add_filter_rule(source_id, group, rule, create_group)
+            .await
+    }
+
+    pub async fn remove_filter_rule(
+        &self,
+        source_id: i64,
+        rule_id: i64,
+    ) -> Result<(), EngineError> {
+        self.may_change()?;
+        self.source(source_id).await?;
+        self.engine.remove_filter_rule(source_id, rule_id).await
+    }
+
+    /// Moves a rule to 1-based position `to`; the rules in their new order.
+    pub async fn move_filter_rule(
+        &self,
+        source_id: i64,
+        rule_id: i64,
+        to: usize,
+    ) -> Result<Vec<usersync_core::FilterRule>, EngineError> {
+        self.may_change()?;
+        self.source(source_id).await?;
+        self.engine.move_filter_rule(source_id, rule_id, to).await
     }
 
     /// Preview: reads the source, writes nothing to the directory (the run is recorded).

@@ -49,6 +49,23 @@ impl Engine {
     /// Sets options of a source from `KEY=VALUE` texts, all or none, and returns them.
     /// Tenant groups that `selected_groups` and `group_map` name are checked against the
     /// tenant (read now), console groups that `group_map` names against the customer.
+    /// The last step of the console's setup wizard saved for the source.
+    pub async fn setup_step(&self, source_id: i64) -> Result<Option<String>, EngineError> {
+        let record = self.store.source(source_id).await?;
+        Ok(office365_settings(&record)?.setup_step)
+    }
+
+    /// Keeps how far the console's setup wizard got for the source.
+    pub async fn set_setup_step(&self, source_id: i64, step: &str) -> Result<(), EngineError> {
+        let record = self.live_source(source_id).await?;
+        let mut settings = office365_settings(&record)?;
+        if settings.setup_step.as_deref() == Some(step) {
+            return Ok(());
+        }
+        settings.setup_step = Some(step.to_string());
+        self.save_settings(source_id, &settings).await
+    }
+
     /// A source's options as they are set now.
     pub async fn source_options(&self, source_id: i64) -> Result<SourceOptions, EngineError> {
         let record = self.store.source(source_id).await?;

@@ -36,6 +36,13 @@ pub fn routes() -> Router<State> {
         .route("/sources/{id}/preview", post(preview))
         .route("/sources/{id}/sync", post(sync))
         .route("/sources/{id}/runs", get(source_runs))
+        .route("/sources/{id}/options", get(options).patch(set_options))
+        .route("/sources/{id}/filters", get(filters).post(add_filter))
+        .route(
+            "/sources/{id}/filters/{rule}",
+            axum::routing::delete(remove_filter).patch(move_filter),
+        )
+        .route("/sources/{id}/test", post(test_source))
         .route("/runs/{id}", get(run))
         .route("/runs/{id}/confirm", post(confirm))
         .route("/audit", get(audit))
@@ -207,6 +214,129 @@ async fn sources(
 
 async fn source(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(access.source(id).await?).into_response())
+}
+
+// Options and filters (the setup wizard's answers).
+
+/// Every option of a source with its value as `usersync source set` takes it
+/// (`{"auto_sync": "true", "interval": "6h", ...}`).
+fn option_values(
+    options: &usersync_core::SourceOptions,
+) -> serde_json::Map<String, serde_json::Value> {
+    options
+        .entries()
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), serde_json::Value::String(value)))
+        .collect()
+}
+
+async fn options(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(option_values(&access.source_options(id).await?)).into_response())
+}
+
+/// `{"key": value, ...}` as `usersync source set` takes `KEY=VALUE`: all or none.
+async fn set_options(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(changes): Body<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response> {
+    if changes.is_empty() {
+        return Err(ApiError::invalid(
+            None,
+            "give at least one option, e.g. {\"auto_sync\": true}",
+        ));
+    }
+    let assignments: Vec<String> = changes
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| i.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            format!("{key}={text}")
+        })
+        .collect();
+    let options = access.set_source_options(id, &assignments).await?;
+    Ok(Json(option_values(&options)).into_response())
+}
+
+async fn filters(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(Page {
+        items: access.filter_rules(id).await?,
+        next_cursor: None,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewFilter {
+    /// The destination console group.
+    group: String,
+    /// The rule, in the filter language (`department eq 'Sales'`).
+    rule: String,
+    #[serde(default)]
+    create_group: bool,
+}
+
+async fn add_filter(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(new): Body<NewFilter>,
+) -> Result<Response> {
+    let rule = access
+        .add_filter_rule(id, &new.group, &new.rule, new.create_group)
+        .await
+        .map_err(|e| {
+            let mut api = ApiError::from(e);
+            if api.code == "invalid" && api.field.is_none() {
+                api.field = Some("rule".into());
+            }
+            api
+        })?;
+    Ok((StatusCode::CREATED, Json(rule)).into_response())
+}
+
+async fn remove_filter(
+    Caller(access): Caller,
+    Path((id, rule)): Path<(i64, i64)>,
+) -> Result<Response> {
+    access.remove_filter_rule(id, rule).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveFilter {
+    /// The 1-based position the rule takes.
+    position: usize,
+}
+
+async fn move_filter(
+    Caller(access): Caller,
+    Path((id, rule)): Path<(i64, i64)>,
+    Body(to): Body<MoveFilter>,
+) -> Result<Response> {
+    let rules = access.move_filter_rule(id, rule, to.position).await?;
+    Ok(Json(Page {
+        items: rules,
+        next_cursor: None,
+    })
+    .into_response())
+}
+
+/// "Test connection": each permission the sync needs, granted or missing.
+async fn test_source(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(access.test_source(id).await?).into_response())
 }
 
 /// A run just made, with its plan when it has one.

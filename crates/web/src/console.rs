@@ -52,6 +52,19 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/{id}", get(run))
         .route("/runs/{id}/progress", get(run_progress))
         .route("/static/run.js", get(run_script))
+        .route("/sources/{id}/setup", get(crate::wizard::resume))
+        .route(
+            "/sources/{id}/setup/{step}",
+            get(crate::wizard::show).post(crate::wizard::save),
+        )
+        .route(
+            "/sources/{id}/filters",
+            get(crate::wizard::filters).post(crate::wizard::add_filter),
+        )
+        .route(
+            "/sources/{id}/filters/{rule}/remove",
+            post(crate::wizard::remove_filter),
+        )
         .route("/runs/{id}/confirm", post(confirm))
         .route("/audit", get(audit))
         .route("/static/console.css", get(stylesheet))
@@ -90,20 +103,20 @@ impl SignInLimiter {
 }
 
 /// Who the page is shown to, for the header.
-pub struct Who {
-    name: String,
-    role: String,
-    csrf: String,
+pub(crate) struct Who {
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) csrf: String,
 }
 
 /// A signed-in request: what its principal may do, and its session's CSRF token.
-pub struct Signed {
-    access: Access,
-    csrf: String,
+pub(crate) struct Signed {
+    pub(crate) access: Access,
+    pub(crate) csrf: String,
 }
 
 impl Signed {
-    fn who(&self) -> Option<Who> {
+    pub(crate) fn who(&self) -> Option<Who> {
         let p = self.access.principal();
         Some(Who {
             name: p.name.clone(),
@@ -113,7 +126,7 @@ impl Signed {
     }
 
     /// Refuses a form whose token is not this session's.
-    fn check(&self, csrf: &str) -> Result<(), Page> {
+    pub(crate) fn check(&self, csrf: &str) -> Result<(), Page> {
         if same(csrf, &self.csrf) {
             Ok(())
         } else {
@@ -205,20 +218,20 @@ fn encode(text: &str) -> String {
 }
 
 /// A page to answer with: rendered HTML and its status.
-pub struct Page {
+pub(crate) struct Page {
     status: StatusCode,
     html: Result<String, askama::Error>,
 }
 
 impl Page {
-    fn ok(template: impl Template) -> Page {
+    pub(crate) fn ok(template: impl Template) -> Page {
         Page {
             status: StatusCode::OK,
             html: template.render(),
         }
     }
 
-    fn with_status(mut self, status: StatusCode) -> Page {
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Page {
         self.status = status;
         self
     }
@@ -234,7 +247,7 @@ impl Page {
 
     /// An engine error as a page: not found (also for what another customer holds),
     /// forbidden, or what went wrong.
-    fn error(who: Option<Who>, error: EngineError) -> Page {
+    pub(crate) fn error(who: Option<Who>, error: EngineError) -> Page {
         let text = error_text(&error);
         match error.kind() {
             ErrorKind::NotFound => Page::message(

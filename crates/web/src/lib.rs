@@ -11,6 +11,7 @@ mod auth;
 mod console;
 mod error;
 mod paging;
+mod wizard;
 
 use std::sync::Arc;
 

@@ -18,6 +18,7 @@ usersync_store::on_both_backends!(
     every_error_kind_is_answered_in_one_shape,
     preview_sync_and_a_users_list_walked_by_cursor,
     a_token_reaches_no_further_than_its_maker,
+    options_and_filters_are_set_through_the_api,
 );
 
 struct Api {
@@ -139,8 +140,11 @@ impl Api {
         let response = request.send().await.unwrap();
         let status = response.status();
         let text = response.text().await.unwrap();
-        let value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        let value = if text.is_empty() && status == StatusCode::NO_CONTENT {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"))
+        };
         (status, value)
     }
 
@@ -535,5 +539,165 @@ async fn a_token_reaches_no_further_than_its_maker(url: String) {
     assert!(!list.to_string().contains(&reader), "{list}");
     assert!(!list.to_string().contains("hash"), "{list}");
     let _ = &api.store;
+    api.close().await;
+}
+
+async fn options_and_filters_are_set_through_the_api(url: String) {
+    let api = api(url).await;
+    let provider = api.token(Role::ProviderAdmin, None).await;
+    let reader = api.token(Role::ReadOnly, None).await;
+    let options = format!("/sources/{}/options", api.source);
+    let (status, now) = api.get(&provider, &options).await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert_eq!(now["auto_sync"], "false");
+    let (status, set) = api
+        .call(
+            Some(&provider),
+            Method::PATCH,
+            &options,
+            Some(json!({"auto_sync": true, "interval": "2h"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(
+        (set["auto_sync"].as_str(), set["interval"].as_str()),
+        (Some("true"), Some("2h"))
+    );
+    // A bad value names its option, and nothing of the request is kept.
+    let (status, body) = api
+        .call(
+            Some(&provider),
+            Method::PATCH,
+            &options,
+            Some(json!({"auto_sync": false, "interval": "1m"})),
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body)),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid", Some("interval"))
+        ),
+        "{body}"
+    );
+    let (_, now) = api.get(&provider, &options).await;
+    assert_eq!(
+        (now["auto_sync"].as_str(), now["interval"].as_str()),
+        (Some("true"), Some("2h"))
+    );
+    let (_, body) = api
+        .call(
+            Some(&provider),
+            Method::PATCH,
+            &options,
+            Some(json!({"colour": "blue"})),
+        )
+        .await;
+    assert_eq!(error(&body), ("invalid", Some("colour")), "{body}");
+    let (status, _) = api
+        .call(
+            Some(&reader),
+            Method::PATCH,
+            &options,
+            Some(json!({"auto_sync": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A filter with a destination group: the tenant's Sales people land in it.
+    let domain = api.sim.info().mail_domains[0].clone();
+    let mut seller = usersync_sim::SimUser::member("Sam Seller", &format!("sam.seller@{domain}"));
+    seller.department = Some("Sales".into());
+    api.sim.tenant().add_user(seller).unwrap();
+    let filters = format!("/sources/{}/filters", api.source);
+    let (status, body) = api
+        .post(
+            &provider,
+            &filters,
+            json!({"group": "Sales", "rule": "department equals"}),
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body).1),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("rule")),
+        "{body}"
+    );
+    let (status, rule) = api
+        .post(
+            &provider,
+            &filters,
+            json!({"group": "Sales", "rule": "department equals Sales", "create_group": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+    let (_, list) = api.get(&provider, &filters).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    api.engine
+        .sync(api.source, &usersync_engine::NoProgress)
+        .await
+        .unwrap();
+    let (_, sales) = api
+        .get(
+            &provider,
+            &format!("/customers/{}/users?group=sales", api.contoso),
+        )
+        .await;
+    let sales: Vec<&str> = sales["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["address"].as_str().unwrap())
+        .collect();
+    assert!(
+        sales.contains(&format!("sam.seller@{domain}").as_str()),
+        "{sales:?}"
+    );
+    // A second rule moved to the top: first match wins, so order is kept as asked.
+    let (_, second) = api
+        .post(
+            &provider,
+            &filters,
+            json!({"group": "Main", "rule": "userType equals Guest"}),
+        )
+        .await;
+    let (status, moved) = api
+        .call(
+            Some(&provider),
+            Method::PATCH,
+            &format!("{filters}/{}", second["id"]),
+            Some(json!({"position": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    let order: Vec<i64> = moved["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [second["id"].as_i64().unwrap(), rule["id"].as_i64().unwrap()]
+    );
+    let (status, _) = api
+        .call(
+            Some(&provider),
+            Method::DELETE,
+            &format!("{filters}/{}", second["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call(
+            Some(&provider),
+            Method::DELETE,
+            &format!("{filters}/{}", rule["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, list) = api.get(&provider, &filters).await;
+    assert!(list["items"].as_array().unwrap().is_empty(), "{list}");
     api.close().await;
 }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
-use usersync_core::{DomainName, Role};
+use usersync_core::Role;
 use usersync_engine::{Engine, EngineOptions};
 use usersync_sim::{SimConfig, Simulator};
+use usersync_store::SecretString;
 use usersync_store::testing::{discard, fresh_sqlite_url, open_fresh};
-use usersync_store::{DomainOrigin, SecretString};
 
 const PASSWORD: &str = "a long enough password";
 
@@ -82,17 +82,6 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             ..EngineOptions::default()
         },
     );
-    let contoso = engine.add_customer("Contoso").await.unwrap().id;
-    for domain in &info.mail_domains {
-        store
-            .add_domain(
-                contoso,
-                &DomainName::parse(domain).unwrap(),
-                DomainOrigin::Manual,
-            )
-            .await
-            .unwrap();
-    }
     let (stop_workers, stopped_workers) = tokio::sync::watch::channel(false);
     let workers = tokio::spawn(usersync_engine::run_service(
         engine.clone(),
@@ -106,6 +95,11 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
         std::sync::Arc::new(usersync_engine::Metrics::default()),
         stopped_workers,
     ));
+    // Someone in Sales, whom a filter sends to the group Sales.
+    let seller = format!("sam.seller@{}", info.mail_domains[0]);
+    let mut sam = usersync_sim::SimUser::member("Sam Seller", &seller);
+    sam.department = Some("Sales".into());
+    sim.tenant().add_user(sam).unwrap();
     // The tenant's users' addresses, which the preview must list.
     let wanted_hint = format!("@{}", info.mail_domains[0]);
     engine
@@ -162,7 +156,7 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
     let domain = info.mail_domains[0].clone();
     let walk = async {
         // Signed out, the console sends to the sign-in form, then back.
-        browser.goto(&format!("{base}/customers/{contoso}")).await?;
+        browser.goto(&format!("{base}/audit")).await?;
         let path = browser.current_url().await?.path().to_string();
         assert_eq!(path, "/sign-in");
         browser
@@ -193,13 +187,23 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             .send_keys(PASSWORD)
             .await?;
         browser.find(Locator::Id("sign-in")).await?.click().await?;
-        browser.wait().for_element(Locator::Id("domains")).await?;
-        assert_eq!(
-            browser.current_url().await?.path(),
-            format!("/customers/{contoso}")
-        );
-        let heading = browser.find(Locator::Css("h1")).await?.text().await?;
+        browser.wait().for_element(Locator::Id("audit")).await?;
+        assert_eq!(browser.current_url().await?.path(), "/audit");
+
+        // A customer and its domains, added in the console.
+        browser.goto(&format!("{base}/")).await?;
+        browser.wait().for_element(Locator::Id("customer-name")).await?.send_keys("Contoso").await?;
+        browser.find(Locator::Css("form.inline button")).await?.click().await?;
+        let heading = browser.wait().for_element(Locator::Css("h1")).await?.text().await?;
         assert_eq!(heading, "Contoso");
+        for name in &info.mail_domains {
+            browser.wait().for_element(Locator::Id("domain-name")).await?.send_keys(name).await?;
+            browser.find(Locator::Css("form.inline button")).await?.click().await?;
+            browser.wait().for_element(Locator::Id("domains")).await?;
+        }
+        let domains = browser.find(Locator::Id("domains")).await?.text().await?;
+        assert!(info.mail_domains.iter().all(|d| domains.contains(d.as_str())), "{domains}");
+        let contoso = engine.customer("Contoso").await.unwrap().id;
 
         // The domain's User Sync tab: "Add", "Office 365", "Connect Office 365", and
         // Microsoft's consent (the simulator's pages) as its administrator.
@@ -225,6 +229,7 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
         browser.find(Locator::Id("accept")).await?.click().await?;
         let connected = browser.wait().for_element(Locator::Id("connected")).await?;
         assert_eq!(connected.text().await?, "Connected to Office 365");
+        shot(&browser, "connected").await;
         let tenant = browser.find(Locator::Id("tenant-id")).await?.text().await?;
         assert_eq!(tenant, info.tenant_id);
         let checks = browser.find(Locator::Id("checks")).await?.text().await?;
@@ -268,6 +273,7 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             .text()
             .await?;
         assert_eq!(tab, "User Sync");
+        shot(&browser, "user-sync-tab").await;
         browser
             .find(Locator::Id(&format!("preview-{source}")))
             .await?
@@ -282,6 +288,7 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             browser.source().await?.contains(wanted_hint.as_str()),
             "the preview lists the tenant's users"
         );
+        shot(&browser, "preview").await;
         browser.back().await?;
         let switch = browser
             .wait()
@@ -320,6 +327,69 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             .wait()
             .for_element(Locator::XPath("//h2[starts-with(., 'Added')]"))
             .await?;
+        shot(&browser, "run-report").await;
+
+        // Filters: a rule with a destination group made for it; after the next Sync &
+        // Save the tenant's Sales people are in that group.
+        browser.back().await?;
+        browser.refresh().await?;
+        browser
+            .wait()
+            .for_element(Locator::Id(&format!("filters-{source}")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .for_element(Locator::Id("rule"))
+            .await?
+            .send_keys("department equals Sales")
+            .await?;
+        browser
+            .find(Locator::Id("group"))
+            .await?
+            .send_keys("Sales")
+            .await?;
+        browser
+            .find(Locator::Id("create-group"))
+            .await?
+            .click()
+            .await?;
+        browser.find(Locator::Id("add-rule")).await?.click().await?;
+        let rules = browser
+            .wait()
+            .for_element(Locator::Id("rules"))
+            .await?
+            .text()
+            .await?;
+        assert!(
+            rules.contains("department equals Sales") && rules.contains("Sales"),
+            "{rules}"
+        );
+        browser.back().await?;
+        browser.back().await?;
+        browser.refresh().await?;
+        browser
+            .wait()
+            .for_element(Locator::Id(&format!("sync-{source}")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Css("#run-status.succeeded"))
+            .await?;
+        browser
+            .goto(&format!("{base}/customers/{contoso}/users?group=Sales"))
+            .await?;
+        let table = browser
+            .wait()
+            .for_element(Locator::Id("users"))
+            .await?
+            .text()
+            .await?;
+        assert!(table.contains(&seller), "{table}");
 
         // Users: search by part of the name, in any case.
         let users = store.users(contoso, false).await.unwrap();
@@ -355,6 +425,7 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             !rows.is_empty() && rows.len() < users.len(),
             "the search narrowed the list"
         );
+        shot(&browser, "users").await;
 
         // The run's report, from the customer page.
         browser
@@ -363,7 +434,9 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             .click()
             .await?;
         browser
-            .find(Locator::Css("#sources a.run"))
+            .find(Locator::XPath(
+                "(//table[@id='sources']//a[contains(@class, 'succeeded') and starts-with(normalize-space(.), 'sync')])[last()]",
+            ))
             .await?
             .click()
             .await?;
@@ -377,6 +450,43 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             page.contains(wanted.address.as_str()),
             "the report lists the added user"
         );
+
+        // Many users gone at once: the sync holds their removals until someone confirms.
+        let tenant = sim.tenant();
+        let gone: Vec<String> = tenant.users().into_iter().take(25).map(|u| u.id).collect();
+        for id in &gone {
+            tenant.delete_user(id).unwrap();
+        }
+        browser.goto(&format!("{base}/customers/{contoso}/domains/{domain}/user-sync")).await?;
+        browser.wait().for_element(Locator::Id(&format!("sync-{source}"))).await?.click().await?;
+        let confirm = browser
+            .wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Id("confirm-removals"))
+            .await?;
+        let status = browser.find(Locator::Id("run-status")).await?.text().await?;
+        assert_eq!(status, "held");
+        shot(&browser, "held-run").await;
+        confirm.click().await?;
+        let status = browser
+            .wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Css("#run-status.succeeded"))
+            .await?;
+        assert_eq!(status.text().await?, "succeeded");
+        let removed = browser.find(Locator::XPath("//dt[.='Removed']/following-sibling::dd[1]")).await?.text().await?;
+        assert!(removed.parse::<usize>().unwrap() >= 20, "removed {removed}");
+
+        // The setup wizard resumes at its first step, and says which step it is.
+        browser.goto(&format!("{base}/sources/{source}/setup")).await?;
+        let title = browser.wait().for_element(Locator::Id("step-title")).await?.text().await?;
+        assert_eq!(title, "Automatic sync");
+        let switch = browser.find(Locator::Id("auto_sync")).await?;
+        assert_eq!(switch.prop("checked").await?.as_deref(), Some("true"), "the switch turned on earlier");
+        shot(&browser, "wizard-step").await;
+        browser.find(Locator::Id("save-next")).await?.click().await?;
+        let title = browser.wait().for_element(Locator::Css("#step-title")).await?;
+        assert_eq!(title.text().await?, "Email method");
 
         // Signing out ends the session.
         browser
@@ -407,4 +517,18 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
     engine.close().await;
     discard(&url).await;
     walk.expect("the walk through the console");
+}
+
+/// With USERSYNC_SCREENSHOTS=DIR, the page as the browser shows it, saved as DIR/NAME.png
+/// (the README's pictures are taken so: `USERSYNC_SCREENSHOTS=docs/screenshots`).
+async fn shot(browser: &fantoccini::Client, name: &str) {
+    let Ok(dir) = std::env::var("USERSYNC_SCREENSHOTS") else {
+        return;
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = browser.screenshot().await.expect("a screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }

@@ -21,6 +21,7 @@ usersync_store::on_both_backends!(
     failed_sign_ins_are_limited_per_account,
     the_user_sync_tab_previews_switches_and_syncs,
     connect_office365_goes_through_microsofts_consent_and_back,
+    the_setup_wizard_saves_each_step_and_resumes,
 );
 
 const PASSWORD: &str = "a long enough password";
@@ -761,4 +762,279 @@ async fn start(console: &Console, jar: &mut Jar, customer: i64, csrf: &str) -> r
         .await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     reqwest::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
+}
+
+/// Contoso connected to a simulated tenant (with its mail domains): the source's id.
+async fn connected(console: &Console, sim: &Simulator) -> i64 {
+    let info = sim.info().clone();
+    let store = console.engine.store().clone();
+    let contoso = console.engine.customer("Contoso").await.unwrap().id;
+    for domain in &info.mail_domains {
+        store
+            .add_domain(
+                contoso,
+                &DomainName::parse(domain).unwrap(),
+                DomainOrigin::Manual,
+            )
+            .await
+            .unwrap();
+    }
+    connect_office365(
+        &store,
+        NewOffice365Source {
+            customer_id: contoso,
+            tenant_id: info.tenant_id.clone(),
+            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
+            client_secret: SecretString::new(info.client_secret.clone()),
+        },
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+async fn the_setup_wizard_saves_each_step_and_resumes(url: String) {
+    let console = console(url).await;
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let source = connected(&console, &sim).await;
+    let mut jar = Jar::default();
+    console
+        .sign_in(&mut jar, "admin@example.com", PASSWORD)
+        .await;
+    let (status, _) = console
+        .get(&mut jar, &format!("/sources/{source}/setup"))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, page) = console
+        .get(&mut jar, &format!("/sources/{source}/setup/automatic"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Step 1 of 12") && page.contains("Enable Automatic User Sync"),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+    let step = |name: &str| format!("/sources/{source}/setup/{name}");
+
+    // A bad interval is shown beside its field, with what was typed; nothing is saved.
+    let response = console
+        .post(
+            &mut jar,
+            &step("automatic"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("auto_sync", "true"),
+                ("interval", "2m"),
+                ("action", "next"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("id=\"interval-error\"") && page.contains("value=\"2m\""),
+        "{page}"
+    );
+    assert!(
+        !console
+            .engine
+            .source_options(source)
+            .await
+            .unwrap()
+            .auto_sync
+    );
+    let response = console
+        .post(
+            &mut jar,
+            &step("automatic"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("auto_sync", "true"),
+                ("interval", "2h"),
+                ("action", "next"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], step("email").as_str());
+    let options = console.engine.source_options(source).await.unwrap();
+    assert!(options.auto_sync && options.interval_minutes == 120);
+
+    // "Save and leave", then the wizard resumes after the last step saved.
+    let response = console
+        .post(
+            &mut jar,
+            &step("email"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("email_method", "mail"),
+                ("action", "leave"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let response = console
+        .http
+        .get(format!("{}/sources/{source}/setup", console.base))
+        .header("cookie", jar.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["location"], step("groups").as_str());
+    assert_eq!(
+        console
+            .engine
+            .source_options(source)
+            .await
+            .unwrap()
+            .email_method,
+        usersync_core::EmailMethod::Mail
+    );
+    // A switch left off is saved off; several boxes are kept together.
+    console
+        .post(
+            &mut jar,
+            &step("accounts"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("exclude_disabled", "true"),
+                ("action", "next"),
+            ],
+        )
+        .await;
+    console
+        .post(
+            &mut jar,
+            &step("group-types"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("group_types", "m365"),
+                ("group_types", "security"),
+                ("action", "next"),
+            ],
+        )
+        .await;
+    let options = console.engine.source_options(source).await.unwrap();
+    assert!(options.exclude_disabled && !options.exclude_guests && !options.exclude_unlicensed);
+    assert_eq!(options.group_types.len(), 2);
+
+    // The test sync previews with these settings.
+    let response = console
+        .post(
+            &mut jar,
+            &step("test"),
+            &[("csrf", csrf.as_str()), ("action", "preview")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("id=\"test-result\"") && page.contains("to add"),
+        "{page}"
+    );
+    assert!(
+        console
+            .engine
+            .store()
+            .users(console.engine.customer("Contoso").await.unwrap().id, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_, page) = console.get(&mut jar, &step("done")).await;
+    assert!(page.contains("interval") && page.contains("2h"), "{page}");
+
+    // Filters: a rule with a destination group made for it; a bad rule is shown.
+    let filters = format!("/sources/{source}/filters");
+    let response = console
+        .post(
+            &mut jar,
+            &filters,
+            &[
+                ("csrf", csrf.as_str()),
+                ("rule", "department equals"),
+                ("group", "Sales"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("id=\"filter-error\"") && page.contains("value=\"department equals\""),
+        "{page}"
+    );
+    let response = console
+        .post(
+            &mut jar,
+            &filters,
+            &[
+                ("csrf", csrf.as_str()),
+                ("rule", "department equals Sales"),
+                ("group", "Sales"),
+                ("create_group", "true"),
+            ],
+        )
+        .await;
+    let status = response.status();
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let (_, page) = console.get(&mut jar, &filters).await;
+    assert!(
+        page.contains("department equals") && page.contains("<td>Sales</td>"),
+        "{page}"
+    );
+    let rules = console.engine.filter_rules(source).await.unwrap();
+    assert_eq!(rules.len(), 1);
+    let response = console
+        .post(
+            &mut jar,
+            &format!("{filters}/{}/remove", rules[0].id),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        console
+            .engine
+            .filter_rules(source)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A read-only account changes nothing.
+    console
+        .engine
+        .create_account(
+            "reader@example.com",
+            &SecretString::new(PASSWORD),
+            Role::ReadOnly,
+            None,
+        )
+        .await
+        .unwrap();
+    let mut reader = Jar::default();
+    console
+        .sign_in(&mut reader, "reader@example.com", PASSWORD)
+        .await;
+    let (_, page) = console.get(&mut reader, &step("automatic")).await;
+    let csrf = hidden(&page, "csrf");
+    let response = console
+        .post(
+            &mut reader,
+            &step("automatic"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("interval", "3h"),
+                ("action", "next"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    sim.shutdown().await;
+    console.close().await;
 }

@@ -49,6 +49,10 @@ pub struct Office365Settings {
     pub allow_insecure_http: bool,
     #[serde(default)]
     pub options: SourceOptions,
+    /// The last step of the console's setup wizard saved for this source (it resumes
+    /// after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_step: Option<String>,
 }
 
 impl Office365Settings {
@@ -65,6 +69,7 @@ impl Office365Settings {
             ca_file: None,
             allow_insecure_http: false,
             options: SourceOptions::default(),
+            setup_step: None,
         }
     }
 
