@@ -369,6 +369,17 @@ impl Access {
         self.engine.add_customer(name).await
     }
 
+    /// Changes a customer's settings (`retention=30d`), all or none.
+    pub async fn set_customer(
+        &self,
+        customer_id: i64,
+        assignments: &[String],
+    ) -> Result<Customer, EngineError> {
+        self.may_change()?;
+        let customer = self.customer(customer_id).await?;
+        self.engine.set_customer(&customer.name, assignments).await
+    }
+
     // Domains.
 
     pub async fn domains(&self, customer_id: i64) -> Result<Vec<Domain>, EngineError> {
@@ -394,6 +405,26 @@ impl Access {
         Ok(self.engine.store.users_page(customer_id, query).await?)
     }
 
+    /// Adds a user by hand (no sync changes or removes it).
+    pub async fn add_user(
+        &self,
+        customer_id: i64,
+        address: &str,
+        display_name: Option<String>,
+        mailbox_type: usersync_core::MailboxType,
+    ) -> Result<usersync_core::DirectoryUser, EngineError> {
+        self.may_change()?;
+        let customer = self.customer(customer_id).await?;
+        self.engine
+            .add_user(crate::NewUser {
+                customer: customer.name,
+                address: address.to_string(),
+                display_name,
+                mailbox_type,
+            })
+            .await
+    }
+
     pub async fn restore_user(
         &self,
         customer_id: i64,
@@ -413,7 +444,82 @@ impl Access {
         self.engine.groups(&customer.name).await
     }
 
+    /// Adds a console group (e.g. a filter's destination).
+    pub async fn add_group(
+        &self,
+        customer_id: i64,
+        name: &str,
+    ) -> Result<usersync_store::Group, EngineError> {
+        self.may_change()?;
+        let customer = self.customer(customer_id).await?;
+        self.engine.add_group(&customer.name, name).await?;
+        let groups = self.engine.groups(&customer.name).await?;
+        groups
+            .into_iter()
+            .find(|g| usersync_core::same_name(&g.name, name.trim()))
+            .ok_or_else(|| not_found("group", name))
+    }
+
     // Sources and runs.
+
+    /// Connects a Microsoft 365 tenant with an app registration's credentials (what
+    /// `usersync source add office365` does), then tests the connection.
+    pub async fn add_office365_source(
+        &self,
+        customer_id: i64,
+        tenant_id: &str,
+        app: &crate::Office365App,
+    ) -> Result<(SourceRecord, crate::ConnectionReport), EngineError> {
+        self.may_change()?;
+        let customer = self.customer(customer_id).await?;
+        let record = self
+            .engine
+            .add_office365_source(crate::NewOffice365 {
+                customer: customer.name,
+                tenant_id: tenant_id.to_string(),
+                settings: crate::Office365Settings::new(
+                    &app.client_id,
+                    &app.authority_url,
+                    &app.graph_url,
+                ),
+                client_secret: app.client_secret.clone(),
+            })
+            .await?;
+        let report = self.engine.test_source(record.id).await?;
+        Ok((record, report))
+    }
+
+    /// Replaces a source's client secret.
+    pub async fn set_source_secret(
+        &self,
+        source_id: i64,
+        secret: SecretString,
+    ) -> Result<(), EngineError> {
+        self.may_change()?;
+        self.source(source_id).await?;
+        self.engine.set_source_secret(source_id, secret).await
+    }
+
+    /// Removes a source (its users through the deletion safeguard, or kept unmanaged).
+    pub async fn remove_source(
+        &self,
+        source_id: i64,
+        keep_users: bool,
+        confirm_removals: bool,
+    ) -> Result<crate::SourceRemovalOutcome, EngineError> {
+        self.may_change()?;
+        self.source(source_id).await?;
+        self.engine
+            .remove_source(source_id, keep_users, confirm_removals)
+            .await
+    }
+
+    /// Cancels a queued or running run.
+    pub async fn cancel(&self, run_id: i64) -> Result<RunStatus, EngineError> {
+        self.may_change()?;
+        self.run(run_id).await?;
+        self.engine.cancel(run_id).await
+    }
 
     pub async fn sources(&self, customer_id: i64) -> Result<Vec<SourceRecord>, EngineError> {
         let customer = self.customer(customer_id).await?;

@@ -24,15 +24,17 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub fn routes() -> Router<State> {
     Router::new()
         .route("/customers", get(customers).post(add_customer))
-        .route("/customers/{id}", get(customer))
+        .route("/customers/{id}", get(customer).patch(set_customer))
+        .route("/customers/{id}/groups", get(groups).post(add_group))
         .route("/customers/{id}/domains", get(domains).post(add_domain))
-        .route("/customers/{id}/users", get(users))
+        .route("/customers/{id}/users", get(users).post(add_user))
         .route(
             "/customers/{id}/users/{address}/restore",
             post(restore_user),
         )
-        .route("/customers/{id}/sources", get(sources))
-        .route("/sources/{id}", get(source))
+        .route("/customers/{id}/sources", get(sources).post(add_source))
+        .route("/sources/{id}", get(source).delete(remove_source))
+        .route("/sources/{id}/secret", axum::routing::put(set_secret))
         .route("/sources/{id}/preview", post(preview))
         .route("/sources/{id}/sync", post(sync))
         .route("/sources/{id}/runs", get(source_runs))
@@ -45,6 +47,7 @@ pub fn routes() -> Router<State> {
         .route("/sources/{id}/test", post(test_source))
         .route("/runs/{id}", get(run))
         .route("/runs/{id}/confirm", post(confirm))
+        .route("/runs/{id}/cancel", post(cancel))
         .route("/audit", get(audit))
         .route("/tokens", get(tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
@@ -123,6 +126,44 @@ async fn customer(Caller(access): Caller, Path(id): Path<i64>) -> Result<Respons
     Ok(Json(access.customer(id).await?).into_response())
 }
 
+/// `{"retention": "30d"}`: a customer's settings, all or none.
+async fn set_customer(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(changes): Body<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response> {
+    let assignments: Vec<String> = changes
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_string)
+            )
+        })
+        .collect();
+    Ok(Json(access.set_customer(id, &assignments).await?).into_response())
+}
+
+async fn groups(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    Ok(Json(Page {
+        items: access.groups(id).await?,
+        next_cursor: None,
+    })
+    .into_response())
+}
+
+async fn add_group(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(new): Body<NewCustomer>,
+) -> Result<Response> {
+    let group = access
+        .add_group(id, &new.name)
+        .await
+        .map_err(|e| named(e, "name"))?;
+    Ok((StatusCode::CREATED, Json(group)).into_response())
+}
+
 // Domains.
 
 async fn domains(
@@ -194,6 +235,33 @@ async fn users(
     Ok(Json(Page::new(users, more, |u| u.address.to_string())).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    address: String,
+    display_name: Option<String>,
+    #[serde(rename = "type", default)]
+    mailbox_type: Option<String>,
+}
+
+/// A user added by hand: no sync changes or removes it.
+async fn add_user(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(new): Body<NewUser>,
+) -> Result<Response> {
+    let mailbox_type = match new.mailbox_type.as_deref() {
+        None => MailboxType::User,
+        Some(t) => t.parse().map_err(|e: usersync_core::UnknownValue| {
+            ApiError::invalid(Some("type"), e.to_string())
+        })?,
+    };
+    let user = access
+        .add_user(id, &new.address, new.display_name, mailbox_type)
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
 async fn restore_user(
     Caller(access): Caller,
     Path((id, address)): Path<(i64, String)>,
@@ -210,6 +278,93 @@ async fn sources(
 ) -> Result<Response> {
     let all = access.sources(id).await?;
     Ok(Json(Page::of_sorted(all, &page, |s| id_key(s.id))?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSource {
+    /// The tenant's id (a GUID) or one of its domains.
+    tenant_id: String,
+    client_id: String,
+    client_secret: String,
+    #[serde(default = "global_authority")]
+    authority_url: String,
+    #[serde(default = "global_graph")]
+    graph_url: String,
+}
+
+fn global_authority() -> String {
+    "https://login.microsoftonline.com".into()
+}
+
+fn global_graph() -> String {
+    "https://graph.microsoft.com".into()
+}
+
+#[derive(Serialize)]
+struct Connected {
+    source: usersync_store::SourceRecord,
+    connection: usersync_engine::ConnectionReport,
+}
+
+/// Connects a tenant with an app registration's credentials (`source add office365`);
+/// the answer has the connection test.
+async fn add_source(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(new): Body<NewSource>,
+) -> Result<Response> {
+    let app = usersync_engine::Office365App {
+        client_id: new.client_id,
+        client_secret: usersync_store::SecretString::new(new.client_secret),
+        authority_url: new.authority_url,
+        graph_url: new.graph_url,
+    };
+    let (source, connection) = access
+        .add_office365_source(id, &new.tenant_id, &app)
+        .await?;
+    Ok((StatusCode::CREATED, Json(Connected { source, connection })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Secret {
+    client_secret: String,
+}
+
+async fn set_secret(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(secret): Body<Secret>,
+) -> Result<Response> {
+    access
+        .set_source_secret(id, usersync_store::SecretString::new(secret.client_secret))
+        .await
+        .map_err(|e| named(e, "client_secret"))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct Removal {
+    #[serde(default)]
+    keep_users: bool,
+    #[serde(default)]
+    confirm_removals: bool,
+}
+
+/// Removes a source: its users removed through the deletion safeguard, or kept
+/// unmanaged with `?keep_users=true`.
+async fn remove_source(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Query(how): Query<Removal>,
+) -> Result<Response> {
+    Ok(Json(
+        access
+            .remove_source(id, how.keep_users, how.confirm_removals)
+            .await?,
+    )
+    .into_response())
 }
 
 async fn source(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
@@ -429,6 +584,14 @@ async fn confirm(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response
         plan: PlanReport::new(outcome.run_id, &outcome.plan),
     };
     Ok(Json(body).into_response())
+}
+
+/// Cancels a queued or running run: `{"run_id", "status": "cancelled", "was"}` (a
+/// running one applies nothing from now on).
+async fn cancel(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
+    let was = access.cancel(id).await?;
+    let run = access.run(id).await?;
+    Ok(Json(serde_json::json!({ "run_id": id, "status": run.status, "was": was })).into_response())
 }
 
 // The audit log.

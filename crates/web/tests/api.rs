@@ -19,6 +19,7 @@ usersync_store::on_both_backends!(
     preview_sync_and_a_users_list_walked_by_cursor,
     a_token_reaches_no_further_than_its_maker,
     options_and_filters_are_set_through_the_api,
+    what_the_cli_does_the_api_does,
 );
 
 struct Api {
@@ -699,5 +700,166 @@ async fn options_and_filters_are_set_through_the_api(url: String) {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, list) = api.get(&provider, &filters).await;
     assert!(list["items"].as_array().unwrap().is_empty(), "{list}");
+    api.close().await;
+}
+
+async fn what_the_cli_does_the_api_does(url: String) {
+    let api = api(url).await;
+    let provider = api.token(Role::ProviderAdmin, None).await;
+    let f = api.fabrikam;
+    let info = api.sim.info().clone();
+
+    // Customer settings, users and groups added by hand.
+    let (status, c) = api
+        .call(
+            Some(&provider),
+            Method::PATCH,
+            &format!("/customers/{f}"),
+            Some(json!({"retention": "45d"})),
+        )
+        .await;
+    assert_eq!(
+        (status, c["retention_days"].as_i64()),
+        (StatusCode::OK, Some(45)),
+        "{c}"
+    );
+    let (status, body) = api
+        .call(
+            Some(&provider),
+            Method::PATCH,
+            &format!("/customers/{f}"),
+            Some(json!({"retention": "forever"})),
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body)),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid", Some("retention"))
+        )
+    );
+    let users = format!("/customers/{f}/users");
+    let (status, bob) = api
+        .post(
+            &provider,
+            &users,
+            json!({"address": "bob@fabrikam.example", "display_name": "Bob", "type": "shared"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bob}");
+    assert_eq!(
+        (bob["type"].as_str(), bob["billable"].as_bool()),
+        (Some("shared"), Some(false))
+    );
+    let (_, body) = api
+        .post(&provider, &users, json!({"address": "not an address"}))
+        .await;
+    assert_eq!(error(&body), ("invalid", Some("address")), "{body}");
+    let (status, group) = api
+        .post(
+            &provider,
+            &format!("/customers/{f}/groups"),
+            json!({"name": "Sales"}),
+        )
+        .await;
+    assert_eq!(
+        (status, group["name"].as_str()),
+        (StatusCode::CREATED, Some("Sales")),
+        "{group}"
+    );
+    let (_, groups) = api.get(&provider, &format!("/customers/{f}/groups")).await;
+    let names: Vec<&str> = groups["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Main", "Sales"]);
+
+    // A tenant belongs to one customer: Fabrikam gets it once Contoso's source is gone.
+    let new_source = json!({
+        "tenant_id": info.tenant_id, "client_id": info.client_id, "client_secret": info.client_secret,
+        "authority_url": info.authority_url, "graph_url": info.graph_url,
+    });
+    let sources = format!("/customers/{f}/sources");
+    let (status, body) = api.post(&provider, &sources, new_source.clone()).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::CONFLICT, "conflict"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Contoso"),
+        "{body}"
+    );
+    let (status, removed) = api
+        .call(
+            Some(&provider),
+            Method::DELETE,
+            &format!("/sources/{}?keep_users=true", api.source),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    let (status, made) = api.post(&provider, &sources, new_source).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert!(
+        !made.to_string().contains(&info.client_secret),
+        "the secret is never sent back"
+    );
+    let checks = made["connection"]["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["status"] == "granted" || c["required"] == false),
+        "{made}"
+    );
+    let source = made["source"]["id"].as_i64().unwrap();
+
+    // A wrong secret fails the run, naming the cause; the right one mends it.
+    let secret = format!("/sources/{source}/secret");
+    let (status, _) = api
+        .call(
+            Some(&provider),
+            Method::PUT,
+            &secret,
+            Some(json!({"client_secret": "wrong"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, run) = api
+        .post(&provider, &format!("/sources/{source}/preview"), json!({}))
+        .await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let (status, _) = api
+        .call(
+            Some(&provider),
+            Method::PUT,
+            &secret,
+            Some(json!({"client_secret": info.client_secret})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, run) = api
+        .post(&provider, &format!("/sources/{source}/preview"), json!({}))
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    // A queued sync can be cancelled.
+    let (_, queued) = api
+        .post(&provider, &format!("/sources/{source}/sync"), json!({}))
+        .await;
+    let run = queued["run_id"].as_i64().unwrap();
+    let (status, cancelled) = api
+        .post(&provider, &format!("/runs/{run}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (StatusCode::OK, Some("cancelled")),
+        "{cancelled}"
+    );
     api.close().await;
 }
