@@ -67,6 +67,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/runs/{id}/confirm", post(confirm))
         .route("/audit", get(audit))
+        .route("/tokens", get(tokens).post(make_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
         .route("/static/console.css", get(stylesheet))
 }
 
@@ -1445,5 +1447,149 @@ async fn audit(signed: Signed, Query(q): Query<AuditQueryParams>) -> Page {
                 .collect(),
         }),
         Err(e) => Page::error(signed.who(), e),
+    }
+}
+
+// API tokens.
+
+struct TokenRow {
+    id: i64,
+    name: String,
+    role: String,
+    customer: String,
+    created_by: String,
+    last_used: String,
+    revoked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "tokens.html")]
+struct TokensPage {
+    who: Option<Who>,
+    csrf: String,
+    tokens: Vec<TokenRow>,
+    roles: Vec<&'static str>,
+    customers: Vec<(i64, String)>,
+    sees_all: bool,
+    may_change: bool,
+    made: Option<(String, String)>,
+    problem: Option<String>,
+}
+
+async fn tokens_page(
+    signed: &Signed,
+    made: Option<(String, String)>,
+    problem: Option<String>,
+) -> Page {
+    let loaded = async {
+        let tokens = signed.access.tokens().await?;
+        let customers = signed.access.customers().await?;
+        Ok::<_, EngineError>((tokens, customers))
+    };
+    let (tokens, customers) = match loaded.await {
+        Ok(l) => l,
+        Err(e) => return Page::error(signed.who(), e),
+    };
+    let grant = signed.access.principal().grant;
+    // Roles this principal may hand out (a token reaches no further than its maker).
+    let roles: Vec<&'static str> = usersync_core::Role::ALL
+        .iter()
+        .filter(|r| match grant.role {
+            usersync_core::Role::ProviderAdmin => true,
+            usersync_core::Role::CustomerAdmin => **r != usersync_core::Role::ProviderAdmin,
+            usersync_core::Role::ReadOnly => false,
+        })
+        .map(|r| r.as_str())
+        .collect();
+    let status = if problem.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Page::ok(TokensPage {
+        who: signed.who(),
+        csrf: signed.csrf.clone(),
+        tokens: tokens
+            .into_iter()
+            .map(|t| TokenRow {
+                id: t.id,
+                name: t.name,
+                role: t.role.to_string(),
+                customer: t.customer.unwrap_or_else(|| "every customer".into()),
+                created_by: t.created_by,
+                last_used: t
+                    .last_used_at
+                    .as_deref()
+                    .map(short_time)
+                    .unwrap_or_else(|| "never".into()),
+                revoked: t.revoked_at.is_some(),
+            })
+            .collect(),
+        roles,
+        customers: customers.into_iter().map(|c| (c.id, c.name)).collect(),
+        sees_all: grant.sees_all(),
+        may_change: grant.changes(),
+        made,
+        problem,
+    })
+    .with_status(status)
+}
+
+async fn tokens(signed: Signed) -> Page {
+    tokens_page(&signed, None, None).await
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    csrf: String,
+    name: String,
+    role: String,
+    customer_id: Option<String>,
+}
+
+async fn make_token(signed: Signed, Form(form): Form<TokenForm>) -> Response {
+    if let Err(page) = signed.check(&form.csrf) {
+        return page.into_response();
+    }
+    let role = match form.role.parse::<usersync_core::Role>() {
+        Ok(r) => r,
+        Err(e) => {
+            return tokens_page(&signed, None, Some(e.to_string()))
+                .await
+                .into_response();
+        }
+    };
+    let customer = form
+        .customer_id
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .and_then(|c| c.parse::<i64>().ok());
+    match signed.access.create_token(&form.name, role, customer).await {
+        Ok(made) => {
+            // Shown this once, on this answer only (never cached: see the headers).
+            tokens_page(
+                &signed,
+                Some((made.record.name.clone(), made.token.expose().to_string())),
+                None,
+            )
+            .await
+            .into_response()
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::Invalid | ErrorKind::Forbidden) => {
+            tokens_page(&signed, None, Some(error_text(&e)))
+                .await
+                .into_response()
+        }
+        Err(e) => Page::error(signed.who(), e).into_response(),
+    }
+}
+
+async fn revoke_token(signed: Signed, Path(id): Path<i64>, Form(form): Form<CsrfForm>) -> Response {
+    if let Err(page) = signed.check(&form.csrf) {
+        return page.into_response();
+    }
+    match signed.access.revoke_token(id).await {
+        Ok(_) => Redirect::to("/tokens").into_response(),
+        Err(e) => Page::error(signed.who(), e).into_response(),
     }
 }

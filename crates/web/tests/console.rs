@@ -22,6 +22,7 @@ usersync_store::on_both_backends!(
     the_user_sync_tab_previews_switches_and_syncs,
     connect_office365_goes_through_microsofts_consent_and_back,
     the_setup_wizard_saves_each_step_and_resumes,
+    api_tokens_are_made_once_shown_and_revoked_in_the_console,
 );
 
 const PASSWORD: &str = "a long enough password";
@@ -1036,5 +1037,94 @@ async fn the_setup_wizard_saves_each_step_and_resumes(url: String) {
         .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     sim.shutdown().await;
+    console.close().await;
+}
+
+async fn api_tokens_are_made_once_shown_and_revoked_in_the_console(url: String) {
+    let console = console(url).await;
+    let mut jar = Jar::default();
+    console
+        .sign_in(&mut jar, "ann@contoso.example", PASSWORD)
+        .await;
+    let (status, page) = console.get(&mut jar, "/tokens").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        !page.contains("value=\"provider_admin\""),
+        "a customer admin hands out no more than it holds"
+    );
+    assert!(!page.contains("every customer</option>"), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let contoso = console
+        .engine
+        .customer("Contoso")
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    let response = console
+        .post(
+            &mut jar,
+            "/tokens",
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "export"),
+                ("role", "read_only"),
+                ("customer_id", contoso.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.unwrap();
+    let start = page.find("<code id=\"new-token\">").unwrap() + "<code id=\"new-token\">".len();
+    let token = page[start..].split('<').next().unwrap().to_string();
+    assert!(token.starts_with("ust_"), "{token}");
+    // It works, shows once, and goes when revoked.
+    let principal = console
+        .engine
+        .token_principal(&token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(principal.grant.role, Role::ReadOnly);
+    let (_, page) = console.get(&mut jar, "/tokens").await;
+    assert!(!page.contains(&token) && page.contains("export"), "{page}");
+    // Asking for more than it holds is refused, in words.
+    let response = console
+        .post(
+            &mut jar,
+            "/tokens",
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "x"),
+                ("role", "provider_admin"),
+                ("customer_id", ""),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("id=\"token-error\"")
+    );
+    let id = console.engine.store().api_tokens(None).await.unwrap()[0].id;
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/tokens/{id}/revoke"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        console
+            .engine
+            .token_principal(&token)
+            .await
+            .unwrap()
+            .is_none()
+    );
     console.close().await;
 }
