@@ -283,10 +283,9 @@ impl Engine {
     pub fn access(&self, principal: Principal) -> Access {
         let mut options = self.options.clone();
         options.actor = principal.name.clone();
-        Access {
-            engine: Engine::new(self.store.clone(), options),
-            principal,
-        }
+        let mut engine = Engine::new(self.store.clone(), options);
+        engine.live = self.live.clone();
+        Access { engine, principal }
     }
 }
 
@@ -652,6 +651,15 @@ impl Access {
             Some(r) if self.source(r.source_id).await.is_ok() => Ok(r),
             _ => Err(not_found("run", run_id)),
         }
+    }
+
+    /// Where a run of a source the principal sees stands, when it executes in this process.
+    pub async fn live_progress(
+        &self,
+        run_id: i64,
+    ) -> Result<Option<crate::LiveProgress>, EngineError> {
+        self.run(run_id).await?;
+        Ok(self.engine.live_progress(run_id))
     }
 
     /// The newest runs of a source first.

@@ -8,6 +8,7 @@ mod access;
 mod consent;
 mod directory;
 mod error;
+mod live;
 mod notifications;
 mod office365;
 mod report;
@@ -23,6 +24,7 @@ pub use access::{
 pub use consent::{CONSENT_TTL_SECS, ConsentAnswer, Office365App};
 pub use directory::{AuditRequest, CustomerSetting, NewOffice365, NewUser};
 pub use error::{EngineError, ErrorKind, error_text};
+pub use live::LiveProgress;
 pub use notifications::{
     DEBOUNCE, Inbox, LIFECYCLE_PATH, NOTIFICATION_PATH, Received, SubscriptionReport,
     SubscriptionTiming, endpoint,

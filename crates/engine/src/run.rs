@@ -181,6 +181,8 @@ struct Verdict {
 pub struct Engine {
     pub(crate) store: Store,
     pub(crate) options: EngineOptions,
+    /// The runs executing in this process, shared by every clone.
+    pub(crate) live: std::sync::Arc<crate::live::LiveRuns>,
 }
 
 impl Engine {
@@ -190,6 +192,7 @@ impl Engine {
         Engine {
             store: store.acting_as(&options.actor),
             options,
+            live: Default::default(),
         }
     }
 
@@ -386,6 +389,19 @@ impl Engine {
     pub async fn run_record(&self, run_id: i64) -> Result<RunRecord, EngineError> {
         self.recover_runs().await;
         Ok(self.store.run(run_id).await?)
+    }
+
+    /// Executes a claimed run as [`Engine::execute`] does, keeping its progress where
+    /// [`Engine::live_progress`] finds it while it runs (a service's workers).
+    pub async fn execute_watched(&self, claim: &Claim) -> Result<RunOutcome, EngineError> {
+        let progress = self.live.watch(claim.lease.run_id);
+        self.execute(claim, &progress).await
+    }
+
+    /// Where a run executing in this process stands; `None` when it runs elsewhere or
+    /// not at all.
+    pub fn live_progress(&self, run_id: i64) -> Option<crate::LiveProgress> {
+        self.live.get(run_id)
     }
 
     /// Cancels a queued or running run; a running one can apply nothing from now on.

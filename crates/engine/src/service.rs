@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use usersync_store::{RunKind, RunOwner, RunStatus};
 
 use crate::run::RunOutcome;
-use crate::source::NoProgress;
 use crate::{Engine, error_text};
 
 /// How the service runs.
@@ -285,7 +284,7 @@ async fn work(
         );
         // Boxed, so that it can be dropped (rolling back what it has not committed) before
         // its run is given back.
-        let mut execute = Box::pin(engine.execute(&claim, &NoProgress));
+        let mut execute = Box::pin(engine.execute_watched(&claim));
         let mut grace_over = Box::pin(async {
             stopping(&mut shutdown.clone()).await;
             tokio::time::sleep(options.grace).await;

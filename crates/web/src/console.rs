@@ -1391,6 +1391,9 @@ struct Progress {
     updated: i64,
     removed: i64,
     held: i64,
+    /// Phase and counts of a run executing in this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    live: Option<usersync_engine::LiveProgress>,
 }
 
 /// Where a run stands, for its page's script.
@@ -1403,6 +1406,7 @@ async fn run_progress(signed: Signed, Path(id): Path<i64>) -> Response {
             updated: r.updated,
             removed: r.removed,
             held: r.held,
+            live: signed.access.live_progress(id).await.ok().flatten(),
         })
         .into_response(),
         Err(e) => crate::ApiError::from(e).into_response(),

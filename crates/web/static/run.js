@@ -4,6 +4,12 @@
   if (!status) return;
   var id = status.getAttribute("data-run");
   var elapsed = document.getElementById("run-elapsed");
+  var phase = document.getElementById("run-phase");
+  function counted(l) {
+    if (!l.phase) return "";
+    var n = l.done ? " " + l.done.toLocaleString() + (l.total ? " of " + l.total.toLocaleString() : "") : "";
+    return "Now: " + l.phase + n + ".";
+  }
   var started = Date.now();
   function tick() {
     fetch("/runs/" + id + "/progress", { headers: { Accept: "application/json" } })
@@ -13,6 +19,7 @@
         status.textContent = p.status;
         status.className = "badge " + p.status;
         if (elapsed) elapsed.textContent = Math.round((Date.now() - started) / 1000) + " s";
+        if (phase) phase.textContent = p.live ? counted(p.live) : "";
         if (p.final) { window.location.reload(); return; }
         setTimeout(tick, 1000);
       })

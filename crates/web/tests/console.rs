@@ -23,6 +23,7 @@ usersync_store::on_both_backends!(
     connect_office365_goes_through_microsofts_consent_and_back,
     the_setup_wizard_saves_each_step_and_resumes,
     api_tokens_are_made_once_shown_and_revoked_in_the_console,
+    a_running_sync_shows_its_phase_and_counts,
 );
 
 const PASSWORD: &str = "a long enough password";
@@ -1126,5 +1127,73 @@ async fn api_tokens_are_made_once_shown_and_revoked_in_the_console(url: String) 
             .unwrap()
             .is_none()
     );
+    console.close().await;
+}
+
+/// A sync run by `serve`'s workers (here: this process's) shows where it stands.
+async fn a_running_sync_shows_its_phase_and_counts(url: String) {
+    let console = console(url).await;
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let source = connected(&console, &sim).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn(usersync_engine::run_service(
+        console.engine.clone(),
+        usersync_engine::ServiceOptions {
+            workers: 1,
+            scheduler: false,
+            poll: Duration::from_millis(100),
+            grace: Duration::from_secs(5),
+            notifications: None,
+        },
+        std::sync::Arc::new(usersync_engine::Metrics::default()),
+        stopped,
+    ));
+    // Far away: each request takes long enough to be seen.
+    sim.set_latency(Duration::from_millis(300));
+    let mut jar = Jar::default();
+    console
+        .sign_in(&mut jar, "admin@example.com", PASSWORD)
+        .await;
+    let (_, page) = console.get(&mut jar, "/").await;
+    let csrf = hidden(&page, "csrf");
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/sources/{source}/sync"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    let run_page = response.headers()["location"].to_str().unwrap().to_string();
+    let mut phases = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = console.get(&mut jar, &format!("{run_page}/progress")).await;
+        let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(phase) = p["live"]["phase"].as_str().filter(|s| !s.is_empty())
+            && phases.last().map(String::as_str) != Some(phase)
+        {
+            phases.push(phase.to_string());
+        }
+        if p["final"] == true {
+            assert_eq!(p["status"], "succeeded", "{p}");
+            assert!(
+                p.get("live").is_none(),
+                "an ended run has no live progress: {p}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not end: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        phases.iter().any(|p| p.starts_with("reading")),
+        "the reading phase was seen: {phases:?}"
+    );
+    let _ = stop.send(true);
+    let _ = workers.await;
+    sim.shutdown().await;
     console.close().await;
 }
