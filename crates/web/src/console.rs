@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/sources/{id}/auto-sync", post(auto_sync))
         .route("/sources/{id}/preview", post(preview))
         .route("/sources/{id}/sync", post(sync))
+        .route("/sources/{id}/runs", get(run_history))
         .route("/runs/{id}", get(run))
         .route("/runs/{id}/progress", get(run_progress))
         .route("/static/run.js", get(run_script))
@@ -1379,6 +1380,62 @@ async fn confirm(signed: Signed, Path(id): Path<i64>, Form(form): Form<CsrfForm>
     match signed.access.confirm(id).await {
         Ok(outcome) => Redirect::to(&format!("/runs/{}", outcome.run_id)).into_response(),
         Err(e) => Page::error(signed.who(), e).into_response(),
+    }
+}
+
+struct HistoryRow {
+    id: i64,
+    kind: String,
+    status: String,
+    reason: String,
+    started: String,
+    added: i64,
+    updated: i64,
+    removed: i64,
+    held: i64,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "runs.html")]
+struct HistoryPage {
+    who: Option<Who>,
+    source_id: i64,
+    customer: String,
+    customer_id: i64,
+    runs: Vec<HistoryRow>,
+}
+
+/// A source's runs, newest first, each with its state.
+async fn run_history(signed: Signed, Path(id): Path<i64>) -> Page {
+    let loaded = async {
+        let record = signed.access.source(id).await?;
+        let runs = signed.access.runs(id, &[], 200).await?;
+        Ok::<_, EngineError>((record, runs))
+    };
+    match loaded.await {
+        Ok((record, runs)) => Page::ok(HistoryPage {
+            who: signed.who(),
+            source_id: id,
+            customer: record.customer,
+            customer_id: record.customer_id,
+            runs: runs
+                .into_iter()
+                .map(|r| HistoryRow {
+                    id: r.id,
+                    kind: r.kind.to_string(),
+                    status: r.status.to_string(),
+                    reason: r.reason,
+                    started: short_time(&r.started_at),
+                    added: r.added,
+                    updated: r.updated,
+                    removed: r.removed,
+                    held: r.held,
+                    error: r.error.unwrap_or_default(),
+                })
+                .collect(),
+        }),
+        Err(e) => Page::error(signed.who(), e),
     }
 }
 
