@@ -613,6 +613,23 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
         page.contains(&callback),
         "the redirect URI is shown: {page}"
     );
+    // Opened under another name than its public URL, the page says so and links there
+    // instead of offering a button whose callback would not come back here.
+    let port = console.base.rsplit(':').next().unwrap();
+    let response = console
+        .http
+        .get(format!("{}/customers/{contoso}/sources/new", console.base))
+        .header("cookie", jar.header())
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    let other = response.text().await.unwrap();
+    assert!(
+        other.contains("set up to be reached at") && other.contains("id=\"right-url\""),
+        "{other}"
+    );
+    assert!(!other.contains("id=\"connect-office365\""), "{other}");
     let csrf = hidden(&page, "csrf");
 
     // "Connect Office 365" sends the browser to the admin-consent endpoint.
