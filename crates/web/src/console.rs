@@ -67,6 +67,7 @@ pub fn routes() -> Router<AppState> {
             post(crate::wizard::remove_filter),
         )
         .route("/runs/{id}/confirm", post(confirm))
+        .route("/runs/{id}/cancel", post(cancel_run))
         .route("/audit", get(audit))
         .route("/tokens", get(tokens).post(make_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
@@ -1288,6 +1289,7 @@ struct RunPage {
     who: Option<Who>,
     csrf: String,
     run: RunView,
+    may_change: bool,
 }
 
 async fn run(signed: Signed, Path(id): Path<i64>) -> Page {
@@ -1346,6 +1348,7 @@ async fn run(signed: Signed, Path(id): Path<i64>) -> Page {
     Page::ok(RunPage {
         who: signed.who(),
         csrf: signed.csrf.clone(),
+        may_change: signed.access.principal().grant.changes(),
         run: RunView {
             id: r.id,
             customer: r.customer,
@@ -1371,6 +1374,17 @@ async fn run(signed: Signed, Path(id): Path<i64>) -> Page {
             sections,
         },
     })
+}
+
+/// "Cancel this run": a queued one never runs, a running one applies nothing more.
+async fn cancel_run(signed: Signed, Path(id): Path<i64>, Form(form): Form<CsrfForm>) -> Response {
+    if let Err(page) = signed.check(&form.csrf) {
+        return page.into_response();
+    }
+    match signed.access.cancel(id).await {
+        Ok(_) => Redirect::to(&format!("/runs/{id}")).into_response(),
+        Err(e) => Page::error(signed.who(), e).into_response(),
+    }
 }
 
 async fn confirm(signed: Signed, Path(id): Path<i64>, Form(form): Form<CsrfForm>) -> Response {

@@ -24,6 +24,7 @@ usersync_store::on_both_backends!(
     the_setup_wizard_saves_each_step_and_resumes,
     api_tokens_are_made_once_shown_and_revoked_in_the_console,
     a_running_sync_shows_its_phase_and_counts,
+    users_are_paged_filtered_and_restored_in_the_console,
 );
 
 const PASSWORD: &str = "a long enough password";
@@ -1211,6 +1212,141 @@ async fn a_running_sync_shows_its_phase_and_counts(url: String) {
     );
     let _ = stop.send(true);
     let _ = workers.await;
+    sim.shutdown().await;
+    console.close().await;
+}
+
+async fn users_are_paged_filtered_and_restored_in_the_console(url: String) {
+    let console = console(url).await;
+    let sim = Simulator::start(SimConfig {
+        users: 140,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let source = connected(&console, &sim).await;
+    console.engine.sync(source, &NoProgress).await.unwrap();
+    let contoso = console.engine.customer("Contoso").await.unwrap().id;
+    let all = console.engine.store().users(contoso, false).await.unwrap();
+    assert!(all.len() > 50, "more than one page: {}", all.len());
+    let mut jar = Jar::default();
+    console
+        .sign_in(&mut jar, "admin@example.com", PASSWORD)
+        .await;
+
+    // Pages of 50, in order, "Next page" to the end.
+    let mut seen = Vec::new();
+    let mut path = format!("/customers/{contoso}/users");
+    for pages in 1.. {
+        assert!(
+            pages <= all.len().div_ceil(50),
+            "more pages than users allow: {path}"
+        );
+        let (status, page) = console.get(&mut jar, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        let rows = page.matches("<tr><td>").count();
+        assert!(rows <= 50, "{rows} rows on a page");
+        for u in &all {
+            if page.contains(&format!("<tr><td>{}</td>", u.address)) && !seen.contains(&u.address) {
+                seen.push(u.address.clone());
+            }
+        }
+        let Some(at) = page.find("id=\"next-page\"") else {
+            break;
+        };
+        let href = page[..at].rsplit("href=\"").next().unwrap();
+        path = href
+            .split('"')
+            .next()
+            .unwrap()
+            .replace("&amp;", "&")
+            .replace("&#38;", "&");
+    }
+    assert_eq!(seen.len(), all.len(), "every user once");
+
+    // The type filter.
+    let (_, page) = console
+        .get(&mut jar, &format!("/customers/{contoso}/users?type=shared"))
+        .await;
+    let shared = all
+        .iter()
+        .filter(|u| u.mailbox_type == usersync_core::MailboxType::Shared)
+        .count();
+    assert_eq!(
+        page.matches("<td>shared</td>").count(),
+        shared.min(50),
+        "{page}"
+    );
+
+    // A user gone from the tenant is removed; "Restore" brings it back.
+    let gone = sim
+        .tenant()
+        .users()
+        .into_iter()
+        .find(|u| {
+            all.iter()
+                .any(|a| a.source_object_id.as_deref() == Some(u.id.as_str()))
+        })
+        .unwrap();
+    let address = all
+        .iter()
+        .find(|a| a.source_object_id.as_deref() == Some(gone.id.as_str()))
+        .unwrap()
+        .address
+        .to_string();
+    sim.tenant().delete_user(&gone.id).unwrap();
+    console.engine.sync(source, &NoProgress).await.unwrap();
+    let (_, page) = console
+        .get(
+            &mut jar,
+            &format!("/customers/{contoso}/users?status=removed"),
+        )
+        .await;
+    assert!(
+        page.contains(&address) && page.contains(">Restore<"),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/customers/{contoso}/users/restore"),
+            &[("csrf", csrf.as_str()), ("address", address.as_str())],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let back = response.headers()["location"].to_str().unwrap().to_string();
+    let (_, page) = console.get(&mut jar, &back).await;
+    assert!(page.contains("is active again"), "{page}");
+    let restored = console.engine.store().users(contoso, false).await.unwrap();
+    assert!(
+        restored.iter().any(|u| u.address.as_str() == address),
+        "{address} is active again"
+    );
+
+    // A queued run can be cancelled from its page.
+    let (_, page) = console.get(&mut jar, "/").await;
+    let csrf = hidden(&page, "csrf");
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/sources/{source}/sync"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    let run_page = response.headers()["location"].to_str().unwrap().to_string();
+    let (_, page) = console.get(&mut jar, &run_page).await;
+    assert!(page.contains("id=\"cancel-run\""), "{page}");
+    let response = console
+        .post(
+            &mut jar,
+            &format!("{run_page}/cancel"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let (_, page) = console.get(&mut jar, &run_page).await;
+    assert!(page.contains(">cancelled<"), "{page}");
     sim.shutdown().await;
     console.close().await;
 }
