@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use usersync_core::{DomainName, Role};
-use usersync_engine::{
-    Engine, EngineOptions, NewOffice365Source, Office365Settings, connect_office365,
-};
+use usersync_core::Role;
+use usersync_engine::{Engine, EngineOptions};
 use usersync_sim::{SimConfig, Simulator};
+use usersync_store::Store;
 use usersync_store::testing::{discard, open_fresh};
-use usersync_store::{DomainOrigin, SecretString, Store};
+
+mod common;
 
 usersync_store::on_both_backends!(
     a_customer_admin_reaches_nothing_of_another_customer,
@@ -38,31 +38,9 @@ struct Api {
 
 async fn api(url: String) -> Api {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    let info = sim.info().clone();
     let store = open_fresh(&url).await;
     let contoso = store.add_customer("Contoso").await.unwrap().id;
-    for domain in &info.mail_domains {
-        store
-            .add_domain(
-                contoso,
-                &DomainName::parse(domain).unwrap(),
-                DomainOrigin::Manual,
-            )
-            .await
-            .unwrap();
-    }
-    let source = connect_office365(
-        &store,
-        NewOffice365Source {
-            customer_id: contoso,
-            tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
-            client_secret: SecretString::new(info.client_secret.clone()),
-        },
-    )
-    .await
-    .unwrap()
-    .id;
+    let source = common::connect_tenant(&store, contoso, &sim).await;
     let engine = Engine::new(
         store.clone(),
         EngineOptions {
@@ -84,18 +62,11 @@ async fn api(url: String) -> Api {
         })
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let router = usersync_web::router(engine.clone(), usersync_web::WebOptions::default());
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
+    let router_engine = engine.clone();
+    let (base, stop) =
+        common::serve(|_| usersync_web::router(router_engine, usersync_web::WebOptions::default()))
+            .await;
+    let base = format!("{base}/api/v1");
     Api {
         sim,
         store,

@@ -3,6 +3,8 @@
 //! `chromium-driver` (`.ci/run` installs them); without them the test says so and skips,
 //! unless USERSYNC_REQUIRE_BROWSER=1 (set by `.ci/run`), when it fails.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -112,31 +114,23 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
         .await
         .unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = usersync_web::WebOptions {
-        secure_cookies: false,
-        public_url: Some(base.parse().unwrap()),
-        office365: Some(usersync_engine::Office365App {
-            client_id: info.client_id.clone(),
-            client_secret: SecretString::new(info.client_secret.clone()),
-            authority_url: info.authority_url.clone(),
-            graph_url: info.graph_url.clone(),
-        }),
-    };
-    let router = usersync_web::router(engine.clone(), options);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
+    let router_engine = engine.clone();
+    let app_info = info.clone();
+    let (base, stop) = common::serve(|base| {
+        let info = app_info;
+        let options = usersync_web::WebOptions {
+            secure_cookies: false,
+            public_url: Some(base.parse().unwrap()),
+            office365: Some(usersync_engine::Office365App {
+                client_id: info.client_id.clone(),
+                client_secret: SecretString::new(info.client_secret.clone()),
+                authority_url: info.authority_url.clone(),
+                graph_url: info.graph_url.clone(),
+            }),
+        };
+        usersync_web::router(router_engine, options)
+    })
+    .await;
 
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(

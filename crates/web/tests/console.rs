@@ -2,18 +2,18 @@
 //! cookie, CSRF on every form, the security headers, and nobody seeing another customer's
 //! pages. (The browser walk-through is in `browser.rs`.)
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
-use usersync_core::{DomainName, Role};
-use usersync_engine::{
-    Engine, EngineOptions, NewOffice365Source, NoProgress, Office365Settings, connect_office365,
-};
+use usersync_core::Role;
+use usersync_engine::{Engine, EngineOptions, NoProgress};
 use usersync_sim::{SimConfig, Simulator};
+use usersync_store::SecretString;
 use usersync_store::testing::{discard, open_fresh};
-use usersync_store::{DomainOrigin, SecretString};
 
 usersync_store::on_both_backends!(
     signing_in_sets_a_session_that_every_form_checks,
@@ -108,26 +108,16 @@ async fn console_with(url: String, app: Option<usersync_engine::Office365App>) -
         )
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let options = usersync_web::WebOptions {
-        secure_cookies: false,
-        public_url: Some(base.parse().unwrap()),
-        office365: app,
-    };
-    let router = usersync_web::router(engine.clone(), options);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
+    let router_engine = engine.clone();
+    let (base, stop) = common::serve(|base| {
+        let options = usersync_web::WebOptions {
+            secure_cookies: false,
+            public_url: Some(base.parse().unwrap()),
+            office365: app,
+        };
+        usersync_web::router(router_engine, options)
+    })
+    .await;
     Console {
         engine,
         url,
@@ -431,28 +421,7 @@ async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
     let info = sim.info().clone();
     let store = console.engine.store().clone();
     let contoso = console.engine.customer("Contoso").await.unwrap().id;
-    for domain in &info.mail_domains {
-        store
-            .add_domain(
-                contoso,
-                &DomainName::parse(domain).unwrap(),
-                DomainOrigin::Manual,
-            )
-            .await
-            .unwrap();
-    }
-    let source = connect_office365(
-        &store,
-        NewOffice365Source {
-            customer_id: contoso,
-            tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
-            client_secret: SecretString::new(info.client_secret.clone()),
-        },
-    )
-    .await
-    .unwrap()
-    .id;
+    let source = connected(&console, &sim).await;
     let domain = &info.mail_domains[0];
     let tab = format!("/customers/{contoso}/domains/{domain}/user-sync");
     let mut jar = Jar::default();
@@ -786,31 +755,8 @@ async fn start(console: &Console, jar: &mut Jar, customer: i64, csrf: &str) -> r
 
 /// Contoso connected to a simulated tenant (with its mail domains): the source's id.
 async fn connected(console: &Console, sim: &Simulator) -> i64 {
-    let info = sim.info().clone();
-    let store = console.engine.store().clone();
     let contoso = console.engine.customer("Contoso").await.unwrap().id;
-    for domain in &info.mail_domains {
-        store
-            .add_domain(
-                contoso,
-                &DomainName::parse(domain).unwrap(),
-                DomainOrigin::Manual,
-            )
-            .await
-            .unwrap();
-    }
-    connect_office365(
-        &store,
-        NewOffice365Source {
-            customer_id: contoso,
-            tenant_id: info.tenant_id.clone(),
-            settings: Office365Settings::new(&info.client_id, &info.authority_url, &info.graph_url),
-            client_secret: SecretString::new(info.client_secret.clone()),
-        },
-    )
-    .await
-    .unwrap()
-    .id
+    common::connect_tenant(console.engine.store(), contoso, sim).await
 }
 
 async fn the_setup_wizard_saves_each_step_and_resumes(url: String) {
