@@ -389,32 +389,38 @@ impl Store {
     }
 }
 
+/// The one row `select` (with `$1` the id) finds, as `from` makes it; `what` names it
+/// when there is none.
+async fn one_in<T>(
+    conn: &mut sqlx::AnyConnection,
+    select: &str,
+    id: i64,
+    what: &'static str,
+    from: fn(&AnyRow) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let row = query_dyn(select)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what,
+            name: format!("#{id}"),
+        })?;
+    from(&row)
+}
+
 async fn account_in(conn: &mut sqlx::AnyConnection, id: i64) -> Result<Account, StoreError> {
-    let row = query_dyn(&format!(
+    let select = format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN customers c ON c.id = a.customer_id \
          WHERE a.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| StoreError::NotFound {
-        what: "account",
-        name: format!("#{id}"),
-    })?;
-    account_from(&row)
+    );
+    one_in(conn, &select, id, "account", account_from).await
 }
 
 async fn token_in(conn: &mut sqlx::AnyConnection, id: i64) -> Result<ApiToken, StoreError> {
-    let row = query_dyn(&format!(
+    let select = format!(
         "SELECT {TOKEN_COLUMNS} FROM api_tokens t LEFT JOIN customers c ON c.id = t.customer_id \
          WHERE t.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| StoreError::NotFound {
-        what: "token",
-        name: format!("#{id}"),
-    })?;
-    token_from(&row)
+    );
+    one_in(conn, &select, id, "token", token_from).await
 }

@@ -239,21 +239,23 @@ impl Store {
         let mut users = Vec::with_capacity(rows.len().min(limit as usize));
         for row in rows.iter().take(limit as usize) {
             let id: i64 = row.try_get("id")?;
-            let aliases =
-                sqlx::query("SELECT address FROM user_aliases WHERE user_id = $1 ORDER BY address")
-                    .bind(id)
-                    .fetch_all(&self.pool)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        let address: String = r.try_get("address")?;
-                        EmailAddress::stored(&address)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-            users.push(user_from(row, aliases)?);
+            users.push(user_from(row, self.aliases_of(id).await?)?);
         }
         Ok((users, more))
+    }
+
+    /// One entry's aliases, sorted.
+    async fn aliases_of(&self, id: i64) -> Result<Vec<EmailAddress>, StoreError> {
+        sqlx::query("SELECT address FROM user_aliases WHERE user_id = $1 ORDER BY address")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let address: String = r.try_get("address")?;
+                EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 
     /// One entry, by its id, removed or not.
@@ -265,18 +267,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let aliases =
-            sqlx::query("SELECT address FROM user_aliases WHERE user_id = $1 ORDER BY address")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    let address: String = r.try_get("address")?;
-                    EmailAddress::stored(&address).map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-        user_from(&row, aliases).map(Some)
+        user_from(&row, self.aliases_of(id).await?).map(Some)
     }
 
     async fn read_users(

@@ -218,6 +218,14 @@ pub(crate) const STEPS: &[Step] = &[
     },
 ];
 
+/// The last value a form gave for `key` (a checkbox after its hidden default).
+fn last(form: &[(String, String)], key: &str) -> Option<String> {
+    form.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}
+
 fn step_index(slug: &str) -> Option<usize> {
     STEPS.iter().position(|s| s.slug == slug)
 }
@@ -425,12 +433,7 @@ pub(crate) async fn save(
     Path((id, slug)): Path<(i64, String)>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let value = |key: &str| {
-        form.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
+    let value = |key: &str| last(&form, key);
     if let Err(page) = signed.check(&value("csrf").unwrap_or_default()) {
         return page.into_response();
     }
@@ -592,13 +595,7 @@ pub(crate) async fn add_filter(
     Path(id): Path<i64>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let value = |key: &str| {
-        form.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let value = |key: &str| last(&form, key).unwrap_or_default();
     if let Err(page) = signed.check(&value("csrf")) {
         return page.into_response();
     }

@@ -157,6 +157,22 @@ impl Console {
         response
     }
 
+    /// A read-only account of every customer, signed in.
+    async fn reader(&self) -> Jar {
+        self.engine
+            .create_account(
+                "reader@example.com",
+                &SecretString::new(PASSWORD),
+                Role::ReadOnly,
+                None,
+            )
+            .await
+            .unwrap();
+        let mut jar = Jar::default();
+        self.sign_in(&mut jar, "reader@example.com", PASSWORD).await;
+        jar
+    }
+
     /// Signs in as `email`; the jar then holds the session.
     async fn sign_in(&self, jar: &mut Jar, email: &str, password: &str) -> reqwest::Response {
         let (_, page) = self.get(jar, "/sign-in").await;
@@ -519,20 +535,7 @@ async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
     );
 
     // A read-only account sees the tab without its buttons, and cannot press them.
-    console
-        .engine
-        .create_account(
-            "reader@example.com",
-            &SecretString::new(PASSWORD),
-            Role::ReadOnly,
-            None,
-        )
-        .await
-        .unwrap();
-    let mut reader = Jar::default();
-    console
-        .sign_in(&mut reader, "reader@example.com", PASSWORD)
-        .await;
+    let mut reader = console.reader().await;
     let (_, page) = console.get(&mut reader, &tab).await;
     assert!(
         !page.contains("Sync &amp; Save") && page.contains("Automatic User Sync: on"),
@@ -973,20 +976,7 @@ async fn the_setup_wizard_saves_each_step_and_resumes(url: String) {
     );
 
     // A read-only account changes nothing.
-    console
-        .engine
-        .create_account(
-            "reader@example.com",
-            &SecretString::new(PASSWORD),
-            Role::ReadOnly,
-            None,
-        )
-        .await
-        .unwrap();
-    let mut reader = Jar::default();
-    console
-        .sign_in(&mut reader, "reader@example.com", PASSWORD)
-        .await;
+    let mut reader = console.reader().await;
     let (_, page) = console.get(&mut reader, &step("automatic")).await;
     let csrf = hidden(&page, "csrf");
     let response = console
