@@ -471,6 +471,18 @@ impl Access {
     ) -> Result<(SourceRecord, crate::ConnectionReport), EngineError> {
         self.may_change()?;
         let customer = self.customer(customer_id).await?;
+        // Other endpoints than Microsoft's (a national cloud, a test double) are the
+        // provider's to choose: the service calls them.
+        let microsoft = app.authority_url.trim_end_matches('/')
+            == usersync_graph::GLOBAL_AUTHORITY_URL.trim_end_matches('/')
+            && app.graph_url.trim_end_matches('/')
+                == usersync_graph::GLOBAL_GRAPH_URL.trim_end_matches('/');
+        if !microsoft && !self.grant().administers() {
+            return Err(EngineError::Forbidden(
+                "only a provider admin may connect a tenant at other endpoints than Microsoft's"
+                    .into(),
+            ));
+        }
         let record = self
             .engine
             .add_office365_source(crate::NewOffice365 {
@@ -618,6 +630,9 @@ impl Access {
 
     /// Preview: reads the source, writes nothing to the directory (the run is recorded).
     pub async fn preview(&self, source_id: i64) -> Result<RunOutcome, EngineError> {
+        // A preview is recorded and reads the tenant (its throttling budget): not for
+        // read-only principals.
+        self.may_change()?;
         self.source(source_id).await?;
         self.engine.preview(source_id, &NoProgress).await
     }

@@ -175,6 +175,14 @@ impl Access {
             .ok_or_else(|| consent_error("Microsoft 365 did not say which tenant consented"))?;
         let tenant = TenantId::parse(tenant)
             .map_err(|e| consent_error(format!("the tenant Microsoft 365 named: {e}")))?;
+        // The redirect is not signed: whoever holds a state could name any tenant. A token
+        // for that tenant proves the app's consent there before anything is kept.
+        crate::office365::tenant_grants_a_token(
+            &app.settings(),
+            tenant.as_str(),
+            &app.client_secret,
+        )
+        .await?;
         let added = self
             .engine()
             .add_office365_source(NewOffice365 {

@@ -344,7 +344,17 @@ struct Next {
 /// Only a path of this site is a place to go after signing in.
 fn local(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        // No "//host", no backslash, and no whitespace or control character (browsers
+        // drop tabs and newlines from URLs: "/\t/evil.example" would become "//evil.example").
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n
+                    .chars()
+                    .any(|c| c == '\\' || c.is_whitespace() || c.is_control()) =>
+        {
+            n.into()
+        }
         _ => "/".into(),
     }
 }
@@ -1666,5 +1676,26 @@ async fn revoke_token(signed: Signed, Path(id): Path<i64>, Form(form): Form<Csrf
     match signed.access.revoke_token(id).await {
         Ok(_) => Redirect::to("/tokens").into_response(),
         Err(e) => Page::error(signed.who(), e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local;
+
+    #[test]
+    fn only_a_path_of_this_site_is_a_place_to_go_next() {
+        assert_eq!(local(Some("/customers/3?x=1")), "/customers/3?x=1");
+        for elsewhere in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "https://evil.example",
+            "/ /evil.example",
+        ] {
+            assert_eq!(local(Some(elsewhere)), "/", "{elsewhere:?}");
+        }
+        assert_eq!(local(None), "/");
     }
 }

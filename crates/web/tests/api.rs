@@ -747,6 +747,30 @@ async fn what_the_cli_does_the_api_does(url: String) {
         .collect();
     assert_eq!(names, ["Main", "Sales"]);
 
+    // Endpoints other than Microsoft's are the provider's to choose; a preview is not a
+    // read-only principal's to start.
+    let admin = api.token(Role::CustomerAdmin, Some("Fabrikam")).await;
+    let (status, body) = api
+        .post(&admin, &format!("/customers/{f}/sources"), json!({
+            "tenant_id": info.tenant_id, "client_id": info.client_id, "client_secret": "x",
+            "authority_url": "https://attacker.example", "graph_url": "https://attacker.example",
+        }))
+        .await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{body}"
+    );
+    let reader = api.token(Role::ReadOnly, None).await;
+    let (status, _) = api
+        .post(
+            &reader,
+            &format!("/sources/{}/preview", api.source),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
     // A tenant belongs to one customer: Fabrikam gets it once Contoso's source is gone.
     let new_source = json!({
         "tenant_id": info.tenant_id, "client_id": info.client_id, "client_secret": info.client_secret,

@@ -674,6 +674,33 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
             .is_empty()
     );
 
+    // An answer made up by hand (the redirect is not signed) names a tenant that never
+    // consented: refused, nothing kept.
+    let consent = start(&console, &mut jar, contoso, &csrf).await;
+    let state: HashMap<String, String> = consent.query_pairs().into_owned().collect();
+    let mut forged = reqwest::Url::parse(&callback).unwrap();
+    forged
+        .query_pairs_mut()
+        .append_pair("admin_consent", "True")
+        .append_pair("tenant", "3f2504e0-4f89-11d3-9a0c-0305e82c3301")
+        .append_pair("state", &state["state"]);
+    let path = forged
+        .as_str()
+        .strip_prefix(&console.base)
+        .unwrap()
+        .to_string();
+    let (status, page) = console.get(&mut jar, &path).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("has not consented"), "{page}");
+    assert!(
+        console
+            .engine
+            .sources(Some("Contoso"), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     // "Accept": back in the console, connected, each permission granted.
     let consent = start(&console, &mut jar, contoso, &csrf).await;
     let query: HashMap<String, String> = consent.query_pairs().into_owned().collect();

@@ -288,6 +288,40 @@ pub struct Office365Source {
     store: Option<Store>,
 }
 
+/// Whether the app of `settings` gets a token for `tenant_id` with `secret`: the proof,
+/// which the redirect's unsigned `admin_consent=True` is not, that the tenant consented.
+pub(crate) async fn tenant_grants_a_token(
+    settings: &Office365Settings,
+    tenant_id: &str,
+    secret: &SecretString,
+) -> Result<(), EngineError> {
+    let config = GraphConfig::with_urls(
+        endpoint(
+            Endpoint::Authority,
+            &settings.authority_url,
+            settings.allow_insecure_http,
+        )?,
+        endpoint(
+            Endpoint::Graph,
+            &settings.graph_url,
+            settings.allow_insecure_http,
+        )?,
+        tenant_id.to_string(),
+        settings.client_id.clone(),
+        ClientSecret::new(secret.expose()),
+    );
+    let client = GraphClient::new(config)
+        .map_err(|e| EngineError::config("office365 source", e.to_string()))?;
+    client.check_credentials().await.map_err(|e| {
+        EngineError::config(
+            "consent",
+            format!(
+                "the tenant {tenant_id} gives the app no access token, so it has not consented: {e}"
+            ),
+        )
+    })
+}
+
 impl Office365Source {
     /// Builds the Graph client for a stored source.
     pub fn new(
