@@ -302,15 +302,19 @@ fn the_demo_then_serves_the_console_with_the_sign_in_it_prints() {
         .spawn()
         .unwrap();
     let mut password = None;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in stdout.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.split_once("with the password ") {
             password = Some(rest.1.trim().to_string());
             break;
         }
     }
+    // Read on: a closed pipe would end the demo (as `usersync … | head` ends a command).
+    std::thread::spawn(move || for _ in stdout {});
     let password = password.expect("the demo prints a password");
     let mut address = None;
+    let mut said = Vec::new();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     for line in stderr.by_ref() {
         let line = line.unwrap();
@@ -318,9 +322,15 @@ fn the_demo_then_serves_the_console_with_the_sign_in_it_prints() {
             address = rest.split_whitespace().next().map(str::to_string);
             break;
         }
+        said.push(line);
     }
     std::thread::spawn(move || for _ in stderr {});
-    let address = address.expect("the demo says where the console listens");
+    let address = address.unwrap_or_else(|| {
+        panic!(
+            "the demo did not say where the console listens:\n{}",
+            said.join("\n")
+        )
+    });
     let request = |text: String| {
         let mut stream = std::net::TcpStream::connect(&address).unwrap();
         stream.write_all(text.as_bytes()).unwrap();
