@@ -1110,11 +1110,14 @@ impl GroupNames {
 
 /// One filter rule of a source: users matching `expression` go to the console group
 /// `group`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterRule {
     pub id: i64,
     /// The destination console group.
     pub group: String,
+    /// The rule in the filter language (`department eq 'Sales'`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub expression: Expression,
 }
 

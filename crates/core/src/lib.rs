@@ -12,6 +12,8 @@ pub mod ids;
 pub mod mapping;
 pub mod model;
 pub mod names;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod options;
 mod order;
 pub mod plan;

@@ -20,6 +20,7 @@ pub struct UnknownValue {
 macro_rules! named_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vmeta])* $variant),+ }
@@ -112,15 +113,19 @@ impl Default for EmailMethod {
 }
 
 /// One entry of the console directory: a protected address and what the console knows of it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryUser {
-    /// The store's row id; `None` for an entry a plan is about to add.
+    /// The user's id; absent for an entry a plan is about to add.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub id: Option<i64>,
     pub address: EmailAddress,
     pub display_name: String,
-    /// Shared with the snapshot's user it was mapped from (one copy of each name).
+    /// The given name as the source has it (in memory, one copy shared with the
+    /// source's user it was mapped from).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub given_name: Option<crate::Shared>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub surname: Option<crate::Shared>,
     #[serde(rename = "type")]
     pub mailbox_type: MailboxType,

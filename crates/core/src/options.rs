@@ -51,6 +51,7 @@ impl GroupType {
 }
 
 /// Settings given to mailboxes a sync creates; a sync never changes those of existing ones.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MailboxDefaults {

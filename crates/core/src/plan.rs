@@ -13,6 +13,7 @@ use crate::options::GroupType;
 use crate::snapshot::SourceSnapshot;
 
 /// One value of a changed field, as the user would read it in JSON.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FieldValue {
@@ -40,6 +41,7 @@ impl From<Option<crate::Shared>> for FieldValue {
 pub struct Change(pub FieldValue, pub FieldValue);
 
 /// An existing directory entry that the sync changes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedUpdate {
     /// The entry's current address.
@@ -74,6 +76,7 @@ pub struct HeldFallback {
 
 /// A source object that is not imported, and why; in [`Plan::warnings`], an object that is
 /// imported but not quite as the source has it, and what was left out.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skip {
     pub source_object_id: String,
@@ -94,6 +97,7 @@ impl Skip {
 }
 
 /// What a sync would do: the preview shows it, Sync & Save applies all of it or none.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub add: Vec<DirectoryUser>,
@@ -122,6 +126,7 @@ pub struct Plan {
 }
 
 /// A console group kept in step with a tenant group.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedGroup {
     /// The console group's name: the tenant group's, or where group_map sends it.

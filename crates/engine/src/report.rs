@@ -7,6 +7,7 @@ use usersync_core::{DirectoryUser, DomainName, Plan, PlannedGroup, PlannedUpdate
 
 /// A preview's (or a run's) plan as `--json` prints it. Every list is always present;
 /// `counts` says how many of each.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport<'a> {
     pub run_id: i64,
@@ -33,6 +34,7 @@ pub struct PlanReport<'a> {
 }
 
 /// How many of each a plan holds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PlanCounts {
     pub add: usize,

@@ -91,6 +91,7 @@ impl Drop for Heartbeat {
 }
 
 /// How a run ended; a failed run is an outcome too, recorded with its reason.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct RunOutcome {
     pub run_id: i64,
@@ -112,6 +113,7 @@ pub struct RunOutcome {
 
 /// What an operator does about a failed run; each surface says it its own way (a command,
 /// a button).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Remedy {

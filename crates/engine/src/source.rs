@@ -188,6 +188,7 @@ pub enum FailureKind {
 }
 
 /// What a connection test found, check by check.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionReport {
     pub checks: Vec<PermissionCheck>,
@@ -206,6 +207,7 @@ impl ConnectionReport {
 }
 
 /// One thing the sync needs from the source.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct PermissionCheck {
     /// The permission (`User.Read.All`) or step (`sign-in`) checked.
@@ -220,6 +222,7 @@ pub struct PermissionCheck {
     pub detail: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckStatus {

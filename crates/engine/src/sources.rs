@@ -30,6 +30,7 @@ pub(crate) fn schedule_of(options: &SourceOptions) -> Option<std::time::Duration
 }
 
 /// What removing a source did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceRemovalOutcome {
     pub source_id: i64,

@@ -34,6 +34,7 @@ impl Account {
 }
 
 /// An API token as listed (never with its text or hash).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiToken {
     pub id: i64,

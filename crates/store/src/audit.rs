@@ -13,6 +13,7 @@ use crate::bulk::{Bulk, Cell};
 use crate::{Backend, Store, StoreError, now, query_dyn};
 
 /// One entry of the audit log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEntry {
     pub id: i64,

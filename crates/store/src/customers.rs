@@ -9,6 +9,7 @@ use usersync_core::{DomainName, NameKind, check_name, same_name};
 use crate::audit::Change;
 use crate::{Store, StoreError, now, query_dyn};
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Customer {
     pub id: i64,
@@ -19,6 +20,7 @@ pub struct Customer {
 }
 
 /// How a domain came to the customer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DomainOrigin {
@@ -37,6 +39,7 @@ impl DomainOrigin {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Domain {
     pub id: i64,
@@ -79,6 +82,7 @@ fn domain_from(row: &AnyRow) -> Result<Domain, StoreError> {
     })
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Group {
     pub id: i64,

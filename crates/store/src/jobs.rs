@@ -74,6 +74,7 @@ pub struct QueueStats {
 }
 
 /// A source's schedule and health, as `source list/show` show them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SourceHealth {
     /// When it syncs by itself next (RFC 3339, UTC); `None` without automatic sync.

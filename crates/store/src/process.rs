@@ -6,6 +6,7 @@ use serde::Serialize;
 /// The process that executes a run: host, pid, and an identity that survives pid reuse
 /// and reboots: on Linux `MACHINE:PID_NAMESPACE:BOOT:START_TICK` (the machine id, the
 /// pid namespace's inode, the boot id and the process's start tick).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunOwner {
     pub host: String,

@@ -11,6 +11,7 @@ use crate::{Store, StoreError, now, parse_enum, query_dyn};
 
 macro_rules! text_enum {
     ($name:ident { $($variant:ident => $text:literal),+ }) => {
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
@@ -78,6 +79,7 @@ pub struct RunLease {
 }
 
 /// What a run read and how it went, beside the plan's counts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunStats {
     pub read_users: u64,
@@ -118,6 +120,7 @@ pub struct RunStats {
     pub written_while_reading: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub id: i64,

@@ -21,6 +21,7 @@ pub struct NewSource {
 }
 
 /// A stored source; the secret is not in it, see [`Store::source_secret`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceRecord {
     pub id: i64,

@@ -6,13 +6,19 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use usersync_core::{MailboxType, Role, UserStatus};
-use usersync_engine::{PlanReport, RunOutcome};
-use usersync_store::{ApiToken, Enqueued, RunStatus, UserQuery};
+use usersync_core::{DirectoryUser, FilterRule, MailboxType, Role, UserStatus};
+use usersync_engine::{ConnectionReport, PlanReport, RunOutcome, SourceRemovalOutcome};
+use usersync_store::{
+    ApiToken, AuditEntry, Customer, Domain, Enqueued, Group, RunRecord, RunStatus, SourceRecord,
+    UserQuery,
+};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::paging::{Page, PageParams};
@@ -21,40 +27,67 @@ use crate::{ApiError, WebState};
 type State = Arc<WebState>;
 type Result<T> = std::result::Result<T, ApiError>;
 
+/// The API's routes and its OpenAPI document, made from the same handlers: a route
+/// cannot be served without being described. The document is served at
+/// `/api/v1/openapi.json` (no token needed: it holds no data).
 pub fn routes() -> Router<State> {
-    Router::new()
-        .route("/customers", get(customers).post(add_customer))
-        .route("/customers/{id}", get(customer).patch(set_customer))
-        .route("/customers/{id}/groups", get(groups).post(add_group))
-        .route("/customers/{id}/domains", get(domains).post(add_domain))
-        .route("/customers/{id}/users", get(users).post(add_user))
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(customers, add_customer))
+        .routes(routes!(customer, set_customer))
+        .routes(routes!(groups, add_group))
+        .routes(routes!(domains, add_domain))
+        .routes(routes!(users, add_user))
+        .routes(routes!(restore_user))
+        .routes(routes!(sources, add_source))
+        .routes(routes!(source, remove_source))
+        .routes(routes!(set_secret))
+        .routes(routes!(preview))
+        .routes(routes!(sync))
+        .routes(routes!(source_runs))
+        .routes(routes!(options, set_options))
+        .routes(routes!(filters, add_filter))
+        .routes(routes!(remove_filter, move_filter))
+        .routes(routes!(test_source))
+        .routes(routes!(run))
+        .routes(routes!(confirm))
+        .routes(routes!(cancel))
+        .routes(routes!(audit))
+        .routes(routes!(tokens, create_token))
+        .routes(routes!(revoke_token))
+        .split_for_parts();
+    let document: Arc<str> = crate::openapi::finish(doc).into();
+    router
         .route(
-            "/customers/{id}/users/{address}/restore",
-            post(restore_user),
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document.to_string(),
+                )
+            }),
         )
-        .route("/customers/{id}/sources", get(sources).post(add_source))
-        .route("/sources/{id}", get(source).delete(remove_source))
-        .route("/sources/{id}/secret", axum::routing::put(set_secret))
-        .route("/sources/{id}/preview", post(preview))
-        .route("/sources/{id}/sync", post(sync))
-        .route("/sources/{id}/runs", get(source_runs))
-        .route("/sources/{id}/options", get(options).patch(set_options))
-        .route("/sources/{id}/filters", get(filters).post(add_filter))
-        .route(
-            "/sources/{id}/filters/{rule}",
-            axum::routing::delete(remove_filter).patch(move_filter),
-        )
-        .route("/sources/{id}/test", post(test_source))
-        .route("/runs/{id}", get(run))
-        .route("/runs/{id}/confirm", post(confirm))
-        .route("/runs/{id}/cancel", post(cancel))
-        .route("/audit", get(audit))
-        .route("/tokens", get(tokens).post(create_token))
-        .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .fallback(|| async {
             ApiError::not_found("no such API endpoint; the API's paths start with /api/v1/")
         })
 }
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "usersync",
+        description = "The REST API of usersync: customers, their domains and users, Microsoft 365 sources, previews, syncs and their runs, the audit log and API tokens. Every request carries `Authorization: Bearer TOKEN` (`usersync token create`). Lists are pages: `?limit=N&cursor=C` in, `{\"items\": [...], \"next_cursor\": C}` out, without `next_cursor` on the last page. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}` with the status that fits the code."
+    ),
+    servers((url = "/api/v1")),
+    tags(
+        (name = "customers", description = "Customers, their domains and console groups"),
+        (name = "users", description = "A customer's directory"),
+        (name = "sources", description = "Microsoft 365 tenants connected to a customer: options, filters, preview and sync"),
+        (name = "runs", description = "Previews and syncs, queued, running or done"),
+        (name = "audit", description = "Who changed what"),
+        (name = "tokens", description = "API tokens"),
+    )
+)]
+struct ApiDoc;
 
 /// A JSON body whose faults are answered in the API's error format, naming the field.
 pub struct Body<T>(pub T);
@@ -81,6 +114,7 @@ fn body_error(rejection: JsonRejection) -> ApiError {
     let mut error = ApiError::invalid(field.as_deref(), text);
     if matches!(rejection, JsonRejection::MissingJsonContentType(_)) {
         error.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        error.code = "unsupported_media_type";
         error.message = "send the body as JSON (Content-Type: application/json)".into();
     }
     error
@@ -92,6 +126,7 @@ fn id_key(id: i64) -> String {
 
 // Customers.
 
+#[utoipa::path(get, path = "/customers", tag = "customers", params(PageParams), responses((status = 200, description = "The customers the caller sees, by id", body = Page<Customer>)))]
 async fn customers(Caller(access): Caller, Query(page): Query<PageParams>) -> Result<Response> {
     let all = access.customers().await?;
     let mut all = all;
@@ -99,12 +134,13 @@ async fn customers(Caller(access): Caller, Query(page): Query<PageParams>) -> Re
     Ok(Json(Page::of_sorted(all, &page, |c| id_key(c.id))?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCustomer {
     name: String,
 }
 
+#[utoipa::path(post, path = "/customers", tag = "customers", request_body = NewCustomer, responses((status = 201, description = "The customer added", body = Customer)))]
 async fn add_customer(Caller(access): Caller, Body(new): Body<NewCustomer>) -> Result<Response> {
     let customer = access
         .add_customer(&new.name)
@@ -122,11 +158,13 @@ fn named(error: usersync_engine::EngineError, field: &str) -> ApiError {
     api
 }
 
+#[utoipa::path(get, path = "/customers/{id}", tag = "customers", params(("id" = i64, Path, description = "The customer's id")), responses((status = 200, description = "The customer", body = Customer)))]
 async fn customer(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(access.customer(id).await?).into_response())
 }
 
 /// `{"retention": "30d"}`: a customer's settings, all or none.
+#[utoipa::path(patch, path = "/customers/{id}", tag = "customers", params(("id" = i64, Path, description = "The customer's id")), request_body(content = HashMap<String, serde_json::Value>, description = "Settings as `usersync customer set` takes them: `{\"retention\": \"30d\"}`"), responses((status = 200, description = "The customer with its settings", body = Customer)))]
 async fn set_customer(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -144,6 +182,7 @@ async fn set_customer(
     Ok(Json(access.set_customer(id, &assignments).await?).into_response())
 }
 
+#[utoipa::path(get, path = "/customers/{id}/groups", tag = "customers", params(("id" = i64, Path, description = "The customer's id")), responses((status = 200, description = "The customer's console groups, whole", body = Page<Group>)))]
 async fn groups(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(Page {
         items: access.groups(id).await?,
@@ -152,6 +191,7 @@ async fn groups(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response>
     .into_response())
 }
 
+#[utoipa::path(post, path = "/customers/{id}/groups", tag = "customers", params(("id" = i64, Path, description = "The customer's id")), request_body = NewCustomer, responses((status = 201, description = "The group added", body = Group)))]
 async fn add_group(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -166,6 +206,7 @@ async fn add_group(
 
 // Domains.
 
+#[utoipa::path(get, path = "/customers/{id}/domains", tag = "customers", params(("id" = i64, Path, description = "The customer's id"), PageParams), responses((status = 200, description = "The customer's domains, by name", body = Page<Domain>)))]
 async fn domains(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -175,12 +216,13 @@ async fn domains(
     Ok(Json(Page::of_sorted(all, &page, |d| d.name.to_string())?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDomain {
     name: String,
 }
 
+#[utoipa::path(post, path = "/customers/{id}/domains", tag = "customers", params(("id" = i64, Path, description = "The customer's id")), request_body = NewDomain, responses((status = 201, description = "The domain added", body = Domain)))]
 async fn add_domain(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -195,7 +237,8 @@ async fn add_domain(
 
 // Users.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UserParams {
     search: Option<String>,
     status: Option<String>,
@@ -206,6 +249,7 @@ struct UserParams {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/customers/{id}/users", tag = "users", params(("id" = i64, Path, description = "The customer's id"), UserParams), responses((status = 200, description = "A page of the customer's users, by address", body = Page<DirectoryUser>)))]
 async fn users(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -235,7 +279,7 @@ async fn users(
     Ok(Json(Page::new(users, more, |u| u.address.to_string())).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     address: String,
@@ -245,6 +289,7 @@ struct NewUser {
 }
 
 /// A user added by hand: no sync changes or removes it.
+#[utoipa::path(post, path = "/customers/{id}/users", tag = "users", params(("id" = i64, Path, description = "The customer's id")), request_body = NewUser, responses((status = 201, description = "The user added", body = DirectoryUser)))]
 async fn add_user(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -262,6 +307,7 @@ async fn add_user(
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
+#[utoipa::path(post, path = "/customers/{id}/users/{address}/restore", tag = "users", params(("id" = i64, Path, description = "The customer's id"), ("address" = String, Path, description = "The removed user's address")), responses((status = 200, description = "The user, active again", body = DirectoryUser)))]
 async fn restore_user(
     Caller(access): Caller,
     Path((id, address)): Path<(i64, String)>,
@@ -271,6 +317,7 @@ async fn restore_user(
 
 // Sources and runs.
 
+#[utoipa::path(get, path = "/customers/{id}/sources", tag = "sources", params(("id" = i64, Path, description = "The customer's id"), PageParams), responses((status = 200, description = "The customer's sources, by id", body = Page<SourceRecord>)))]
 async fn sources(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -280,7 +327,7 @@ async fn sources(
     Ok(Json(Page::of_sorted(all, &page, |s| id_key(s.id))?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSource {
     /// The tenant's id (a GUID) or one of its domains.
@@ -301,7 +348,7 @@ fn global_graph() -> String {
     "https://graph.microsoft.com".into()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Connected {
     source: usersync_store::SourceRecord,
     connection: usersync_engine::ConnectionReport,
@@ -309,6 +356,7 @@ struct Connected {
 
 /// Connects a tenant with an app registration's credentials (`source add office365`);
 /// the answer has the connection test.
+#[utoipa::path(post, path = "/customers/{id}/sources", tag = "sources", params(("id" = i64, Path, description = "The customer's id")), request_body = NewSource, responses((status = 201, description = "The source connected, with its connection test", body = Connected)))]
 async fn add_source(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -326,12 +374,13 @@ async fn add_source(
     Ok((StatusCode::CREATED, Json(Connected { source, connection })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Secret {
     client_secret: String,
 }
 
+#[utoipa::path(put, path = "/sources/{id}/secret", tag = "sources", params(("id" = i64, Path, description = "The source's id")), request_body = Secret, responses((status = 204, description = "The secret is stored (encrypted); it is never sent back")))]
 async fn set_secret(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -344,7 +393,8 @@ async fn set_secret(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Removal {
     #[serde(default)]
     keep_users: bool,
@@ -354,6 +404,7 @@ struct Removal {
 
 /// Removes a source: its users removed through the deletion safeguard, or kept
 /// unmanaged with `?keep_users=true`.
+#[utoipa::path(delete, path = "/sources/{id}", tag = "sources", params(("id" = i64, Path, description = "The source's id"), Removal), responses((status = 200, description = "What removing the source did", body = SourceRemovalOutcome)))]
 async fn remove_source(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -367,6 +418,7 @@ async fn remove_source(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/sources/{id}", tag = "sources", params(("id" = i64, Path, description = "The source's id")), responses((status = 200, description = "The source (never its secret)", body = SourceRecord)))]
 async fn source(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(access.source(id).await?).into_response())
 }
@@ -385,11 +437,13 @@ fn option_values(
         .collect()
 }
 
+#[utoipa::path(get, path = "/sources/{id}/options", tag = "sources", params(("id" = i64, Path, description = "The source's id")), responses((status = 200, description = "Every option with its value as `usersync source set` takes it", body = BTreeMap<String, String>)))]
 async fn options(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(option_values(&access.source_options(id).await?)).into_response())
 }
 
 /// `{"key": value, ...}` as `usersync source set` takes `KEY=VALUE`: all or none.
+#[utoipa::path(patch, path = "/sources/{id}/options", tag = "sources", params(("id" = i64, Path, description = "The source's id")), request_body(content = HashMap<String, serde_json::Value>, description = "Options to set, all or none: `{\"auto_sync\": true, \"interval\": \"6h\"}`; a list may be an array"), responses((status = 200, description = "Every option with its value, after the change", body = BTreeMap<String, String>)))]
 async fn set_options(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -424,6 +478,7 @@ async fn set_options(
     Ok(Json(option_values(&options)).into_response())
 }
 
+#[utoipa::path(get, path = "/sources/{id}/filters", tag = "sources", params(("id" = i64, Path, description = "The source's id")), responses((status = 200, description = "The source's filter rules, in order", body = Page<FilterRule>)))]
 async fn filters(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(Page {
         items: access.filter_rules(id).await?,
@@ -432,7 +487,7 @@ async fn filters(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewFilter {
     /// The destination console group.
@@ -443,6 +498,7 @@ struct NewFilter {
     create_group: bool,
 }
 
+#[utoipa::path(post, path = "/sources/{id}/filters", tag = "sources", params(("id" = i64, Path, description = "The source's id")), request_body = NewFilter, responses((status = 201, description = "The rule added, last in order", body = FilterRule)))]
 async fn add_filter(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -461,6 +517,7 @@ async fn add_filter(
     Ok((StatusCode::CREATED, Json(rule)).into_response())
 }
 
+#[utoipa::path(delete, path = "/sources/{id}/filters/{rule}", tag = "sources", params(("id" = i64, Path, description = "The source's id"), ("rule" = i64, Path, description = "The rule's id")), responses((status = 204, description = "The rule is removed")))]
 async fn remove_filter(
     Caller(access): Caller,
     Path((id, rule)): Path<(i64, i64)>,
@@ -469,13 +526,14 @@ async fn remove_filter(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoveFilter {
     /// The 1-based position the rule takes.
     position: usize,
 }
 
+#[utoipa::path(patch, path = "/sources/{id}/filters/{rule}", tag = "sources", params(("id" = i64, Path, description = "The source's id"), ("rule" = i64, Path, description = "The rule's id")), request_body = MoveFilter, responses((status = 200, description = "The source's rules in their new order", body = Page<FilterRule>)))]
 async fn move_filter(
     Caller(access): Caller,
     Path((id, rule)): Path<(i64, i64)>,
@@ -490,18 +548,20 @@ async fn move_filter(
 }
 
 /// "Test connection": each permission the sync needs, granted or missing.
+#[utoipa::path(post, path = "/sources/{id}/test", tag = "sources", params(("id" = i64, Path, description = "The source's id")), responses((status = 200, description = "Each permission the sync needs, granted or missing", body = ConnectionReport)))]
 async fn test_source(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(access.test_source(id).await?).into_response())
 }
 
 /// A run just made, with its plan when it has one.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Outcome<'a> {
     #[serde(flatten)]
     outcome: &'a RunOutcome,
     plan: PlanReport<'a>,
 }
 
+#[utoipa::path(post, path = "/sources/{id}/preview", tag = "sources", params(("id" = i64, Path, description = "The source's id")), responses((status = 200, description = "The preview run with what a sync would do; nothing is applied", body = Outcome)))]
 async fn preview(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     let outcome = access.preview(id).await?;
     let body = Outcome {
@@ -511,7 +571,7 @@ async fn preview(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response
     Ok(Json(body).into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Queued {
     run_id: i64,
     /// `queued` (a new run), `folded` (a queued run of the source took the request) or
@@ -521,6 +581,7 @@ struct Queued {
 
 /// Sync & Save: queued for a worker of `usersync serve`; the answer names the run to
 /// follow at /api/v1/runs/{id}.
+#[utoipa::path(post, path = "/sources/{id}/sync", tag = "sources", params(("id" = i64, Path, description = "The source's id")), responses((status = 202, description = "The run that takes the request", body = Queued)))]
 async fn sync(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     let (run_id, status) = match access.run_now(id).await? {
         Enqueued::Queued(run) => (run, "queued"),
@@ -530,12 +591,14 @@ async fn sync(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok((StatusCode::ACCEPTED, Json(Queued { run_id, status })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RunParams {
     status: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/sources/{id}/runs", tag = "runs", params(("id" = i64, Path, description = "The source's id"), RunParams), responses((status = 200, description = "The source's runs, newest first", body = Page<RunRecord>)))]
 async fn source_runs(
     Caller(access): Caller,
     Path(id): Path<i64>,
@@ -572,11 +635,13 @@ async fn source_runs(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "The run's id")), responses((status = 200, description = "The run with its plan and errors", body = RunRecord)))]
 async fn run(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(access.run(id).await?).into_response())
 }
 
 /// "Confirm removals" of a held run: applies them now (the tenant is read again).
+#[utoipa::path(post, path = "/runs/{id}/confirm", tag = "runs", params(("id" = i64, Path, description = "The held run's id")), responses((status = 200, description = "The confirming run, with what it applied", body = Outcome)))]
 async fn confirm(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     let outcome = access.confirm(id).await?;
     let body = Outcome {
@@ -588,21 +653,38 @@ async fn confirm(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response
 
 /// Cancels a queued or running run: `{"run_id", "status": "cancelled", "was"}` (a
 /// running one applies nothing from now on).
+#[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs", params(("id" = i64, Path, description = "The run's id")), responses((status = 200, description = "The run, cancelled", body = Cancelled)))]
 async fn cancel(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     let was = access.cancel(id).await?;
     let run = access.run(id).await?;
-    Ok(Json(serde_json::json!({ "run_id": id, "status": run.status, "was": was })).into_response())
+    let body = Cancelled {
+        run_id: id,
+        status: run.status,
+        was,
+    };
+    Ok(Json(body).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+struct Cancelled {
+    run_id: i64,
+    /// `cancelled`.
+    status: RunStatus,
+    /// What the run was before: `queued` or `running`.
+    was: RunStatus,
 }
 
 // The audit log.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditParams {
     customer_id: Option<i64>,
     since: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams), responses((status = 200, description = "Entries of the audit log, newest first", body = Page<AuditEntry>)))]
 async fn audit(Caller(access): Caller, Query(params): Query<AuditParams>) -> Result<Response> {
     let limit = PageParams {
         limit: params.limit,
@@ -621,13 +703,14 @@ async fn audit(Caller(access): Caller, Query(params): Query<AuditParams>) -> Res
 
 // API tokens.
 
+#[utoipa::path(get, path = "/tokens", tag = "tokens", params(PageParams), responses((status = 200, description = "The API tokens the caller administers (never their text)", body = Page<ApiToken>)))]
 async fn tokens(Caller(access): Caller, Query(page): Query<PageParams>) -> Result<Response> {
     let mut all = access.tokens().await?;
     all.sort_by_key(|t| t.id);
     Ok(Json(Page::of_sorted(all, &page, |t: &ApiToken| id_key(t.id))?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
@@ -635,7 +718,7 @@ struct NewToken {
     customer_id: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Made {
     /// Shown this once; the service keeps only its hash.
     token: String,
@@ -643,6 +726,7 @@ struct Made {
     record: ApiToken,
 }
 
+#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = NewToken, responses((status = 201, description = "The token, shown this once", body = Made)))]
 async fn create_token(Caller(access): Caller, Body(new): Body<NewToken>) -> Result<Response> {
     let role: Role = new
         .role
@@ -658,6 +742,7 @@ async fn create_token(Caller(access): Caller, Body(new): Body<NewToken>) -> Resu
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = i64, Path, description = "The token's id")), responses((status = 200, description = "The token, revoked", body = ApiToken)))]
 async fn revoke_token(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
     Ok(Json(access.revoke_token(id).await?).into_response())
 }

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use usersync_engine::{EngineError, ErrorKind, error_text};
+use utoipa::ToSchema;
 
 /// An error of a request.
 #[derive(Debug)]
@@ -16,18 +17,77 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// What every failed request answers.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Body<'a> {
     error: Inner<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = ErrorDetail)]
 struct Inner<'a> {
+    /// What went wrong, one of the codes [`CODES`] lists.
+    #[schema(value_type = String)]
     code: &'a str,
+    /// What went wrong and how to mend it, in words.
+    #[schema(value_type = String)]
     message: &'a str,
+    /// The request's field at fault (a body's field, a query parameter), when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     field: Option<&'a str>,
 }
+
+/// Every error code with its status and meaning, for the API's description.
+pub(crate) const CODES: &[(&str, u16, &str)] = &[
+    (
+        "invalid",
+        422,
+        "a field, parameter or body is not valid; `field` names it",
+    ),
+    (
+        "unauthenticated",
+        401,
+        "no token, or a token that is unknown or revoked",
+    ),
+    (
+        "forbidden",
+        403,
+        "the token's role may not make this change",
+    ),
+    (
+        "not_found",
+        404,
+        "no such object, or one the token does not see",
+    ),
+    (
+        "conflict",
+        409,
+        "the change clashes with what is there (a name taken, a run in progress)",
+    ),
+    (
+        "unsupported_media_type",
+        415,
+        "the body is not sent as JSON",
+    ),
+    (
+        "tenant_refused",
+        502,
+        "the Microsoft 365 tenant refused: consent, permission or secret",
+    ),
+    (
+        "unavailable",
+        503,
+        "the tenant or the database did not answer; try again later",
+    ),
+    ("corrupt", 500, "stored data could not be read"),
+    (
+        "internal",
+        500,
+        "anything else; the service's log says more",
+    ),
+];
 
 impl ApiError {
     pub fn invalid(field: Option<&str>, message: impl Into<String>) -> ApiError {

@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod console;
 mod error;
+mod openapi;
 mod paging;
 mod wizard;
 

@@ -30,6 +30,8 @@ struct Api {
     base: String,
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The OpenAPI document the server serves: every answer is checked against it.
+    contract: common::contract::Contract,
     /// Contoso: a connected tenant. Fabrikam: a domain and a user added by hand.
     contoso: i64,
     fabrikam: i64,
@@ -67,7 +69,14 @@ async fn api(url: String) -> Api {
         common::serve(|_| usersync_web::router(router_engine, usersync_web::WebOptions::default()))
             .await;
     let base = format!("{base}/api/v1");
+    let document = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     Api {
+        contract: common::contract::Contract::new(document),
         sim,
         store,
         engine,
@@ -102,7 +111,9 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -117,6 +128,8 @@ impl Api {
         } else {
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"))
         };
+        self.contract
+            .check(method.as_str(), path, status.as_u16(), &value);
         (status, value)
     }
 
@@ -303,6 +316,9 @@ async fn every_error_kind_is_answered_in_one_shape(url: String) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error(&body), ("unsupported_media_type", None));
+    api.contract.check("POST", "/customers", 415, &body);
 
     // A conflict, a refusal, nothing there.
     let (status, body) = api

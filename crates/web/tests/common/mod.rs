@@ -2,6 +2,8 @@
 //! and API served on a loopback port.
 #![allow(dead_code)]
 
+pub mod contract;
+
 use usersync_core::DomainName;
 use usersync_engine::{NewOffice365Source, Office365Settings, connect_office365};
 use usersync_sim::Simulator;
