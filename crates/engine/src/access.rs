@@ -473,16 +473,7 @@ impl Access {
         let customer = self.customer(customer_id).await?;
         // Other endpoints than Microsoft's (a national cloud, a test double) are the
         // provider's to choose: the service calls them.
-        let microsoft = app.authority_url.trim_end_matches('/')
-            == usersync_graph::GLOBAL_AUTHORITY_URL.trim_end_matches('/')
-            && app.graph_url.trim_end_matches('/')
-                == usersync_graph::GLOBAL_GRAPH_URL.trim_end_matches('/');
-        if !microsoft && !self.grant().administers() {
-            return Err(EngineError::Forbidden(
-                "only a provider admin may connect a tenant at other endpoints than Microsoft's"
-                    .into(),
-            ));
-        }
+        self.may_use_endpoints(Some(&app.authority_url), Some(&app.graph_url))?;
         let record = self
             .engine
             .add_office365_source(crate::NewOffice365 {
@@ -496,6 +487,62 @@ impl Access {
                 client_secret: app.client_secret.clone(),
             })
             .await?;
+        let report = self.engine.test_source(record.id).await?;
+        Ok((record, report))
+    }
+
+    /// Other endpoints than Microsoft's (a national cloud, a test double) are the
+    /// provider's to choose: the service calls them.
+    fn may_use_endpoints(
+        &self,
+        authority_url: Option<&str>,
+        graph_url: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let is = |url: Option<&str>, microsoft: &str| {
+            url.is_none_or(|u| u.trim_end_matches('/') == microsoft.trim_end_matches('/'))
+        };
+        let microsoft = is(authority_url, usersync_graph::GLOBAL_AUTHORITY_URL)
+            && is(graph_url, usersync_graph::GLOBAL_GRAPH_URL);
+        if !microsoft && !self.grant().administers() {
+            return Err(EngineError::Forbidden(
+                "only a provider admin may connect a tenant at other endpoints than Microsoft's"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Changes how a source connects (`usersync source reconnect`): its app registration
+    /// and endpoints, and the new app's secret when given; then tests the connection.
+    /// A file on the server (`ca_file`) or plain HTTP is the provider's to allow.
+    pub async fn reconnect_source(
+        &self,
+        source_id: i64,
+        change: crate::Reconnect,
+        client_secret: Option<SecretString>,
+    ) -> Result<(SourceRecord, crate::ConnectionReport), EngineError> {
+        self.may_change()?;
+        self.source(source_id).await?;
+        self.may_use_endpoints(change.authority_url.as_deref(), change.graph_url.as_deref())?;
+        if (change.ca_file.is_some() || change.allow_insecure_http == Some(true))
+            && !self.grant().administers()
+        {
+            return Err(EngineError::Forbidden(
+                "only a provider admin may trust a CA file or plain HTTP for a source".into(),
+            ));
+        }
+        if let Some(secret) = &client_secret
+            && secret.expose().trim().is_empty()
+        {
+            return Err(EngineError::config(
+                "client_secret",
+                "the secret is empty; paste the secret's value (not its id) from the app registration",
+            ));
+        }
+        let record = self.engine.reconnect_source(source_id, change).await?;
+        if let Some(secret) = client_secret {
+            self.engine.set_source_secret(source_id, secret).await?;
+        }
         let report = self.engine.test_source(record.id).await?;
         Ok((record, report))
     }

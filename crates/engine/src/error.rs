@@ -91,7 +91,12 @@ impl EngineError {
                 usersync_graph::GraphError::Forbidden { .. }
                 | usersync_graph::GraphError::Unauthorized { .. }
                 | usersync_graph::GraphError::Token { .. } => ErrorKind::Consent,
-                usersync_graph::GraphError::Throttled { .. } => ErrorKind::Unavailable,
+                // Throttled, down or unreachable: another try later may work.
+                usersync_graph::GraphError::Throttled { .. }
+                | usersync_graph::GraphError::Transport { .. } => ErrorKind::Unavailable,
+                usersync_graph::GraphError::Server { status, .. } if *status >= 500 => {
+                    ErrorKind::Unavailable
+                }
                 usersync_graph::GraphError::NotFound { .. } => ErrorKind::NotFound,
                 _ => ErrorKind::Internal,
             },

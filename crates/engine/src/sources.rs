@@ -151,12 +151,21 @@ impl Engine {
         checking: &str,
     ) -> Result<Vec<SourceGroup>, EngineError> {
         let (source, _) = self.office365(record).await?;
-        source.groups().await.map_err(|e| {
-            EngineError::config(
-                field,
-                format!("the tenant's groups could not be read to check {checking}: {e}"),
-            )
-        })
+        source
+            .groups()
+            .await
+            .map_err(|e| match e.downcast::<usersync_graph::GraphError>() {
+                // The tenant refused or failed: not the value's fault, and the kind says
+                // whether to grant consent or try again.
+                Ok(error) => EngineError::Tenant {
+                    what: "the tenant's groups could not be read to check the groups named",
+                    error,
+                },
+                Err(e) => EngineError::config(
+                    field,
+                    format!("the tenant's groups could not be read to check {checking}: {e}"),
+                ),
+            })
     }
 
     /// Replaces the client secret of a source (wrong, expired, or sealed with a lost key).

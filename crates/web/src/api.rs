@@ -41,6 +41,7 @@ pub fn routes() -> Router<State> {
         .routes(routes!(sources, add_source))
         .routes(routes!(source, remove_source))
         .routes(routes!(set_secret))
+        .routes(routes!(reconnect))
         .routes(routes!(preview))
         .routes(routes!(sync))
         .routes(routes!(source_runs))
@@ -391,6 +392,52 @@ async fn set_secret(
         .await
         .map_err(|e| named(e, "client_secret"))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Reconnect {
+    /// The app registration's client id; give its `client_secret` with it.
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    /// The identity platform, for a national cloud (Microsoft's when not given).
+    authority_url: Option<String>,
+    graph_url: Option<String>,
+}
+
+/// Changes how a source connects (`usersync source reconnect`): another app registration,
+/// a new secret, a national cloud's endpoints; the tenant, options and users stay. The
+/// answer has the connection test.
+#[utoipa::path(post, path = "/sources/{id}/reconnect", tag = "sources", params(("id" = i64, Path, description = "The source's id")), request_body = Reconnect, responses((status = 200, description = "The source as it now connects, with its connection test", body = Connected)))]
+async fn reconnect(
+    Caller(access): Caller,
+    Path(id): Path<i64>,
+    Body(change): Body<Reconnect>,
+) -> Result<Response> {
+    if change.client_id.is_none()
+        && change.client_secret.is_none()
+        && change.authority_url.is_none()
+        && change.graph_url.is_none()
+    {
+        return Err(ApiError::invalid(
+            None,
+            "give what changes: client_id and client_secret, authority_url, graph_url",
+        ));
+    }
+    let (source, connection) = access
+        .reconnect_source(
+            id,
+            usersync_engine::Reconnect {
+                client_id: change.client_id,
+                authority_url: change.authority_url,
+                graph_url: change.graph_url,
+                ca_file: None,
+                allow_insecure_http: None,
+            },
+            change.client_secret.map(usersync_store::SecretString::new),
+        )
+        .await?;
+    Ok(Json(Connected { source, connection }).into_response())
 }
 
 #[derive(Deserialize, Default, IntoParams)]

@@ -16,6 +16,8 @@ mod common;
 usersync_store::on_both_backends!(
     a_customer_admin_reaches_nothing_of_another_customer,
     every_error_kind_is_answered_in_one_shape,
+    a_refusing_failing_or_broken_tenant_and_broken_data_answer_by_kind,
+    a_source_reconnects_with_a_new_secret_as_far_as_its_role_allows,
     preview_sync_and_a_users_list_walked_by_cursor,
     a_token_reaches_no_further_than_its_maker,
     options_and_filters_are_set_through_the_api,
@@ -236,6 +238,152 @@ async fn a_customer_admin_reaches_nothing_of_another_customer(url: String) {
     let (status, seen) = api.get(&provider, &format!("/runs/{run}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(seen["status"], "succeeded");
+    api.close().await;
+}
+
+/// The errors that come from beyond the request: the tenant refuses, fails or cannot be
+/// reached, stored data cannot be read.
+async fn a_refusing_failing_or_broken_tenant_and_broken_data_answer_by_kind(url: String) {
+    let api = api(url).await;
+    let provider = api.token(Role::ProviderAdmin, None).await;
+    let options = format!("/sources/{}/options", api.source);
+    let select = json!({"selected_groups": ["Sales"]});
+    let patch = |body: Value| api.call(Some(&provider), Method::PATCH, &options, Some(body));
+
+    // Consent withdrawn in the tenant: the check of the named group cannot read it.
+    api.sim.set_consented(false);
+    let (status, body) = patch(select.clone()).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::BAD_GATEWAY, "tenant_refused"),
+        "{body}"
+    );
+    api.sim.set_consented(true);
+
+    // Graph failing on its side (5xx): try again later.
+    api.sim
+        .inject_fault(usersync_sim::Fault::status("/v1.0/groups", 500));
+    let (status, body) = patch(select.clone()).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        "{body}"
+    );
+    // Graph refusing the request itself: a fault of ours, not the tenant's.
+    api.sim.clear_faults();
+    api.sim
+        .inject_fault(usersync_sim::Fault::status("/v1.0/groups", 400));
+    let (status, body) = patch(select.clone()).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        "{body}"
+    );
+    api.sim.clear_faults();
+    // Nothing of it changed the options.
+    let (_, now) = api.get(&provider, &options).await;
+    assert_eq!(now["selected_groups"], "", "{now}");
+
+    // A source whose stored settings are not readable.
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&api.url).await.unwrap();
+    // The id is ours, not input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE sources SET settings = 'not json' WHERE id = {}",
+        api.source
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let (status, body) = api
+        .get(&provider, &format!("/sources/{}", api.source))
+        .await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
+        "{body}"
+    );
+    api.close().await;
+}
+
+async fn a_source_reconnects_with_a_new_secret_as_far_as_its_role_allows(url: String) {
+    let api = api(url).await;
+    let provider = api.token(Role::ProviderAdmin, None).await;
+    let admin = api.token(Role::CustomerAdmin, Some("Contoso")).await;
+    let reader = api.token(Role::ReadOnly, None).await;
+    let path = format!("/sources/{}/reconnect", api.source);
+    let info = api.sim.info().clone();
+
+    // A wrong secret: the answer says the sign-in fails, and never repeats the secret.
+    let (status, body) = api
+        .post(&admin, &path, json!({"client_secret": "wr0ng-s3cret"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains("wr0ng-s3cret"), "{body}");
+    let sign_in = &body["connection"]["checks"][0];
+    assert_ne!(sign_in["status"], "granted", "{body}");
+    // The right one: every permission granted again.
+    let (status, body) = api
+        .post(
+            &admin,
+            &path,
+            json!({"client_id": info.client_id, "client_secret": info.client_secret}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains(&info.client_secret), "{body}");
+    let checks = body["connection"]["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["status"] == "granted" || c["required"] == false),
+        "{body}"
+    );
+    assert_eq!(
+        body["source"]["settings"]["client_id"],
+        info.client_id.as_str()
+    );
+
+    // Other endpoints are the provider's to choose; a reader changes nothing; an empty
+    // change says what to give.
+    let elsewhere = json!({"authority_url": "https://login.example.net"});
+    let (status, body) = api.post(&admin, &path, elsewhere.clone()).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let (status, _) = api
+        .post(&reader, &path, json!({"client_secret": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = api.post(&provider, &path, json!({})).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+    let (status, body) = api
+        .post(&provider, &path, json!({"client_secret": " "}))
+        .await;
+    assert_eq!(error(&body), ("invalid", Some("client_secret")), "{status}");
+    // Fabrikam's admin does not see Contoso's source.
+    let other = api.token(Role::CustomerAdmin, Some("Fabrikam")).await;
+    let (status, _) = api.post(&other, &path, json!({"client_secret": "x"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The audit log says who reconnected it.
+    let (_, audit) = api.get(&provider, "/audit?limit=50").await;
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("source."))
+                && e["actor"].as_str().is_some_and(|a| a.contains("token"))),
+        "{audit}"
+    );
     api.close().await;
 }
 

@@ -288,14 +288,14 @@ pub struct Office365Source {
     store: Option<Store>,
 }
 
-/// Whether the app of `settings` gets a token for `tenant_id` with `secret`: the proof,
-/// which the redirect's unsigned `admin_consent=True` is not, that the tenant consented.
-pub(crate) async fn tenant_grants_a_token(
+/// How the Graph client of `settings` reaches `tenant_id`: endpoints, app, secret and the
+/// extra CA certificates it trusts.
+fn graph_config(
     settings: &Office365Settings,
     tenant_id: &str,
     secret: &SecretString,
-) -> Result<(), EngineError> {
-    let config = GraphConfig::with_urls(
+) -> Result<GraphConfig, EngineError> {
+    let mut config = GraphConfig::with_urls(
         endpoint(
             Endpoint::Authority,
             &settings.authority_url,
@@ -310,7 +310,22 @@ pub(crate) async fn tenant_grants_a_token(
         settings.client_id.clone(),
         ClientSecret::new(secret.expose()),
     );
-    let client = GraphClient::new(config)
+    if let Some(path) = &settings.ca_file {
+        config
+            .extra_root_certificates_pem
+            .push(certificates_in(path)?);
+    }
+    Ok(config)
+}
+
+/// Whether the app of `settings` gets a token for `tenant_id` with `secret`: the proof,
+/// which the redirect's unsigned `admin_consent=True` is not, that the tenant consented.
+pub(crate) async fn tenant_grants_a_token(
+    settings: &Office365Settings,
+    tenant_id: &str,
+    secret: &SecretString,
+) -> Result<(), EngineError> {
+    let client = GraphClient::new(graph_config(settings, tenant_id, secret)?)
         .map_err(|e| EngineError::config("office365 source", e.to_string()))?;
     client.check_credentials().await.map_err(|e| {
         EngineError::config(
@@ -331,28 +346,9 @@ impl Office365Source {
         max_in_flight: usize,
         retry: RetryPolicy,
     ) -> Result<Self, EngineError> {
-        let mut config = GraphConfig::with_urls(
-            endpoint(
-                Endpoint::Authority,
-                &settings.authority_url,
-                settings.allow_insecure_http,
-            )?,
-            endpoint(
-                Endpoint::Graph,
-                &settings.graph_url,
-                settings.allow_insecure_http,
-            )?,
-            record.tenant_id.clone(),
-            settings.client_id.clone(),
-            ClientSecret::new(secret.expose()),
-        );
+        let mut config = graph_config(settings, &record.tenant_id, &secret)?;
         config.max_in_flight = max_in_flight;
         config.retry = retry;
-        if let Some(path) = &settings.ca_file {
-            config
-                .extra_root_certificates_pem
-                .push(certificates_in(path)?);
-        }
         let client = GraphClient::new(config)
             .map_err(|e| EngineError::config("office365 source", e.to_string()))?;
         Ok(Office365Source {
