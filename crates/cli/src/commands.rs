@@ -693,6 +693,7 @@ async fn add_office365(engine: &Engine, args: &Office365Args) -> anyhow::Result<
             ..Default::default()
         },
         setup_step: None,
+        delegated: false,
     };
     let source = engine
         .add_office365_source(NewOffice365 {

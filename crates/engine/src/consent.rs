@@ -5,7 +5,14 @@
 //! the `state`, or with `error` and `error_description`. The state is sealed with the
 //! store's key (it names the customer, is bound to the browser session that asked, and
 //! expires), so any `serve` process of the database can take the answer.
+//!
+//! Delegated mode signs in as the administrator instead: the authorization code flow
+//! (`{authority}/{tenant or organizations}/oauth2/v2.0/authorize`, PKCE with S256, the
+//! verifier kept in the sealed state), then the code is redeemed for an access token and
+//! a refresh token; the tenant is the signed-in administrator's (Graph's organization),
+//! and the refresh token is stored sealed with the source, never shown.
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use usersync_core::TenantId;
 use usersync_store::{SecretString, SourceRecord, StoreError};
@@ -43,6 +50,8 @@ impl Office365App {
 /// What Microsoft's redirect brought back.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ConsentAnswer {
+    /// A delegated sign-in's authorization code.
+    pub code: Option<String>,
     pub tenant: Option<String>,
     pub admin_consent: Option<String>,
     pub state: Option<String>,
@@ -57,10 +66,38 @@ struct ConsentState {
     session: String,
     /// Seconds since the epoch after which the answer is refused.
     expires: i64,
+    /// A delegated sign-in: what its token request must repeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delegated: Option<DelegatedRequest>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DelegatedRequest {
+    /// The PKCE code verifier (its S256 digest went to the authorize request).
+    verifier: String,
+    redirect_uri: String,
 }
 
 fn now_secs() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A page of the identity platform for `tenant`: `{authority}/{tenant}/{path}`.
+fn authority_page(app: &Office365App, tenant: &str, path: &str) -> Result<url::Url, EngineError> {
+    url::Url::parse(&format!(
+        "{}/{tenant}/{path}",
+        app.authority_url.trim_end_matches('/')
+    ))
+    .map_err(|e| EngineError::config("authority_url", e.to_string()))
+}
+
+/// What a delegated sign-in asks for: the app's Graph permissions as configured in its
+/// registration, and a refresh token.
+fn delegated_scope(app: &Office365App) -> String {
+    format!(
+        "{}/.default offline_access",
+        app.graph_url.trim_end_matches('/')
+    )
 }
 
 fn consent_error(problem: impl Into<String>) -> EngineError {
@@ -80,6 +117,61 @@ impl Access {
         redirect_uri: &str,
         session: &str,
     ) -> Result<String, EngineError> {
+        let (tenant, sealed) = self
+            .consent_request(app, customer_id, tenant_hint, session, None)
+            .await?;
+        let mut url = authority_page(app, &tenant, "v2.0/adminconsent")?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &app.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("state", &sealed);
+        Ok(url.to_string())
+    }
+
+    /// The URL of Microsoft's sign-in for connecting a tenant in delegated mode: the
+    /// authorization code flow with PKCE; the source will sign in as that administrator.
+    pub async fn start_delegated_sign_in(
+        &self,
+        app: &Office365App,
+        customer_id: i64,
+        tenant_hint: Option<&str>,
+        redirect_uri: &str,
+        session: &str,
+    ) -> Result<String, EngineError> {
+        use sha2::Digest;
+        let verifier = crate::access::random_token(); // 43 characters: a valid PKCE verifier
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let request = DelegatedRequest {
+            verifier,
+            redirect_uri: redirect_uri.to_string(),
+        };
+        let (tenant, sealed) = self
+            .consent_request(app, customer_id, tenant_hint, session, Some(request))
+            .await?;
+        let mut url = authority_page(app, &tenant, "oauth2/v2.0/authorize")?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &app.client_id)
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("response_mode", "query")
+            .append_pair("scope", &delegated_scope(app))
+            .append_pair("state", &sealed)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("prompt", "select_account");
+        Ok(url.to_string())
+    }
+
+    /// Checks who asks and for which customer; the tenant path and the sealed state.
+    async fn consent_request(
+        &self,
+        app: &Office365App,
+        customer_id: i64,
+        tenant_hint: Option<&str>,
+        session: &str,
+        delegated: Option<DelegatedRequest>,
+    ) -> Result<(String, String), EngineError> {
         self.may_change()?;
         self.customer(customer_id).await?;
         app.check()?;
@@ -93,6 +185,7 @@ impl Access {
             customer_id,
             session: crate::access::digest(session),
             expires: now_secs() + CONSENT_TTL_SECS,
+            delegated,
         };
         let text = serde_json::to_string(&state)
             .map_err(|e| consent_error(format!("the request could not be made: {e}")))?;
@@ -101,16 +194,7 @@ impl Access {
             .store()
             .key()
             .seal(&SecretString::new(text), STATE_CONTEXT)?;
-        let mut url = url::Url::parse(&format!(
-            "{}/{tenant}/v2.0/adminconsent",
-            app.authority_url.trim_end_matches('/')
-        ))
-        .map_err(|e| EngineError::config("authority_url", e.to_string()))?;
-        url.query_pairs_mut()
-            .append_pair("client_id", &app.client_id)
-            .append_pair("redirect_uri", redirect_uri)
-            .append_pair("state", &sealed);
-        Ok(url.to_string())
+        Ok((tenant, sealed))
     }
 
     /// Takes Microsoft's answer: on consent, connects the tenant to the customer the
@@ -160,6 +244,14 @@ impl Access {
                 "Microsoft 365 answered {error}: {description}.{hint}"
             )));
         }
+        if let Some(request) = &state.delegated {
+            let code = answer.code.as_deref().ok_or_else(|| {
+                consent_error("Microsoft 365 sent no authorization code; start again")
+            })?;
+            return self
+                .finish_delegated_sign_in(app, customer.name, code, request)
+                .await;
+        }
         if !answer
             .admin_consent
             .as_deref()
@@ -183,14 +275,70 @@ impl Access {
             &app.client_secret,
         )
         .await?;
+        self.connect_consented(customer.name, &tenant, app.settings(), app, None)
+            .await
+    }
+
+    /// Redeems a delegated sign-in's code, finds the administrator's tenant and connects
+    /// it with the sign-in's refresh token.
+    async fn finish_delegated_sign_in(
+        &self,
+        app: &Office365App,
+        customer: String,
+        code: &str,
+        request: &DelegatedRequest,
+    ) -> Result<(SourceRecord, ConnectionReport), EngineError> {
+        let mut settings = app.settings();
+        settings.delegated = true;
+        let mut config =
+            crate::office365::graph_config(&settings, "organizations", &app.client_secret)?;
+        // Filled by the answer to the code.
+        let refresh = usersync_graph::RefreshToken::new("");
+        config.sign_in = usersync_graph::SignIn::Delegated(refresh.clone());
+        let client = usersync_graph::GraphClient::new(config)
+            .map_err(|e| EngineError::config("office365 source", e.to_string()))?;
+        client
+            .redeem_authorization_code(code, &request.redirect_uri, &request.verifier)
+            .await
+            .map_err(|e| EngineError::Tenant {
+                what: "Microsoft 365 did not accept the sign-in",
+                error: Box::new(e),
+            })?;
+        let organization = client
+            .organization()
+            .await
+            .map_err(|e| EngineError::Tenant {
+                what: "the signed-in administrator's tenant could not be read",
+                error: Box::new(e),
+            })?;
+        let tenant = TenantId::parse(&organization.id)
+            .map_err(|e| consent_error(format!("the tenant Microsoft 365 signed in to: {e}")))?;
+        let token = SecretString::new(refresh.current().expose_secret());
+        self.connect_consented(customer, &tenant, settings, app, Some(token))
+            .await
+    }
+
+    /// Connects a tenant that consented (refused when another customer has it) and tests
+    /// the connection.
+    async fn connect_consented(
+        &self,
+        customer: String,
+        tenant: &TenantId,
+        settings: Office365Settings,
+        app: &Office365App,
+        refresh_token: Option<SecretString>,
+    ) -> Result<(SourceRecord, ConnectionReport), EngineError> {
         let added = self
             .engine()
-            .add_office365_source(NewOffice365 {
-                customer: customer.name.clone(),
-                tenant_id: tenant.to_string(),
-                settings: app.settings(),
-                client_secret: app.client_secret.clone(),
-            })
+            .add_office365_source_with(
+                NewOffice365 {
+                    customer,
+                    tenant_id: tenant.to_string(),
+                    settings,
+                    client_secret: app.client_secret.clone(),
+                },
+                refresh_token,
+            )
             .await;
         let record = match added {
             // Another customer's tenant: named to whoever sees every customer only.

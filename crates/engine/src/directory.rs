@@ -11,7 +11,7 @@ use usersync_store::{
     StoreError,
 };
 
-use crate::office365::{NewOffice365Source, Office365Settings, connect_office365};
+use crate::office365::{NewOffice365Source, Office365Settings};
 use crate::{Engine, EngineError};
 
 /// A user to add by hand.
@@ -256,8 +256,17 @@ impl Engine {
         &self,
         new: NewOffice365,
     ) -> Result<SourceRecord, EngineError> {
+        self.add_office365_source_with(new, None).await
+    }
+
+    /// [`Engine::add_office365_source`], with a delegated sign-in's refresh token.
+    pub(crate) async fn add_office365_source_with(
+        &self,
+        new: NewOffice365,
+        refresh_token: Option<SecretString>,
+    ) -> Result<SourceRecord, EngineError> {
         let customer = self.customer(&new.customer).await?;
-        connect_office365(
+        crate::office365::connect_office365_with(
             &self.store,
             NewOffice365Source {
                 customer_id: customer.id,
@@ -265,6 +274,7 @@ impl Engine {
                 settings: new.settings,
                 client_secret: new.client_secret,
             },
+            refresh_token,
         )
         .await
     }

@@ -1354,10 +1354,41 @@ impl Engine {
                 format!("source #{} has no client secret; set it again", record.id),
             )
         })?;
+        let sign_in = if settings.delegated {
+            let token = self.store.source_refresh_token(record.id).await?.ok_or_else(|| {
+                EngineError::config(
+                    "delegated",
+                    format!(
+                        "source #{} signs in as an administrator but holds no sign-in; connect it again (Connect Office 365)",
+                        record.id
+                    ),
+                )
+            })?;
+            // The identity platform hands out a new refresh token with each access
+            // token: keep the newest.
+            let (store, id) = (self.store.clone(), record.id);
+            let keeper = move |token: &usersync_graph::ClientSecret| {
+                let (store, token) = (
+                    store.clone(),
+                    usersync_store::SecretString::new(token.expose_secret()),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = store.keep_refresh_token(id, &token).await {
+                        tracing::warn!(source = id, error = %e, "the new refresh token could not be kept");
+                    }
+                });
+            };
+            usersync_graph::SignIn::Delegated(
+                usersync_graph::RefreshToken::new(token.expose()).kept_by(keeper),
+            )
+        } else {
+            usersync_graph::SignIn::Application
+        };
         let source = Office365Source::new(
             record,
             &settings,
             secret,
+            sign_in,
             self.options.max_in_flight,
             self.options.retry.clone(),
         )?;

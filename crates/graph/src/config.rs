@@ -169,6 +169,78 @@ pub struct GraphConfig {
     pub extra_root_certificates_pem: Vec<Vec<u8>>,
     /// Timeout of one HTTP request (default 60 s).
     pub request_timeout: Duration,
+    /// As whom the client signs in: the application (default) or an administrator.
+    pub sign_in: SignIn,
+}
+
+/// As whom a client signs in to the tenant.
+#[derive(Debug, Clone, Default)]
+pub enum SignIn {
+    /// As the application itself (client credentials): its application permissions,
+    /// granted by admin consent.
+    #[default]
+    Application,
+    /// As an administrator who signed in (delegated; the authorization code flow): the
+    /// refresh token of that sign-in, exchanged for each access token.
+    Delegated(RefreshToken),
+}
+
+/// A delegated sign-in's refresh token, shared with whoever keeps it: the identity
+/// platform hands out a new one with each access token, and the keeper is told. Its
+/// `Debug` prints `***`.
+#[derive(Clone)]
+pub struct RefreshToken {
+    current: std::sync::Arc<std::sync::Mutex<ClientSecret>>,
+    keeper: Option<std::sync::Arc<Keeper>>,
+}
+
+/// What is told each new refresh token.
+type Keeper = dyn Fn(&ClientSecret) + Send + Sync;
+
+impl RefreshToken {
+    pub fn new(token: impl Into<ClientSecret>) -> Self {
+        RefreshToken {
+            current: std::sync::Arc::new(std::sync::Mutex::new(token.into())),
+            keeper: None,
+        }
+    }
+
+    /// Calls `keeper` with each new token the identity platform hands out (to store it).
+    pub fn kept_by(mut self, keeper: impl Fn(&ClientSecret) + Send + Sync + 'static) -> Self {
+        self.keeper = Some(std::sync::Arc::new(keeper));
+        self
+    }
+
+    /// The token to use now.
+    pub fn current(&self) -> ClientSecret {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes the new token of an answer; tells the keeper when it changed.
+    pub(crate) fn renew(&self, token: ClientSecret) {
+        {
+            let mut current = self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *current == token {
+                return;
+            }
+            *current = token.clone();
+        }
+        if let Some(keeper) = &self.keeper {
+            keeper(&token);
+        }
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken(***)")
+    }
 }
 
 impl fmt::Debug for GraphConfig {
@@ -186,6 +258,7 @@ impl fmt::Debug for GraphConfig {
                 &format_args!("[{} PEM bundle(s)]", self.extra_root_certificates_pem.len()),
             )
             .field("request_timeout", &self.request_timeout)
+            .field("sign_in", &self.sign_in)
             .finish()
     }
 }
@@ -254,6 +327,7 @@ impl GraphConfig {
             retry: RetryPolicy::default(),
             extra_root_certificates_pem: Vec::new(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            sign_in: SignIn::Application,
         }
     }
 

@@ -196,6 +196,9 @@ pub enum TokenErrorKind {
     AppDisabled,
     /// A Conditional Access policy blocks the application.
     BlockedByConditionalAccess,
+    /// A delegated sign-in is no longer valid (revoked, expired, the administrator's
+    /// password reset, or a new sign-in required): the administrator signs in again.
+    SignInExpired,
     /// Anything else.
     Other,
 }
@@ -241,6 +244,8 @@ pub(crate) fn token_error(
         Some(500011) => ResourceNotFound,
         Some(7000112) => AppDisabled,
         Some(53003) => BlockedByConditionalAccess,
+        Some(50173) | Some(70008) | Some(700082) | Some(50076) | Some(50079) | Some(54005)
+        | Some(70000) => SignInExpired,
         _ => match error.as_str() {
             "invalid_client" => InvalidClientSecret,
             "unauthorized_client" => AppNotConsented,
@@ -277,6 +282,9 @@ pub(crate) fn token_error(
         ),
         BlockedByConditionalAccess => format!(
             "a Conditional Access policy in tenant {tenant} blocks application {client_id}{code}"
+        ),
+        SignInExpired => format!(
+            "the administrator's sign-in for tenant {tenant} is no longer valid{code} (revoked, expired or the password was reset): connect the source again and sign in"
         ),
         Other => {
             if description.is_empty() {

@@ -49,8 +49,8 @@ pub use client::{
 };
 pub use config::{
     CHINA_AUTHORITY_URL, CHINA_GRAPH_URL, ClientSecret, Cloud, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_REQUEST_TIMEOUT, GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL, GraphConfig, RetryPolicy,
-    US_GOVERNMENT_AUTHORITY_URL, US_GOVERNMENT_GRAPH_URL,
+    DEFAULT_REQUEST_TIMEOUT, GLOBAL_AUTHORITY_URL, GLOBAL_GRAPH_URL, GraphConfig, RefreshToken,
+    RetryPolicy, SignIn, US_GOVERNMENT_AUTHORITY_URL, US_GOVERNMENT_GRAPH_URL,
 };
 pub use error::{GraphError, TokenErrorKind};
 pub use model::{

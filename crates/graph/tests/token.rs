@@ -410,3 +410,65 @@ async fn unreachable_token_endpoint_is_a_transport_error() {
     }
     assert!(!format!("{err} {err:?}").contains(SECRET));
 }
+
+/// A delegated client exchanges its refresh token for each access token and hands the
+/// new refresh token of each answer to its keeper.
+#[tokio::test]
+async fn a_delegated_client_renews_its_refresh_token_and_tells_its_keeper() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(token_path()))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .and(body_string_contains("refresh_token=rt-1"))
+        .and(body_string_contains("offline_access"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token_type": "Bearer", "expires_in": 3599, "access_token": TOKEN,
+            "refresh_token": "rt-2",
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keeper = kept.clone();
+    let refresh = usersync_graph::RefreshToken::new("rt-1").kept_by(move |t| {
+        keeper.lock().unwrap().push(t.expose_secret().to_string());
+    });
+    let mut config = config(&server);
+    config.sign_in = usersync_graph::SignIn::Delegated(refresh.clone());
+    assert!(!format!("{config:?}").contains("rt-1"), "never printed");
+    let client = GraphClient::new(config).unwrap();
+    client.check_credentials().await.unwrap();
+    assert_eq!(refresh.current().expose_secret(), "rt-2");
+    assert_eq!(*kept.lock().unwrap(), vec!["rt-2".to_string()]);
+}
+
+#[tokio::test]
+async fn a_delegated_answer_without_a_refresh_token_is_refused() {
+    let server = MockServer::start().await;
+    mount_token(&server).await;
+    let mut config = config(&server);
+    config.sign_in = usersync_graph::SignIn::Delegated(usersync_graph::RefreshToken::new("rt-1"));
+    let client = GraphClient::new(config).unwrap();
+    let error = client.check_credentials().await.unwrap_err();
+    assert!(
+        matches!(&error, GraphError::Malformed { detail, .. } if detail.contains("offline_access")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_sign_in_says_to_sign_in_again() {
+    let error = token_failure(
+        400,
+        json!({"error": "invalid_grant", "error_description": "AADSTS50173: The provided grant has expired due to it being revoked.", "error_codes": [50173]}),
+    )
+    .await;
+    match &error {
+        GraphError::Token { kind, .. } => assert_eq!(*kind, TokenErrorKind::SignInExpired),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        error.to_string().contains("connect the source again"),
+        "{error}"
+    );
+}

@@ -21,6 +21,29 @@ const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 pub(crate) struct AuthState {
     tokens: Mutex<HashMap<String, Issued>>,
     lifetime: Mutex<Duration>,
+    /// Authorization codes of delegated sign-ins, until redeemed.
+    codes: Mutex<HashMap<String, PendingCode>>,
+    /// Refresh tokens handed out; each stays valid when a new one is handed out.
+    refresh: Mutex<HashMap<String, RefreshGrant>>,
+}
+
+/// An authorization code: what the sign-in agreed to, for the token request to match.
+pub(crate) struct PendingCode {
+    pub tenant: usize,
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// The PKCE challenge (S256) of the authorization request, when it had one.
+    pub challenge: Option<String>,
+    pub account: String,
+    pub expires: Instant,
+    pub redeemed: bool,
+}
+
+struct RefreshGrant {
+    tenant: usize,
+    client_id: String,
+    account: String,
+    revoked: bool,
 }
 
 struct Issued {
@@ -108,7 +131,47 @@ impl AuthState {
         AuthState {
             tokens: Mutex::new(HashMap::new()),
             lifetime: Mutex::new(lifetime),
+            codes: Mutex::new(HashMap::new()),
+            refresh: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A new authorization code for what a sign-in agreed to (valid 10 minutes, once).
+    pub(crate) fn issue_code(&self, mut pending: PendingCode) -> String {
+        let bytes: [u8; 32] = rand::random();
+        let code = format!("1.sim-code.{}", b64url(&bytes));
+        pending.expires = Instant::now() + Duration::from_secs(600);
+        pending.redeemed = false;
+        lock(&self.codes).insert(code.clone(), pending);
+        code
+    }
+
+    fn issue_refresh(&self, tenant: usize, client_id: &str, account: &str) -> String {
+        let bytes: [u8; 48] = rand::random();
+        let token = format!("1.sim-rt.{}", b64url(&bytes));
+        lock(&self.refresh).insert(
+            token.clone(),
+            RefreshGrant {
+                tenant,
+                client_id: client_id.to_string(),
+                account: account.to_string(),
+                revoked: false,
+            },
+        );
+        token
+    }
+
+    /// Revokes every refresh token (an administrator's password reset, a sign-out
+    /// everywhere): delegated clients must sign in again.
+    pub(crate) fn revoke_refresh_tokens(&self) {
+        for grant in lock(&self.refresh).values_mut() {
+            grant.revoked = true;
+        }
+    }
+
+    /// Every refresh token handed out so far (for tests that look for one at rest).
+    pub(crate) fn refresh_tokens(&self) -> Vec<String> {
+        lock(&self.refresh).keys().cloned().collect()
     }
 
     pub(crate) fn set_lifetime(&self, d: Duration) {
@@ -306,10 +369,16 @@ fn token_response(
             &corr,
         );
     }
-    // The path names the tenant by id or by one of its verified domains.
-    let Some(tenant) = shared.tenant_named(tenant_name) else {
+    // The path names the tenant by id or by one of its verified domains; a delegated
+    // grant may name none (`organizations`): its code or refresh token says which.
+    let any_tenant = matches!(
+        tenant_name.to_ascii_lowercase().as_str(),
+        "organizations" | "common"
+    );
+    let named = shared.tenant_named(tenant_name);
+    if named.is_none() && !any_tenant {
         return tenant_not_found(tenant_name, &corr);
-    };
+    }
     let form: HashMap<String, String> = parse_query(&String::from_utf8_lossy(body))
         .into_iter()
         .collect();
@@ -344,6 +413,18 @@ fn token_response(
         });
     let Some(grant) = param("grant_type") else {
         return missing("grant_type");
+    };
+    if grant == "authorization_code" || grant == "refresh_token" {
+        let client_id = param("client_id")
+            .map(str::to_string)
+            .or_else(|| basic.as_ref().map(|(a, _)| a.clone()));
+        let secret = param("client_secret")
+            .map(str::to_string)
+            .or_else(|| basic.map(|(_, b)| b));
+        return delegated_grant(shared, named, grant, &form, client_id, secret, &corr);
+    }
+    let Some(tenant) = named else {
+        return tenant_not_found(tenant_name, &corr);
     };
     if grant != "client_credentials" {
         return aad_error(
@@ -437,6 +518,208 @@ fn token_response(
         "expires_in": expires_in,
         "ext_expires_in": expires_in,
         "access_token": token,
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store, no-cache"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn invalid_grant(code: u32, message: &str, corr: &str) -> Response {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        code,
+        message,
+        corr,
+    )
+}
+
+/// The authorization code and refresh token grants of a delegated client (a confidential
+/// one: its secret is checked as for client credentials).
+fn delegated_grant(
+    shared: &Shared,
+    named: Option<&Tenant>,
+    grant: &str,
+    form: &HashMap<String, String>,
+    client_id: Option<String>,
+    secret: Option<String>,
+    corr: &str,
+) -> Response {
+    let param = |k: &str| form.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let missing = |name: &str| {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900_144,
+            &format!("The request body must contain the following parameter: '{name}'."),
+            corr,
+        )
+    };
+    let Some(client_id) = client_id else {
+        return missing("client_id");
+    };
+    // Which tenant and account the grant is for, from the code or the refresh token.
+    let (index, account) = if grant == "authorization_code" {
+        let Some(code) = param("code") else {
+            return missing("code");
+        };
+        let mut codes = lock(&shared.auth.codes);
+        let Some(pending) = codes.get_mut(code) else {
+            return invalid_grant(
+                70_000,
+                "The provided value for the 'code' parameter is not valid.",
+                corr,
+            );
+        };
+        if pending.redeemed {
+            return invalid_grant(
+                54_005,
+                "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+                corr,
+            );
+        }
+        if Instant::now() > pending.expires {
+            return invalid_grant(
+                70_008,
+                "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+                corr,
+            );
+        }
+        if !pending.client_id.eq_ignore_ascii_case(&client_id) {
+            return invalid_grant(
+                70_000,
+                "The provided value for the 'code' parameter is not valid. The code was issued to another application.",
+                corr,
+            );
+        }
+        let redirect = param("redirect_uri").unwrap_or_default();
+        if redirect != pending.redirect_uri {
+            return invalid_grant(
+                500_112,
+                &format!(
+                    "The reply address '{redirect}' does not match the reply address '{}' provided when requesting Authorization code.",
+                    pending.redirect_uri
+                ),
+                corr,
+            );
+        }
+        if let Some(challenge) = &pending.challenge {
+            let Some(verifier) = param("code_verifier") else {
+                return invalid_grant(
+                    50_148,
+                    "The code_verifier does not match the code_challenge supplied in the authorization request for PKCE.",
+                    corr,
+                );
+            };
+            use sha2::Digest;
+            if b64url(&sha2::Sha256::digest(verifier.as_bytes())) != *challenge {
+                return invalid_grant(
+                    501_481,
+                    "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                    corr,
+                );
+            }
+        }
+        pending.redeemed = true;
+        (pending.tenant, pending.account.clone())
+    } else {
+        let Some(token) = param("refresh_token") else {
+            return missing("refresh_token");
+        };
+        let grants = lock(&shared.auth.refresh);
+        let Some(held) = grants.get(token) else {
+            return invalid_grant(
+                9_002_313,
+                "Invalid request. Request is malformed or invalid.",
+                corr,
+            );
+        };
+        if held.revoked {
+            return invalid_grant(
+                50_173,
+                "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.",
+                corr,
+            );
+        }
+        if !held.client_id.eq_ignore_ascii_case(&client_id) {
+            return invalid_grant(
+                70_000,
+                "The provided value for the 'refresh_token' parameter is not valid. The token was issued to another application.",
+                corr,
+            );
+        }
+        (held.tenant, held.account.clone())
+    };
+    let Some(tenant) = shared.tenants.get(index) else {
+        return invalid_grant(70_000, "The grant's tenant is gone.", corr);
+    };
+    if named.is_some_and(|n| n.index != tenant.index) {
+        return invalid_grant(
+            700_005,
+            "Provided Authorization Code is intended to use against other tenant, thus rejected.",
+            corr,
+        );
+    }
+    if !client_id.eq_ignore_ascii_case(&tenant.bp.client_id) {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700_016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{}'.",
+                tenant.bp.org_name
+            ),
+            corr,
+        );
+    }
+    match secret {
+        None => {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7_000_218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                corr,
+            );
+        }
+        Some(s) if s != tenant.bp.client_secret => {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7_000_215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+                corr,
+            );
+        }
+        Some(_) => {}
+    }
+    if !tenant.grant.consented() {
+        return invalid_grant(
+            65_001,
+            &format!(
+                "The user or administrator has not consented to use the application with ID '{client_id}'. Send an interactive authorization request for this user and resource."
+            ),
+            corr,
+        );
+    }
+    let (token, expires_in) = shared.auth.issue(tenant);
+    let refresh = shared
+        .auth
+        .issue_refresh(tenant.index, &client_id, &account);
+    let body = json!({
+        "token_type": "Bearer",
+        "scope": "https://graph.microsoft.com/User.Read.All https://graph.microsoft.com/Group.Read.All https://graph.microsoft.com/GroupMember.Read.All https://graph.microsoft.com/.default",
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": token,
+        "refresh_token": refresh,
     });
     (
         StatusCode::OK,

@@ -6,6 +6,12 @@
 //! and an AADSTS65004 description. An account that is not a global administrator is
 //! refused with AADSTS90094, as Microsoft refuses it.
 //!
+//! The authorization code flow of a delegated client goes the same way:
+//! `GET /{tenant}/oauth2/v2.0/authorize?client_id&response_type=code&redirect_uri&scope&state
+//! &code_challenge&code_challenge_method=S256` asks who signs in and shows the same
+//! consent; "Accept" redirects back with `code` and `state` (the token endpoint redeems
+//! the code once, within 10 minutes, with the PKCE verifier and the same redirect URI).
+//!
 //! Accounts: `admin@` any of the tenant's domains is its global administrator; any other
 //! address in one of its domains is a user without that role; an address in no tenant's
 //! domains does not exist (AADSTS50034). No password is asked: the simulator tests the
@@ -117,12 +123,83 @@ fn checked_redirect(params: &HashMap<String, String>) -> Result<url::Url, (u32, 
     }
 }
 
+/// Which consent round trip a page belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// `/v2.0/adminconsent`: application permissions for the organization.
+    AdminConsent,
+    /// `/oauth2/v2.0/authorize`: a delegated sign-in, answered with a code.
+    Authorize,
+}
+
+impl Flow {
+    fn decide_path(self, tenant: &str) -> String {
+        match self {
+            Flow::AdminConsent => format!("/{tenant}/v2.0/adminconsent/decide"),
+            Flow::Authorize => format!("/{tenant}/oauth2/v2.0/authorize/decide"),
+        }
+    }
+
+    /// The request's parameters each page carries on.
+    fn carried(self) -> &'static [&'static str] {
+        match self {
+            Flow::AdminConsent => &["client_id", "redirect_uri", "state", "scope"],
+            Flow::Authorize => &[
+                "client_id",
+                "redirect_uri",
+                "state",
+                "scope",
+                "response_type",
+                "response_mode",
+                "code_challenge",
+                "code_challenge_method",
+                "flow",
+            ],
+        }
+    }
+}
+
 /// `GET /{tenant}/v2.0/adminconsent`: who signs in, then what the app asks for.
 pub(crate) async fn admin_consent(
     State(shared): State<Arc<Shared>>,
     Path(tenant): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
+    consent_pages(&shared, &tenant, params, Flow::AdminConsent)
+}
+
+/// `GET /{tenant}/oauth2/v2.0/authorize`: a delegated sign-in (authorization code flow,
+/// PKCE with S256 when the client sends a challenge).
+pub(crate) async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Response {
+    if params.get("response_type").map(String::as_str) != Some("code") {
+        return error_page(
+            900_144,
+            "The request body must contain the following parameter: 'response_type' (code).",
+        );
+    }
+    if params.contains_key("code_challenge")
+        && params.get("code_challenge_method").map(String::as_str) != Some("S256")
+    {
+        return error_page(
+            501_491,
+            "Invalid code_challenge_method: only S256 is accepted here.",
+        );
+    }
+    params.insert("flow".into(), "authorize".into());
+    consent_pages(&shared, &tenant, params, Flow::Authorize)
+}
+
+fn consent_pages(
+    shared: &Shared,
+    tenant: &str,
+    params: HashMap<String, String>,
+    flow: Flow,
+) -> Response {
+    let tenant = tenant.to_string();
     let Some(client_id) = params.get("client_id") else {
         return error_page(
             900_144,
@@ -145,7 +222,7 @@ pub(crate) async fn admin_consent(
             ),
         );
     }
-    let carried = hidden(&params, &["client_id", "redirect_uri", "state", "scope"]);
+    let carried = hidden(&params, flow.carried());
     let Some(account) = params
         .get("account")
         .map(|a| a.trim().to_string())
@@ -167,7 +244,7 @@ pub(crate) async fn admin_consent(
             ),
         );
     };
-    let Some(home) = tenant_of(&shared, &account) else {
+    let Some(home) = tenant_of(shared, &account) else {
         return error_page(
             50_034,
             &format!(
@@ -221,10 +298,9 @@ pub(crate) async fn admin_consent(
         .iter()
         .map(|(name, text)| format!("<li>{} <small>({name})</small></li>", escape(text)))
         .collect();
-    let carried = hidden(
-        &params,
-        &["client_id", "redirect_uri", "state", "scope", "account"],
-    );
+    let mut keys = flow.carried().to_vec();
+    keys.push("account");
+    let carried = hidden(&params, &keys);
     page(
         StatusCode::OK,
         "Permissions requested",
@@ -235,19 +311,20 @@ pub(crate) async fn admin_consent(
              <p>Accepting grants these permissions for your whole organization. \
              Nobody else in it will be asked.</p>\
              <p class=\"redirect\">You will be sent back to {host}.</p>\
-             <form method=\"post\" action=\"/{tenant}/v2.0/adminconsent/decide\">{carried}\
+             <form method=\"post\" action=\"{action}\">{carried}\
              <button type=\"submit\" name=\"decision\" value=\"cancel\" id=\"cancel\">Cancel</button>\
              <button type=\"submit\" name=\"decision\" value=\"accept\" id=\"accept\">Accept</button>\
              </form>",
             account = escape(&account),
             org = escape(&home.bp.org_name),
             host = escape(redirect.host_str().unwrap_or("")),
-            tenant = escape(&tenant),
+            action = escape(&flow.decide_path(&tenant)),
         ),
     )
 }
 
-/// `POST /{tenant}/v2.0/adminconsent/decide`: "Accept" or "Cancel", then back to the app.
+/// `POST .../adminconsent/decide` and `.../authorize/decide`: "Accept" or "Cancel", then
+/// back to the app (with `admin_consent` and `tenant`, or with a `code`).
 pub(crate) async fn decide(
     State(shared): State<Arc<Shared>>,
     axum::Form(params): axum::Form<HashMap<String, String>>,
@@ -265,7 +342,22 @@ pub(crate) async fn decide(
     };
     let state = params.get("state").cloned();
     let mut query: Vec<(String, String)> = Vec::new();
-    if params.get("decision").map(String::as_str) == Some("accept") {
+    let authorize = params.get("flow").map(String::as_str) == Some("authorize");
+    if params.get("decision").map(String::as_str) == Some("accept") && authorize {
+        // Consent on behalf of the organization, then a code for this sign-in.
+        home.grant.set_consented(true);
+        let code = shared.auth.issue_code(crate::auth::PendingCode {
+            tenant: home.index,
+            client_id: params.get("client_id").cloned().unwrap_or_default(),
+            redirect_uri: params.get("redirect_uri").cloned().unwrap_or_default(),
+            challenge: params.get("code_challenge").cloned(),
+            account: account.clone(),
+            expires: std::time::Instant::now(),
+            redeemed: false,
+        });
+        query.push(("code".into(), code));
+        query.push(("session_state".into(), crate::util::new_guid()));
+    } else if params.get("decision").map(String::as_str) == Some("accept") {
         home.grant.set_consented(true);
         query.push(("admin_consent".into(), "True".into()));
         query.push(("tenant".into(), home.bp.tenant_id.clone()));

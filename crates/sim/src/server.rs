@@ -266,6 +266,15 @@ impl Simulator {
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.shared.auth.set_lifetime(lifetime)
     }
+    /// Revokes every refresh token handed out to delegated clients (an administrator's
+    /// password reset): they must sign in again (AADSTS50173).
+    pub fn revoke_refresh_tokens(&self) {
+        self.shared.auth.revoke_refresh_tokens()
+    }
+    /// Every refresh token handed out so far, to look for one where it must not be.
+    pub fn refresh_tokens_issued(&self) -> Vec<String> {
+        self.shared.auth.refresh_tokens()
+    }
     /// Makes every token issued so far expired (401 "Lifetime validation
     /// failed"), to test renewal.
     pub fn expire_tokens(&self) {
@@ -354,6 +363,14 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/{tenant}/v2.0/adminconsent/decide",
+            axum::routing::post(crate::consent::decide),
+        )
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(crate::consent::authorize),
+        )
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize/decide",
             axum::routing::post(crate::consent::decide),
         )
         .route("/_sim/changes", axum::routing::post(sim_changes))

@@ -82,6 +82,7 @@ const MIGRATIONS: &[Migration] = &[
         V14,
     ),
     both(15, "console accounts, their sessions, and API tokens", V15),
+    both(16, "refresh tokens of delegated sources (sealed)", V16),
 ];
 
 /// The newest schema version this binary knows.
@@ -394,6 +395,10 @@ CREATE TABLE api_tokens (
     last_used_at TEXT,
     revoked_at TEXT
 );
+"#;
+
+const V16: &str = r#"
+ALTER TABLE sources ADD COLUMN refresh_token TEXT;
 "#;
 
 const V14: &str = r#"

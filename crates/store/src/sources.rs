@@ -18,6 +18,8 @@ pub struct NewSource {
     pub tenant_id: String,
     pub settings: serde_json::Value,
     pub secret: Option<SecretString>,
+    /// A delegated connection's refresh token (sealed like the secret).
+    pub refresh_token: Option<SecretString>,
 }
 
 /// A stored source; the secret is not in it, see [`Store::source_secret`].
@@ -57,6 +59,10 @@ pub struct SourceRemoval {
 
 pub(crate) fn secret_context(source_id: i64) -> String {
     format!("sources.secret:{source_id}")
+}
+
+fn refresh_token_context(source_id: i64) -> String {
+    format!("sources.refresh_token:{source_id}")
 }
 
 fn json(text: &str, column: &str) -> Result<serde_json::Value, StoreError> {
@@ -147,6 +153,9 @@ impl Store {
             // The row id is part of the associated data, so the secret is sealed after insert.
             self.seal_secret(&mut tx, id, secret).await?;
         }
+        if let Some(token) = &new.refresh_token {
+            self.seal_refresh_token(&mut tx, id, token).await?;
+        }
         self.audit_now(
             &mut tx,
             &[
@@ -179,6 +188,62 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         keep_key_check(tx, self.secrets.check_value()?).await
+    }
+
+    async fn seal_refresh_token(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: i64,
+        token: &SecretString,
+    ) -> Result<(), StoreError> {
+        let sealed = self.secrets.seal(token, &refresh_token_context(id))?;
+        sqlx::query("UPDATE sources SET refresh_token = $1 WHERE id = $2")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        keep_key_check(tx, self.secrets.check_value()?).await
+    }
+
+    /// Keeps the refresh token the identity platform gave a delegated source last (it
+    /// hands out a new one with each access token). Not audited: it changes every run.
+    pub async fn keep_refresh_token(
+        &self,
+        id: i64,
+        token: &SecretString,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let live = sqlx::query("SELECT id FROM sources WHERE id = $1 AND removed_at IS NULL")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if live.is_some() {
+            self.seal_refresh_token(&mut tx, id, token).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A delegated source's refresh token, opened.
+    pub async fn source_refresh_token(&self, id: i64) -> Result<Option<SecretString>, StoreError> {
+        let row = sqlx::query("SELECT refresh_token FROM sources WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("source", id))?;
+        let sealed: Option<String> = row.try_get("refresh_token")?;
+        sealed
+            .map(|s| {
+                self.secrets
+                    .open(&s, &refresh_token_context(id))
+                    .map_err(|e| match e {
+                        StoreError::Key(why) if self.secrets.is_available() => {
+                            StoreError::SecretUnreadable { source_id: id, why }
+                        }
+                        other => other,
+                    })
+            })
+            .transpose()
     }
 
     /// Replaces the client secret of a source (a wrong or expired one, or one sealed with
@@ -217,6 +282,10 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         let done = sqlx::query("UPDATE sources SET secret = NULL WHERE secret IS NOT NULL")
+            .execute(&mut *tx)
+            .await?;
+        // Sealed with the lost key too: a delegated source signs in again (reconnect).
+        sqlx::query("UPDATE sources SET refresh_token = NULL WHERE refresh_token IS NOT NULL")
             .execute(&mut *tx)
             .await?;
         let mut changes = Vec::new();
@@ -435,7 +504,7 @@ pub(crate) async fn mark_removed(
     .execute(&mut **tx)
     .await?;
     let done = sqlx::query(
-        "UPDATE sources SET removed_at = $2, secret = NULL WHERE id = $1 AND removed_at IS NULL",
+        "UPDATE sources SET removed_at = $2, secret = NULL, refresh_token = NULL WHERE id = $1 AND removed_at IS NULL",
     )
     .bind(id)
     .bind(stamp)

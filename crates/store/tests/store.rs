@@ -47,6 +47,7 @@ async fn setup(store: &Store) -> (i64, i64) {
             tenant_id: "tenant-1".into(),
             settings: serde_json::json!({"client_id": "app"}),
             secret: Some(SecretString::new("very-secret-value")),
+            refresh_token: None,
         })
         .await
         .unwrap();
@@ -135,6 +136,7 @@ async fn customers_domains_and_sources_are_kept_with_clear_conflicts(url: String
             tenant_id: "tenant-1".into(),
             settings: serde_json::json!({}),
             secret: None,
+            refresh_token: None,
         })
         .await
         .unwrap_err();
@@ -527,6 +529,7 @@ async fn a_delta_finds_its_sources_entries_by_object_and_any_entry_by_address(ur
             tenant_id: "tenant-2".into(),
             settings: serde_json::json!({"client_id": "app"}),
             secret: Some(SecretString::new("very-secret-value")),
+            refresh_token: None,
         })
         .await
         .unwrap()
@@ -676,6 +679,7 @@ async fn add_source_with_secret(store: &Store, tenant: &str) -> i64 {
             tenant_id: tenant.into(),
             settings: serde_json::json!({}),
             secret: Some(SecretString::new("the-client-secret")),
+            refresh_token: None,
         })
         .await
         .unwrap()
@@ -781,6 +785,7 @@ async fn postgres_keeps_no_key_file_and_names_the_missing_key_when_a_secret_is_n
             tenant_id: "tenant-a".into(),
             settings: serde_json::json!({}),
             secret: Some(SecretString::new("the-client-secret")),
+            refresh_token: None,
         })
         .await
         .unwrap_err()

@@ -990,6 +990,9 @@ async fn add_source(
 struct ConnectForm {
     csrf: String,
     tenant: Option<String>,
+    /// `application` (admin consent, the default) or `delegated` (the administrator's
+    /// sign-in, kept).
+    mode: Option<String>,
 }
 
 /// "Connect Office 365": off to Microsoft's consent page.
@@ -1008,11 +1011,25 @@ async fn connect(
     };
     let (base, _) = public_base(&state, &headers);
     let redirect_uri = format!("{base}{CALLBACK_PATH}");
-    match signed
-        .access
-        .start_consent(app, id, form.tenant.as_deref(), &redirect_uri, &signed.csrf)
-        .await
-    {
+    let access = &signed.access;
+    let tenant = form.tenant.as_deref();
+    let started = match form.mode.as_deref() {
+        None | Some("application") => {
+            access
+                .start_consent(app, id, tenant, &redirect_uri, &signed.csrf)
+                .await
+        }
+        Some("delegated") => {
+            access
+                .start_delegated_sign_in(app, id, tenant, &redirect_uri, &signed.csrf)
+                .await
+        }
+        Some(other) => Err(EngineError::Config {
+            field: "mode".into(),
+            problem: format!("'{other}' is not a way to sign in; choose application or delegated"),
+        }),
+    };
+    match started {
         Ok(url) => Redirect::to(&url).into_response(),
         Err(e) => Page::error(signed.who(), e).into_response(),
     }
@@ -1036,6 +1053,8 @@ struct ConnectedPage {
     source_id: i64,
     tenant_id: String,
     tenant_name: String,
+    /// It signs in as the administrator who connected it.
+    delegated: bool,
     ready: bool,
     checks: Vec<CheckRow>,
     may_change: bool,
@@ -1057,6 +1076,7 @@ fn connected_page(
             .tenant_name
             .clone()
             .unwrap_or_else(|| "(its name could not be read)".into()),
+        delegated: record.settings["delegated"] == true,
         ready: report.is_ready(),
         checks: report
             .checks

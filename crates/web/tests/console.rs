@@ -21,6 +21,7 @@ usersync_store::on_both_backends!(
     failed_sign_ins_are_limited_per_account,
     the_user_sync_tab_previews_switches_and_syncs,
     connect_office365_goes_through_microsofts_consent_and_back,
+    connect_office365_delegated_signs_in_with_pkce_and_keeps_the_sign_in_sealed,
     the_setup_wizard_saves_each_step_and_resumes,
     api_tokens_are_made_once_shown_and_revoked_in_the_console,
     a_running_sync_shows_its_phase_and_counts,
@@ -769,6 +770,218 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
     let (status, page) = console.get(&mut jar, &path).await;
     assert_eq!(status, StatusCode::CONFLICT, "{page}");
     assert!(page.contains("Contoso"), "{page}");
+    sim.shutdown().await;
+    console.close().await;
+}
+
+/// Delegated mode: the authorization code flow with PKCE on the simulator's pages, the
+/// code redeemed once, the refresh token kept sealed and renewed by every sign-in.
+async fn connect_office365_delegated_signs_in_with_pkce_and_keeps_the_sign_in_sealed(url: String) {
+    let sim = Simulator::start(SimConfig {
+        consented: false,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let info = sim.info().clone();
+    let app = usersync_engine::Office365App {
+        client_id: info.client_id.clone(),
+        client_secret: SecretString::new(info.client_secret.clone()),
+        authority_url: info.authority_url.clone(),
+        graph_url: info.graph_url.clone(),
+    };
+    let console = console_with(url, Some(app)).await;
+    let contoso = console.engine.customer("Contoso").await.unwrap().id;
+    let mut jar = Jar::default();
+    console
+        .sign_in(&mut jar, "admin@example.com", PASSWORD)
+        .await;
+    let (_, page) = console
+        .get(&mut jar, &format!("/customers/{contoso}/sources/new"))
+        .await;
+    assert!(page.contains("id=\"mode-delegated\""), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let callback = format!("{}/connect/office365/callback", console.base);
+
+    // "Connect Office 365", delegated: Microsoft's authorize endpoint, with a PKCE
+    // challenge (its verifier stays sealed in the state) and a refresh token asked for.
+    let response = console
+        .post(
+            &mut jar,
+            &format!("/customers/{contoso}/connect/office365"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("tenant", ""),
+                ("mode", "delegated"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let authorize = reqwest::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(authorize.path(), "/organizations/oauth2/v2.0/authorize");
+    let query: HashMap<String, String> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(query["response_type"], "code");
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert_eq!(query["code_challenge"].len(), 43, "a SHA-256 digest");
+    assert_eq!(query["redirect_uri"], callback);
+    assert!(query["scope"].contains("offline_access"), "{query:?}");
+
+    // The administrator signs in and accepts.
+    let domain = &info.mail_domains[0];
+    let admin = format!("admin@{domain}");
+    let mut as_admin = authorize.clone();
+    as_admin.query_pairs_mut().append_pair("account", &admin);
+    let page = console
+        .http
+        .get(as_admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("{admin} (admin)")), "{page}");
+    let mut form: Vec<(String, String)> = query.clone().into_iter().collect();
+    form.push(("flow".into(), "authorize".into()));
+    form.push(("account".into(), admin.clone()));
+    form.push(("decision".into(), "accept".into()));
+    let decided = console
+        .http
+        .post(
+            authorize
+                .join("/organizations/oauth2/v2.0/authorize/decide")
+                .unwrap(),
+        )
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status(), StatusCode::SEE_OTHER);
+    let back = decided.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.starts_with(&callback), "{back}");
+    let answer: HashMap<String, String> = reqwest::Url::parse(&back)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(answer["state"], query["state"]);
+
+    // Without the verifier, or with another one, the code is worth nothing.
+    let token_url = format!("{}/organizations/oauth2/v2.0/token", info.authority_url);
+    for (verifier, code) in [
+        (None, "AADSTS50148"),
+        (Some("x".repeat(43)), "AADSTS501481"),
+    ] {
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("client_id", info.client_id.clone()),
+            ("client_secret", info.client_secret.clone()),
+            ("code", answer["code"].clone()),
+            ("redirect_uri", callback.clone()),
+        ];
+        if let Some(v) = verifier {
+            form.push(("code_verifier", v));
+        }
+        let refused = console
+            .http
+            .post(&token_url)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert!(refused.text().await.unwrap().contains(code));
+    }
+
+    // Back in the console: connected, signing in as that administrator.
+    let path = back.strip_prefix(&console.base).unwrap().to_string();
+    let (status, page) = console.get(&mut jar, &path).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Connected to Office 365"), "{page}");
+    assert!(
+        page.contains(&info.tenant_id) && !page.contains("missing"),
+        "{page}"
+    );
+    assert!(page.contains("(delegated)"), "{page}");
+    // The code is redeemed once: the same answer again connects nothing more.
+    let (status, page) = console.get(&mut jar, &path).await;
+    assert_ne!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("AADSTS54005"), "{page}");
+    let sources = console
+        .engine
+        .sources(Some("Contoso"), false)
+        .await
+        .unwrap();
+    assert_eq!(sources.len(), 1);
+    let source = &sources[0];
+    assert_eq!(source.tenant_id, info.tenant_id);
+    assert_eq!(source.settings["delegated"], true);
+
+    // The refresh token is stored sealed: no token the simulator handed out is in the
+    // database's column, nor in what the source shows.
+    let store = console.engine.store();
+    let kept = store
+        .source_refresh_token(source.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let issued = sim.refresh_tokens_issued();
+    assert!(issued.iter().any(|t| t == kept.expose()));
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&console.url).await.unwrap();
+    let at_rest: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT refresh_token FROM sources WHERE id = {}",
+        source.id
+    )))
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    assert!(
+        issued.iter().all(|t| !at_rest.contains(t.as_str())),
+        "sealed at rest"
+    );
+    let shown = serde_json::to_string(source).unwrap();
+    assert!(
+        issued.iter().all(|t| !shown.contains(t.as_str())),
+        "{shown}"
+    );
+
+    // The source syncs as the administrator; each sign-in renews the refresh token,
+    // and the newest is kept.
+    console.engine.add_domain("Contoso", domain).await.unwrap();
+    let outcome = console.engine.sync(source.id, &NoProgress).await.unwrap();
+    assert!(
+        outcome.error.is_none() && outcome.stats.requests > 0,
+        "{:?}",
+        outcome.error
+    );
+    let mut renewed = false;
+    for _ in 0..50 {
+        let now = store
+            .source_refresh_token(source.id)
+            .await
+            .unwrap()
+            .unwrap();
+        if now.expose() != kept.expose() {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "the refresh token of the sync's sign-in is kept");
+
+    // The administrator's sign-in revoked (a password reset): the connection test says
+    // so, and how to mend it.
+    sim.revoke_refresh_tokens();
+    let report = console.engine.test_source(source.id).await.unwrap();
+    assert!(!report.is_ready(), "{report:?}");
+    let text = format!("{report:?}");
+    assert!(
+        text.contains("AADSTS50173") && text.contains("connect the source again"),
+        "{text}"
+    );
     sim.shutdown().await;
     console.close().await;
 }

@@ -53,6 +53,10 @@ pub struct Office365Settings {
     /// after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_step: Option<String>,
+    /// It signs in as the administrator who connected it (delegated permissions, with
+    /// the refresh token of that sign-in, kept sealed) instead of as the application.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegated: bool,
 }
 
 impl Office365Settings {
@@ -70,6 +74,7 @@ impl Office365Settings {
             allow_insecure_http: false,
             options: SourceOptions::default(),
             setup_step: None,
+            delegated: false,
         }
     }
 
@@ -133,6 +138,22 @@ pub async fn connect_office365(
     store: &Store,
     new: NewOffice365Source,
 ) -> Result<SourceRecord, EngineError> {
+    connect_office365_with(store, new, None).await
+}
+
+/// [`connect_office365`], with the refresh token of a delegated sign-in stored (sealed)
+/// in the same transaction as the source.
+pub(crate) async fn connect_office365_with(
+    store: &Store,
+    new: NewOffice365Source,
+    refresh_token: Option<SecretString>,
+) -> Result<SourceRecord, EngineError> {
+    if new.settings.delegated && refresh_token.is_none() {
+        return Err(EngineError::config(
+            "delegated",
+            "a delegated source is connected by an administrator's sign-in (Connect Office 365 in the console)",
+        ));
+    }
     // Tenant ids (GUIDs and domain names alike) are case-insensitive: one form is stored,
     // so one tenant cannot be connected twice under two spellings.
     let tenant = TenantId::parse(&new.tenant_id).map_err(|e| {
@@ -162,6 +183,7 @@ pub async fn connect_office365(
             tenant_id: tenant.to_string(),
             settings,
             secret: Some(new.client_secret),
+            refresh_token,
         })
         .await?)
 }
@@ -290,7 +312,7 @@ pub struct Office365Source {
 
 /// How the Graph client of `settings` reaches `tenant_id`: endpoints, app, secret and the
 /// extra CA certificates it trusts.
-fn graph_config(
+pub(crate) fn graph_config(
     settings: &Office365Settings,
     tenant_id: &str,
     secret: &SecretString,
@@ -343,10 +365,12 @@ impl Office365Source {
         record: &SourceRecord,
         settings: &Office365Settings,
         secret: SecretString,
+        sign_in: usersync_graph::SignIn,
         max_in_flight: usize,
         retry: RetryPolicy,
     ) -> Result<Self, EngineError> {
         let mut config = graph_config(settings, &record.tenant_id, &secret)?;
+        config.sign_in = sign_in;
         config.max_in_flight = max_in_flight;
         config.retry = retry;
         let client = GraphClient::new(config)
@@ -444,7 +468,8 @@ impl Source for Office365Source {
                     T::AppNotConsented
                     | T::ConsentRequired
                     | T::AppDisabled
-                    | T::BlockedByConditionalAccess,
+                    | T::BlockedByConditionalAccess
+                    | T::SignInExpired,
                 ..
             }) => FailureKind::Consent,
             _ => FailureKind::Other,

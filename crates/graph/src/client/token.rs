@@ -12,6 +12,7 @@ use url::Url;
 
 use super::transport::{Retries, send_and_read};
 use super::{GraphClient, StatsCounters};
+use crate::config::{ClientSecret, SignIn};
 use crate::error::{self, GraphError, url_without_query};
 
 /// An access token. Its `Debug` prints `***`.
@@ -75,15 +76,65 @@ impl GraphClient {
 
     async fn fetch_token(&self) -> Result<CachedToken, GraphError> {
         let cfg = &self.inner.config;
-        let policy = &cfg.retry;
-        let stats = &self.inner.stats;
-        let url = &self.inner.token_url;
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("client_id", &cfg.client_id)
             .append_pair("client_secret", cfg.client_secret.expose_secret())
-            .append_pair("scope", &self.inner.scope)
-            .append_pair("grant_type", "client_credentials")
+            .extend_pairs(match &cfg.sign_in {
+                SignIn::Application => vec![
+                    ("scope", self.inner.scope.clone()),
+                    ("grant_type", "client_credentials".into()),
+                ],
+                SignIn::Delegated(refresh) => vec![
+                    ("scope", format!("{} offline_access", self.inner.scope)),
+                    ("grant_type", "refresh_token".into()),
+                    (
+                        "refresh_token",
+                        refresh.current().expose_secret().to_string(),
+                    ),
+                ],
+            })
             .finish();
+        self.request_token(form).await
+    }
+
+    /// Redeems the authorization code of a delegated sign-in (with the PKCE verifier of
+    /// its request and the redirect URI it was sent to): from then on the client signs in
+    /// as that administrator. `config.sign_in` must be [`SignIn::Delegated`]; its refresh
+    /// token (any placeholder until now) is renewed with the one the answer carries.
+    pub async fn redeem_authorization_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<(), GraphError> {
+        let cfg = &self.inner.config;
+        let SignIn::Delegated(_) = &cfg.sign_in else {
+            return Err(GraphError::Config {
+                field: "sign_in",
+                problem: "an authorization code is redeemed by a delegated client".into(),
+            });
+        };
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", &cfg.client_id)
+            .append_pair("client_secret", cfg.client_secret.expose_secret())
+            .append_pair("scope", &format!("{} offline_access", self.inner.scope))
+            .append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("code_verifier", code_verifier)
+            .finish();
+        let fresh = self.request_token(form).await?;
+        *self.inner.token.lock().await = Some(fresh);
+        Ok(())
+    }
+
+    /// One token request with its retries; a delegated client keeps the new refresh
+    /// token of the answer.
+    async fn request_token(&self, form: String) -> Result<CachedToken, GraphError> {
+        let cfg = &self.inner.config;
+        let policy = &cfg.retry;
+        let stats = &self.inner.stats;
+        let url = &self.inner.token_url;
         let mut retries = Retries::new(policy, stats, url);
         loop {
             StatsCounters::add(&stats.token_requests, 1);
@@ -106,7 +157,19 @@ impl GraphClient {
             let code = status.as_u16();
             if status.is_success() {
                 debug!(status = code, "token acquired");
-                return parse_token(url, &body, requested_at);
+                let token = parse_token(url, &body, requested_at)?;
+                if let SignIn::Delegated(refresh) = &cfg.sign_in {
+                    let renewed = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["refresh_token"].as_str().map(str::to_string))
+                        .filter(|t| !t.is_empty())
+                        .ok_or_else(|| GraphError::Malformed {
+                            url: url_without_query(url),
+                            detail: "the token answer has no refresh_token (was offline_access granted?)".into(),
+                        })?;
+                    refresh.renew(ClientSecret::new(renewed));
+                }
+                return Ok(token);
             }
             if TOKEN_RETRYABLE.contains(&code) {
                 if code == 429 {
