@@ -66,6 +66,10 @@ pub fn routes() -> Router<AppState> {
             "/sources/{id}/filters/{rule}/remove",
             post(crate::wizard::remove_filter),
         )
+        .route(
+            "/sources/{id}/filters/{rule}/move",
+            post(crate::wizard::move_filter),
+        )
         .route("/runs/{id}/confirm", post(confirm))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/audit", get(audit))
@@ -767,9 +771,12 @@ struct UserSyncPage {
     message: Option<String>,
 }
 
+/// What the page after a change says was done: a code and the source it was done to,
+/// never text from the URL (a link could make the console say anything).
 #[derive(Deserialize, Default)]
 struct Message {
     done: Option<String>,
+    source: Option<i64>,
 }
 
 async fn user_sync(
@@ -790,8 +797,19 @@ async fn user_sync(
             }));
         };
         let mut sources = Vec::new();
+        let mut message = None;
         for s in signed.access.sources(id).await? {
             let options = signed.access.source_options(s.id).await?;
+            if q.done.as_deref() == Some("auto-sync") && q.source == Some(s.id) {
+                message = Some(if options.auto_sync {
+                    format!(
+                        "Automatic User Sync is on: every {}.",
+                        usersync_core::options::format_interval(options.interval_minutes)
+                    )
+                } else {
+                    "Automatic User Sync is off.".to_string()
+                });
+            }
             let runs = signed.access.runs(s.id, &[], 5).await?;
             let attention = attention_of(&s);
             sources.push(SyncSource {
@@ -809,9 +827,9 @@ async fn user_sync(
                 runs: runs.into_iter().map(run_link).collect(),
             });
         }
-        Ok::<_, EngineError>((customer, domain.name.to_string(), sources))
+        Ok::<_, EngineError>((customer, domain.name.to_string(), sources, message))
     };
-    let (customer, domain, sources) = match loaded.await {
+    let (customer, domain, sources, message) = match loaded.await {
         Ok(l) => l,
         Err(e) => return Page::error(signed.who(), e),
     };
@@ -824,7 +842,7 @@ async fn user_sync(
         sources,
         may_change: signed.access.principal().grant.changes(),
         back,
-        message: q.done,
+        message,
     })
 }
 
@@ -851,18 +869,10 @@ async fn auto_sync(signed: Signed, Path(id): Path<i64>, Form(form): Form<SwitchF
     }
     let setting = format!("auto_sync={}", form.enabled);
     match signed.access.set_source_options(id, &[setting]).await {
-        Ok(options) => {
-            let done = if options.auto_sync {
-                format!(
-                    "Automatic User Sync is on: every {}.",
-                    usersync_core::options::format_interval(options.interval_minutes)
-                )
-            } else {
-                "Automatic User Sync is off.".to_string()
-            };
+        Ok(_) => {
             let back = local(form.back.as_deref());
             let sep = if back.contains('?') { '&' } else { '?' };
-            Redirect::to(&format!("{back}{sep}done={}", encode(&done))).into_response()
+            Redirect::to(&format!("{back}{sep}done=auto-sync&source={id}")).into_response()
         }
         Err(e) => Page::error(signed.who(), e).into_response(),
     }
@@ -1225,6 +1235,11 @@ async fn users(signed: Signed, Path(id): Path<i64>, Query(q): Query<UsersQuery>)
             encode(&last)
         )
     });
+    let shown_active: Vec<String> = users
+        .iter()
+        .filter(|u| u.status == UserStatus::Active)
+        .map(|u| u.address.to_string())
+        .collect();
     Page::ok(UsersPage {
         who: signed.who(),
         csrf: signed.csrf.clone(),
@@ -1252,9 +1267,15 @@ async fn users(signed: Signed, Path(id): Path<i64>, Query(q): Query<UsersQuery>)
         search: query.search.unwrap_or_default(),
         group: query.group.unwrap_or_default(),
         next,
+        // Said only of a user the page shows active: never text from the URL alone.
         message: q
             .restored
-            .map(|a| format!("{a} is active again, kept by hand from now on.")),
+            .filter(|a| {
+                shown_active
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(a.trim()))
+            })
+            .map(|a| format!("{} is active again, kept by hand from now on.", a.trim())),
         may_change: signed.access.principal().grant.changes(),
     })
 }

@@ -520,6 +520,8 @@ pub(crate) async fn save(
 struct RuleRow {
     id: i64,
     position: usize,
+    /// Whether it is the last rule (no "Move down").
+    last: bool,
     rule: String,
     group: String,
 }
@@ -556,6 +558,7 @@ async fn filters_page(
         Ok(l) => l,
         Err(e) => return Page::error(signed.who(), e),
     };
+    let count = rules.len();
     let status = if problem.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -573,6 +576,7 @@ async fn filters_page(
             .map(|(i, r)| RuleRow {
                 id: r.id,
                 position: i + 1,
+                last: i + 1 == count,
                 rule: r.expression.to_string(),
                 group: r.group,
             })
@@ -618,6 +622,32 @@ pub(crate) async fn add_filter(
                 .await
                 .into_response()
         }
+        Err(e) => Page::error(signed.who(), e).into_response(),
+    }
+}
+
+/// "Move up" / "Move down": the rule takes the position the form names (1-based).
+pub(crate) async fn move_filter(
+    signed: Signed,
+    Path((id, rule)): Path<(i64, i64)>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let value = |key: &str| last(&form, key).unwrap_or_default();
+    if let Err(page) = signed.check(&value("csrf")) {
+        return page.into_response();
+    }
+    let Ok(position) = value("position").trim().parse::<usize>() else {
+        return filters_page(
+            &signed,
+            id,
+            (String::new(), String::new()),
+            Some(("rule".into(), "the new position is not a number".into())),
+        )
+        .await
+        .into_response();
+    };
+    match signed.access.move_filter_rule(id, rule, position).await {
+        Ok(_) => Redirect::to(&format!("/sources/{id}/filters#rule-{rule}")).into_response(),
         Err(e) => Page::error(signed.who(), e).into_response(),
     }
 }

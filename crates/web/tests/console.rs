@@ -486,6 +486,11 @@ async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
     let (_, page) = console.get(&mut jar, &back).await;
     assert!(page.contains("Automatic User Sync is on"), "{page}");
     assert!(page.contains("aria-checked=\"true\""), "{page}");
+    // The message is the console's own, not text a link carries.
+    let (_, page) = console
+        .get(&mut jar, &format!("{tab}?done=Call+0800+now"))
+        .await;
+    assert!(!page.contains("Call 0800 now"), "{page}");
 
     // Preview: the run's report, and nothing in the directory.
     let response = console
@@ -1196,16 +1201,65 @@ async fn the_setup_wizard_saves_each_step_and_resumes(url: String) {
         page.contains("department equals") && page.contains("<td>Sales</td>"),
         "{page}"
     );
-    let rules = console.engine.filter_rules(source).await.unwrap();
-    assert_eq!(rules.len(), 1);
+    // A second rule, moved up to be first: first match wins, so order matters.
     let response = console
         .post(
             &mut jar,
-            &format!("{filters}/{}/remove", rules[0].id),
-            &[("csrf", csrf.as_str())],
+            &filters,
+            &[
+                ("csrf", csrf.as_str()),
+                ("rule", "jobTitle contains Manager"),
+                ("group", "Main"),
+            ],
         )
         .await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let rules = console.engine.filter_rules(source).await.unwrap();
+    assert_eq!(rules.len(), 2);
+    let (_, page) = console.get(&mut jar, &filters).await;
+    let (first, second) = (rules[0].id, rules[1].id);
+    assert!(
+        page.contains(&format!("id=\"up-{second}\""))
+            && page.contains(&format!("id=\"down-{first}\""))
+            && !page.contains(&format!("id=\"up-{first}\""))
+            && !page.contains(&format!("id=\"down-{second}\"")),
+        "{page}"
+    );
+    let response = console
+        .post(
+            &mut jar,
+            &format!("{filters}/{second}/move"),
+            &[("csrf", csrf.as_str()), ("position", "1")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let moved: Vec<i64> = console
+        .engine
+        .filter_rules(source)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(moved, vec![second, first]);
+    let response = console
+        .post(
+            &mut jar,
+            &format!("{filters}/{second}/move"),
+            &[("position", "2")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    for rule in [first, second] {
+        let response = console
+            .post(
+                &mut jar,
+                &format!("{filters}/{rule}/remove"),
+                &[("csrf", csrf.as_str())],
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    }
     assert!(
         console
             .engine
@@ -1494,6 +1548,13 @@ async fn users_are_paged_filtered_and_restored_in_the_console(url: String) {
     let back = response.headers()["location"].to_str().unwrap().to_string();
     let (_, page) = console.get(&mut jar, &back).await;
     assert!(page.contains("is active again"), "{page}");
+    let (_, page) = console
+        .get(
+            &mut jar,
+            &format!("/customers/{contoso}/users?restored=Your+account+is+locked"),
+        )
+        .await;
+    assert!(!page.contains("account is locked"), "{page}");
     let restored = console.engine.store().users(contoso, false).await.unwrap();
     assert!(
         restored.iter().any(|u| u.address.as_str() == address),
