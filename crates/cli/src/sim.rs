@@ -62,6 +62,11 @@ pub struct SimArgs {
     /// Remove an application permission from the app (repeatable), e.g. MailboxSettings.Read.
     #[arg(long = "deny-permission")]
     deny_permissions: Vec<String>,
+    /// A redirect URI of the app registration (repeatable), e.g.
+    /// http://127.0.0.1:8080/connect/office365/callback: the consent and sign-in pages then
+    /// refuse any other (AADSTS50011). Without it any http(s) URI is taken.
+    #[arg(long = "redirect-uri")]
+    redirect_uris: Vec<String>,
 }
 
 pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
@@ -85,6 +90,7 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         ..SimConfig::default()
     };
     let sim = Simulator::start(config).await?;
+    sim.set_redirect_uris(&args.redirect_uris);
     // Written before the start line, so whoever reads that line finds the file.
     if let Some(path) = &args.tenants_out {
         let json = serde_json::to_vec_pretty(sim.tenants())?;

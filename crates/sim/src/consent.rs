@@ -105,15 +105,23 @@ fn tenant_of<'a>(shared: &'a Shared, account: &str) -> Option<&'a Arc<Tenant>> {
 }
 
 /// The redirect URI, or the error page (AADSTS code and text) that refuses it.
-fn checked_redirect(params: &HashMap<String, String>) -> Result<url::Url, (u32, String)> {
+fn checked_redirect(
+    shared: &Shared,
+    params: &HashMap<String, String>,
+) -> Result<url::Url, (u32, String)> {
     let Some(uri) = params.get("redirect_uri") else {
         return Err((
             900_144,
             "The request body must contain the following parameter: 'redirect_uri'.".into(),
         ));
     };
+    let registered = shared
+        .redirect_uris
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let listed = registered.is_empty() || registered.iter().any(|r| r == uri);
     match url::Url::parse(uri) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
+        Ok(u) if matches!(u.scheme(), "http" | "https") && listed => Ok(u),
         _ => Err((
             50_011,
             format!(
@@ -206,7 +214,7 @@ fn consent_pages(
             "The request body must contain the following parameter: 'client_id'.",
         );
     };
-    let redirect = match checked_redirect(&params) {
+    let redirect = match checked_redirect(&shared, &params) {
         Ok(r) => r,
         Err((code, text)) => return error_page(code, &text),
     };
@@ -329,7 +337,7 @@ pub(crate) async fn decide(
     State(shared): State<Arc<Shared>>,
     axum::Form(params): axum::Form<HashMap<String, String>>,
 ) -> Response {
-    let mut redirect = match checked_redirect(&params) {
+    let mut redirect = match checked_redirect(&shared, &params) {
         Ok(r) => r,
         Err((code, text)) => return error_page(code, &text),
     };

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub page_cap: AtomicUsize,
     /// Wakes the change-notification sender.
     pub notifier: tokio::sync::Notify,
+    /// The app registration's redirect URIs; empty: any http(s) URI is taken.
+    pub redirect_uris: std::sync::RwLock<Vec<String>>,
 }
 
 impl Shared {
@@ -156,6 +158,7 @@ impl Simulator {
             wildcard,
             page_cap: AtomicUsize::new(config.page_size_cap.unwrap_or(0)),
             notifier: tokio::sync::Notify::new(),
+            redirect_uris: std::sync::RwLock::new(Vec::new()),
         });
         let notifier = tokio::spawn(crate::subscriptions::notifier(shared.clone()));
         let router = router(shared.clone());
@@ -265,6 +268,16 @@ impl Simulator {
     /// Lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.shared.auth.set_lifetime(lifetime)
+    }
+    /// Registers the app's redirect URIs, as an app registration lists them: the consent
+    /// and sign-in pages then refuse any other (AADSTS50011). Until this is called any
+    /// http(s) URI is taken, for a simulator started before its console.
+    pub fn set_redirect_uris(&self, uris: &[String]) {
+        *self
+            .shared
+            .redirect_uris
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = uris.to_vec();
     }
     /// Revokes every refresh token handed out to delegated clients (an administrator's
     /// password reset): they must sign in again (AADSTS50173).

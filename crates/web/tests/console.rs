@@ -592,6 +592,8 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
         page.contains(&callback),
         "the redirect URI is shown: {page}"
     );
+    // The app registration lists the console's callback, as Microsoft's must.
+    sim.set_redirect_uris(std::slice::from_ref(&callback));
     // Opened under another name than its public URL, the page says so and links there
     // instead of offering a button whose callback would not come back here.
     let port = console.base.rsplit(':').next().unwrap();
@@ -620,6 +622,24 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
     let sim_http = &console.http;
     let sign_in = sim_http.get(consent.clone()).send().await.unwrap();
     assert!(sign_in.text().await.unwrap().contains("Sign in"));
+    // A redirect URI the registration does not list is refused, as Microsoft does.
+    let mut elsewhere = consent.clone();
+    elsewhere
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(query.iter().map(|(k, v)| {
+            (
+                k.as_str(),
+                if k == "redirect_uri" {
+                    "https://evil.example/cb"
+                } else {
+                    v.as_str()
+                },
+            )
+        }));
+    let refused = sim_http.get(elsewhere).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(refused.text().await.unwrap().contains("AADSTS50011"));
 
     // A user who is not a global administrator is refused, as Microsoft refuses them.
     let domain = &info.mail_domains[0];
@@ -807,6 +827,7 @@ async fn connect_office365_delegated_signs_in_with_pkce_and_keeps_the_sign_in_se
     assert!(page.contains("id=\"mode-delegated\""), "{page}");
     let csrf = hidden(&page, "csrf");
     let callback = format!("{}/connect/office365/callback", console.base);
+    sim.set_redirect_uris(std::slice::from_ref(&callback));
 
     // "Connect Office 365", delegated: Microsoft's authorize endpoint, with a PKCE
     // challenge (its verifier stays sealed in the state) and a refresh token asked for.
