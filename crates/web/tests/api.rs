@@ -18,6 +18,7 @@ usersync_store::on_both_backends!(
     every_error_kind_is_answered_in_one_shape,
     a_refusing_failing_or_broken_tenant_and_broken_data_answer_by_kind,
     a_source_reconnects_with_a_new_secret_as_far_as_its_role_allows,
+    a_connection_is_tested_and_a_removed_user_restored_through_the_api,
     preview_sync_and_a_users_list_walked_by_cursor,
     a_token_reaches_no_further_than_its_maker,
     options_and_filters_are_set_through_the_api,
@@ -383,6 +384,75 @@ async fn a_source_reconnects_with_a_new_secret_as_far_as_its_role_allows(url: St
                 .is_some_and(|a| a.starts_with("source."))
                 && e["actor"].as_str().is_some_and(|a| a.contains("token"))),
         "{audit}"
+    );
+    api.close().await;
+}
+
+async fn a_connection_is_tested_and_a_removed_user_restored_through_the_api(url: String) {
+    let api = api(url).await;
+    let admin = api.token(Role::CustomerAdmin, Some("Contoso")).await;
+    let reader = api.token(Role::ReadOnly, None).await;
+    let test = format!("/sources/{}/test", api.source);
+
+    // "Test connection": each permission, granted or missing.
+    let (status, report) = api.post(&reader, &test, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.iter().all(|c| c["status"] == "granted"), "{report}");
+    api.sim.set_denied_permissions(&["MailboxSettings.Read"]);
+    let (_, report) = api.post(&admin, &test, json!({})).await;
+    let missing: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "missing")
+        .map(|c| c["permission"].as_str().unwrap())
+        .collect();
+    assert_eq!(missing, ["MailboxSettings.Read"], "{report}");
+    api.sim.set_denied_permissions(&[]);
+
+    // A user deleted in the tenant is removed by the next sync, and restored here.
+    api.engine
+        .sync(api.source, &usersync_engine::NoProgress)
+        .await
+        .unwrap();
+    let users = format!("/customers/{}/users", api.contoso);
+    let (_, page) = api.get(&admin, &format!("{users}?limit=1")).await;
+    let address = page["items"][0]["address"].as_str().unwrap().to_string();
+    let object = page["items"][0]["source_object_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.sim.tenant().delete_user(&object).unwrap();
+    api.engine
+        .sync(api.source, &usersync_engine::NoProgress)
+        .await
+        .unwrap();
+    let (_, removed) = api
+        .get(&admin, &format!("{users}?status=removed&search={address}"))
+        .await;
+    assert_eq!(
+        removed["items"][0]["address"],
+        address.as_str(),
+        "{removed}"
+    );
+    let restore = format!("{users}/{address}/restore");
+    let (status, _) = api.post(&reader, &restore, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a reader restores nothing");
+    let (status, user) = api.post(&admin, &restore, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert_eq!(user["status"], "active");
+    assert_eq!(user["address"], address.as_str());
+    let (status, body) = api
+        .post(
+            &admin,
+            &format!("{users}/nobody@nowhere.example/restore"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::NOT_FOUND, "not_found")
     );
     api.close().await;
 }
