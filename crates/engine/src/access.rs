@@ -82,6 +82,12 @@ pub struct NewToken {
     pub record: ApiToken,
 }
 
+/// Failed sign-ins allowed per account, and per client address, in
+/// [`SIGN_IN_FAILURE_WINDOW_SECS`]; then even the right password waits.
+pub const SIGN_IN_FAILURES_PER_ACCOUNT: i64 = 5;
+pub const SIGN_IN_FAILURES_PER_ADDRESS: i64 = 20;
+pub const SIGN_IN_FAILURE_WINDOW_SECS: i64 = 15 * 60;
+
 /// The random text of a session or token: 32 bytes, URL-safe base64, with a prefix that
 /// says what it is (so one found in a log or a repository is recognised).
 fn random_secret(prefix: &str) -> String {
@@ -182,6 +188,46 @@ impl Engine {
     /// Checks an e-mail and password and starts a session. Unknown e-mail, wrong password
     /// and disabled account are one and the same refusal.
     pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &SecretString,
+        client: Option<&str>,
+    ) -> Result<NewSession, EngineError> {
+        // Failed sign-ins are counted in the database, so that every process of it holds
+        // the same line.
+        let account_key = format!("account:{}", email.trim().to_lowercase());
+        let address_key = client.map(|a| format!("address:{a}"));
+        for (key, allowed) in [
+            (Some(&account_key), SIGN_IN_FAILURES_PER_ACCOUNT),
+            (address_key.as_ref(), SIGN_IN_FAILURES_PER_ADDRESS),
+        ] {
+            let Some(key) = key else { continue };
+            let (failures, wait) = self
+                .store
+                .sign_in_failures(key, SIGN_IN_FAILURE_WINDOW_SECS)
+                .await?;
+            if failures >= allowed {
+                let minutes = (wait.max(1) as u64).div_ceil(60);
+                return Err(EngineError::Limited(format!(
+                    "Too many failed sign-ins. Try again in {minutes} minute(s)."
+                )));
+            }
+        }
+        let signed_in = self.check_password(email, password).await;
+        match &signed_in {
+            Ok(_) => self.store.forget_sign_in_failures(&account_key).await?,
+            Err(EngineError::Unauthenticated(_)) => {
+                let keys: Vec<&str> = std::iter::once(account_key.as_str())
+                    .chain(address_key.as_deref())
+                    .collect();
+                self.store.record_sign_in_failure(&keys).await?;
+            }
+            Err(_) => {}
+        }
+        signed_in
+    }
+
+    async fn check_password(
         &self,
         email: &str,
         password: &SecretString,

@@ -27,6 +27,9 @@ pub enum EngineError {
     /// No valid sign-in or token was given (a wrong password, an unknown or revoked token).
     #[error("{0}")]
     Unauthenticated(String),
+    /// Too many attempts lately (failed sign-ins): wait and try again.
+    #[error("{0}")]
+    Limited(String),
     /// The principal sees the object but may not do this to it (a read-only role).
     #[error("{0}")]
     Forbidden(String),
@@ -50,6 +53,8 @@ pub enum ErrorKind {
     Conflict,
     /// No valid sign-in or token.
     Unauthenticated,
+    /// Too many attempts lately: wait.
+    Limited,
     /// Seen but not allowed (a read-only role asking for a change).
     Forbidden,
     /// The tenant refused: consent or a permission missing, a secret wrong or expired.
@@ -86,6 +91,7 @@ impl EngineError {
             EngineError::TenantGroup(_) => ErrorKind::Invalid,
             EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            EngineError::Limited(_) => ErrorKind::Limited,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::Tenant { error, .. } => match error.as_ref() {
                 usersync_graph::GraphError::Forbidden { .. }

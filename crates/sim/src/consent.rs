@@ -214,7 +214,7 @@ fn consent_pages(
             "The request body must contain the following parameter: 'client_id'.",
         );
     };
-    let redirect = match checked_redirect(&shared, &params) {
+    let redirect = match checked_redirect(shared, &params) {
         Ok(r) => r,
         Err((code, text)) => return error_page(code, &text),
     };

@@ -188,6 +188,61 @@ impl Store {
     }
 
     /// Starts a session of `account_id`, kept `ttl_secs`.
+    /// Failed sign-ins of `key` (an account or a client address) in the last
+    /// `window_secs`, by every process of the database: how many, and the seconds until
+    /// the oldest of them leaves the window.
+    pub async fn sign_in_failures(
+        &self,
+        key: &str,
+        window_secs: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        let now = self.db_now();
+        let row = query_dyn(&format!(
+            "SELECT COUNT(*) AS n, MIN(at) AS oldest, {now} AS now FROM sign_in_failures \
+             WHERE key = $1 AND at > {now} - $2"
+        ))
+        .bind(key)
+        .bind(window_secs)
+        .fetch_one(&self.pool)
+        .await?;
+        let count: i64 = row.try_get("n")?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        let now: i64 = row.try_get("now")?;
+        Ok((count, oldest.map_or(0, |o| (o + window_secs - now).max(1))))
+    }
+
+    /// Counts a failed sign-in against each key (its account, its client address).
+    pub async fn record_sign_in_failure(&self, keys: &[&str]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        // A day of them is more than any window needs.
+        query_dyn(&format!(
+            "DELETE FROM sign_in_failures WHERE at < {} - 86400",
+            self.db_now()
+        ))
+        .execute(&mut *tx)
+        .await?;
+        for key in keys {
+            query_dyn(&format!(
+                "INSERT INTO sign_in_failures (key, at) VALUES ($1, {})",
+                self.db_now()
+            ))
+            .bind(*key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets the failed sign-ins of `key` (an account that signed in).
+    pub async fn forget_sign_in_failures(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sign_in_failures WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn add_session(
         &self,
         account_id: i64,

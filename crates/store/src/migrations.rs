@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
     ),
     both(15, "console accounts, their sessions, and API tokens", V15),
     both(16, "refresh tokens of delegated sources (sealed)", V16),
+    both(
+        17,
+        "failed sign-ins, counted by every process of the database",
+        V17,
+    ),
 ];
 
 /// The newest schema version this binary knows.
@@ -395,6 +400,14 @@ CREATE TABLE api_tokens (
     last_used_at TEXT,
     revoked_at TEXT
 );
+"#;
+
+const V17: &str = r#"
+CREATE TABLE sign_in_failures (
+    key TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at);
 "#;
 
 const V16: &str = r#"

@@ -2,10 +2,8 @@
 //! cookie after sign-in, a CSRF token in every form, no script. Every page goes through
 //! [`Access`], as the API does.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
@@ -25,11 +23,6 @@ type AppState = Arc<WebState>;
 
 const SESSION_COOKIE: &str = "usersync_session";
 const SIGN_IN_COOKIE: &str = "usersync_sign_in";
-
-/// Failed sign-ins allowed per account, and per client address, in [`FAILURE_WINDOW`].
-const FAILURES_PER_ACCOUNT: usize = 5;
-const FAILURES_PER_ADDRESS: usize = 20;
-const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -76,38 +69,6 @@ pub fn routes() -> Router<AppState> {
         .route("/tokens", get(tokens).post(make_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
         .route("/static/console.css", get(stylesheet))
-}
-
-/// Recent failed sign-ins, by account and by client address (in this process).
-#[derive(Debug, Default)]
-pub struct SignInLimiter {
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
-}
-
-impl SignInLimiter {
-    /// How long until `key` may try again, when it has failed `allowed` times lately.
-    fn wait(&self, key: &str, allowed: usize) -> Option<Duration> {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let list = failures.get_mut(key)?;
-        let now = Instant::now();
-        while list
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
-        {
-            list.pop_front();
-        }
-        (list.len() >= allowed).then(|| FAILURE_WINDOW - now.duration_since(list[0]))
-    }
-
-    fn failed(&self, key: String) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.entry(key).or_default().push_back(Instant::now());
-    }
-
-    fn forget(&self, key: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.remove(key);
-    }
 }
 
 /// Who the page is shown to, for the header.
@@ -432,27 +393,19 @@ async fn sign_in(
             StatusCode::FORBIDDEN,
         );
     }
-    let address = address.map_or_else(|| "unknown".into(), |a| a.to_string());
-    let account_key = format!("account:{email}");
-    let address_key = format!("address:{address}");
-    let wait = state
-        .limiter
-        .wait(&account_key, FAILURES_PER_ACCOUNT)
-        .or_else(|| state.limiter.wait(&address_key, FAILURES_PER_ADDRESS));
-    if let Some(wait) = wait {
-        let minutes = wait.as_secs().div_ceil(60).max(1);
-        return again(
-            format!("Too many failed sign-ins. Try again in {minutes} minute(s)."),
-            StatusCode::TOO_MANY_REQUESTS,
-        );
-    }
+    // Failed sign-ins are limited per account and per client address (the engine
+    // counts them in the database, for every process).
+    let address = address.map(|a| a.to_string());
     match state
         .engine
-        .sign_in(&email, &SecretString::new(form.password))
+        .sign_in(
+            &email,
+            &SecretString::new(form.password),
+            address.as_deref(),
+        )
         .await
     {
         Ok(session) => {
-            state.limiter.forget(&account_key);
             let mut response = Redirect::to(&next).into_response();
             let headers = response.headers_mut();
             headers.append(
@@ -471,9 +424,10 @@ async fn sign_in(
             response
         }
         Err(e) if e.kind() == ErrorKind::Unauthenticated => {
-            state.limiter.failed(account_key);
-            state.limiter.failed(address_key);
             again(error_text(&e), StatusCode::UNAUTHORIZED)
+        }
+        Err(e) if e.kind() == ErrorKind::Limited => {
+            again(error_text(&e), StatusCode::TOO_MANY_REQUESTS)
         }
         Err(e) => Page::error(None, e).into_response(),
     }

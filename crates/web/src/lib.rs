@@ -40,7 +40,6 @@ pub struct WebState {
     pub(crate) secure_cookies: bool,
     pub(crate) public_url: Option<url::Url>,
     pub(crate) office365: Option<usersync_engine::Office365App>,
-    pub(crate) limiter: console::SignInLimiter,
 }
 
 /// The console and the REST API, to be merged into the service's router. Serve it with
@@ -52,7 +51,6 @@ pub fn router(engine: Engine, options: WebOptions) -> axum::Router {
         secure_cookies: options.secure_cookies,
         public_url: options.public_url,
         office365: options.office365,
-        limiter: console::SignInLimiter::default(),
     });
     axum::Router::new()
         .merge(console::routes())

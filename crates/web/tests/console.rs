@@ -411,6 +411,22 @@ async fn failed_sign_ins_are_limited_per_account(url: String) {
             .unwrap()
             .contains("Too many failed sign-ins")
     );
+    // Another process of the same database holds the same line.
+    let engine = console.engine.clone();
+    let (base, stop) =
+        common::serve(|_| usersync_web::router(engine, usersync_web::WebOptions::default())).await;
+    let other = Console {
+        engine: console.engine.clone(),
+        url: console.url.clone(),
+        base,
+        http: console.http.clone(),
+        stop: Some(stop),
+    };
+    let response = other
+        .sign_in(&mut Jar::default(), "admin@example.com", PASSWORD)
+        .await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(other);
     // Another account is not held back by it.
     let response = console
         .sign_in(&mut jar, "ann@contoso.example", PASSWORD)
