@@ -761,13 +761,14 @@ impl Access {
         }
     }
 
-    /// Where a run of a source the principal sees stands, when it executes in this process.
+    /// Where a running run of a source the principal sees stands (see
+    /// [`Engine::run_progress`]).
     pub async fn live_progress(
         &self,
         run_id: i64,
     ) -> Result<Option<crate::LiveProgress>, EngineError> {
         self.run(run_id).await?;
-        Ok(self.engine.live_progress(run_id))
+        Ok(self.engine.run_progress(run_id).await)
     }
 
     /// The newest runs of a source first.

@@ -1,16 +1,19 @@
 //! Where the runs executing in this process stand (phase, items done, total), so that a
-//! console served by the same process can show a running sync's progress. Runs executing
-//! in another process (`usersync worker`) show their status only.
+//! console can show a running sync's progress. On PostgreSQL, where several processes
+//! (`usersync worker`) share the runs, each also writes it to the run's row every
+//! [`PROGRESS_EVERY`], for the consoles of the other processes; on SQLite a run executing
+//! in another process shows its status only (its writer holds the database's one write
+//! lock for long stretches).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Progress;
 
 /// A running run's progress.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveProgress {
     /// The current phase: "reading users and groups", "planning", "saving" ...
     pub phase: String,
@@ -19,6 +22,28 @@ pub struct LiveProgress {
     /// What the phase counts to, when the source can tell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+}
+
+/// How often a run's progress is written for other processes.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes `run_id`'s progress to its row while it executes here, when it changed.
+pub(crate) async fn write_progress(live: Arc<LiveRuns>, store: usersync_store::Store, run_id: i64) {
+    let mut last = None;
+    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        ticks.tick().await;
+        let Some(now) = live.get(run_id) else { return };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        if let Ok(text) = serde_json::to_string(&now)
+            && let Err(e) = store.set_run_progress(run_id, &text).await
+        {
+            tracing::debug!(run = run_id, error = %e, "progress not written");
+        }
+        last = Some(now);
+    }
 }
 
 /// The progress of every run executing in this process, by run id.

@@ -396,14 +396,37 @@ impl Engine {
     /// Executes a claimed run as [`Engine::execute`] does, keeping its progress where
     /// [`Engine::live_progress`] finds it while it runs (a service's workers).
     pub async fn execute_watched(&self, claim: &Claim) -> Result<RunOutcome, EngineError> {
-        let progress = self.live.watch(claim.lease.run_id);
-        self.execute(claim, &progress).await
+        let run_id = claim.lease.run_id;
+        let progress = self.live.watch(run_id);
+        // For the consoles of the other processes (see `live`).
+        let writer = (self.store.backend() == usersync_store::Backend::Postgres).then(|| {
+            tokio::spawn(crate::live::write_progress(
+                self.live.clone(),
+                self.store.clone(),
+                run_id,
+            ))
+        });
+        let outcome = self.execute(claim, &progress).await;
+        if let Some(writer) = writer {
+            writer.abort();
+        }
+        outcome
     }
 
     /// Where a run executing in this process stands; `None` when it runs elsewhere or
     /// not at all.
     pub fn live_progress(&self, run_id: i64) -> Option<crate::LiveProgress> {
         self.live.get(run_id)
+    }
+
+    /// Where a running run stands: as this process executes it, else as the process that
+    /// executes it wrote it (PostgreSQL); `None` when neither tells.
+    pub async fn run_progress(&self, run_id: i64) -> Option<crate::LiveProgress> {
+        if let Some(here) = self.live.get(run_id) {
+            return Some(here);
+        }
+        let text = self.store.run_progress(run_id).await.ok().flatten()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Cancels a queued or running run; a running one can apply nothing from now on.

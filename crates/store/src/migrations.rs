@@ -88,6 +88,7 @@ const MIGRATIONS: &[Migration] = &[
         "failed sign-ins, counted by every process of the database",
         V17,
     ),
+    both(18, "where a running run stands, for other processes", V18),
 ];
 
 /// The newest schema version this binary knows.
@@ -400,6 +401,10 @@ CREATE TABLE api_tokens (
     last_used_at TEXT,
     revoked_at TEXT
 );
+"#;
+
+const V18: &str = r#"
+ALTER TABLE runs ADD COLUMN progress TEXT;
 "#;
 
 const V17: &str = r#"

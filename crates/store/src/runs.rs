@@ -267,6 +267,28 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Where a running run stands (JSON), for the processes that do not execute it.
+    pub async fn set_run_progress(&self, run_id: i64, progress: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET progress = $2 WHERE id = $1 AND status = 'running'")
+            .bind(run_id)
+            .bind(progress)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// What [`Store::set_run_progress`] kept, while the run is running.
+    pub async fn run_progress(&self, run_id: i64) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT progress FROM runs WHERE id = $1 AND status = 'running'")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get("progress")?,
+            None => None,
+        })
+    }
+
     /// The ids of the runs of a source that are queued or in progress.
     pub async fn active_runs(&self, source_id: i64) -> Result<Vec<(i64, RunStatus)>, StoreError> {
         let rows = sqlx::query(

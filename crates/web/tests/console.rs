@@ -1420,9 +1420,16 @@ async fn a_running_sync_shows_its_phase_and_counts(url: String) {
     let console = console(url).await;
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     let source = connected(&console, &sim).await;
+    // On PostgreSQL the workers are another process's (an engine of their own, sharing
+    // only the database): the console reads the progress they write to the run's row.
+    let worker_engine = if console.url.starts_with("postgres") {
+        Engine::new(console.engine.store().clone(), EngineOptions::default())
+    } else {
+        console.engine.clone()
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = tokio::spawn(usersync_engine::run_service(
-        console.engine.clone(),
+        worker_engine,
         usersync_engine::ServiceOptions {
             workers: 1,
             scheduler: false,
@@ -1433,8 +1440,15 @@ async fn a_running_sync_shows_its_phase_and_counts(url: String) {
         std::sync::Arc::new(usersync_engine::Metrics::default()),
         stopped,
     ));
-    // Far away: each request takes long enough to be seen.
-    sim.set_latency(Duration::from_millis(300));
+    // Far away: each request takes long enough to be seen (by another process, which
+    // learns it once a second, longer).
+    sim.set_latency(Duration::from_millis(
+        if console.url.starts_with("postgres") {
+            700
+        } else {
+            300
+        },
+    ));
     let mut jar = Jar::default();
     console
         .sign_in(&mut jar, "admin@example.com", PASSWORD)
