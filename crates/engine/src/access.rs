@@ -194,19 +194,27 @@ impl Engine {
         client: Option<&str>,
     ) -> Result<NewSession, EngineError> {
         // Failed sign-ins are counted in the database, so that every process of it holds
-        // the same line.
+        // the same line; an attempt counts from before its password is checked, so that
+        // parallel attempts cannot all pass under the limit.
         let account_key = format!("account:{}", email.trim().to_lowercase());
         let address_key = client.map(|a| format!("address:{a}"));
+        let keys: Vec<&str> = std::iter::once(account_key.as_str())
+            .chain(address_key.as_deref())
+            .collect();
+        let attempt = random_secret("");
+        self.store.begin_sign_in_attempt(&keys, &attempt).await?;
         for (key, allowed) in [
             (Some(&account_key), SIGN_IN_FAILURES_PER_ACCOUNT),
             (address_key.as_ref(), SIGN_IN_FAILURES_PER_ADDRESS),
         ] {
             let Some(key) = key else { continue };
-            let (failures, wait) = self
+            let (attempts, wait) = self
                 .store
                 .sign_in_failures(key, SIGN_IN_FAILURE_WINDOW_SECS)
                 .await?;
-            if failures >= allowed {
+            // This attempt is among them.
+            if attempts > allowed {
+                self.store.end_sign_in_attempt(&attempt, None).await?;
                 let minutes = (wait.max(1) as u64).div_ceil(60);
                 return Err(EngineError::Limited(format!(
                     "Too many failed sign-ins. Try again in {minutes} minute(s)."
@@ -215,14 +223,14 @@ impl Engine {
         }
         let signed_in = self.check_password(email, password).await;
         match &signed_in {
-            Ok(_) => self.store.forget_sign_in_failures(&account_key).await?,
-            Err(EngineError::Unauthenticated(_)) => {
-                let keys: Vec<&str> = std::iter::once(account_key.as_str())
-                    .chain(address_key.as_deref())
-                    .collect();
-                self.store.record_sign_in_failure(&keys).await?;
+            Ok(_) => {
+                self.store
+                    .end_sign_in_attempt(&attempt, Some(&account_key))
+                    .await?
             }
-            Err(_) => {}
+            // A failure: the attempt stays counted.
+            Err(EngineError::Unauthenticated(_)) => {}
+            Err(_) => self.store.end_sign_in_attempt(&attempt, None).await?,
         }
         signed_in
     }
@@ -520,7 +528,7 @@ impl Access {
         // Other endpoints than Microsoft's (a national cloud, a test double) are the
         // provider's to choose: the service calls them.
         self.may_use_endpoints(Some(&app.authority_url), Some(&app.graph_url))?;
-        let record = self
+        let added = self
             .engine
             .add_office365_source(crate::NewOffice365 {
                 customer: customer.name,
@@ -532,7 +540,8 @@ impl Access {
                 ),
                 client_secret: app.client_secret.clone(),
             })
-            .await?;
+            .await;
+        let record = self.owner_hidden(added, tenant_id.trim())?;
         let report = self.engine.test_source(record.id).await?;
         Ok((record, report))
     }
@@ -778,8 +787,22 @@ impl Access {
         statuses: &[RunStatus],
         limit: i64,
     ) -> Result<Vec<RunRecord>, EngineError> {
+        self.runs_before(source_id, statuses, None, limit).await
+    }
+
+    /// [`Access::runs`], only runs older than `before` (a run id: the last of the page
+    /// before).
+    pub async fn runs_before(
+        &self,
+        source_id: i64,
+        statuses: &[RunStatus],
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, EngineError> {
         self.source(source_id).await?;
-        self.engine.runs(Some(source_id), statuses, limit).await
+        self.engine
+            .runs_before(Some(source_id), statuses, before, limit)
+            .await
     }
 
     /// "Confirm removals" on a held run.
@@ -799,6 +822,18 @@ impl Access {
         since: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, EngineError> {
+        self.audit_before(customer_id, since, None, limit).await
+    }
+
+    /// [`Access::audit`], only entries older than `before_id` (the last of the page
+    /// before).
+    pub async fn audit_before(
+        &self,
+        customer_id: Option<i64>,
+        since: Option<&str>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, EngineError> {
         let customer_id = match (customer_id, self.grant().customer_id) {
             (Some(id), _) => Some(self.customer(id).await?.id),
             (None, own) => own,
@@ -816,7 +851,8 @@ impl Access {
             .audit_log(&AuditQuery {
                 customer_id,
                 since,
-                limit: limit.clamp(1, 1000),
+                before_id,
+                limit: limit.clamp(1, 1001),
             })
             .await?)
     }

@@ -76,10 +76,25 @@ struct DelegatedRequest {
     /// The PKCE code verifier (its S256 digest went to the authorize request).
     verifier: String,
     redirect_uri: String,
+    /// The tenant asked for (`organizations`: the administrator's own): the code is
+    /// redeemed there, and the tenant signed in to must be it.
+    tenant: String,
 }
 
 fn now_secs() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The tenant of the identity platform's paths: the one named (an id or a domain), else
+/// `organizations` (the administrator's own).
+fn tenant_path(hint: Option<&str>) -> Result<String, EngineError> {
+    match hint.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) if t.eq_ignore_ascii_case("organizations") => Ok("organizations".into()),
+        Some(t) => Ok(TenantId::parse(t)
+            .map_err(|e| EngineError::config("tenant", e.to_string()))?
+            .to_string()),
+        None => Ok("organizations".into()),
+    }
 }
 
 /// A page of the identity platform for `tenant`: `{authority}/{tenant}/{path}`.
@@ -142,12 +157,14 @@ impl Access {
         let verifier = crate::access::random_token(); // 43 characters: a valid PKCE verifier
         let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let tenant = tenant_path(tenant_hint)?;
         let request = DelegatedRequest {
             verifier,
             redirect_uri: redirect_uri.to_string(),
+            tenant: tenant.clone(),
         };
         let (tenant, sealed) = self
-            .consent_request(app, customer_id, tenant_hint, session, Some(request))
+            .consent_request(app, customer_id, Some(&tenant), session, Some(request))
             .await?;
         let mut url = authority_page(app, &tenant, "oauth2/v2.0/authorize")?;
         url.query_pairs_mut()
@@ -175,12 +192,7 @@ impl Access {
         self.may_change()?;
         self.customer(customer_id).await?;
         app.check()?;
-        let tenant = match tenant_hint.map(str::trim).filter(|t| !t.is_empty()) {
-            Some(t) => TenantId::parse(t)
-                .map_err(|e| EngineError::config("tenant", e.to_string()))?
-                .to_string(),
-            None => "organizations".to_string(),
-        };
+        let tenant = tenant_path(tenant_hint)?;
         let state = ConsentState {
             customer_id,
             session: crate::access::digest(session),
@@ -291,7 +303,7 @@ impl Access {
         let mut settings = app.settings();
         settings.delegated = true;
         let mut config =
-            crate::office365::graph_config(&settings, "organizations", &app.client_secret)?;
+            crate::office365::graph_config(&settings, &request.tenant, &app.client_secret)?;
         // Filled by the answer to the code.
         let refresh = usersync_graph::RefreshToken::new("");
         config.sign_in = usersync_graph::SignIn::Delegated(refresh.clone());
@@ -313,6 +325,23 @@ impl Access {
             })?;
         let tenant = TenantId::parse(&organization.id)
             .map_err(|e| consent_error(format!("the tenant Microsoft 365 signed in to: {e}")))?;
+        // An administrator who is a guest elsewhere could sign in to another tenant than
+        // the one asked for: only the one asked for is connected.
+        if request.tenant != "organizations" {
+            let asked = request.tenant.to_ascii_lowercase();
+            let same = asked == tenant.as_str().to_ascii_lowercase()
+                || organization
+                    .verified_domains
+                    .iter()
+                    .filter_map(|d| d.name.as_deref())
+                    .any(|d| d.eq_ignore_ascii_case(&asked));
+            if !same {
+                return Err(consent_error(format!(
+                    "the administrator signed in to the tenant {tenant}, not to {asked} as asked; \
+                     start again and sign in with an account of {asked}"
+                )));
+            }
+        }
         let token = SecretString::new(refresh.current().expose_secret());
         self.connect_consented(customer, &tenant, settings, app, Some(token))
             .await
@@ -340,25 +369,36 @@ impl Access {
                 refresh_token,
             )
             .await;
-        let record = match added {
-            // Another customer's tenant: named to whoever sees every customer only.
-            Err(EngineError::Store(StoreError::Conflict(_)))
-                if !self.principal().grant.sees_all() =>
-            {
-                return Err(EngineError::Conflict(format!(
-                    "the tenant {tenant} is connected to another customer already; one tenant \
-                     belongs to one customer (ask your provider)"
-                )));
-            }
-            other => other?,
-        };
+        let record = self.owner_hidden(added, tenant.as_str())?;
         let report = self.engine().test_source(record.id).await?;
         Ok((record, report))
     }
 
+    /// A tenant another customer has is named, with that customer, only to whoever sees
+    /// every customer: to a customer's admin the owner is another customer's data.
+    pub(crate) fn owner_hidden(
+        &self,
+        added: Result<SourceRecord, EngineError>,
+        tenant: &str,
+    ) -> Result<SourceRecord, EngineError> {
+        match added {
+            Err(EngineError::Store(StoreError::Conflict(_)))
+                if !self.principal().grant.sees_all() =>
+            {
+                Err(EngineError::Conflict(format!(
+                    "the tenant {tenant} is connected to another customer already; one tenant \
+                     belongs to one customer (ask your provider)"
+                )))
+            }
+            other => other,
+        }
+    }
+
     /// Tests a source's connection: each permission the sync needs, granted or missing.
+    /// It calls the tenant, as a preview does: not for read-only principals.
     pub async fn test_source(&self, source_id: i64) -> Result<ConnectionReport, EngineError> {
         self.source(source_id).await?;
+        self.may_change()?;
         self.engine().test_source(source_id).await
     }
 }

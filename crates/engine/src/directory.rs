@@ -359,6 +359,7 @@ impl Engine {
             .audit_log(&AuditQuery {
                 customer_id,
                 since,
+                before_id: None,
                 limit: request.limit,
             })
             .await?)

@@ -383,8 +383,22 @@ impl Engine {
         statuses: &[RunStatus],
         limit: i64,
     ) -> Result<Vec<RunRecord>, EngineError> {
+        self.runs_before(source_id, statuses, None, limit).await
+    }
+
+    /// [`Engine::runs`], only runs older than `before` (a run id).
+    pub async fn runs_before(
+        &self,
+        source_id: Option<i64>,
+        statuses: &[RunStatus],
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, EngineError> {
         self.recover_runs().await;
-        Ok(self.store.list_runs(source_id, statuses, limit).await?)
+        Ok(self
+            .store
+            .list_runs_before(source_id, statuses, before, limit)
+            .await?)
     }
 
     /// One run with its plan (after taking back runs whose process died).
@@ -1388,16 +1402,27 @@ impl Engine {
                 )
             })?;
             // The identity platform hands out a new refresh token with each access
-            // token: keep the newest.
+            // token: keep the newest (writes may finish out of order; an older one never
+            // replaces a newer).
             let (store, id) = (self.store.clone(), record.id);
+            let handed_out = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let kept = std::sync::Arc::new(tokio::sync::Mutex::new(0u64));
             let keeper = move |token: &usersync_graph::ClientSecret| {
-                let (store, token) = (
-                    store.clone(),
-                    usersync_store::SecretString::new(token.expose_secret()),
-                );
+                let n = handed_out.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let (store, kept) = (store.clone(), kept.clone());
+                let token = usersync_store::SecretString::new(token.expose_secret());
                 tokio::spawn(async move {
-                    if let Err(e) = store.keep_refresh_token(id, &token).await {
-                        tracing::warn!(source = id, error = %e, "the new refresh token could not be kept");
+                    let mut newest = kept.lock().await;
+                    if *newest > n {
+                        return;
+                    }
+                    match store.keep_refresh_token(id, &token).await {
+                        Ok(()) => *newest = n,
+                        Err(e) => tracing::warn!(
+                            source = id,
+                            error = %e,
+                            "the new refresh token could not be kept"
+                        ),
                     }
                 });
             };

@@ -766,6 +766,7 @@ async fn a_whole_read_writes_its_adds_while_its_pages_arrive(url: String) {
             .audit_log(&usersync_store::AuditQuery {
                 customer_id: Some(customer),
                 since: None,
+                before_id: None,
                 limit: 100_000,
             })
             .await

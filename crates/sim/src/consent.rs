@@ -94,6 +94,13 @@ fn hidden(params: &HashMap<String, String>, keys: &[&str]) -> String {
         .collect()
 }
 
+/// Whether the account is a global administrator: `admin@` one of its tenant's domains.
+fn is_admin(account: &str) -> bool {
+    account
+        .split_once('@')
+        .is_some_and(|(local, _)| local.eq_ignore_ascii_case("admin"))
+}
+
 /// The tenant an account signs in to: the one holding its domain.
 fn tenant_of<'a>(shared: &'a Shared, account: &str) -> Option<&'a Arc<Tenant>> {
     let domain = account.rsplit_once('@')?.1.to_ascii_lowercase();
@@ -285,10 +292,7 @@ fn consent_pages(
             ),
         );
     }
-    let is_admin = account
-        .split_once('@')
-        .is_some_and(|(local, _)| local.eq_ignore_ascii_case("admin"));
-    if !is_admin {
+    if !is_admin(&account) {
         return page(
             StatusCode::FORBIDDEN,
             "Need admin approval",
@@ -335,6 +339,7 @@ fn consent_pages(
 /// back to the app (with `admin_consent` and `tenant`, or with a `code`).
 pub(crate) async fn decide(
     State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
     axum::Form(params): axum::Form<HashMap<String, String>>,
 ) -> Response {
     let mut redirect = match checked_redirect(&shared, &params) {
@@ -348,6 +353,25 @@ pub(crate) async fn decide(
             &format!("The user account {account} does not exist in the directory."),
         );
     };
+    // The page's checks again: a form posted by hand gets no further than the page.
+    if shared
+        .tenant_named(&tenant)
+        .is_some_and(|t| !std::ptr::eq(t, home.as_ref()))
+    {
+        return error_page(
+            50_020,
+            &format!(
+                "User account '{account}' from identity provider does not exist in tenant '{tenant}' and cannot access the application in that tenant."
+            ),
+        );
+    }
+    if !is_admin(&account) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Need admin approval",
+            "<p id=\"error\">AADSTS90094: The grant requires admin permission.</p>",
+        );
+    }
     let state = params.get("state").cloned();
     let mut query: Vec<(String, String)> = Vec::new();
     let authorize = params.get("flow").map(String::as_str) == Some("authorize");

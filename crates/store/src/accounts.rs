@@ -211,8 +211,13 @@ impl Store {
         Ok((count, oldest.map_or(0, |o| (o + window_secs - now).max(1))))
     }
 
-    /// Counts a failed sign-in against each key (its account, its client address).
-    pub async fn record_sign_in_failure(&self, keys: &[&str]) -> Result<(), StoreError> {
+    /// Counts a sign-in attempt against each key (its account, its client address) from
+    /// now on, before its password is checked: parallel attempts see each other.
+    pub async fn begin_sign_in_attempt(
+        &self,
+        keys: &[&str],
+        attempt: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         // A day of them is more than any window needs.
         query_dyn(&format!(
@@ -223,10 +228,11 @@ impl Store {
         .await?;
         for key in keys {
             query_dyn(&format!(
-                "INSERT INTO sign_in_failures (key, at) VALUES ($1, {})",
+                "INSERT INTO sign_in_failures (key, at, attempt) VALUES ($1, {}, $2)",
                 self.db_now()
             ))
             .bind(*key)
+            .bind(attempt)
             .execute(&mut *tx)
             .await?;
         }
@@ -234,10 +240,16 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets the failed sign-ins of `key` (an account that signed in).
-    pub async fn forget_sign_in_failures(&self, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM sign_in_failures WHERE key = $1")
-            .bind(key)
+    /// An attempt that did not fail (it signed in, or never got to the password): it
+    /// counts no more; with `forget`, neither do the earlier failures of that key.
+    pub async fn end_sign_in_attempt(
+        &self,
+        attempt: &str,
+        forget: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1 OR key = $2")
+            .bind(attempt)
+            .bind(forget.unwrap_or(""))
             .execute(&self.pool)
             .await?;
         Ok(())

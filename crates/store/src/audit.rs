@@ -40,6 +40,8 @@ pub struct AuditQuery {
     pub customer_id: Option<i64>,
     /// Only entries at or after this time (RFC 3339, UTC).
     pub since: Option<String>,
+    /// Only entries older than this one (the id of the last entry of the page before).
+    pub before_id: Option<i64>,
     pub limit: i64,
 }
 
@@ -217,6 +219,9 @@ impl Store {
         if query.since.is_some() {
             sql.push_str(&format!(" AND a.at >= {}", next()));
         }
+        if query.before_id.is_some() {
+            sql.push_str(&format!(" AND a.id < {}", next()));
+        }
         sql.push_str(&format!(" ORDER BY a.id DESC LIMIT {}", next()));
         let mut q = query_dyn(&sql);
         if let Some(c) = query.customer_id {
@@ -224,6 +229,9 @@ impl Store {
         }
         if let Some(since) = &query.since {
             q = q.bind(since.clone());
+        }
+        if let Some(before) = query.before_id {
+            q = q.bind(before);
         }
         let rows = q.bind(query.limit.max(0)).fetch_all(&self.pool).await?;
         rows.iter().map(entry_from).collect()

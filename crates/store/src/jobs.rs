@@ -438,12 +438,13 @@ impl Store {
     /// can record and apply nothing more. Returns the status it had.
     pub async fn cancel_run(&self, run_id: i64, by: &str) -> Result<RunStatus, StoreError> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
+        let row = sqlx::query("SELECT status, customer_id FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::not_found("run", run_id))?;
         let status: RunStatus = parse_enum(&row.try_get::<String, _>("status")?, "runs.status")?;
+        let customer_id: i64 = row.try_get("customer_id")?;
         if status.is_final() {
             return Err(StoreError::Conflict(format!(
                 "run {run_id} is {status} already; only a queued or running run can be cancelled"
@@ -457,6 +458,15 @@ impl Store {
         .bind(format!("cancelled by {by}"))
         .bind(run_id)
         .execute(&mut *tx)
+        .await?;
+        self.audit_now(
+            &mut tx,
+            &[
+                crate::audit::Change::new(Some(customer_id), "run.cancel", format!("run {run_id}"))
+                    .before(serde_json::json!({"status": status.as_str()}))
+                    .after(serde_json::json!({"status": "cancelled"})),
+            ],
+        )
         .await?;
         tx.commit().await?;
         Ok(status)

@@ -118,6 +118,7 @@ const OUR_TABLES: &[&str] = &[
     "accounts",
     "sessions",
     "api_tokens",
+    "sign_in_failures",
 ];
 
 /// What both backends add in version 5.
@@ -410,7 +411,8 @@ ALTER TABLE runs ADD COLUMN progress TEXT;
 const V17: &str = r#"
 CREATE TABLE sign_in_failures (
     key TEXT NOT NULL,
-    at BIGINT NOT NULL
+    at BIGINT NOT NULL,
+    attempt TEXT NOT NULL
 );
 CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at);
 "#;

@@ -348,6 +348,19 @@ impl Store {
         statuses: &[RunStatus],
         limit: i64,
     ) -> Result<Vec<RunRecord>, StoreError> {
+        self.list_runs_before(source_id, statuses, None, limit)
+            .await
+    }
+
+    /// [`Store::list_runs`], only runs older than `before` (a run id: the last of the
+    /// page before).
+    pub async fn list_runs_before(
+        &self,
+        source_id: Option<i64>,
+        statuses: &[RunStatus],
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         let mut sql = format!(
             "SELECT {COLUMNS} FROM runs r JOIN customers c ON c.id = r.customer_id WHERE 1 = 1"
         );
@@ -363,6 +376,9 @@ impl Store {
             let marks: Vec<String> = statuses.iter().map(|_| next()).collect();
             sql.push_str(&format!(" AND r.status IN ({})", marks.join(", ")));
         }
+        if before.is_some() {
+            sql.push_str(&format!(" AND r.id < {}", next()));
+        }
         sql.push_str(&format!(" ORDER BY r.id DESC LIMIT {}", next()));
         let mut query = query_dyn(&sql);
         if let Some(s) = source_id {
@@ -370,6 +386,9 @@ impl Store {
         }
         for status in statuses {
             query = query.bind(status.as_str());
+        }
+        if let Some(before) = before {
+            query = query.bind(before);
         }
         let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(run_from).collect()

@@ -641,8 +641,27 @@ async fn sync(Caller(access): Caller, Path(id): Path<i64>) -> Result<Response> {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct RunParams {
+    /// Only runs of these statuses, comma-separated: queued, running, succeeded, failed,
+    /// held, cancelled.
     status: Option<String>,
+    /// How many runs a page holds: 1 to 1000, 100 when not given.
     limit: Option<i64>,
+    /// `next_cursor` of the page before.
+    cursor: Option<String>,
+}
+
+/// The id a cursor of an id-ordered list carries.
+fn id_cursor(page: &PageParams) -> Result<Option<i64>> {
+    page.after()?
+        .map(|text| {
+            text.parse::<i64>().map_err(|_| {
+                ApiError::invalid(
+                    Some("cursor"),
+                    "not a cursor of this list; give next_cursor of the page before",
+                )
+            })
+        })
+        .transpose()
 }
 
 #[utoipa::path(get, path = "/sources/{id}/runs", tag = "runs", params(("id" = i64, Path, description = "The source's id"), RunParams), responses((status = 200, description = "The source's runs, newest first", body = Page<RunRecord>)))]
@@ -669,17 +688,17 @@ async fn source_runs(
             })
             .collect::<Result<Vec<_>>>()?,
     };
-    let limit = PageParams {
+    let page = PageParams {
         limit: params.limit,
-        cursor: None,
-    }
-    .limit()?;
-    let runs = access.runs(id, &statuses, limit).await?;
-    Ok(Json(Page {
-        items: runs,
-        next_cursor: None,
-    })
-    .into_response())
+        cursor: params.cursor,
+    };
+    let limit = page.limit()?;
+    let mut runs = access
+        .runs_before(id, &statuses, id_cursor(&page)?, limit + 1)
+        .await?;
+    let more = runs.len() as i64 > limit;
+    runs.truncate(limit as usize);
+    Ok(Json(Page::new(runs, more, |r| r.id.to_string())).into_response())
 }
 
 #[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "The run's id")), responses((status = 200, description = "The run with its plan and errors", body = RunRecord)))]
@@ -726,26 +745,34 @@ struct Cancelled {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct AuditParams {
+    /// One customer's entries (a customer's token sees its own only).
     customer_id: Option<i64>,
+    /// Only entries since: RFC 3339, or a duration back such as 7d.
     since: Option<String>,
+    /// How many entries a page holds: 1 to 1000, 100 when not given.
     limit: Option<i64>,
+    /// `next_cursor` of the page before.
+    cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams), responses((status = 200, description = "Entries of the audit log, newest first", body = Page<AuditEntry>)))]
 async fn audit(Caller(access): Caller, Query(params): Query<AuditParams>) -> Result<Response> {
-    let limit = PageParams {
+    let page = PageParams {
         limit: params.limit,
-        cursor: None,
-    }
-    .limit()?;
-    let entries = access
-        .audit(params.customer_id, params.since.as_deref(), limit)
+        cursor: params.cursor,
+    };
+    let limit = page.limit()?;
+    let mut entries = access
+        .audit_before(
+            params.customer_id,
+            params.since.as_deref(),
+            id_cursor(&page)?,
+            limit + 1,
+        )
         .await?;
-    Ok(Json(Page {
-        items: entries,
-        next_cursor: None,
-    })
-    .into_response())
+    let more = entries.len() as i64 > limit;
+    entries.truncate(limit as usize);
+    Ok(Json(Page::new(entries, more, |e| e.id.to_string())).into_response())
 }
 
 // API tokens.

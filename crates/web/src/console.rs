@@ -1304,10 +1304,19 @@ async fn run(signed: Signed, Path(id): Path<i64>) -> Page {
     };
     let mut sections = Vec::new();
     if let Some(plan) = &r.plan {
+        // An added user also says which filter rule (or the default) placed it.
         let user = |u: &usersync_core::DirectoryUser| {
+            let placed = u
+                .placed_by
+                .as_deref()
+                .map(|rule| format!(" · placed by {rule}"))
+                .unwrap_or_default();
             (
                 u.address.to_string(),
-                format!("{} · {} · {}", u.display_name, u.mailbox_type, u.group),
+                format!(
+                    "{} · {} · {}{placed}",
+                    u.display_name, u.mailbox_type, u.group
+                ),
             )
         };
         sections.push(Section {

@@ -72,6 +72,11 @@ pub(crate) const CODES: &[(&str, u16, &str)] = &[
         "the body is not sent as JSON",
     ),
     (
+        "rate_limited",
+        429,
+        "too many attempts lately; wait and try again",
+    ),
+    (
         "tenant_refused",
         502,
         "the Microsoft 365 tenant refused: consent, permission or secret",

@@ -205,6 +205,68 @@ pub(crate) const STEPS: &[Step] = &[
         ],
     },
     Step {
+        slug: "removals",
+        title: "Removals",
+        intro: "What happens to users gone from the tenant.",
+        fields: &[
+            field(
+                "remove_deleted",
+                "Remove users gone from the tenant",
+                "Off: they are reported and kept. Removed users stay restorable for the customer's retention.",
+                Kind::Switch,
+            ),
+            field(
+                "deletion_threshold",
+                "Deletion safeguard",
+                "PERCENT,MIN: a run that would remove more than PERCENT % of the source's users, and at least MIN, waits for \"Confirm removals\".",
+                Kind::Text("10,20"),
+            ),
+        ],
+    },
+    Step {
+        slug: "reading",
+        title: "Reading the tenant",
+        intro: "Which users go where, and how the tenant is read.",
+        fields: &[
+            field(
+                "only_matching",
+                "Only users a filter rule matches",
+                "Off: users no rule matches go to Main. See Filters.",
+                Kind::Switch,
+            ),
+            field(
+                "import_domains",
+                "Add the tenant's mail domains to the customer",
+                "",
+                Kind::Switch,
+            ),
+            field(
+                "delta",
+                "Read only what changed since the last run",
+                "Delta queries over the source's mirror; off: every run reads the whole tenant.",
+                Kind::Switch,
+            ),
+            field(
+                "full_sync_every",
+                "Read the whole tenant again every",
+                "15m to 7d; the run reports what the mirror missed.",
+                Kind::Text("1d"),
+            ),
+            field(
+                "purpose_budget",
+                "Mailbox types read per run",
+                "For mailboxes whose type (shared, room, equipment) is not yet known; 0: never.",
+                Kind::Text("20000"),
+            ),
+            field(
+                "notifications",
+                "Sync within a minute of a change (change notifications)",
+                "Needs the service's public URL (usersync serve --public-url).",
+                Kind::Switch,
+            ),
+        ],
+    },
+    Step {
         slug: "test",
         title: "Test sync",
         intro: "A preview with these settings: what a sync would add, update, remove and skip. Nothing is written to the directory.",
@@ -668,5 +730,23 @@ pub(crate) async fn remove_filter(
     match signed.access.remove_filter_rule(id, rule).await {
         Ok(()) => Redirect::to(&format!("/sources/{id}/filters")).into_response(),
         Err(e) => Page::error(signed.who(), e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STEPS;
+
+    #[test]
+    fn the_wizard_asks_for_every_option_once() {
+        let asked: Vec<&str> = STEPS
+            .iter()
+            .flat_map(|s| s.fields.iter().map(|f| f.key))
+            .collect();
+        for key in usersync_core::SourceOptions::KEYS {
+            let times = asked.iter().filter(|k| *k == key).count();
+            assert_eq!(times, 1, "option {key} is asked {times} times");
+        }
+        assert_eq!(asked.len(), usersync_core::SourceOptions::KEYS.len());
     }
 }

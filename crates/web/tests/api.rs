@@ -372,6 +372,36 @@ async fn a_source_reconnects_with_a_new_secret_as_far_as_its_role_allows(url: St
     let other = api.token(Role::CustomerAdmin, Some("Fabrikam")).await;
     let (status, _) = api.post(&other, &path, json!({"client_secret": "x"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nor learns that Contoso has the tenant, trying to connect it too: refused, naming
+    // no customer and no source (the provider admin is told).
+    let connect =
+        json!({"tenant_id": info.tenant_id, "client_id": info.client_id, "client_secret": "x"});
+    let (status, body) = api
+        .post(
+            &other,
+            &format!("/customers/{}/sources", api.fabrikam),
+            connect.clone(),
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body).0),
+        (StatusCode::CONFLICT, "conflict"),
+        "{body}"
+    );
+    let text = body.to_string();
+    assert!(
+        !text.contains("Contoso") && !text.contains("source #"),
+        "{text}"
+    );
+    let (status, body) = api
+        .post(
+            &provider,
+            &format!("/customers/{}/sources", api.fabrikam),
+            connect,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body.to_string().contains("Contoso"), "{body}");
     // The audit log says who reconnected it.
     let (_, audit) = api.get(&provider, "/audit?limit=50").await;
     assert!(
@@ -394,8 +424,11 @@ async fn a_connection_is_tested_and_a_removed_user_restored_through_the_api(url:
     let reader = api.token(Role::ReadOnly, None).await;
     let test = format!("/sources/{}/test", api.source);
 
-    // "Test connection": each permission, granted or missing.
-    let (status, report) = api.post(&reader, &test, json!({})).await;
+    // "Test connection": each permission, granted or missing; it calls the tenant, so
+    // a reader may not (as for a preview).
+    let (status, _) = api.post(&reader, &test, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, report) = api.post(&admin, &test, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     let checks = report["checks"].as_array().unwrap();
     assert!(checks.iter().all(|c| c["status"] == "granted"), "{report}");
@@ -693,6 +726,69 @@ async fn preview_sync_and_a_users_list_walked_by_cursor(url: String) {
         .filter(|u| u.mailbox_type == usersync_core::MailboxType::Shared)
         .count();
     assert_eq!(shared.len(), want);
+
+    // The source's runs and the audit log are pages too, newest first, walked by cursor.
+    for (list, key) in [
+        (format!("/sources/{}/runs", api.source), "id"),
+        ("/audit".to_string(), "id"),
+    ] {
+        let (_, whole) = api.get(&provider, &format!("{list}?limit=1000")).await;
+        let whole: Vec<i64> = whole["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[key].as_i64().unwrap())
+            .collect();
+        assert!(whole.len() >= 2, "{list}: {whole:?}");
+        let mut walked = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("{list}?limit=1&cursor={c}"),
+                None => format!("{list}?limit=1"),
+            };
+            let (status, page) = api.get(&provider, &path).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            walked.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r[key].as_i64().unwrap()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(walked, whole, "{list}: every entry once, in order");
+        let (_, body) = api
+            .get(&provider, &format!("{list}?cursor=bm90IGFuIGlk"))
+            .await;
+        assert_eq!(error(&body), ("invalid", Some("cursor")), "{list}");
+    }
+    let (status, held) = api
+        .get(
+            &provider,
+            &format!("/sources/{}/runs?status=succeeded", api.source),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        held["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "succeeded"),
+        "{held}"
+    );
+    let (_, body) = api
+        .get(
+            &provider,
+            &format!("/sources/{}/runs?status=finished", api.source),
+        )
+        .await;
+    assert_eq!(error(&body), ("invalid", Some("status")));
     api.close().await;
 }
 
@@ -1089,6 +1185,19 @@ async fn what_the_cli_does_the_api_does(url: String) {
         (status, cancelled["status"].as_str()),
         (StatusCode::OK, Some("cancelled")),
         "{cancelled}"
+    );
+    // The audit log says who cancelled it.
+    let (_, audit) = api.get(&provider, "/audit?limit=5").await;
+    let entry = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "run.cancel")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(entry["object"], format!("run {run}"));
+    assert!(
+        entry["actor"].as_str().unwrap().contains("token"),
+        "{entry}"
     );
     api.close().await;
 }

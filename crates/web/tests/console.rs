@@ -339,20 +339,67 @@ async fn a_customer_admin_sees_only_its_own_customer_in_the_console(url: String)
         "a customer admin adds no customers"
     );
     let fabrikam = console.engine.customer("Fabrikam").await.unwrap().id;
+    // Fabrikam has a tenant, a sync and a filter rule: none of them is Ann's to see.
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let source = common::connect_tenant(console.engine.store(), fabrikam, &sim).await;
+    let run = console
+        .engine
+        .sync(source, &NoProgress)
+        .await
+        .unwrap()
+        .run_id;
+    let rule = console
+        .engine
+        .add_filter_rule(source, "Sales", "department equals Sales", true)
+        .await
+        .unwrap()
+        .id;
+    let domain = &sim.info().mail_domains[0];
     for path in [
         format!("/customers/{fabrikam}"),
         format!("/customers/{fabrikam}/users"),
+        format!("/customers/{fabrikam}/domains/{domain}/user-sync"),
+        format!("/customers/{fabrikam}/sources/new"),
+        format!("/sources/{source}/runs"),
+        format!("/sources/{source}/setup"),
+        format!("/sources/{source}/setup/automatic"),
+        format!("/sources/{source}/filters"),
+        format!("/runs/{run}"),
+        format!("/runs/{run}/progress"),
         "/customers/424242".to_string(),
         "/runs/424242".to_string(),
     ] {
         let (status, page) = console.get(&mut jar, &path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert!(
-            !page.contains("Fabrikam") && !page.contains("fabrikam.example"),
+            !page.contains("Fabrikam") && !page.contains(domain.as_str()),
             "{path}"
         );
     }
     let csrf = hidden(&home, "csrf");
+    for path in [
+        format!("/sources/{source}/sync"),
+        format!("/sources/{source}/preview"),
+        format!("/sources/{source}/test"),
+        format!("/sources/{source}/auto-sync"),
+        format!("/sources/{source}/filters/{rule}/remove"),
+        format!("/runs/{run}/cancel"),
+    ] {
+        let response = console
+            .post(
+                &mut jar,
+                &path,
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("enabled", "true"),
+                    ("position", "1"),
+                ],
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "POST {path}");
+    }
+    assert_eq!(console.engine.filter_rules(source).await.unwrap().len(), 1);
+    sim.shutdown().await;
     let response = console
         .post(
             &mut jar,
@@ -508,7 +555,13 @@ async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
         .await;
     assert!(!page.contains("Call 0800 now"), "{page}");
 
-    // Preview: the run's report, and nothing in the directory.
+    // Preview: the run's report, and nothing in the directory; each added user says
+    // which rule placed it.
+    console
+        .engine
+        .add_filter_rule(source, "Sales", "department equals Sales", true)
+        .await
+        .unwrap();
     let response = console
         .post(
             &mut jar,
@@ -524,6 +577,10 @@ async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
         "{page}"
     );
     assert!(page.contains("Added"), "{page}");
+    assert!(
+        page.contains("placed by rule") && page.contains("placed by no rule matched"),
+        "{page}"
+    );
     assert!(store.users(contoso, false).await.unwrap().is_empty());
 
     // Sync & Save is queued; its page follows it with a script, until a worker ran it.
@@ -734,6 +791,25 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
     let (status, page) = console.get(&mut jar, &path).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
     assert!(page.contains("has not consented"), "{page}");
+    // A state changed on the way is not one this console made.
+    let mut chars: Vec<char> = state["state"].chars().collect();
+    let middle = chars.len() / 2;
+    chars[middle] = if chars[middle] == 'A' { 'B' } else { 'A' };
+    let tampered_state: String = chars.into_iter().collect();
+    let mut tampered = reqwest::Url::parse(&callback).unwrap();
+    tampered
+        .query_pairs_mut()
+        .append_pair("admin_consent", "True")
+        .append_pair("tenant", &info.tenant_id)
+        .append_pair("state", &tampered_state);
+    let path = tampered
+        .as_str()
+        .strip_prefix(&console.base)
+        .unwrap()
+        .to_string();
+    let (status, page) = console.get(&mut jar, &path).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("not one this console made"), "{page}");
     assert!(
         console
             .engine
@@ -1061,7 +1137,7 @@ async fn the_setup_wizard_saves_each_step_and_resumes(url: String) {
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(
-        page.contains("Step 1 of 12") && page.contains("Enable Automatic User Sync"),
+        page.contains("Step 1 of 14") && page.contains("Enable Automatic User Sync"),
         "{page}"
     );
     let csrf = hidden(&page, "csrf");
