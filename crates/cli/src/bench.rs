@@ -57,6 +57,21 @@ pub struct BenchArgs {
     /// run): a 1,000,000-user tenant needs 50; the delta figures do not depend on them.
     #[arg(long, default_value_t = 20)]
     typing_runs: usize,
+    /// Measure the mail system's lookups instead (usersync lookup serve): lookups per
+    /// second and their latency over --connections, against this many addresses.
+    #[arg(long, value_name = "ADDRESSES", conflicts_with = "service")]
+    lookup: Option<usize>,
+    /// With --lookup: connections asking at once, one case each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,50",
+        requires = "lookup"
+    )]
+    connections: Vec<usize>,
+    /// With --lookup: lookups per case.
+    #[arg(long, default_value_t = 200_000, requires = "lookup")]
+    lookups: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -113,6 +128,10 @@ struct Figures {
 }
 
 pub async fn run(_cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(addresses) = args.lookup {
+        return crate::bench_lookup::run(addresses, &args.connections, args.lookups, args.json)
+            .await;
+    }
     if let Some(service) = args.service {
         return crate::fleet::run(&crate::fleet::Request {
             service,

@@ -34,6 +34,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let engine = Engine::new(cli.open_store().await?, cli.engine_options());
             return crate::serve::worker(engine, args).await;
         }
+        Command::Lookup(crate::LookupCommand::Serve(args)) => {
+            let engine = Engine::new(cli.open_store().await?, cli.engine_options());
+            return crate::lookup::serve(engine, args).await;
+        }
         _ => {}
     }
     let engine = Engine::new(cli.open_store().await?, cli.engine_options());
@@ -599,6 +603,7 @@ async fn dispatch(cli: &Cli, engine: &Engine) -> anyhow::Result<ExitCode> {
         Command::Config { .. }
         | Command::Serve(_)
         | Command::Worker(_)
+        | Command::Lookup(_)
         | Command::Sim(_)
         | Command::Demo(_)
         | Command::Bench(_)

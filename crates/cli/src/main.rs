@@ -2,9 +2,11 @@
 //! Nothing else lives here: no sync logic, no SQL, no Graph.
 
 mod bench;
+mod bench_lookup;
 mod commands;
 mod demo;
 mod fleet;
+mod lookup;
 mod output;
 mod progress;
 mod serve;
@@ -177,6 +179,21 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run workers only: execute queued syncs (more machines on one PostgreSQL database).
     Worker(serve::WorkerArgs),
+    /// Answer the mail system's lookups (Postfix socketmap): recipients, domains, routes.
+    #[command(subcommand)]
+    Lookup(LookupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LookupCommand {
+    /// Serve Postfix's socketmap lookups from the directory, held in memory and reloaded
+    /// when it changes, until Ctrl-C or SIGTERM. In Postfix's main.cf:
+    ///
+    ///     relay_domains = socketmap:inet:127.0.0.1:10027:domains
+    ///     relay_recipient_maps = socketmap:inet:127.0.0.1:10027:recipients
+    ///     transport_maps = socketmap:inet:127.0.0.1:10027:transport
+    #[command(verbatim_doc_comment)]
+    Serve(lookup::LookupServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -681,7 +698,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A service logs what it does; a command only what went wrong.
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Worker(_) => "info",
+        Command::Serve(_) | Command::Worker(_) | Command::Lookup(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("USERSYNC_LOG")

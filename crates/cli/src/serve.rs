@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+use anyhow::Context as _;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -61,6 +62,13 @@ pub struct ServeArgs {
         default_value = "https://graph.microsoft.com"
     )]
     m365_graph_url: String,
+    /// Also answer Postfix's socketmap lookups here (what `usersync lookup serve` does),
+    /// e.g. 127.0.0.1:10027.
+    #[arg(long, env = "USERSYNC_LOOKUP_LISTEN")]
+    lookup_listen: Option<SocketAddr>,
+    /// With --lookup-listen: the separator of an address's extension; empty for none.
+    #[arg(long, env = "USERSYNC_LOOKUP_DELIMITER", default_value = "+")]
+    lookup_delimiter: String,
     #[command(flatten)]
     workers: WorkerArgs,
 }
@@ -88,6 +96,8 @@ struct App {
 /// Where `serve` listens and is reached.
 struct Http {
     office365: Option<usersync_engine::Office365App>,
+    /// The socketmap lookups' listener and extension separator, when they are served.
+    lookup: Option<(SocketAddr, Option<char>)>,
     listen: SocketAddr,
     public_url: Option<url::Url>,
     subscriptions_every: Duration,
@@ -124,8 +134,16 @@ pub async fn serve(engine: Engine, args: &ServeArgs) -> anyhow::Result<ExitCode>
             Some(app)
         }
     };
+    let lookup = match args.lookup_listen {
+        Some(listen) => Some((
+            listen,
+            crate::lookup::delimiter(&args.lookup_delimiter).context("--lookup-delimiter")?,
+        )),
+        None => None,
+    };
     let http = Http {
         office365,
+        lookup,
         listen: args.listen,
         public_url: args.public_url.clone(),
         subscriptions_every: args.subscriptions_every,
@@ -156,6 +174,7 @@ pub(crate) async fn serve_demo(
     };
     let http = Http {
         office365: Some(office365),
+        lookup: None,
         listen,
         public_url: None,
         subscriptions_every: Duration::from_secs(60),
@@ -186,6 +205,14 @@ async fn run(
     let (stop, stopped) = watch::channel(false);
     let mut http = None;
     let mut notifications = None;
+    let mut lookups = None;
+    if let Some((listen, delimiter)) = http_options.as_ref().and_then(|o| o.lookup) {
+        lookups = Some(
+            crate::lookup::start(&engine, listen, delimiter, stopped.clone())
+                .await
+                .context("--lookup-listen")?,
+        );
+    }
     if let Some(options) = http_options {
         let listen = options.listen;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -266,13 +293,17 @@ async fn run(
     if let Some(http) = http {
         let _ = http.await;
     }
+    if let Some(running) = lookups {
+        let _ = running.server.await;
+        let _ = running.loader.await;
+    }
     engine.close().await;
     eprintln!("Stopped.");
     Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for SIGTERM (the service manager) or SIGINT (Ctrl-C).
-async fn signal() {
+pub(crate) async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -248,6 +248,19 @@ impl Engine {
         Ok(customer)
     }
 
+    // The mail system's lookups.
+
+    /// The protected domains and every active address with its aliases, as the mail
+    /// system's lookups hold them (`usersync-lookup`).
+    pub async fn lookup_data(&self) -> Result<usersync_store::LookupData, EngineError> {
+        Ok(self.store.lookup_data().await?)
+    }
+
+    /// A number that grows with every change of users and domains.
+    pub async fn directory_version(&self) -> Result<i64, EngineError> {
+        Ok(self.store.directory_version().await?)
+    }
+
     // Sources and their filters.
 
     /// Connects a Microsoft 365 tenant to a customer; nothing is stored when a setting is

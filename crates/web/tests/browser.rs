@@ -411,6 +411,12 @@ async fn an_admin_signs_in_and_finds_a_synced_user_in_the_browser() {
             .await?
             .click()
             .await?;
+        // The searched page, not the table of the page before it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !browser.current_url().await?.as_str().contains("search=") {
+            assert!(Instant::now() < deadline, "the search was not sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let table = browser.wait().for_element(Locator::Id("users")).await?;
         let text = table.text().await?;
         assert!(text.contains(wanted.address.as_str()), "{part}: {text}");
