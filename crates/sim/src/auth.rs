@@ -519,6 +519,11 @@ fn token_response(
         "ext_expires_in": expires_in,
         "access_token": token,
     });
+    token_answer(&body)
+}
+
+/// A token answer, not to be cached (as the identity platform sends it).
+fn token_answer(body: &serde_json::Value) -> Response {
     (
         StatusCode::OK,
         [
@@ -721,16 +726,7 @@ fn delegated_grant(
         "access_token": token,
         "refresh_token": refresh,
     });
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store, no-cache"),
-            (header::PRAGMA, "no-cache"),
-        ],
-        body.to_string(),
-    )
-        .into_response()
+    token_answer(&body)
 }
 
 /// `GET /{tenant}/v2.0/.well-known/openid-configuration`, which MSAL-style

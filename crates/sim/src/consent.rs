@@ -94,6 +94,21 @@ fn hidden(params: &HashMap<String, String>, keys: &[&str]) -> String {
         .collect()
 }
 
+/// The refusal of an account of another tenant than the one the path names.
+fn outside(shared: &Shared, tenant: &str, home: &Tenant, account: &str) -> Option<Response> {
+    shared
+        .tenant_named(tenant)
+        .is_some_and(|t| !std::ptr::eq(t, home))
+        .then(|| {
+            error_page(
+                50_020,
+                &format!(
+                    "User account '{account}' from identity provider does not exist in tenant '{tenant}' and cannot access the application in that tenant."
+                ),
+            )
+        })
+}
+
 /// Whether the account is a global administrator: `admin@` one of its tenant's domains.
 fn is_admin(account: &str) -> bool {
     account
@@ -267,17 +282,8 @@ fn consent_pages(
             ),
         );
     };
-    if !any_tenant
-        && shared
-            .tenant_named(&tenant)
-            .is_some_and(|t| !std::ptr::eq(t, home.as_ref()))
-    {
-        return error_page(
-            50_020,
-            &format!(
-                "User account '{account}' from identity provider does not exist in tenant '{tenant}' and cannot access the application in that tenant."
-            ),
-        );
+    if !any_tenant && let Some(refused) = outside(shared, &tenant, home, &account) {
+        return refused;
     }
     let app_known = shared
         .tenants
@@ -354,16 +360,8 @@ pub(crate) async fn decide(
         );
     };
     // The page's checks again: a form posted by hand gets no further than the page.
-    if shared
-        .tenant_named(&tenant)
-        .is_some_and(|t| !std::ptr::eq(t, home.as_ref()))
-    {
-        return error_page(
-            50_020,
-            &format!(
-                "User account '{account}' from identity provider does not exist in tenant '{tenant}' and cannot access the application in that tenant."
-            ),
-        );
+    if let Some(refused) = outside(&shared, &tenant, home, &account) {
+        return refused;
     }
     if !is_admin(&account) {
         return page(
