@@ -216,6 +216,18 @@ async fn dispatch(cli: &Cli, engine: &Engine) -> anyhow::Result<ExitCode> {
                 output::domains_table(std::slice::from_ref(&domain));
             }
         }
+        Command::Domain(DomainCommand::Set {
+            domain,
+            assignments,
+            json,
+        }) => {
+            let domain = engine.set_domain(domain, assignments).await?;
+            if json.json {
+                print_json(&domain)?;
+            } else {
+                output::domains_table(std::slice::from_ref(&domain));
+            }
+        }
         Command::Domain(DomainCommand::List { customer, json }) => {
             let domains = engine.domains(customer).await?;
             if json.json {

@@ -311,6 +311,18 @@ enum DomainCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Change a domain's settings: route=TRANSPORT:NEXTHOP, where the mail system sends
+    /// its mail on (`usersync lookup serve`'s transport map), e.g.
+    /// route=smtp:[mx.example.net]:25; route= (empty) goes back to the default, a
+    /// Microsoft 365 domain's Exchange Online host.
+    Set {
+        domain: String,
+        /// KEY=VALUE.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -224,6 +224,32 @@ async fn bad_input_is_refused_with_the_field_and_the_fix(database: String) {
     let out = cli.run(&["domain", "add", "not a domain", "--customer", "Contoso"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a domain name"));
 
+    // A domain's route for the mail system: a transport, or empty for the default.
+    cli.ok_json(&[
+        "domain",
+        "add",
+        "route.example",
+        "--customer",
+        "Contoso",
+        "--json",
+    ]);
+    let set = cli.ok_json(&[
+        "domain",
+        "set",
+        "route.example",
+        "route=smtp:[mx.example.net]:25",
+        "--json",
+    ]);
+    assert_eq!(set["route"], "smtp:[mx.example.net]:25", "{set}");
+    let out = cli.run(&["domain", "set", "route.example", "route=mx.example.net"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("route") && err.contains("TRANSPORT:NEXTHOP"),
+        "{err}"
+    );
+    let cleared = cli.ok_json(&["domain", "set", "route.example", "route=", "--json"]);
+    assert!(cleared.get("route").is_none(), "{cleared}");
+
     let out = cli.run(&[
         "source",
         "add",

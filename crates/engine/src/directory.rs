@@ -32,6 +32,33 @@ pub struct NewOffice365 {
     pub client_secret: SecretString,
 }
 
+/// A destination route as Postfix's transport maps take it (`TRANSPORT:NEXTHOP`), or
+/// `None` for an empty one (the default route).
+fn check_route(route: &str) -> Result<Option<String>, EngineError> {
+    if route.is_empty() {
+        return Ok(None);
+    }
+    let fix = "use TRANSPORT:NEXTHOP, such as smtp:[mx.example.net]:25 (empty for the default)";
+    let Some((transport, nexthop)) = route.split_once(':') else {
+        return Err(EngineError::config(
+            "route",
+            format!("'{route}' names no transport; {fix}"),
+        ));
+    };
+    let transport_ok = !transport.is_empty()
+        && transport
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let nexthop_ok = !nexthop.is_empty()
+        && !nexthop
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+    if !transport_ok || !nexthop_ok {
+        return Err(EngineError::config("route", format!("'{route}': {fix}")));
+    }
+    Ok(Some(route.to_string()))
+}
+
 /// Which audit entries to read.
 #[derive(Debug, Clone, Default)]
 pub struct AuditRequest {
@@ -190,6 +217,44 @@ impl Engine {
 
     pub async fn domain(&self, domain: &str) -> Result<Domain, EngineError> {
         Ok(self.store.domain(&parse_domain(domain)?).await?)
+    }
+
+    /// Sets a domain's settings from `KEY=VALUE` texts, all or none. The one setting is
+    /// `route`: where its mail goes on, a Postfix transport such as `smtp:[mx.example.net]:25`
+    /// (empty: back to the default, a Microsoft 365 domain's Exchange Online host).
+    pub async fn set_domain(
+        &self,
+        domain: &str,
+        assignments: &[String],
+    ) -> Result<Domain, EngineError> {
+        let name = parse_domain(domain)?;
+        let mut route = None;
+        for assignment in assignments {
+            let Some((key, value)) = assignment.split_once('=') else {
+                return Err(EngineError::config(
+                    "setting",
+                    format!(
+                        "'{assignment}' is not KEY=VALUE, such as route=smtp:[mx.example.net]:25"
+                    ),
+                ));
+            };
+            match key.trim() {
+                "route" => route = Some(check_route(value.trim())?),
+                other => {
+                    return Err(EngineError::config(
+                        other,
+                        format!("a domain has no setting '{other}'; the one setting is route"),
+                    ));
+                }
+            }
+        }
+        let Some(route) = route else {
+            return Err(EngineError::config(
+                "setting",
+                "give a setting, such as route=smtp:[mx.example.net]:25",
+            ));
+        };
+        Ok(self.store.set_domain_route(&name, route.as_deref()).await?)
     }
 
     pub async fn domains(&self, customer: &str) -> Result<Vec<Domain>, EngineError> {

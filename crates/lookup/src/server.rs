@@ -81,7 +81,9 @@ impl LookupService {
 pub async fn load(engine: &Engine) -> Result<LookupTables, usersync_engine::EngineError> {
     let data = engine.lookup_data().await?;
     let domains = data.domains.into_iter().map(|d| DomainEntry {
-        route: d.microsoft365.then(|| microsoft365_route(&d.name)),
+        route: d
+            .route
+            .or_else(|| d.microsoft365.then(|| microsoft365_route(&d.name))),
         name: d.name,
         reject_unlisted: d.reject_unlisted,
     });

@@ -158,6 +158,34 @@ async fn lookups_answer_from_the_synced_directory_and_follow_its_changes(url: St
     client.send(rest).await;
     assert_eq!(client.reply().await, "OK ok");
 
+    // A domain's own route, set by hand, then back to Exchange Online's.
+    let bad = engine
+        .set_domain(domain, &["route=mx.example.net".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(bad.field().as_deref(), Some("route"), "{bad}");
+    for (setting, wanted) in [
+        (
+            "route=smtp:[mx.example.net]:2525",
+            "OK smtp:[mx.example.net]:2525".to_string(),
+        ),
+        ("route=", format!("OK {}", microsoft365_route(domain))),
+    ] {
+        let set = engine
+            .set_domain(domain, &[setting.to_string()])
+            .await
+            .unwrap();
+        assert_eq!(set.route.is_some(), setting != "route=");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.ask(&format!("transport {domain}")).await != wanted {
+            assert!(
+                Instant::now() < deadline,
+                "{setting} did not reach the lookups"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     // Deleted in the tenant and synced: no longer a recipient, without a restart.
     let object = ann.source_object_id.clone().unwrap();
     sim.tenant().delete_user(&object).unwrap();

@@ -54,11 +54,15 @@ pub struct Domain {
     pub reject_unlisted: bool,
     /// Protect listed mailboxes only (switched on by the first successful sync).
     pub protect_listed_only: bool,
+    /// Where its mail goes on (a Postfix transport such as `smtp:[mx.example.net]:25`),
+    /// when set by hand; a Microsoft 365 domain's otherwise follows from its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     pub created_at: String,
 }
 
 const DOMAIN_COLUMNS: &str = "d.id, d.customer_id, c.name AS customer, d.name, d.origin, d.source_id, \
-     d.reject_unlisted, d.protect_listed_only, d.created_at";
+     d.reject_unlisted, d.protect_listed_only, d.route, d.created_at";
 
 fn domain_from(row: &AnyRow) -> Result<Domain, StoreError> {
     let name: String = row.try_get("name")?;
@@ -78,6 +82,7 @@ fn domain_from(row: &AnyRow) -> Result<Domain, StoreError> {
         source_id: row.try_get("source_id")?,
         reject_unlisted: reject != 0,
         protect_listed_only: protect != 0,
+        route: row.try_get("route")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -305,6 +310,32 @@ impl Store {
     }
 
     /// One domain, by name.
+    /// Sets (or with `None` clears) a domain's own destination route.
+    pub async fn set_domain_route(
+        &self,
+        name: &DomainName,
+        route: Option<&str>,
+    ) -> Result<Domain, StoreError> {
+        let before = self.domain(name).await?;
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE domains SET route = $1 WHERE id = $2")
+            .bind(route)
+            .bind(before.id)
+            .execute(&mut *tx)
+            .await?;
+        self.audit_now(
+            &mut tx,
+            &[
+                Change::new(Some(before.customer_id), "domain.set", name.as_str())
+                    .before(serde_json::json!({"route": before.route}))
+                    .after(serde_json::json!({"route": route})),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        self.domain(name).await
+    }
+
     pub async fn domain(&self, name: &DomainName) -> Result<Domain, StoreError> {
         let row = query_dyn(&format!(
             "SELECT {DOMAIN_COLUMNS} FROM domains d JOIN customers c ON c.id = d.customer_id WHERE d.name = $1"

@@ -13,6 +13,8 @@ pub struct LookupDomain {
     /// Imported from, or first synced by, a Microsoft 365 source: its mail goes on to
     /// Exchange Online.
     pub microsoft365: bool,
+    /// Its own destination route, set by hand.
+    pub route: Option<String>,
 }
 
 /// Every protected domain and every active address (aliases included).
@@ -27,7 +29,7 @@ impl Store {
     pub async fn lookup_data(&self) -> Result<LookupData, StoreError> {
         let mut tx = self.pool.begin().await?;
         let domains = sqlx::query(
-            "SELECT d.name, d.reject_unlisted, \
+            "SELECT d.name, d.reject_unlisted, d.route, \
              CASE WHEN d.source_id IS NOT NULL OR d.origin = 'source' THEN 1 ELSE 0 END AS m365 \
              FROM domains d",
         )
@@ -41,6 +43,7 @@ impl Store {
                 name: row.try_get("name")?,
                 reject_unlisted: reject != 0,
                 microsoft365: m365 != 0,
+                route: row.try_get("route")?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

@@ -89,6 +89,11 @@ const MIGRATIONS: &[Migration] = &[
         V17,
     ),
     both(18, "where a running run stands, for other processes", V18),
+    both(
+        19,
+        "a domain's own destination route for the mail system",
+        V19,
+    ),
 ];
 
 /// The newest schema version this binary knows.
@@ -402,6 +407,10 @@ CREATE TABLE api_tokens (
     last_used_at TEXT,
     revoked_at TEXT
 );
+"#;
+
+const V19: &str = r#"
+ALTER TABLE domains ADD COLUMN route TEXT;
 "#;
 
 const V18: &str = r#"
