@@ -650,20 +650,6 @@ struct RunParams {
     cursor: Option<String>,
 }
 
-/// The id a cursor of an id-ordered list carries.
-fn id_cursor(page: &PageParams) -> Result<Option<i64>> {
-    page.after()?
-        .map(|text| {
-            text.parse::<i64>().map_err(|_| {
-                ApiError::invalid(
-                    Some("cursor"),
-                    "not a cursor of this list; give next_cursor of the page before",
-                )
-            })
-        })
-        .transpose()
-}
-
 #[utoipa::path(get, path = "/sources/{id}/runs", tag = "runs", params(("id" = i64, Path, description = "The source's id"), RunParams), responses((status = 200, description = "The source's runs, newest first", body = Page<RunRecord>)))]
 async fn source_runs(
     Caller(access): Caller,
@@ -693,12 +679,10 @@ async fn source_runs(
         cursor: params.cursor,
     };
     let limit = page.limit()?;
-    let mut runs = access
-        .runs_before(id, &statuses, id_cursor(&page)?, limit + 1)
+    let runs = access
+        .runs_before(id, &statuses, page.after_id()?, limit + 1)
         .await?;
-    let more = runs.len() as i64 > limit;
-    runs.truncate(limit as usize);
-    Ok(Json(Page::new(runs, more, |r| r.id.to_string())).into_response())
+    Ok(Json(Page::of_one_more(runs, limit, |r| r.id.to_string())).into_response())
 }
 
 #[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "The run's id")), responses((status = 200, description = "The run with its plan and errors", body = RunRecord)))]
@@ -762,17 +746,15 @@ async fn audit(Caller(access): Caller, Query(params): Query<AuditParams>) -> Res
         cursor: params.cursor,
     };
     let limit = page.limit()?;
-    let mut entries = access
+    let entries = access
         .audit_before(
             params.customer_id,
             params.since.as_deref(),
-            id_cursor(&page)?,
+            page.after_id()?,
             limit + 1,
         )
         .await?;
-    let more = entries.len() as i64 > limit;
-    entries.truncate(limit as usize);
-    Ok(Json(Page::new(entries, more, |e| e.id.to_string())).into_response())
+    Ok(Json(Page::of_one_more(entries, limit, |e| e.id.to_string())).into_response())
 }
 
 // API tokens.

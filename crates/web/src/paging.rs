@@ -33,6 +33,20 @@ impl PageParams {
         }
     }
 
+    /// The id the cursor of an id-ordered list carries.
+    pub fn after_id(&self) -> Result<Option<i64>, ApiError> {
+        self.after()?
+            .map(|text| {
+                text.parse::<i64>().map_err(|_| {
+                    ApiError::invalid(
+                        Some("cursor"),
+                        "not a cursor of this list; give next_cursor of the page before",
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// The key the cursor carries.
     pub fn after(&self) -> Result<Option<String>, ApiError> {
         self.cursor
@@ -71,6 +85,14 @@ impl<T> Page<T> {
             None
         };
         Page { items, next_cursor }
+    }
+
+    /// A page of `limit` items from a list read with one more than `limit`, whose
+    /// presence says that more follow.
+    pub fn of_one_more(mut items: Vec<T>, limit: i64, last: impl Fn(&T) -> String) -> Page<T> {
+        let more = items.len() as i64 > limit;
+        items.truncate(limit.max(0) as usize);
+        Page::new(items, more, last)
     }
 
     /// A page of a list held whole, ordered by `key` (compared as text).

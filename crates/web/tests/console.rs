@@ -633,9 +633,10 @@ async fn the_user_sync_tab_previews_switches_and_syncs(url: String) {
     console.close().await;
 }
 
-/// Follows Microsoft's side of the consent by hand: the simulator's pages, as a browser
-/// would submit them.
-async fn connect_office365_goes_through_microsofts_consent_and_back(url: String) {
+/// A tenant that has not consented yet, a console that connects tenants with the
+/// simulator's app registration, and its provider admin signed in: the simulator, the
+/// console, Contoso's id and the admin's browser.
+async fn connecting(url: String) -> (Simulator, Console, i64, Jar) {
     let sim = Simulator::start(SimConfig {
         consented: false,
         ..SimConfig::default()
@@ -655,6 +656,14 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
     console
         .sign_in(&mut jar, "admin@example.com", PASSWORD)
         .await;
+    (sim, console, contoso, jar)
+}
+
+/// Follows Microsoft's side of the consent by hand: the simulator's pages, as a browser
+/// would submit them.
+async fn connect_office365_goes_through_microsofts_consent_and_back(url: String) {
+    let (sim, console, contoso, mut jar) = connecting(url).await;
+    let info = sim.info().clone();
     let (status, page) = console
         .get(&mut jar, &format!("/customers/{contoso}/sources/new"))
         .await;
@@ -894,25 +903,8 @@ async fn connect_office365_goes_through_microsofts_consent_and_back(url: String)
 /// Delegated mode: the authorization code flow with PKCE on the simulator's pages, the
 /// code redeemed once, the refresh token kept sealed and renewed by every sign-in.
 async fn connect_office365_delegated_signs_in_with_pkce_and_keeps_the_sign_in_sealed(url: String) {
-    let sim = Simulator::start(SimConfig {
-        consented: false,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let (sim, console, contoso, mut jar) = connecting(url).await;
     let info = sim.info().clone();
-    let app = usersync_engine::Office365App {
-        client_id: info.client_id.clone(),
-        client_secret: SecretString::new(info.client_secret.clone()),
-        authority_url: info.authority_url.clone(),
-        graph_url: info.graph_url.clone(),
-    };
-    let console = console_with(url, Some(app)).await;
-    let contoso = console.engine.customer("Contoso").await.unwrap().id;
-    let mut jar = Jar::default();
-    console
-        .sign_in(&mut jar, "admin@example.com", PASSWORD)
-        .await;
     let (_, page) = console
         .get(&mut jar, &format!("/customers/{contoso}/sources/new"))
         .await;

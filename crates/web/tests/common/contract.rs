@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 /// not describe fails as one that lacks a field it requires.
 pub struct Contract {
     pub document: Value,
+    /// The document as answers are validated against it: strict, a 2020-12 schema.
+    strict: Value,
     /// `/customers/{id}`-style paths, split at `/`.
     templates: Vec<(String, Vec<String>)>,
 }
@@ -21,8 +23,12 @@ impl Contract {
             .keys()
             .map(|p| (p.clone(), p.split('/').map(str::to_string).collect()))
             .collect();
+        let mut strict = document.clone();
+        make_strict(&mut strict);
+        strict["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
         Contract {
             document,
+            strict,
             templates,
         }
     }
@@ -107,13 +113,10 @@ impl Contract {
 
     /// Validates `instance` against the schema at `location` (a URL into the document).
     pub fn validate(&self, location: &str, instance: &Value) -> Result<(), String> {
-        let mut strict = self.document.clone();
-        make_strict(&mut strict);
-        strict["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
         let mut compiler = boon::Compiler::new();
         compiler.enable_format_assertions();
         compiler
-            .add_resource(BASE, strict)
+            .add_resource(BASE, self.strict.clone())
             .map_err(|e| e.to_string())?;
         let mut schemas = boon::Schemas::new();
         let index = compiler
